@@ -1,0 +1,1 @@
+//! The Worker shell: decodes requests, calls the core, performs I/O, encodes responses.
