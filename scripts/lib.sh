@@ -54,3 +54,63 @@ summarize_stages() {
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
+
+# ---- the local stack: acquirer simulator + the Worker in workerd (wrangler dev) ----------
+STACK_PIDS=()
+
+# Stops every process the stack started (each runs in its own process group).
+stop_stack() {
+  local pid
+  for pid in "${STACK_PIDS[@]:-}"; do
+    [ -n "$pid" ] || continue
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${STACK_PIDS[@]:-}"; do
+    [ -n "$pid" ] || continue
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  done
+  STACK_PIDS=()
+}
+
+wait_http() { # url seconds
+  local url="$1" limit="${2:-120}" i
+  for i in $(seq 1 $((limit * 4))); do
+    curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null && return 0
+    sleep 0.25
+  done
+  return 1
+}
+
+dev_var() { # NAME from .dev.vars
+  sed -n "s/^$1=//p" "$ROOT/.dev.vars" | head -n1
+}
+
+# start_stack PORT SIM_PORT STATE_DIR LOG_DIR: starts the simulator and wrangler dev; exports
+# POPTILL_URL, SIM_URL and ADMIN_KEY for the tests. The Worker must already be built.
+start_stack() {
+  local port="$1" sim_port="$2" state="$3" logs="$4"
+  mkdir -p "$state" "$logs"
+  if [ -f "$ROOT/scripts/acquirer-sim.mjs" ]; then
+    setsid node "$ROOT/scripts/acquirer-sim.mjs" --port "$sim_port" --lanes fast,cheap \
+      >"$logs/acquirer-sim.log" 2>&1 < /dev/null &
+    STACK_PIDS+=($!)
+    wait_http "http://127.0.0.1:$sim_port/control/stats" 30 || { cat "$logs/acquirer-sim.log" >&2; die "acquirer simulator did not start"; }
+  fi
+  local lanes
+  lanes=$(sed -n "s/^LANES = '\(.*\)'$/\1/p" "$ROOT/wrangler.toml" | head -n1 | sed "s/127.0.0.1:8788/127.0.0.1:$sim_port/g")
+  local -a extra_vars=(--var "LANES:$lanes")
+  if [ -n "${POLICY_PUBLIC_KEYS_JSON:-}" ]; then extra_vars+=(--var "POLICY_PUBLIC_KEYS:$POLICY_PUBLIC_KEYS_JSON"); fi
+  (cd "$ROOT" && CLOUDFLARE_CF_FETCH_ENABLED=false WRANGLER_SEND_METRICS=false CI=1 \
+    setsid wrangler dev --ip 127.0.0.1 --port "$port" --persist-to "$state" \
+      --show-interactive-dev-session=false --log-level info "${extra_vars[@]}" \
+      >"$logs/worker.log" 2>&1 < /dev/null) &
+  STACK_PIDS+=($!)
+  if ! wait_http "http://127.0.0.1:$port/healthz" 240; then
+    tail -n 40 "$logs/worker.log" >&2
+    die "the Worker did not answer on port $port"
+  fi
+  export POPTILL_URL="http://127.0.0.1:$port" SIM_URL="http://127.0.0.1:$sim_port"
+  ADMIN_KEY="$(dev_var ADMIN_KEY)"; export ADMIN_KEY
+  export POPTILL_WORKER_LOG="$logs/worker.log" POPTILL_STATE_DIR="$state"
+}

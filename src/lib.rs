@@ -8,12 +8,14 @@
 //! Objects, the acquirer) and encodes responses. `worker` is a dependency only on wasm32, so
 //! the compiler enforces that the core never touches it.
 
+pub mod api;
 pub mod error;
 pub mod money;
 pub mod secret;
+pub mod time;
 
 #[cfg(target_arch = "wasm32")]
-mod edge;
+pub mod edge;
 
 /// The crate version, reported by `/healthz`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

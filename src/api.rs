@@ -1,0 +1,171 @@
+//! The HTTP API's route table: the one list the Worker dispatches on and the OpenAPI document is checked against.
+
+use crate::error::ApiError;
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+/// Every route the Worker serves. The edge matches on this enum exhaustively, so a route in
+/// the table without a handler does not compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteId {
+    Healthz,
+    OpenApi,
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (buyers' browsers, merchants' pages, health checks).
+    Public,
+    /// The operator's admin key (`Authorization: Bearer <ADMIN_KEY>`).
+    Operator,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub id: RouteId,
+    pub method: &'static str,
+    /// OpenAPI-style path, parameters in braces: `/v1/receipts/{id}`.
+    pub path: &'static str,
+    pub access: Access,
+}
+
+/// The route table. `src/openapi.json` describes exactly these (a test checks it).
+pub const ROUTES: &[Route] = &[
+    Route { id: RouteId::Healthz, method: "GET", path: "/healthz", access: Access::Public },
+    Route {
+        id: RouteId::OpenApi,
+        method: "GET",
+        path: "/v1/openapi.json",
+        access: Access::Public,
+    },
+];
+
+/// The OpenAPI 3.1 description served at `/v1/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// A matched route with its path parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched {
+    pub route: Route,
+    pub params: BTreeMap<String, String>,
+}
+
+impl PartialEq for Route {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+impl Eq for Route {}
+
+type Table = matchit::Router<Vec<Route>>;
+
+fn table() -> &'static Option<Table> {
+    static TABLE: OnceLock<Option<Table>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut by_path: BTreeMap<String, Vec<Route>> = BTreeMap::new();
+        for r in ROUTES {
+            by_path.entry(matchit_pattern(r.path)).or_default().push(*r);
+        }
+        let mut router = matchit::Router::new();
+        for (pattern, routes) in by_path {
+            router.insert(pattern, routes).ok()?;
+        }
+        Some(router)
+    })
+}
+
+/// `/v1/events/{id}/quote` becomes matchit's `/v1/events/:id/quote`.
+fn matchit_pattern(path: &str) -> String {
+    path.split('/')
+        .map(|seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(name) => format!(":{name}"),
+            None => seg.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Finds the route for a request: 404 `route_not_found` for an unknown path, 405
+/// `method_not_allowed` (naming the allowed methods) for a known path with another method.
+pub fn resolve(method: &str, path: &str) -> Result<Matched, ApiError> {
+    let router = table()
+        .as_ref()
+        .ok_or_else(|| ApiError::new(404, "route_not_found", "The route table is unavailable."))?;
+    let found = router.at(path).map_err(|_| {
+        ApiError::new(404, "route_not_found", format!("There is no route at {}.", clip(path)))
+    })?;
+    let method = if method == "HEAD" { "GET" } else { method };
+    match found.value.iter().find(|r| r.method == method) {
+        Some(route) => Ok(Matched {
+            route: *route,
+            params: found.params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }),
+        None => {
+            let allowed: Vec<&str> = found.value.iter().map(|r| r.method).collect();
+            Err(ApiError::new(
+                405,
+                "method_not_allowed",
+                format!("{} accepts {} only.", clip(path), allowed.join(", ")),
+            ))
+        }
+    }
+}
+
+/// The methods a path accepts (for CORS preflights and `Allow`).
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    table()
+        .as_ref()
+        .and_then(|t| t.at(path).ok())
+        .map(|m| m.value.iter().map(|r| r.method).collect())
+        .unwrap_or_default()
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(120).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn openapi_document_describes_exactly_the_route_table() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        assert_eq!(doc["openapi"].as_str().unwrap().get(..3), Some("3.1"));
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if ["get", "post", "put", "delete", "patch"].contains(&method.as_str()) {
+                    documented.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let served: BTreeSet<(String, String)> =
+            ROUTES.iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
+        assert_eq!(documented, served);
+    }
+
+    #[test]
+    fn every_route_resolves_to_itself() {
+        for r in ROUTES {
+            let concrete = r.path.replace("{id}", "x1").replace("{jurisdiction}", "DE");
+            let concrete = concrete
+                .split('/')
+                .map(|s| if s.starts_with('{') { "p" } else { s })
+                .collect::<Vec<_>>()
+                .join("/");
+            let m = resolve(r.method, &concrete).unwrap();
+            assert_eq!(m.route.id, r.id, "{} {}", r.method, r.path);
+        }
+    }
+
+    #[test]
+    fn unknown_paths_and_methods_are_told_apart() {
+        assert_eq!(resolve("GET", "/nope").unwrap_err().code, "route_not_found");
+        let e = resolve("DELETE", "/healthz").unwrap_err();
+        assert_eq!((e.status, e.code), (405, "method_not_allowed"));
+        assert!(resolve("HEAD", "/healthz").is_ok());
+    }
+}

@@ -1,0 +1,49 @@
+// End-to-end: the foundation routes, headers, errors and the OpenAPI document.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { api, admin, assertError } from './helpers.mjs';
+
+test('healthz names the service, version, colo and time', async () => {
+  const before = Date.now();
+  const r = await api('GET', '/healthz');
+  assert.equal(r.status, 200);
+  assert.equal(r.json.name, 'poptill');
+  assert.match(r.json.version, /^\d+\.\d+\.\d+/);
+  assert.match(r.json.colo, /^[A-Z]{3}$/, 'colo comes from request.cf');
+  assert.ok(Math.abs(Date.parse(r.json.time) - before) < 60_000, r.json.time);
+  assert.match(r.headers.get('x-request-id'), /^req_[0-9a-f]{16}$/);
+  assert.equal(r.headers.get('x-poptill-colo'), r.json.colo);
+});
+
+test('request ids differ between requests', async () => {
+  const a = await api('GET', '/healthz');
+  const b = await api('GET', '/healthz');
+  assert.notEqual(a.headers.get('x-request-id'), b.headers.get('x-request-id'));
+});
+
+test('unknown routes and methods get stable JSON errors, not 5xx', async () => {
+  assertError(await api('GET', '/no/such/route'), 404, 'route_not_found');
+  assertError(await api('DELETE', '/healthz'), 405, 'method_not_allowed');
+  const r = await api('GET', '/no/such/route');
+  assert.ok(r.headers.get('x-request-id'));
+});
+
+test('every route in the OpenAPI document is served, with the right access', async () => {
+  const doc = await api('GET', '/v1/openapi.json');
+  assert.equal(doc.status, 200);
+  assert.match(doc.json.openapi, /^3\.1/);
+  const paths = Object.entries(doc.json.paths);
+  assert.ok(paths.length >= 2);
+  for (const [path, item] of paths) {
+    for (const [method, op] of Object.entries(item)) {
+      const concrete = path.replace(/\{[^}]+\}/g, 'zz_unknown');
+      const r = await api(method.toUpperCase(), concrete, { body: method === 'get' ? undefined : '{}' });
+      assert.notEqual(r.json?.error?.code, 'route_not_found', `${method} ${path} is documented but not served`);
+      assert.notEqual(r.json?.error?.code, 'method_not_allowed', `${method} ${path}`);
+      assert.ok(r.status < 500, `${method} ${path} answered ${r.status}: ${r.text}`);
+      if (op.security?.length) {
+        assertError(r, 401, 'unauthorized');
+      }
+    }
+  }
+});
