@@ -8,6 +8,7 @@
 //! Objects, the acquirer) and encodes responses. `worker` is a dependency only on wasm32, so
 //! the compiler enforces that the core never touches it.
 
+pub mod acquirer;
 pub mod error;
 pub mod money;
 pub mod secret;
