@@ -14,7 +14,7 @@ fn request() -> AuthorizeRequest {
         currency: Currency::parse("EUR").unwrap(),
         card_number: Secret::new("4242424242424242".to_string()),
         exp_month: 12,
-        exp_year: 2030,
+        exp_year: 2045,
         cvc: Some(Secret::new("123".to_string())),
         idempotency_key: "ord_1_1".to_string(),
         order_id: "ord 1&x=y/é".to_string(),
@@ -38,7 +38,7 @@ fn authorize_body_is_exactly_form_encoded() {
          &payment_method_data%5Btype%5D=card\
          &payment_method_data%5Bcard%5D%5Bnumber%5D=4242424242424242\
          &payment_method_data%5Bcard%5D%5Bexp_month%5D=12\
-         &payment_method_data%5Bcard%5D%5Bexp_year%5D=2030\
+         &payment_method_data%5Bcard%5D%5Bexp_year%5D=2045\
          &payment_method_data%5Bcard%5D%5Bcvc%5D=123\
          &metadata%5Border_id%5D=ord+1%26x%3Dy%2F%C3%A9\
          &metadata%5Bevent_id%5D=ev%5B1%5D%2B%25\

@@ -371,3 +371,35 @@ test("unknown lanes are 404 and the process exits cleanly on SIGTERM and SIGINT"
     assert.deepEqual(await exited, { code: 0, sig: null });
   }
 });
+
+test("accepts the exact body src/acquirer.rs builds (kept equal to its test fixture)", async () => {
+  // Same string as `authorize_body_is_exactly_form_encoded` in src/acquirer/tests.rs.
+  const body =
+    "amount=1250&currency=eur&confirm=true&capture_method=automatic" +
+    "&payment_method_types%5B%5D=card" +
+    "&payment_method_data%5Btype%5D=card" +
+    "&payment_method_data%5Bcard%5D%5Bnumber%5D=4242424242424242" +
+    "&payment_method_data%5Bcard%5D%5Bexp_month%5D=12" +
+    "&payment_method_data%5Bcard%5D%5Bexp_year%5D=2045" +
+    "&payment_method_data%5Bcard%5D%5Bcvc%5D=123" +
+    "&metadata%5Border_id%5D=ord+1%26x%3Dy%2F%C3%A9" +
+    "&metadata%5Bevent_id%5D=ev%5B1%5D%2B%25" +
+    "&metadata%5Bidempotency_key%5D=ord_1_1";
+  const res = await fetch(`${sim.base}/lanes/fast/v1/payment_intents`, {
+    method: "POST",
+    headers: {
+      Authorization: `Bearer ${KEY}`,
+      "Stripe-Version": "2024-06-20",
+      Accept: "application/json",
+      "Content-Type": "application/x-www-form-urlencoded",
+      "Idempotency-Key": "ord_1_1",
+    },
+    body,
+  });
+  const pi = await res.json();
+  assert.equal(res.status, 200);
+  assert.equal(pi.status, "succeeded");
+  assert.equal(pi.currency, "eur");
+  assert.deepEqual(pi.metadata, { order_id: "ord 1&x=y/é", event_id: "ev[1]+%", idempotency_key: "ord_1_1" });
+  assert.deepEqual((await stats()).fast.by_order_id, { "ord 1&x=y/é": 1 });
+});
