@@ -12,6 +12,8 @@ pub mod api;
 pub mod acquirer;
 pub mod error;
 pub mod money;
+pub mod receipt;
+pub mod routing;
 pub mod secret;
 pub mod time;
 
