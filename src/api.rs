@@ -32,7 +32,12 @@ pub struct Route {
 
 /// The route table. `src/openapi.json` describes exactly these (a test checks it).
 pub const ROUTES: &[Route] = &[
-    Route { id: RouteId::Healthz, method: "GET", path: "/healthz", access: Access::Public },
+    Route {
+        id: RouteId::Healthz,
+        method: "GET",
+        path: "/healthz",
+        access: Access::Public,
+    },
     Route {
         id: RouteId::OpenApi,
         method: "GET",
@@ -78,10 +83,12 @@ fn table() -> &'static Option<Table> {
 /// `/v1/events/{id}/quote` becomes matchit's `/v1/events/:id/quote`.
 fn matchit_pattern(path: &str) -> String {
     path.split('/')
-        .map(|seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            Some(name) => format!(":{name}"),
-            None => seg.to_string(),
-        })
+        .map(
+            |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => format!(":{name}"),
+                None => seg.to_string(),
+            },
+        )
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -93,13 +100,21 @@ pub fn resolve(method: &str, path: &str) -> Result<Matched, ApiError> {
         .as_ref()
         .ok_or_else(|| ApiError::new(404, "route_not_found", "The route table is unavailable."))?;
     let found = router.at(path).map_err(|_| {
-        ApiError::new(404, "route_not_found", format!("There is no route at {}.", clip(path)))
+        ApiError::new(
+            404,
+            "route_not_found",
+            format!("There is no route at {}.", clip(path)),
+        )
     })?;
     let method = if method == "HEAD" { "GET" } else { method };
     match found.value.iter().find(|r| r.method == method) {
         Some(route) => Ok(Matched {
             route: *route,
-            params: found.params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            params: found
+                .params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }),
         None => {
             let allowed: Vec<&str> = found.value.iter().map(|r| r.method).collect();
@@ -142,8 +157,10 @@ mod tests {
                 }
             }
         }
-        let served: BTreeSet<(String, String)> =
-            ROUTES.iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
+        let served: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
         assert_eq!(documented, served);
     }
 

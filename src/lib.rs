@@ -8,8 +8,8 @@
 //! Objects, the acquirer) and encodes responses. `worker` is a dependency only on wasm32, so
 //! the compiler enforces that the core never touches it.
 
-pub mod api;
 pub mod acquirer;
+pub mod api;
 pub mod error;
 pub mod money;
 pub mod receipt;

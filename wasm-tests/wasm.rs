@@ -13,7 +13,10 @@ fn money_formats_in_wasm() {
 
 #[wasm_bindgen_test]
 fn routes_resolve_in_wasm() {
-    assert_eq!(resolve("GET", "/healthz").unwrap().route.id, RouteId::Healthz);
+    assert_eq!(
+        resolve("GET", "/healthz").unwrap().route.id,
+        RouteId::Healthz
+    );
     assert_eq!(resolve("GET", "/nope").unwrap_err().code, "route_not_found");
 }
 

@@ -16,7 +16,10 @@ impl DurableObject for EventObject {
 
     async fn fetch(&self, _req: Request) -> Result<Response> {
         let sql = self.state.storage().sql();
-        sql.exec("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)", None)?;
+        sql.exec(
+            "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
+            None,
+        )?;
         Response::from_json(&serde_json::json!({"ok": true}))
     }
 }

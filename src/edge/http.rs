@@ -13,13 +13,20 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(req: &Request, now_ms: i64) -> Ctx {
-        let colo = req.cf().map(|cf| cf.colo()).unwrap_or_else(|| "LOCAL".to_string());
+        let colo = req
+            .cf()
+            .map(|cf| cf.colo())
+            .unwrap_or_else(|| "LOCAL".to_string());
         let mut id = [0u8; 8];
         let request_id = match getrandom::getrandom(&mut id) {
             Ok(()) => format!("req_{}", hex::encode(id)),
             Err(_) => format!("req_t{now_ms:x}"),
         };
-        Ctx { request_id, colo, now_ms }
+        Ctx {
+            request_id,
+            colo,
+            now_ms,
+        }
     }
 
     /// Adds the request id and the PoP colo to a response.
@@ -33,19 +40,33 @@ impl Ctx {
 
 /// Maps a platform failure (KV, Durable Object, fetch) to a retryable 503 without details.
 pub fn internal(e: worker::Error) -> ApiError {
-    console_log!("{}", serde_json::json!({"level": "error", "msg": "platform error", "error": e.to_string()}));
-    ApiError::new(503, "temporarily_unavailable", "The edge could not finish this request; try again.")
-        .retryable()
+    console_log!(
+        "{}",
+        serde_json::json!({"level": "error", "msg": "platform error", "error": e.to_string()})
+    );
+    ApiError::new(
+        503,
+        "temporarily_unavailable",
+        "The edge could not finish this request; try again.",
+    )
+    .retryable()
 }
 
 pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Result<Response, ApiError> {
-    Response::from_json(value).map(|r| r.with_status(status)).map_err(internal)
+    Response::from_json(value)
+        .map(|r| r.with_status(status))
+        .map_err(internal)
 }
 
 pub fn raw(status: u16, content_type: &str, body: &str) -> Result<Response, ApiError> {
     let headers = Headers::new();
-    headers.set("Content-Type", content_type).map_err(internal)?;
-    Ok(Response::ok(body).map_err(internal)?.with_status(status).with_headers(headers))
+    headers
+        .set("Content-Type", content_type)
+        .map_err(internal)?;
+    Ok(Response::ok(body)
+        .map_err(internal)?
+        .with_status(status)
+        .with_headers(headers))
 }
 
 pub fn error_response(e: &ApiError) -> worker::Result<Response> {
@@ -60,28 +81,42 @@ pub fn error_response(e: &ApiError) -> worker::Result<Response> {
 pub fn preflight(path: &str) -> Result<Response, ApiError> {
     let methods = crate::api::allowed_methods(path);
     if methods.is_empty() {
-        return Err(crate::api::resolve("OPTIONS", path).err().unwrap_or_else(|| {
-            ApiError::new(404, "route_not_found", "There is no route here.")
-        }));
+        return Err(crate::api::resolve("OPTIONS", path)
+            .err()
+            .unwrap_or_else(|| ApiError::new(404, "route_not_found", "There is no route here.")));
     }
     let headers = Headers::new();
     let allow = format!("{}, OPTIONS", methods.join(", "));
     for (k, v) in [
         ("Allow", allow.as_str()),
         ("Access-Control-Allow-Methods", allow.as_str()),
-        ("Access-Control-Allow-Headers", "Content-Type, Idempotency-Key, Authorization"),
+        (
+            "Access-Control-Allow-Headers",
+            "Content-Type, Idempotency-Key, Authorization",
+        ),
         ("Access-Control-Max-Age", "600"),
     ] {
         headers.set(k, v).map_err(internal)?;
     }
-    Ok(Response::empty().map_err(internal)?.with_status(204).with_headers(headers))
+    Ok(Response::empty()
+        .map_err(internal)?
+        .with_status(204)
+        .with_headers(headers))
 }
 
 /// Checks `Authorization: Bearer <ADMIN_KEY>` in constant time. A wrong or missing key gets
 /// the same 401, with no hint of which.
 pub fn require_operator(req: &Request, env: &Env) -> Result<(), ApiError> {
-    let expected = env.secret("ADMIN_KEY").map(|s| s.to_string()).unwrap_or_default();
-    let given = req.headers().get("Authorization").ok().flatten().unwrap_or_default();
+    let expected = env
+        .secret("ADMIN_KEY")
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let given = req
+        .headers()
+        .get("Authorization")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let given = given.strip_prefix("Bearer ").unwrap_or("");
     if expected.is_empty() || !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
         return Err(ApiError::unauthorized());
