@@ -8,9 +8,11 @@
 //! Objects, the acquirer) and encodes responses. `worker` is a dependency only on wasm32, so
 //! the compiler enforces that the core never touches it.
 
+pub mod card;
 pub mod error;
 pub mod money;
 pub mod secret;
+pub mod vault;
 
 #[cfg(target_arch = "wasm32")]
 mod edge;
