@@ -3,7 +3,8 @@
 //! Everything here is pure. The number and CVC only ever live inside [`Secret`]; no error
 //! message or `Debug` output contains them. Brand detection picks the most specific (longest
 //! prefix) IIN range that matches, so `6011…` is Discover rather than Maestro and `622126…` is
-//! Discover rather than UnionPay.
+//! Discover rather than UnionPay. A number matching no range is `invalid_card_number`;
+//! `unsupported_brand` is for a valid card of a brand the merchant does not accept.
 
 use crate::error::ApiError;
 use crate::secret::Secret;
@@ -133,12 +134,15 @@ pub enum NumberProblem {
     Length,
     /// The Luhn check digit is wrong.
     Luhn,
+    /// The leading digits match no card brand's IIN range.
+    UnknownBrand,
 }
 
 /// A refused card. Codes are stable; messages never contain the number or the CVC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CardError {
     InvalidNumber(NumberProblem),
+    /// A valid card of a brand the merchant does not accept ([`Card::check_accepted`]).
     UnsupportedBrand,
     InvalidExpiry,
     Expired,
@@ -170,7 +174,7 @@ impl fmt::Display for CardError {
             CardError::InvalidNumber(NumberProblem::Length) => {
                 "The card number has the wrong number of digits for its brand."
             }
-            CardError::InvalidNumber(NumberProblem::Luhn) => {
+            CardError::InvalidNumber(NumberProblem::Luhn | NumberProblem::UnknownBrand) => {
                 "The card number is not valid; please check it for typing mistakes."
             }
             CardError::UnsupportedBrand => "This card brand is not accepted.",
@@ -238,7 +242,8 @@ pub fn parse_number(input: &str) -> Result<(Secret<String>, Brand), CardError> {
             NumberProblem::Length
         }));
     }
-    let brand = Brand::from_iin(number).ok_or(CardError::UnsupportedBrand)?;
+    let brand =
+        Brand::from_iin(number).ok_or(CardError::InvalidNumber(NumberProblem::UnknownBrand))?;
     if !brand.allowed_lengths().contains(number.len()) {
         return Err(CardError::InvalidNumber(NumberProblem::Length));
     }
@@ -430,6 +435,16 @@ impl Card {
         n.get(n.len().saturating_sub(4)..).unwrap_or("").to_owned()
     }
 
+    /// Refuses the card with `unsupported_brand` if its brand is not in `accepted` (the
+    /// merchant's or event's list).
+    pub fn check_accepted(&self, accepted: &[Brand]) -> Result<(), CardError> {
+        if accepted.contains(&self.brand) {
+            Ok(())
+        } else {
+            Err(CardError::UnsupportedBrand)
+        }
+    }
+
     /// The card without its CVC (what the vault gives back).
     pub fn without_cvc(mut self) -> Card {
         self.cvc = None;
@@ -561,8 +576,14 @@ mod tests {
                 "3782822463100052",
                 CardError::InvalidNumber(NumberProblem::Length),
             ),
-            ("1234567812345670", CardError::UnsupportedBrand),
-            ("9111111111111111", CardError::UnsupportedBrand),
+            (
+                "1234567812345670",
+                CardError::InvalidNumber(NumberProblem::UnknownBrand),
+            ),
+            (
+                "9111111111111111",
+                CardError::InvalidNumber(NumberProblem::UnknownBrand),
+            ),
             (
                 "４２４２４２４２４２４２４２４２",
                 CardError::InvalidNumber(NumberProblem::Format),
@@ -686,6 +707,10 @@ mod tests {
             Card::parse("378282246310005", exp, Some("123"), NOW),
             Err(CardError::InvalidCvc)
         );
+        assert_eq!(card.check_accepted(&[Brand::Amex, Brand::Visa]), Ok(()));
+        let refused = card.check_accepted(&[Brand::Visa, Brand::Mastercard]);
+        assert_eq!(refused, Err(CardError::UnsupportedBrand));
+        assert_eq!(refused.unwrap_err().to_api().code, "unsupported_brand");
         let old = Expiry::new(5, 2030).unwrap();
         assert_eq!(
             Card::parse("4242424242424242", old, None, NOW),

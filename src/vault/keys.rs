@@ -180,10 +180,11 @@ pub struct KeyRecord {
 
 impl KeyRecord {
     /// The `expiration_ttl` (seconds) to write this record (and a pointer to it) with:
-    /// until `expires_ms`, rounded up, never below KV's minimum of 60 s.
+    /// until one second past `expires_ms` (rounded up, so KV never deletes it while it
+    /// still opens tokens), never below KV's minimum of 60 s.
     pub fn kv_expiration_ttl_secs(&self, now_ms: i64) -> u64 {
         let remaining_ms = self.expires_ms.saturating_sub(now_ms).max(0);
-        let secs = u64::try_from(remaining_ms).unwrap_or(0).div_ceil(1000);
+        let secs = u64::try_from(remaining_ms).unwrap_or(0).div_ceil(1000) + 1;
         secs.max(KV_MIN_TTL_SECS)
     }
 
@@ -371,12 +372,17 @@ mod tests {
     fn kv_ttl_rounds_up_and_respects_minimum() {
         let (rec, _) =
             new_key_record("dk_a", [1; 32], [2; 12], &keks(), T0, &KeyPolicy::default()).unwrap();
-        assert_eq!(rec.kv_expiration_ttl_secs(T0), 4500);
-        assert_eq!(rec.kv_expiration_ttl_secs(T0 + 1), 4500);
-        assert_eq!(rec.kv_expiration_ttl_secs(T0 + 1000), 4499);
+        assert_eq!(rec.kv_expiration_ttl_secs(T0), 4501);
+        assert_eq!(rec.kv_expiration_ttl_secs(T0 + 1), 4501);
+        assert_eq!(rec.kv_expiration_ttl_secs(T0 + 1000), 4500);
         assert_eq!(rec.kv_expiration_ttl_secs(rec.expires_ms - 30_000), 60);
         assert_eq!(rec.kv_expiration_ttl_secs(rec.expires_ms + 5_000_000), 60);
-        assert_eq!(rec.kv_expiration_ttl_secs(rec.expires_ms - 61_000), 61);
+        assert_eq!(rec.kv_expiration_ttl_secs(rec.expires_ms - 61_000), 62);
+        // KV keeps the record past the last instant it opens tokens.
+        for now in [T0, T0 + 1, T0 + 999, rec.expires_ms - 100_001] {
+            let gone = now + rec.kv_expiration_ttl_secs(now) as i64 * 1000;
+            assert!(gone > rec.expires_ms, "{now}");
+        }
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub use keys::{
 pub use token::{
     cvc_use_id, detokenize, detokenize_cvc, token_kid, tokenize, tokenize_cvc, CvcToken,
     CvcUseLedger, OpenedCvc, Token, TokenBinding, CARD_TOKEN_PREFIX, CVC_MAX_TTL_MS,
-    CVC_TOKEN_PREFIX,
+    CVC_TOKEN_PREFIX, PURPOSE_PAYMENT,
 };
 
 /// KV key of a data-key record.

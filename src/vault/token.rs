@@ -25,6 +25,8 @@ use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
 pub const CARD_TOKEN_PREFIX: &str = "tok_";
+/// The purpose used when a card token is made for paying at checkout.
+pub const PURPOSE_PAYMENT: &str = "payment";
 pub const CVC_TOKEN_PREFIX: &str = "cvt_";
 /// A CVC token lives at most one hour (PCI DSS: no CVC storage after authorization).
 pub const CVC_MAX_TTL_MS: i64 = 60 * 60 * 1000;
