@@ -29,6 +29,13 @@
 //! 2. [`detokenize`]; for a CVC, [`detokenize_cvc`], then have the event's Durable Object
 //!    record [`OpenedCvc::use_id`] (see [`CvcUseLedger`]) before using the CVC.
 //!
+//! Two isolates of one PoP may both rotate at the same moment: both records are valid, the
+//! last pointer write wins, and tokens under either key keep opening. Keep one
+//! [`KeyCache`] per isolate (e.g. `KeyCache::new(60_000, 64)`): a revocation then reaches
+//! every isolate within the cache ttl. [`unwrap_key`] does not judge expiry or revocation;
+//! [`detokenize`] does (`token_expired`, `key_revoked`), and a lookup answering `None`
+//! (record gone from KV) gives `token_expired`.
+//!
 //! KEK rotation: set the new secret as `VAULT_KEK`, the old one in `VAULT_KEK_PREVIOUS`,
 //! then for each live record where [`needs_rewrap`] holds, [`rewrap`] and put it back
 //! (same TTL helper). When no record uses the old KEK (at the latest after the longest key
