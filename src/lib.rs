@@ -10,12 +10,14 @@
 
 pub mod acquirer;
 pub mod api;
+pub mod card;
 pub mod error;
 pub mod money;
 pub mod receipt;
 pub mod routing;
 pub mod secret;
 pub mod time;
+pub mod vault;
 
 #[cfg(target_arch = "wasm32")]
 pub mod edge;
