@@ -1,5 +1,6 @@
 //! wasm-bindgen-test suite: the core, compiled to wasm32, behaves as it does natively.
 #![cfg(target_arch = "wasm32")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use poptill::api::{resolve, RouteId};
 use poptill::money::{Currency, MinorUnits};

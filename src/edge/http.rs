@@ -140,3 +140,71 @@ pub fn log_request(ctx: &Ctx, method: &str, path: &str, status: u16, took_ms: i6
 pub fn iso8601(ms: i64) -> String {
     crate::time::iso8601(ms)
 }
+
+/// `N` random bytes from the platform (crypto.getRandomValues).
+pub fn random<const N: usize>() -> Result<[u8; N], ApiError> {
+    let mut b = [0u8; N];
+    getrandom::getrandom(&mut b).map_err(|_| {
+        ApiError::new(503, "temporarily_unavailable", "No randomness available; try again.")
+            .retryable()
+    })?;
+    Ok(b)
+}
+
+/// Reads a JSON body. Errors never echo the body (it may hold a card number): they name
+/// a missing field or the position of the problem only.
+pub async fn body_json<T: serde::de::DeserializeOwned>(req: &mut Request) -> Result<T, ApiError> {
+    let text = req.text().await.map_err(|_| {
+        ApiError::bad_request("invalid_body", "The request body could not be read.")
+    })?;
+    parse_json_body(&text)
+}
+
+/// The body-parsing rule of [`body_json`], for bodies already read.
+pub fn parse_json_body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
+    if text.len() > 256 * 1024 {
+        return Err(ApiError::new(413, "body_too_large", "The request body is over 256 KiB."));
+    }
+    serde_json::from_str(text).map_err(|e| {
+        let msg = e.to_string();
+        match e.classify() {
+            serde_json::error::Category::Data if msg.starts_with("missing field") => {
+                let field = msg.split('`').nth(1).unwrap_or("?");
+                ApiError::bad_request(
+                    "invalid_body",
+                    format!("The body is missing the field `{field}`."),
+                )
+            }
+            serde_json::error::Category::Data => ApiError::bad_request(
+                "invalid_body",
+                format!(
+                    "A field in the body has the wrong type or value (line {}, column {}).",
+                    e.line(),
+                    e.column()
+                ),
+            ),
+            _ => ApiError::bad_request(
+                "invalid_json",
+                format!("The body is not valid JSON (line {}, column {}).", e.line(), e.column()),
+            ),
+        }
+    })
+}
+
+/// A KV binding, or a 503 if the Worker was deployed without it.
+pub fn kv(env: &Env, binding: &str) -> Result<worker::kv::KvStore, ApiError> {
+    env.kv(binding).map_err(internal)
+}
+
+pub fn kv_err(e: worker::kv::KvError) -> ApiError {
+    internal(worker::Error::from(e))
+}
+
+/// A var or secret as a string, if set.
+pub fn env_string(env: &Env, name: &str) -> Option<String> {
+    env.secret(name)
+        .map(|s| s.to_string())
+        .or_else(|_| env.var(name).map(|v| v.to_string()))
+        .ok()
+        .filter(|s| !s.is_empty())
+}
