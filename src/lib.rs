@@ -10,6 +10,8 @@
 
 pub mod error;
 pub mod money;
+pub mod policy;
+pub mod quote;
 pub mod secret;
 
 #[cfg(target_arch = "wasm32")]
