@@ -558,7 +558,8 @@ fn check_manifest(m: &Manifest, jur: Option<&str>, p: &mut Vec<Problem>) {
             p.push(Problem::new(path.clone(), format!("{j:?} is listed twice")));
         }
         if let Some(own) = jur {
-            let owned = j == own || (own != DEFAULT_JURISDICTION && j.starts_with(&format!("{own}-")));
+            let owned =
+                j == own || (own != DEFAULT_JURISDICTION && j.starts_with(&format!("{own}-")));
             if !owned || (j != own && !is_jurisdiction_code(j)) {
                 p.push(Problem::new(
                     path,
@@ -773,7 +774,10 @@ fn check_offline(o: &OfflineLimits, p: &mut Vec<Problem>) {
         ));
     }
     if o.per_event_cap.0 < 0 {
-        p.push(Problem::new("offline.per_event_cap", "must not be negative"));
+        p.push(Problem::new(
+            "offline.per_event_cap",
+            "must not be negative",
+        ));
     }
     if o.per_transaction_cap > o.per_event_cap {
         p.push(Problem::new(
@@ -1014,9 +1018,8 @@ impl TrustedKeys {
         let bytes = b64()
             .decode(block.sig.as_bytes())
             .map_err(|_| PolicyError::BadSignature("the signature is not base64".into()))?;
-        let sig = Signature::from_slice(&bytes).map_err(|_| {
-            PolicyError::BadSignature("the signature is not 64 bytes long".into())
-        })?;
+        let sig = Signature::from_slice(&bytes)
+            .map_err(|_| PolicyError::BadSignature("the signature is not 64 bytes long".into()))?;
         key.public
             .verify_strict(&signing_message(context, value), &sig)
             .map_err(|_| {
@@ -1430,10 +1433,16 @@ impl fmt::Display for PolicyError {
             PolicyError::Malformed(m) => write!(f, "The body is not a signed policy: {m}"),
             PolicyError::BadSignature(m) => write!(f, "The signature is not valid: {m}."),
             PolicyError::UnknownKey(k) => {
-                write!(f, "The bundle is signed by key {k:?}, which this edge does not trust.")
+                write!(
+                    f,
+                    "The bundle is signed by key {k:?}, which this edge does not trust."
+                )
             }
             PolicyError::KeyRetired(k) => {
-                write!(f, "The bundle is signed by key {k:?}, which has been retired.")
+                write!(
+                    f,
+                    "The bundle is signed by key {k:?}, which has been retired."
+                )
             }
             PolicyError::StaleRevision { pushed, highest } => write!(
                 f,

@@ -10,8 +10,7 @@
 use crate::error::ApiError;
 use crate::money::{Currency, MinorUnits};
 use crate::policy::{
-    BuyerField, Category, LoadedBundle, PriceMode, ReceiptRules, RoundingMode, RoundingScope,
-    PPM,
+    BuyerField, Category, LoadedBundle, PriceMode, ReceiptRules, RoundingMode, RoundingScope, PPM,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -120,12 +119,20 @@ pub struct Quote {
 pub enum QuoteError {
     NoItems,
     TooManyItems(usize),
-    BadQuantity { sku: String, quantity: u32 },
-    NegativePrice { sku: String },
+    BadQuantity {
+        sku: String,
+        quantity: u32,
+    },
+    NegativePrice {
+        sku: String,
+    },
     Overflow,
     /// The bundle (the `default` one) has no currency and none was given.
     NoCurrency,
-    CurrencyMismatch { bundle: Currency, asked: Currency },
+    CurrencyMismatch {
+        bundle: Currency,
+        asked: Currency,
+    },
 }
 
 impl QuoteError {

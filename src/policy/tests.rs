@@ -86,18 +86,37 @@ impl MemEdge {
         );
     }
 
-    pub fn push(&mut self, json: &str, keys: &TrustedKeys, now: i64) -> Result<Activation, PolicyError> {
+    pub fn push(
+        &mut self,
+        json: &str,
+        keys: &TrustedKeys,
+        now: i64,
+    ) -> Result<Activation, PolicyError> {
         let v = verify_envelope(json, keys)?;
         let act = decide_push(&v, self.active(&v.loaded.bundle.jurisdiction).as_ref(), now)?;
         self.apply(&act);
         Ok(act)
     }
 
-    pub fn rollback(&mut self, json: &str, keys: &TrustedKeys, now: i64) -> Result<Activation, PolicyError> {
+    pub fn rollback(
+        &mut self,
+        json: &str,
+        keys: &TrustedKeys,
+        now: i64,
+    ) -> Result<Activation, PolicyError> {
         let rb = verify_rollback(json, keys)?;
         let jur = rb.rollback.jurisdiction.clone();
-        let target = self.kv.get(&revision_key(&jur, rb.rollback.to_revision)).cloned();
-        let act = decide_rollback(&rb, self.active(&jur).as_ref(), target.as_deref(), keys, now)?;
+        let target = self
+            .kv
+            .get(&revision_key(&jur, rb.rollback.to_revision))
+            .cloned();
+        let act = decide_rollback(
+            &rb,
+            self.active(&jur).as_ref(),
+            target.as_deref(),
+            keys,
+            now,
+        )?;
         self.apply(&act);
         Ok(act)
     }
@@ -174,7 +193,10 @@ fn compiled_in_default_parses_from_the_file() {
     // The hard-coded fallback has revision 0 and no sources; the file has revision >= 1.
     assert!(d.revision >= 1);
     assert_eq!(d.bundle.jurisdiction, DEFAULT_JURISDICTION);
-    assert_eq!(d.hash, bundle_hash(&serde_json::from_str(DEFAULT_BUNDLE_JSON).unwrap()));
+    assert_eq!(
+        d.hash,
+        bundle_hash(&serde_json::from_str(DEFAULT_BUNDLE_JSON).unwrap())
+    );
     assert_eq!(d.bundle.offline.per_event_cap, MinorUnits(0));
     let hard = hard_coded_default();
     // Valid except for its revision 0, which marks it as the last resort.
@@ -231,7 +253,11 @@ fn only_default_may_leave_out_currency_and_sources() {
     let mut v = file_value("GB");
     v.as_object_mut().unwrap().remove("currency");
     v["metadata"]["sources"] = serde_json::json!([]);
-    let paths: Vec<String> = validate_value(&v).unwrap_err().into_iter().map(|p| p.path).collect();
+    let paths: Vec<String> = validate_value(&v)
+        .unwrap_err()
+        .into_iter()
+        .map(|p| p.path)
+        .collect();
     assert_eq!(paths, vec!["currency", "metadata.sources"]);
 }
 
@@ -250,12 +276,16 @@ fn jurisdiction_codes_and_lookup_chain() {
 
 #[test]
 fn canonical_bytes_sort_keys_and_drop_whitespace() {
-    let a: Value = serde_json::from_str(r#"{ "b": 1, "a": [ {"d": 2, "c": "x\"y"} ], "é": null }"#).unwrap();
+    let a: Value =
+        serde_json::from_str(r#"{ "b": 1, "a": [ {"d": 2, "c": "x\"y"} ], "é": null }"#).unwrap();
     let b: Value = serde_json::from_str(r#"{"é":null,"a":[{"c":"x\"y","d":2}],"b":1}"#).unwrap();
     let want = r#"{"a":[{"c":"x\"y","d":2}],"b":1,"é":null}"#;
     assert_eq!(String::from_utf8(canonical_bytes(&a)).unwrap(), want);
     assert_eq!(canonical_bytes(&a), canonical_bytes(&b));
-    assert_eq!(bundle_hash(&a), hex::encode(Sha256::digest(want.as_bytes())));
+    assert_eq!(
+        bundle_hash(&a),
+        hex::encode(Sha256::digest(want.as_bytes()))
+    );
     assert_eq!(bundle_hash(&a).len(), 64);
 }
 
@@ -303,18 +333,33 @@ fn tampered_unknown_retired_and_mislabelled_are_refused_each_with_its_code() {
     let tampered = serde_json::to_string(&env).unwrap();
     let code = |j: &str| verify_envelope(j, &keys).unwrap_err().code();
     assert_eq!(code(&tampered), "policy_bad_signature");
-    assert_eq!(code(&signed(&bundle_value("DE", 2, "stranger"), "stranger", 9)), "policy_unknown_key");
-    assert_eq!(code(&signed(&bundle_value("DE", 2, KID_B), KID_B, 2)), "policy_key_retired");
+    assert_eq!(
+        code(&signed(&bundle_value("DE", 2, "stranger"), "stranger", 9)),
+        "policy_unknown_key"
+    );
+    assert_eq!(
+        code(&signed(&bundle_value("DE", 2, KID_B), KID_B, 2)),
+        "policy_key_retired"
+    );
     // Signed by A's kid with B's private key.
     assert_eq!(code(&signed(&v, KID_A, 2)), "policy_bad_signature");
     // Correct signature, but the manifest names another author.
-    assert_eq!(code(&signed(&bundle_value("DE", 2, KID_B), KID_A, 1)), "policy_invalid");
+    assert_eq!(
+        code(&signed(&bundle_value("DE", 2, KID_B), KID_A, 1)),
+        "policy_invalid"
+    );
     let mut env = sign_bundle(&v, KID_A, &signing_key(1));
     env.signature.alg = "HS256".into();
-    assert_eq!(code(&serde_json::to_string(&env).unwrap()), "policy_bad_signature");
+    assert_eq!(
+        code(&serde_json::to_string(&env).unwrap()),
+        "policy_bad_signature"
+    );
     env.signature.alg = SIGNATURE_ALG.into();
     env.signature.sig = "!!".into();
-    assert_eq!(code(&serde_json::to_string(&env).unwrap()), "policy_bad_signature");
+    assert_eq!(
+        code(&serde_json::to_string(&env).unwrap()),
+        "policy_bad_signature"
+    );
     assert_eq!(code("{\"bundle\": 1}"), "policy_malformed");
     assert_eq!(code("not json"), "policy_malformed");
 }
@@ -323,7 +368,12 @@ fn tampered_unknown_retired_and_mislabelled_are_refused_each_with_its_code() {
 fn refused_pushes_leave_the_active_bundle_in_place() {
     let keys = trusted(true);
     let mut edge = MemEdge::default();
-    edge.push(&signed(&bundle_value("DE", 3, KID_A), KID_A, 1), &keys, 1_000).unwrap();
+    edge.push(
+        &signed(&bundle_value("DE", 3, KID_A), KID_A, 1),
+        &keys,
+        1_000,
+    )
+    .unwrap();
     let before = edge.active("DE").unwrap();
     assert_eq!(before.revision, 3);
 
@@ -334,20 +384,38 @@ fn refused_pushes_leave_the_active_bundle_in_place() {
     bad_schema["tax"]["rates_ppm"]["admission"] = 1.into();
     let cases = [
         (tampered, "policy_bad_signature"),
-        (signed(&bundle_value("DE", 4, "x"), "x", 7), "policy_unknown_key"),
-        (signed(&bundle_value("DE", 4, KID_B), KID_B, 2), "policy_key_retired"),
-        (signed(&bundle_value("DE", 2, KID_A), KID_A, 1), "policy_stale_revision"),
+        (
+            signed(&bundle_value("DE", 4, "x"), "x", 7),
+            "policy_unknown_key",
+        ),
+        (
+            signed(&bundle_value("DE", 4, KID_B), KID_B, 2),
+            "policy_key_retired",
+        ),
+        (
+            signed(&bundle_value("DE", 2, KID_A), KID_A, 1),
+            "policy_stale_revision",
+        ),
         (signed(&bad_schema, KID_A, 1), "policy_invalid"),
     ];
     for (json, want) in cases {
         let e = edge.push(&json, &keys, 2_000).unwrap_err();
         assert_eq!(e.code(), want);
-        assert_eq!(edge.active("DE").unwrap(), before, "{want} moved the pointer");
+        assert_eq!(
+            edge.active("DE").unwrap(),
+            before,
+            "{want} moved the pointer"
+        );
         assert_eq!(edge.load("DE", None, &keys).revision, 3);
     }
-    let invalid = edge.push(&signed(&bad_schema, KID_A, 1), &keys, 2_000).unwrap_err();
+    let invalid = edge
+        .push(&signed(&bad_schema, KID_A, 1), &keys, 2_000)
+        .unwrap_err();
     assert_eq!(invalid.to_api().status, 422);
-    assert_eq!(invalid.body()["error"]["problems"][0]["path"], "tax.rates_ppm.admission");
+    assert_eq!(
+        invalid.body()["error"]["problems"][0]["path"],
+        "tax.rates_ppm.admission"
+    );
     assert_eq!(edge.history("DE").0.len(), 1);
 }
 
@@ -362,14 +430,27 @@ fn push_moves_pointer_and_repeating_it_is_idempotent() {
     let again = edge.push(&one, &keys, 20).unwrap();
     assert!(again.unchanged);
     assert_eq!(edge.active("JP").unwrap().activated_ms, 10);
-    edge.push(&signed(&bundle_value("JP", 2, KID_B), KID_B, 2), &keys, 30).unwrap();
+    edge.push(&signed(&bundle_value("JP", 2, KID_B), KID_B, 2), &keys, 30)
+        .unwrap();
     let p = edge.active("JP").unwrap();
     assert_eq!((p.revision, p.highest_revision, p.via), (2, 2, Via::Push));
     // A different bundle under an already used revision number is stale.
     let mut other = bundle_value("JP", 2, KID_A);
     other["retention_days"] = 3000.into();
-    assert_eq!(edge.push(&signed(&other, KID_A, 1), &keys, 40).unwrap_err().code(), "policy_stale_revision");
-    assert_eq!(edge.history("JP").0.iter().map(|h| h.revision).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        edge.push(&signed(&other, KID_A, 1), &keys, 40)
+            .unwrap_err()
+            .code(),
+        "policy_stale_revision"
+    );
+    assert_eq!(
+        edge.history("JP")
+            .0
+            .iter()
+            .map(|h| h.revision)
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
 }
 
 #[test]
@@ -377,55 +458,87 @@ fn signed_rollback_moves_the_pointer_back_and_cannot_be_replayed() {
     let keys = trusted(false);
     let mut edge = MemEdge::default();
     for rev in 1..=3 {
-        edge.push(&signed(&bundle_value("FR", rev, KID_A), KID_A, 1), &keys, rev as i64).unwrap();
+        edge.push(
+            &signed(&bundle_value("FR", rev, KID_A), KID_A, 1),
+            &keys,
+            rev as i64,
+        )
+        .unwrap();
     }
     let rb = rollback_json("FR", 3, 1, KID_B, 2);
     let act = edge.rollback(&rb, &keys, 100).unwrap();
     assert_eq!(act.loaded.revision, 1);
     let p = edge.active("FR").unwrap();
-    assert_eq!((p.revision, p.highest_revision, p.via), (1, 3, Via::Rollback));
+    assert_eq!(
+        (p.revision, p.highest_revision, p.via),
+        (1, 3, Via::Rollback)
+    );
     assert_eq!(p.hash, bundle_hash(&bundle_value("FR", 1, KID_A)));
     assert_eq!(edge.load("FR", None, &keys).revision, 1);
     let last = edge.history("FR").0.last().cloned().unwrap();
-    assert_eq!((last.revision, last.from_revision, last.via), (1, Some(3), Via::Rollback));
+    assert_eq!(
+        (last.revision, last.from_revision, last.via),
+        (1, Some(3), Via::Rollback)
+    );
 
     // Replaying the same rollback, or an old push, is refused.
-    assert_eq!(edge.rollback(&rb, &keys, 101).unwrap_err().code(), "policy_rollback_conflict");
+    assert_eq!(
+        edge.rollback(&rb, &keys, 101).unwrap_err().code(),
+        "policy_rollback_conflict"
+    );
     let replay = signed(&bundle_value("FR", 2, KID_A), KID_A, 1);
-    assert_eq!(edge.push(&replay, &keys, 102).unwrap_err().code(), "policy_stale_revision");
+    assert_eq!(
+        edge.push(&replay, &keys, 102).unwrap_err().code(),
+        "policy_stale_revision"
+    );
     // Rolling "back" upwards, to a missing revision, or with an untrusted key is refused.
     assert_eq!(
-        edge.rollback(&rollback_json("FR", 1, 3, KID_A, 1), &keys, 103).unwrap_err().code(),
+        edge.rollback(&rollback_json("FR", 1, 3, KID_A, 1), &keys, 103)
+            .unwrap_err()
+            .code(),
         "policy_rollback_not_older"
     );
     assert_eq!(
-        edge.rollback(&rollback_json("FR", 1, 0, KID_A, 1), &keys, 103).unwrap_err().code(),
+        edge.rollback(&rollback_json("FR", 1, 0, KID_A, 1), &keys, 103)
+            .unwrap_err()
+            .code(),
         "policy_revision_not_found"
     );
     assert_eq!(
-        edge.rollback(&rollback_json("FR", 1, 0, "x", 9), &keys, 103).unwrap_err().code(),
+        edge.rollback(&rollback_json("FR", 1, 0, "x", 9), &keys, 103)
+            .unwrap_err()
+            .code(),
         "policy_unknown_key"
     );
     assert_eq!(
-        edge.rollback(&rollback_json("GB", 1, 0, KID_A, 1), &keys, 103).unwrap_err().code(),
+        edge.rollback(&rollback_json("GB", 1, 0, KID_A, 1), &keys, 103)
+            .unwrap_err()
+            .code(),
         "policy_revision_not_found"
     );
     // A tampered statement fails its signature.
-    let mut env: SignedRollback = serde_json::from_str(&rollback_json("FR", 1, 0, KID_A, 1)).unwrap();
+    let mut env: SignedRollback =
+        serde_json::from_str(&rollback_json("FR", 1, 0, KID_A, 1)).unwrap();
     env.rollback.to_revision = 2;
     assert_eq!(
-        edge.rollback(&serde_json::to_string(&env).unwrap(), &keys, 103).unwrap_err().code(),
+        edge.rollback(&serde_json::to_string(&env).unwrap(), &keys, 103)
+            .unwrap_err()
+            .code(),
         "policy_bad_signature"
     );
     // A bundle signature cannot pass as a rollback signature (different context).
-    let bundle_sig: SignedBundle = serde_json::from_str(&signed(&bundle_value("FR", 9, KID_A), KID_A, 1)).unwrap();
+    let bundle_sig: SignedBundle =
+        serde_json::from_str(&signed(&bundle_value("FR", 9, KID_A), KID_A, 1)).unwrap();
     env.signature = bundle_sig.signature;
     assert_eq!(
-        edge.rollback(&serde_json::to_string(&env).unwrap(), &keys, 103).unwrap_err().code(),
+        edge.rollback(&serde_json::to_string(&env).unwrap(), &keys, 103)
+            .unwrap_err()
+            .code(),
         "policy_bad_signature"
     );
     // The next push must go above the highest revision ever active.
-    edge.push(&signed(&bundle_value("FR", 4, KID_A), KID_A, 1), &keys, 104).unwrap();
+    edge.push(&signed(&bundle_value("FR", 4, KID_A), KID_A, 1), &keys, 104)
+        .unwrap();
     assert_eq!(edge.active("FR").unwrap().revision, 4);
     assert_eq!(edge.active("FR").unwrap().highest_revision, 4);
 }
@@ -434,10 +547,14 @@ fn signed_rollback_moves_the_pointer_back_and_cannot_be_replayed() {
 fn rollback_to_a_bundle_of_a_retired_key_is_refused() {
     let mut edge = MemEdge::default();
     let keys = trusted(false);
-    edge.push(&signed(&bundle_value("ES", 1, KID_B), KID_B, 2), &keys, 1).unwrap();
-    edge.push(&signed(&bundle_value("ES", 2, KID_A), KID_A, 1), &keys, 2).unwrap();
+    edge.push(&signed(&bundle_value("ES", 1, KID_B), KID_B, 2), &keys, 1)
+        .unwrap();
+    edge.push(&signed(&bundle_value("ES", 2, KID_A), KID_A, 1), &keys, 2)
+        .unwrap();
     let retired = trusted(true);
-    let e = edge.rollback(&rollback_json("ES", 2, 1, KID_A, 1), &retired, 3).unwrap_err();
+    let e = edge
+        .rollback(&rollback_json("ES", 2, 1, KID_A, 1), &retired, 3)
+        .unwrap_err();
     assert_eq!(e.code(), "policy_key_retired");
     assert_eq!(edge.active("ES").unwrap().revision, 2);
 }
@@ -446,7 +563,8 @@ fn rollback_to_a_bundle_of_a_retired_key_is_refused() {
 fn pinned_events_keep_their_revision_while_others_follow_the_active_one() {
     let keys = trusted(false);
     let mut edge = MemEdge::default();
-    edge.push(&signed(&bundle_value("IE", 1, KID_A), KID_A, 1), &keys, 1).unwrap();
+    edge.push(&signed(&bundle_value("IE", 1, KID_A), KID_A, 1), &keys, 1)
+        .unwrap();
     let mut v2 = bundle_value("IE", 2, KID_A);
     v2["retention_days"] = 3000.into();
     edge.push(&signed(&v2, KID_A, 1), &keys, 2).unwrap();
@@ -473,14 +591,25 @@ fn cache_serves_fresh_then_stale_and_keeps_the_last_good_bundle() {
     assert!(matches!(cache.lookup("DE", 61_000), CacheLookup::Stale(_)));
     // Pinned revisions never go stale.
     cache.store(&cache_key("DE", Some(1)), de.clone(), 0);
-    assert!(matches!(cache.lookup("DE@1", i64::MAX), CacheLookup::Fresh(_)));
+    assert!(matches!(
+        cache.lookup("DE@1", i64::MAX),
+        CacheLookup::Fresh(_)
+    ));
     cache.invalidate("DE");
     assert_eq!(cache.lookup("DE", 0), CacheLookup::Missing);
 }
 
 #[test]
 fn errors_map_to_statuses_and_never_panic_on_garbage() {
-    assert_eq!(PolicyError::StaleRevision { pushed: 1, highest: 2 }.to_api().status, 409);
+    assert_eq!(
+        PolicyError::StaleRevision {
+            pushed: 1,
+            highest: 2
+        }
+        .to_api()
+        .status,
+        409
+    );
     assert_eq!(PolicyError::UnknownKey("k".into()).to_api().status, 403);
     assert_eq!(PolicyError::BadSignature("x".into()).to_api().status, 400);
     let keys = trusted(false);
