@@ -238,6 +238,10 @@ Exit codes: 0 ok, 1 validation problem or refusal, 2 usage, 3 network or server 
         }
         let mut total = 0usize;
         for f in &a.positional {
+            if is_json_schema(Path::new(f)) {
+                println!("{f}: skipped (a JSON Schema, not a bundle)");
+                continue;
+            }
             let problems = match read_bundle(Path::new(f)) {
                 Err(msg) => vec![format!("{f}: {msg}")],
                 Ok(v) => match validate_value(&v) {
@@ -264,6 +268,14 @@ Exit codes: 0 ok, 1 validation problem or refusal, 2 usage, 3 network or server 
                 a.positional.len()
             )))
         }
+    }
+
+    /// policies/schema.json sits beside the bundles, so `validate policies/*.json` skips it.
+    fn is_json_schema(path: &Path) -> bool {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .is_some_and(|v| v.get("$schema").is_some())
     }
 
     fn display_path(p: &str) -> &str {

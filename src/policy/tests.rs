@@ -618,3 +618,75 @@ fn errors_map_to_statuses_and_never_panic_on_garbage() {
         assert!(verify_rollback(junk, &keys).is_err());
     }
 }
+
+/// Follows `$ref: "#/$defs/x"` in the schema.
+fn resolve<'a>(schema: &'a Value, node: &'a Value) -> &'a Value {
+    match node.get("$ref").and_then(Value::as_str) {
+        Some(r) => &schema["$defs"][r.trim_start_matches("#/$defs/")],
+        None => node,
+    }
+}
+
+/// Checks that every object in `value` has exactly the fields the schema allows and at
+/// least the ones it requires, recursively.
+fn check_against_schema(schema: &Value, node: &Value, value: &Value, path: &str, seen: &mut usize) {
+    let node = resolve(schema, node);
+    match value {
+        Value::Object(map) => {
+            let props = node["properties"].as_object();
+            if let Some(props) = props {
+                *seen += 1;
+                for (k, v) in map {
+                    let sub = props
+                        .get(k)
+                        .unwrap_or_else(|| panic!("{path}.{k} is not in schema.json"));
+                    check_against_schema(schema, sub, v, &format!("{path}.{k}"), seen);
+                }
+                for r in node["required"].as_array().unwrap() {
+                    assert!(
+                        map.contains_key(r.as_str().unwrap()),
+                        "{path}: schema requires {r}"
+                    );
+                }
+                assert_eq!(node["additionalProperties"], false, "{path}");
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                check_against_schema(schema, &node["items"], v, &format!("{path}[{i}]"), seen);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn schema_json_matches_the_bundle_types() {
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(policy_dir().join("schema.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    let props: BTreeSet<&str> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(props, TOP_LEVEL.iter().copied().collect::<BTreeSet<_>>());
+    for jur in REQUIRED {
+        // Typed and re-serialized: every field the Rust types write must be in the schema.
+        let typed = serde_json::to_value(validate_value(&file_value(jur)).unwrap()).unwrap();
+        let mut seen = 0;
+        check_against_schema(&schema, &schema, &typed, jur, &mut seen);
+        check_against_schema(&schema, &schema, &file_value(jur), jur, &mut seen);
+        assert!(seen >= 20, "{jur}: only {seen} objects checked");
+    }
+    // A field the types do not know is caught by the check.
+    let mut v = file_value("DE");
+    v["tax"]["vat_id"] = 1.into();
+    let r = std::panic::catch_unwind(|| check_against_schema(&schema, &schema, &v, "DE", &mut 0));
+    assert!(r.is_err());
+}
