@@ -37,6 +37,14 @@ pub struct QuoteItem {
     pub age_restricted: bool,
 }
 
+/// The body of `POST /v1/events/{id}/quote`. The event supplies the place (and an optional
+/// pinned policy revision) and the currency; the buyer supplies only the items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteRequest {
+    pub items: Vec<QuoteItem>,
+}
+
 /// The refund terms of one line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundTerms {

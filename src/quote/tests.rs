@@ -348,3 +348,23 @@ fn per_total_line_taxes_always_add_up() {
         assert_eq!(q.total.0, gross);
     }
 }
+
+#[test]
+fn quote_request_parses_and_refuses_unknown_fields() {
+    let r: QuoteRequest = serde_json::from_str(
+        r#"{"items":[{"sku":"t1","name":"Ticket","category":"ticket","unit_price":2500,"quantity":2}]}"#,
+    )
+    .unwrap();
+    assert_eq!(r.items[0].category, Admission);
+    assert!(!r.items[0].age_restricted);
+    let q = quote(&r.items, &loaded("DE"), NOW).unwrap();
+    let j = serde_json::to_value(&q).unwrap();
+    assert_eq!(j["policy_revision"], 1);
+    assert_eq!(j["lines"][0]["category"], "admission");
+    assert_eq!(j["total"], 5000);
+    assert!(serde_json::from_str::<QuoteRequest>(r#"{"items":[],"discount":5}"#).is_err());
+    assert!(serde_json::from_str::<QuoteRequest>(
+        r#"{"items":[{"sku":"a","name":"a","category":"drinks","unit_price":1,"quantity":1}]}"#
+    )
+    .is_err());
+}
