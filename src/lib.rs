@@ -15,6 +15,8 @@ pub mod error;
 pub mod money;
 pub mod receipt;
 pub mod routing;
+pub mod policy;
+pub mod quote;
 pub mod secret;
 pub mod time;
 pub mod vault;
