@@ -114,3 +114,15 @@ start_stack() {
   ADMIN_KEY="$(dev_var ADMIN_KEY)"; export ADMIN_KEY
   export POPTILL_WORKER_LOG="$logs/worker.log" POPTILL_STATE_DIR="$state"
 }
+
+# ensure_policy_key FILE: makes a policy author key at FILE once (never committed) and
+# exports POLICY_KEY_FILE, POLICY_KID and POLICY_PUBLIC_KEYS_JSON for the stack.
+ensure_policy_key() {
+  local file="$1"
+  mkdir -p "$(dirname "$file")"
+  [ -f "$file" ] || "$ROOT/scripts/policy" keygen --out "$file" >/dev/null
+  POLICY_KEY_FILE="$file"
+  POLICY_KID="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["kid"])' "$file")"
+  POLICY_PUBLIC_KEYS_JSON="$(python3 -c 'import json,sys; k=json.load(open(sys.argv[1])); print(json.dumps({k["kid"]: k["public_key"]}))' "$file")"
+  export POLICY_KEY_FILE POLICY_KID POLICY_PUBLIC_KEYS_JSON
+}

@@ -10,6 +10,14 @@ use std::sync::OnceLock;
 pub enum RouteId {
     Healthz,
     OpenApi,
+    CreateToken,
+    ListKeys,
+    RotateKey,
+    RevokeKey,
+    PushPolicy,
+    PolicyStatus,
+    PolicyRevision,
+    RollbackPolicy,
 }
 
 /// Who may call a route.
@@ -43,6 +51,54 @@ pub const ROUTES: &[Route] = &[
         method: "GET",
         path: "/v1/openapi.json",
         access: Access::Public,
+    },
+    Route {
+        id: RouteId::CreateToken,
+        method: "POST",
+        path: "/v1/tokens",
+        access: Access::Public,
+    },
+    Route {
+        id: RouteId::ListKeys,
+        method: "GET",
+        path: "/v1/admin/keys",
+        access: Access::Operator,
+    },
+    Route {
+        id: RouteId::RotateKey,
+        method: "POST",
+        path: "/v1/admin/keys/rotate",
+        access: Access::Operator,
+    },
+    Route {
+        id: RouteId::RevokeKey,
+        method: "POST",
+        path: "/v1/admin/keys/{kid}/revoke",
+        access: Access::Operator,
+    },
+    Route {
+        id: RouteId::PushPolicy,
+        method: "PUT",
+        path: "/v1/admin/policies",
+        access: Access::Operator,
+    },
+    Route {
+        id: RouteId::PolicyStatus,
+        method: "GET",
+        path: "/v1/admin/policies/{jurisdiction}",
+        access: Access::Operator,
+    },
+    Route {
+        id: RouteId::PolicyRevision,
+        method: "GET",
+        path: "/v1/admin/policies/{jurisdiction}/revisions/{revision}",
+        access: Access::Operator,
+    },
+    Route {
+        id: RouteId::RollbackPolicy,
+        method: "POST",
+        path: "/v1/admin/policies/{jurisdiction}/rollback",
+        access: Access::Operator,
     },
 ];
 

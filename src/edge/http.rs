@@ -145,8 +145,12 @@ pub fn iso8601(ms: i64) -> String {
 pub fn random<const N: usize>() -> Result<[u8; N], ApiError> {
     let mut b = [0u8; N];
     getrandom::getrandom(&mut b).map_err(|_| {
-        ApiError::new(503, "temporarily_unavailable", "No randomness available; try again.")
-            .retryable()
+        ApiError::new(
+            503,
+            "temporarily_unavailable",
+            "No randomness available; try again.",
+        )
+        .retryable()
     })?;
     Ok(b)
 }
@@ -160,10 +164,29 @@ pub async fn body_json<T: serde::de::DeserializeOwned>(req: &mut Request) -> Res
     parse_json_body(&text)
 }
 
+/// Reads a body as text (bounded).
+pub async fn body_text(req: &mut Request) -> Result<String, ApiError> {
+    let text = req.text().await.map_err(|_| {
+        ApiError::bad_request("invalid_body", "The request body could not be read.")
+    })?;
+    if text.len() > 256 * 1024 {
+        return Err(ApiError::new(
+            413,
+            "body_too_large",
+            "The request body is over 256 KiB.",
+        ));
+    }
+    Ok(text)
+}
+
 /// The body-parsing rule of [`body_json`], for bodies already read.
 pub fn parse_json_body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
     if text.len() > 256 * 1024 {
-        return Err(ApiError::new(413, "body_too_large", "The request body is over 256 KiB."));
+        return Err(ApiError::new(
+            413,
+            "body_too_large",
+            "The request body is over 256 KiB.",
+        ));
     }
     serde_json::from_str(text).map_err(|e| {
         let msg = e.to_string();
@@ -185,7 +208,11 @@ pub fn parse_json_body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, 
             ),
             _ => ApiError::bad_request(
                 "invalid_json",
-                format!("The body is not valid JSON (line {}, column {}).", e.line(), e.column()),
+                format!(
+                    "The body is not valid JSON (line {}, column {}).",
+                    e.line(),
+                    e.column()
+                ),
             ),
         }
     })

@@ -7,6 +7,8 @@
 
 mod event_object;
 mod http;
+mod policy;
+mod vault;
 
 use crate::api::{self, Access, RouteId};
 use crate::error::ApiError;
@@ -37,7 +39,7 @@ async fn fetch(req: Request, env: Env, _worker_ctx: Context) -> Result<Response>
     Ok(response)
 }
 
-async fn handle(req: Request, env: &Env, ctx: &Ctx) -> std::result::Result<Response, ApiError> {
+async fn handle(mut req: Request, env: &Env, ctx: &Ctx) -> std::result::Result<Response, ApiError> {
     let method = req.method().to_string();
     let path = req.path();
     if method == "OPTIONS" {
@@ -59,5 +61,42 @@ async fn handle(req: Request, env: &Env, ctx: &Ctx) -> std::result::Result<Respo
             }),
         ),
         RouteId::OpenApi => http::raw(200, "application/json", api::OPENAPI_JSON),
+        RouteId::CreateToken => {
+            let body: TokenRequest = http::body_json(&mut req).await?;
+            let merchant = body.merchant_id.unwrap_or_default();
+            let binding = vault::binding(&merchant, &body.event_id);
+            let out = vault::tokenize_card(env, ctx, body.card, &binding).await?;
+            json(201, &out)
+        }
+        RouteId::ListKeys => vault::list_keys(env, ctx).await,
+        RouteId::RotateKey => vault::rotate_now(env, ctx).await,
+        RouteId::RevokeKey => vault::revoke(env, ctx, param(&matched, "kid")).await,
+        RouteId::PushPolicy => policy::push(env, ctx, &http::body_text(&mut req).await?).await,
+        RouteId::PolicyStatus => policy::status(env, param(&matched, "jurisdiction")).await,
+        RouteId::PolicyRevision => {
+            policy::revision(
+                env,
+                param(&matched, "jurisdiction"),
+                param(&matched, "revision"),
+            )
+            .await
+        }
+        RouteId::RollbackPolicy => {
+            let body = http::body_text(&mut req).await?;
+            policy::rollback(env, ctx, param(&matched, "jurisdiction"), &body).await
+        }
     }
+}
+
+fn param<'a>(m: &'a api::Matched, name: &str) -> &'a str {
+    m.params.get(name).map(String::as_str).unwrap_or("")
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    event_id: String,
+    #[serde(default)]
+    merchant_id: Option<String>,
+    card: vault::CardInput,
 }

@@ -25,7 +25,10 @@ thread_local! {
 
 pub fn key_policy(env: &Env) -> KeyPolicy {
     let secs = |name: &str, default: i64| {
-        env_string(env, name).and_then(|s| s.parse::<i64>().ok()).filter(|v| *v > 0).unwrap_or(default)
+        env_string(env, name)
+            .and_then(|s| s.parse::<i64>().ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(default)
     };
     let d = KeyPolicy::default();
     KeyPolicy {
@@ -41,12 +44,22 @@ fn keks(env: &Env) -> Result<KekSet, ApiError> {
 }
 
 async fn read_record(env: &Env, kid: &str) -> Result<Option<KeyRecord>, ApiError> {
-    let text = kv(env, "VAULT")?.get(&kv_key_record(kid)).text().await.map_err(kv_err)?;
+    let text = kv(env, "VAULT")?
+        .get(&kv_key_record(kid))
+        .text()
+        .await
+        .map_err(kv_err)?;
     Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
 }
 
 async fn write_record(env: &Env, record: &KeyRecord, now_ms: i64) -> Result<(), ApiError> {
-    let body = serde_json::to_string(record).map_err(|_| ApiError::new(503, "temporarily_unavailable", "Could not encode a key record."))?;
+    let body = serde_json::to_string(record).map_err(|_| {
+        ApiError::new(
+            503,
+            "temporarily_unavailable",
+            "Could not encode a key record.",
+        )
+    })?;
     kv(env, "VAULT")?
         .put(&kv_key_record(&record.kid), body)
         .map_err(kv_err)?
@@ -59,10 +72,20 @@ async fn write_record(env: &Env, record: &KeyRecord, now_ms: i64) -> Result<(), 
 /// Makes a new data key for this PoP, stores it and points the PoP's pointer at it.
 async fn rotate(env: &Env, ctx: &Ctx) -> Result<DataKey, ApiError> {
     let keks = keks(env)?;
-    let kid = format!("dk_{}_{}", ctx.colo.to_ascii_lowercase(), hex::encode(random::<8>()?));
-    let (record, key) =
-        new_key_record(&kid, random::<32>()?, random::<12>()?, &keks, ctx.now_ms, &key_policy(env))
-            .map_err(|e| e.to_api())?;
+    let kid = format!(
+        "dk_{}_{}",
+        ctx.colo.to_ascii_lowercase(),
+        hex::encode(random::<8>()?)
+    );
+    let (record, key) = new_key_record(
+        &kid,
+        random::<32>()?,
+        random::<12>()?,
+        &keks,
+        ctx.now_ms,
+        &key_policy(env),
+    )
+    .map_err(|e| e.to_api())?;
     write_record(env, &record, ctx.now_ms).await?;
     kv(env, "VAULT")?
         .put(&kv_key_current(&ctx.colo), kid.clone())
@@ -84,7 +107,11 @@ async fn current_key(env: &Env, ctx: &Ctx) -> Result<DataKey, ApiError> {
     if let Some(k) = CACHE.with(|c| c.borrow().current(ctx.now_ms).cloned()) {
         return Ok(k);
     }
-    let pointer = kv(env, "VAULT")?.get(&kv_key_current(&ctx.colo)).text().await.map_err(kv_err)?;
+    let pointer = kv(env, "VAULT")?
+        .get(&kv_key_current(&ctx.colo))
+        .text()
+        .await
+        .map_err(kv_err)?;
     let record = match pointer {
         Some(kid) => read_record(env, &kid).await?,
         None => None,
@@ -104,19 +131,32 @@ async fn current_key(env: &Env, ctx: &Ctx) -> Result<DataKey, ApiError> {
 }
 
 /// The data key for a token's kid, from the cache or KV; `None` when the record is gone.
-pub async fn key_for_token(env: &Env, token: &str, now_ms: i64) -> Result<Option<DataKey>, ApiError> {
+#[allow(dead_code)] // used by checkout
+pub async fn key_for_token(
+    env: &Env,
+    token: &str,
+    now_ms: i64,
+) -> Result<Option<DataKey>, ApiError> {
     let kid = vault::token_kid(token).map_err(|e| e.to_api())?;
     if let Some(k) = CACHE.with(|c| c.borrow().get(&kid, now_ms).cloned()) {
         return Ok(Some(k));
     }
-    let Some(record) = read_record(env, &kid).await? else { return Ok(None) };
+    let Some(record) = read_record(env, &kid).await? else {
+        return Ok(None);
+    };
     let key = unwrap_key(&record, &keks(env)?).map_err(|e| e.to_api())?;
     CACHE.with(|c| c.borrow_mut().insert(key.clone(), now_ms));
     Ok(Some(key))
 }
 
 /// Opens a card token for the acquirer connector. Never exposed through a route.
-pub async fn detokenize(env: &Env, token: &str, binding: &TokenBinding<'_>, now_ms: i64) -> Result<Card, ApiError> {
+#[allow(dead_code)] // used by checkout
+pub async fn detokenize(
+    env: &Env,
+    token: &str,
+    binding: &TokenBinding<'_>,
+    now_ms: i64,
+) -> Result<Card, ApiError> {
     let key = key_for_token(env, token, now_ms).await?;
     vault::detokenize(token, binding, |_| key.as_ref(), now_ms).map_err(|e| e.to_api())
 }
@@ -132,17 +172,38 @@ pub struct CardInput {
 }
 
 /// Validates a card and seals it (and its CVC) for `binding`.
-pub async fn tokenize_card(env: &Env, ctx: &Ctx, input: CardInput, binding: &TokenBinding<'_>) -> Result<serde_json::Value, ApiError> {
+pub async fn tokenize_card(
+    env: &Env,
+    ctx: &Ctx,
+    input: CardInput,
+    binding: &TokenBinding<'_>,
+) -> Result<serde_json::Value, ApiError> {
     let expiry = Expiry::new(input.exp_month, input.exp_year).map_err(|e| e.to_api())?;
-    let card = Card::parse(&input.number, expiry, input.cvc.as_deref(), ctx.now_ms).map_err(|e| e.to_api())?;
+    let card = Card::parse(&input.number, expiry, input.cvc.as_deref(), ctx.now_ms)
+        .map_err(|e| e.to_api())?;
     drop(input);
     let key = current_key(env, ctx).await?;
-    let token = vault::tokenize(&card, binding, &key, random::<12>()?, ctx.now_ms, TOKEN_TTL_MS)
-        .map_err(|e| e.to_api())?;
+    let token = vault::tokenize(
+        &card,
+        binding,
+        &key,
+        random::<12>()?,
+        ctx.now_ms,
+        TOKEN_TTL_MS,
+    )
+    .map_err(|e| e.to_api())?;
     let cvc_token = match card.cvc() {
         Some(_) => Some(
-            vault::tokenize_cvc(&card, &token.token, binding, &key, random::<12>()?, ctx.now_ms, TOKEN_TTL_MS)
-                .map_err(|e| e.to_api())?,
+            vault::tokenize_cvc(
+                &card,
+                &token.token,
+                binding,
+                &key,
+                random::<12>()?,
+                ctx.now_ms,
+                TOKEN_TTL_MS,
+            )
+            .map_err(|e| e.to_api())?,
         ),
         None => None,
     };
@@ -159,7 +220,11 @@ pub async fn tokenize_card(env: &Env, ctx: &Ctx, input: CardInput, binding: &Tok
 }
 
 pub fn binding<'a>(merchant_id: &'a str, event_id: &'a str) -> TokenBinding<'a> {
-    TokenBinding { merchant_id, event_id, purpose: PURPOSE_PAYMENT }
+    TokenBinding {
+        merchant_id,
+        event_id,
+        purpose: PURPOSE_PAYMENT,
+    }
 }
 
 fn key_state(r: &KeyRecord, now_ms: i64) -> &'static str {
@@ -177,7 +242,12 @@ fn key_state(r: &KeyRecord, now_ms: i64) -> &'static str {
 /// `GET /v1/admin/keys`: ids, times and states, never key material.
 pub async fn list_keys(env: &Env, ctx: &Ctx) -> Result<Response, ApiError> {
     let store = kv(env, "VAULT")?;
-    let listed = store.list().prefix("vault:key:".to_string()).execute().await.map_err(kv_err)?;
+    let listed = store
+        .list()
+        .prefix("vault:key:".to_string())
+        .execute()
+        .await
+        .map_err(kv_err)?;
     let mut keys = Vec::new();
     for k in listed.keys {
         let kid = k.name.trim_start_matches("vault:key:");
@@ -189,18 +259,28 @@ pub async fn list_keys(env: &Env, ctx: &Ctx) -> Result<Response, ApiError> {
             }));
         }
     }
-    let current = store.get(&kv_key_current(&ctx.colo)).text().await.map_err(kv_err)?;
+    let current = store
+        .get(&kv_key_current(&ctx.colo))
+        .text()
+        .await
+        .map_err(kv_err)?;
     let policy = key_policy(env);
-    json(200, &serde_json::json!({
-        "colo": ctx.colo, "current": current, "keys": keys,
-        "rotate_every_seconds": policy.rotate_every_ms / 1000, "grace_seconds": policy.grace_ms / 1000,
-    }))
+    json(
+        200,
+        &serde_json::json!({
+            "colo": ctx.colo, "current": current, "keys": keys,
+            "rotate_every_seconds": policy.rotate_every_ms / 1000, "grace_seconds": policy.grace_ms / 1000,
+        }),
+    )
 }
 
 /// `POST /v1/admin/keys/rotate`: a new current key for this PoP now.
 pub async fn rotate_now(env: &Env, ctx: &Ctx) -> Result<Response, ApiError> {
     let key = rotate(env, ctx).await?;
-    json(201, &serde_json::json!({"kid": key.kid, "state": "active", "rotate_after": iso8601(key.rotate_after_ms), "expires": iso8601(key.expires_ms)}))
+    json(
+        201,
+        &serde_json::json!({"kid": key.kid, "state": "active", "rotate_after": iso8601(key.rotate_after_ms), "expires": iso8601(key.expires_ms)}),
+    )
 }
 
 /// `POST /v1/admin/keys/{kid}/revoke`: its tokens can no longer be opened.
@@ -211,9 +291,16 @@ pub async fn revoke(env: &Env, ctx: &Ctx, kid: &str) -> Result<Response, ApiErro
     record.revoke();
     write_record(env, &record, ctx.now_ms).await?;
     CACHE.with(|c| c.borrow_mut().remove(kid));
-    let pointer = kv(env, "VAULT")?.get(&kv_key_current(&ctx.colo)).text().await.map_err(kv_err)?;
+    let pointer = kv(env, "VAULT")?
+        .get(&kv_key_current(&ctx.colo))
+        .text()
+        .await
+        .map_err(kv_err)?;
     if pointer.as_deref() == Some(kid) {
-        kv(env, "VAULT")?.delete(&kv_key_current(&ctx.colo)).await.map_err(kv_err)?;
+        kv(env, "VAULT")?
+            .delete(&kv_key_current(&ctx.colo))
+            .await
+            .map_err(kv_err)?;
     }
     let _ = internal; // platform errors are mapped in the helpers above
     json(200, &serde_json::json!({"kid": kid, "state": "revoked"}))
