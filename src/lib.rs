@@ -9,6 +9,7 @@
 //! the compiler enforces that the core never touches it.
 
 pub mod error;
+pub mod ledger;
 pub mod money;
 pub mod secret;
 
