@@ -39,8 +39,9 @@ pub use config::{
 };
 pub use error::{LedgerError, OfflineLimit};
 pub use forward::{
-    AcquirerResult, AuthState, ForwardRequest, QueueAuth, Refund, RefundOutcome, RefundRequest,
-    RefundRule, RefundState, SealedCard, StoredAuth,
+    backoff_ms, AcquirerResult, AuthState, ForwardRequest, QueueAuth, Refund, RefundOutcome,
+    RefundRequest, RefundRule, RefundState, SealedCard, StoredAuth, BACKOFF_BASE_MS,
+    BACKOFF_MAX_MS, FORWARD_TIMEOUT_MS, MAX_FORWARDS_PER_WAKE,
 };
 pub use idempotency::{IdempotencyBegin, IDEMPOTENCY_IN_FLIGHT_MS, IDEMPOTENCY_RETENTION_MS};
 pub use orders::{LineRequest, Order, OrderLine, OrderState};
