@@ -172,7 +172,8 @@ fn refund_cmd(
 #[test]
 fn valid_config_is_accepted_and_bad_fields_are_named() {
     assert!(config().validate().is_ok());
-    let cases: Vec<(&str, Box<dyn Fn(&mut EventConfig)>)> = vec![
+    type Mutate = Box<dyn Fn(&mut EventConfig)>;
+    let cases: Vec<(&str, Mutate)> = vec![
         ("event_id", Box::new(|c| c.event_id = "bad id".into())),
         ("title", Box::new(|c| c.title = "  ".into())),
         ("jurisdiction", Box::new(|c| c.jurisdiction = "de".into())),
