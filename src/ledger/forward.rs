@@ -564,17 +564,14 @@ impl EventLedger {
                 };
                 r.in_flight_until = None;
             }
+            // "Unavailable" includes timeouts, after which the acquirer may still have
+            // refunded: the refund is retried with its key until a definite answer comes,
+            // even when the policy did not allow queuing it (that choice was made when it
+            // was requested). Failing it here could refund twice.
             (true, RefundOutcome::Unavailable) => {
                 r.in_flight_until = None;
-                if r.may_queue {
-                    r.state = RefundState::Queued;
-                    r.next_attempt_ms =
-                        now.saturating_add(backoff_ms(r.attempts, refund_id, entropy));
-                } else {
-                    r.state = RefundState::Failed {
-                        reason: "acquirer_unavailable".into(),
-                    };
-                }
+                r.state = RefundState::Queued;
+                r.next_attempt_ms = now.saturating_add(backoff_ms(r.attempts, refund_id, entropy));
             }
             (false, RefundOutcome::Succeeded { acquirer_refund_id }) => match &r.state {
                 RefundState::Succeeded {

@@ -499,6 +499,12 @@ impl EventLedger {
     /// enough for tests and an operator's health check.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut expect: BTreeMap<&str, SkuCounts> = BTreeMap::new();
+        let mut reserved: BTreeMap<&str, i64> = BTreeMap::new();
+        for r in self.refunds.values() {
+            if !matches!(r.state, RefundState::Failed { .. }) {
+                *reserved.entry(r.order_id.as_str()).or_default() += r.amount.0;
+            }
+        }
         for o in self.orders.values() {
             for l in &o.lines {
                 let c = expect.entry(l.sku.as_str()).or_default();
@@ -514,14 +520,7 @@ impl EventLedger {
             if o.refunded.0 < 0 || o.refunded > o.total {
                 return Err(format!("order {} refunded more than captured", o.order_id));
             }
-            let reserved: i64 = self
-                .refunds
-                .values()
-                .filter(|r| {
-                    r.order_id == o.order_id && !matches!(r.state, RefundState::Failed { .. })
-                })
-                .map(|r| r.amount.0)
-                .sum();
+            let reserved = reserved.get(o.order_id.as_str()).copied().unwrap_or(0);
             if reserved > o.total.0 {
                 return Err(format!("order {} refunds exceed its total", o.order_id));
             }

@@ -1340,10 +1340,11 @@ fn refund_rules_are_enforced() {
         err(&mut l, refund_cmd("r1", "o2", None, rule(), true), T0),
         LedgerError::NotCaptured("o2".into())
     );
-    // Unavailable without permission to queue fails the refund and frees the amount.
+    // An ambiguous answer keeps the refund (and its amount) until a definite one, even
+    // when queuing was not allowed: the acquirer may have refunded already.
     let mut r = rule();
     r.may_queue_offline = false;
-    ok(&mut l, refund_cmd("r9", "o1", None, r, true), T0 + 1);
+    ok(&mut l, refund_cmd("r9", "o1", Some(3000), r, true), T0 + 1);
     let f = refund_of(ok(
         &mut l,
         Command::RefundResult {
@@ -1352,7 +1353,26 @@ fn refund_rules_are_enforced() {
         },
         T0 + 2,
     ));
-    assert!(matches!(f.state, RefundState::Failed { .. }));
+    assert_eq!(f.state, RefundState::Queued);
+    assert_eq!(
+        err(
+            &mut l,
+            refund_cmd("r10", "o1", Some(1001), rule(), true),
+            T0 + 3
+        ),
+        LedgerError::RefundExceedsCaptured { remaining: 1000 }
+    );
+    // A definite failure frees the amount.
+    ok(
+        &mut l,
+        Command::RefundResult {
+            refund_id: "r9".into(),
+            result: RefundOutcome::Failed {
+                reason: "charge_disputed".into(),
+            },
+        },
+        T0 + 3,
+    );
     ok(
         &mut l,
         refund_cmd("r10", "o1", Some(100), rule(), true),
