@@ -70,6 +70,8 @@ pub enum LedgerError {
     IdempotencyNotFound,
     IdempotencyInFlight,
     IdempotencyMismatch,
+    /// The stored state could not be written or read back (a server fault, not the caller's).
+    StateCorrupt,
 }
 
 impl LedgerError {
@@ -219,6 +221,11 @@ impl LedgerError {
                 "A request with this idempotency key is still being processed; retry shortly.",
             )
             .retryable(),
+            E::StateCorrupt => ApiError::new(
+                500,
+                "ledger_state_unreadable",
+                "The event's stored state could not be read; the operator has to restore it.",
+            ),
             E::IdempotencyMismatch => ApiError::new(
                 422,
                 "idempotency_mismatch",

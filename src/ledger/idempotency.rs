@@ -10,7 +10,7 @@ pub const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 3_600_000;
 /// the next request with the key takes over.
 pub const IDEMPOTENCY_IN_FLIGHT_MS: i64 = 60_000;
 /// Largest stored response.
-pub const MAX_RESPONSE_LEN: usize = 32 * 1024;
+pub const MAX_RESPONSE_LEN: usize = 8 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct IdemRecord {

@@ -237,15 +237,38 @@ impl EventLedger {
 
     /// The state as one JSON document (the single SQLite row the shell stores).
     pub fn to_json(&self) -> Result<String, LedgerError> {
-        serde_json::to_string(self).map_err(|_| LedgerError::AmountOutOfRange)
+        serde_json::to_string(self).map_err(|_| LedgerError::StateCorrupt)
     }
 
     /// Restores a state written by [`EventLedger::to_json`].
     pub fn from_json(s: &str) -> Result<EventLedger, LedgerError> {
-        serde_json::from_str(s).map_err(|e| LedgerError::InvalidConfig {
-            field: "stored_state".into(),
-            reason: format!("cannot be read back ({e})"),
-        })
+        serde_json::from_str(s).map_err(|_| LedgerError::StateCorrupt)
+    }
+
+    /// The state as JSON split into pieces of at most `max_bytes` (at character
+    /// boundaries), for storage that limits one value's size (Durable Object SQLite rows:
+    /// 2 MB). Write all pieces in one transaction, e.g. rows `(chunk INTEGER PRIMARY KEY,
+    /// data TEXT)` numbered from 0, deleting rows past the new count.
+    pub fn to_json_chunks(&self, max_bytes: usize) -> Result<Vec<String>, LedgerError> {
+        let json = self.to_json()?;
+        let max = max_bytes.max(4);
+        let mut chunks = Vec::new();
+        let mut rest = json.as_str();
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(max);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (head, tail) = rest.split_at(cut);
+            chunks.push(head.to_string());
+            rest = tail;
+        }
+        Ok(chunks)
+    }
+
+    /// Restores a state from the pieces of [`EventLedger::to_json_chunks`], in order.
+    pub fn from_json_chunks(chunks: &[String]) -> Result<EventLedger, LedgerError> {
+        EventLedger::from_json(&chunks.concat())
     }
 
     pub fn config(&self) -> &EventConfig {

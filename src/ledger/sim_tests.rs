@@ -31,7 +31,9 @@ impl FakeAcquirer {
         }
         let n = self.charges.len();
         let entry = self.charges.entry(key.to_string()).or_insert_with(|| {
-            let decline = (seed ^ key.len() as u64).wrapping_mul(n as u64 + 7) % 5 == 0;
+            let decline = (seed ^ key.len() as u64)
+                .wrapping_mul(n as u64 + 7)
+                .is_multiple_of(5);
             let id = (!decline).then(|| format!("ch_{n}"));
             (id, order_id.to_string(), amount)
         });
@@ -397,9 +399,9 @@ impl Sim {
 #[test]
 fn simulation_keeps_invariants_through_faults_and_recovers_to_final_states() {
     let mut totals = (0u32, 0u32, 0u32, 0u32, 0u32);
-    for seed in 1..=30u64 {
+    for seed in 1..=20u64 {
         let mut sim = Sim::new(seed);
-        for _ in 0..600 {
+        for _ in 0..500 {
             sim.step();
         }
         sim.recover();
@@ -453,7 +455,12 @@ fn simulation_keeps_invariants_through_faults_and_recovers_to_final_states() {
                 .iter()
                 .find(|(_, (id, _, _))| id.as_deref() == Some(ch.as_str()))
                 .unwrap();
-            let a = l.auths().find(|a| &a.idempotency_key == key).unwrap();
+            let a = l
+                .auths()
+                .find(|a| &a.idempotency_key == key)
+                .unwrap_or_else(|| {
+                    panic!("seed {seed}: charge {ch} of an online order is unknown")
+                });
             assert_eq!(
                 a.state,
                 AuthState::Expired,

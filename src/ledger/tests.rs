@@ -341,6 +341,20 @@ fn state_round_trips_exactly_and_continues_after_restart() {
 }
 
 #[test]
+fn state_splits_into_chunks_at_character_boundaries() {
+    let mut c = config();
+    c.title = "Nachtmarkt Köln — 夜市".into();
+    let mut l = EventLedger::new(c, T0).unwrap();
+    ok(&mut l, hold_cmd("o1", &[("beer", 1)], T0 + MIN), T0);
+    let chunks = l.to_json_chunks(7).unwrap();
+    assert!(chunks.len() > 10);
+    assert!(chunks.iter().all(|c| !c.is_empty() && c.len() <= 7));
+    assert_eq!(chunks.concat(), l.to_json().unwrap());
+    assert_eq!(EventLedger::from_json_chunks(&chunks).unwrap(), l);
+    assert_eq!(l.to_json_chunks(1 << 20).unwrap().len(), 1);
+}
+
+#[test]
 fn corrupt_state_is_an_error_not_a_panic() {
     assert!(EventLedger::from_json("{\"config\": 1}").is_err());
     assert!(EventLedger::from_json("").is_err());
