@@ -81,8 +81,41 @@ pub struct StoredAuth {
     pub late_approval: bool,
 }
 
+/// A stored payment as replies show it: everything but the sealed card.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthView {
+    pub auth_id: String,
+    pub order_id: String,
+    pub amount: MinorUnits,
+    pub currency: Currency,
+    pub created_ms: i64,
+    pub expires_at_ms: i64,
+    pub state: AuthState,
+    pub attempts: u32,
+    pub next_attempt_ms: i64,
+    pub late_approval: bool,
+}
+
+impl StoredAuth {
+    /// The reply form, without the sealed card.
+    pub fn view(&self) -> AuthView {
+        AuthView {
+            auth_id: self.auth_id.clone(),
+            order_id: self.order_id.clone(),
+            amount: self.amount,
+            currency: self.currency,
+            created_ms: self.created_ms,
+            expires_at_ms: self.expires_at_ms,
+            state: self.state.clone(),
+            attempts: self.attempts,
+            next_attempt_ms: self.next_attempt_ms,
+            late_approval: self.late_approval,
+        }
+    }
+}
+
 /// What the shell sends to the acquirer for a `Forward` effect.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForwardRequest {
     pub auth_id: String,
     pub order_id: String,
@@ -150,7 +183,7 @@ pub struct Refund {
 }
 
 /// What the shell sends to the acquirer for a `ForwardRefund` effect.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundRequest {
     pub refund_id: String,
     pub order_id: String,
@@ -205,7 +238,7 @@ impl EventLedger {
                 && a.card_fingerprint == q.card_fingerprint
                 && a.idempotency_key == q.idempotency_key;
             return if same {
-                Ok(Reply::Auth { auth: a.clone() })
+                Ok(Reply::Auth { auth: a.view() })
             } else {
                 Err(LedgerError::Conflict(q.auth_id))
             };
@@ -283,13 +316,14 @@ impl EventLedger {
             in_flight_until: None,
             late_approval: false,
         };
-        self.auths.insert(q.auth_id, auth.clone());
+        let view = auth.view();
+        self.auths.insert(q.auth_id, auth);
         fx.changed = true;
         fx.push(Effect::Notify {
             order_id: q.order_id,
             state: OrderState::Queued,
         });
-        Ok(Reply::Auth { auth })
+        Ok(Reply::Auth { auth: view })
     }
 
     /// Ends a stored payment: drops its sealed card, sets the order's state, tells the shell.
@@ -375,7 +409,7 @@ impl EventLedger {
         let auth = self
             .auths
             .get(auth_id)
-            .cloned()
+            .map(StoredAuth::view)
             .ok_or_else(|| LedgerError::AuthNotFound(auth_id.to_string()))?;
         Ok(Reply::Auth { auth })
     }

@@ -12,7 +12,18 @@
 //!
 //! Call order for a checkout: `BeginIdempotent` → `Hold` → (acquirer online: charge, then
 //! `Confirm` or `Release`; acquirer down: `QueueAuthorization`) → `CompleteIdempotent`.
-//! Stored payments are forwarded only from `Alarm` and `SyncNow`.
+//! Stored payments are forwarded only from `Alarm` and `SyncNow`; refunds requested while
+//! the acquirer is online are sent at once (`ForwardRefund`), queued ones from the alarm.
+//!
+//! Storage: the whole state is one JSON document (events hold hundreds to a few thousand
+//! orders). Keep the deserialized ledger in memory between requests and reload it only when
+//! the object starts. Where one value is limited in size, store
+//! [`EventLedger::to_json_chunks`] as rows `ledger_state(chunk INTEGER PRIMARY KEY, data
+//! TEXT)` in one transaction.
+//!
+//! Wire format: `Command`, `Reply` and `Effect` are internally tagged JSON
+//! (`{"type": "hold", ...}`), so the Worker can post commands to the object and decode the
+//! replies. Replies never carry a sealed card; only `Effect::Forward` does.
 //!
 //! Architecture invariants: stock sold plus stock held never exceeds stock; the total of
 //! stored payments not yet forwarded never exceeds the event's `aggregate_max`; a sealed
@@ -39,8 +50,8 @@ pub use config::{
 };
 pub use error::{LedgerError, OfflineLimit};
 pub use forward::{
-    backoff_ms, AcquirerResult, AuthState, ForwardRequest, QueueAuth, Refund, RefundOutcome,
-    RefundRequest, RefundRule, RefundState, SealedCard, StoredAuth, BACKOFF_BASE_MS,
+    backoff_ms, AcquirerResult, AuthState, AuthView, ForwardRequest, QueueAuth, Refund,
+    RefundOutcome, RefundRequest, RefundRule, RefundState, SealedCard, StoredAuth, BACKOFF_BASE_MS,
     BACKOFF_MAX_MS, FORWARD_TIMEOUT_MS, MAX_FORWARDS_PER_WAKE,
 };
 pub use idempotency::{IdempotencyBegin, IDEMPOTENCY_IN_FLIGHT_MS, IDEMPOTENCY_RETENTION_MS};
@@ -160,12 +171,12 @@ pub enum Command {
 }
 
 /// What the shell answers the caller with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {
     Done,
     Order { order: Order },
-    Auth { auth: StoredAuth },
+    Auth { auth: AuthView },
     Refund { refund: Refund },
     Idempotency { result: IdempotencyBegin },
     Queue { status: QueueStatus },
@@ -173,7 +184,7 @@ pub enum Reply {
 }
 
 /// Something the shell must do after persisting the state, in order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Effect {
     /// Set the Durable Object alarm to this instant (workers-rs `set_alarm` takes an

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Stock of one SKU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkuSummary {
     pub sku: String,
     pub name: String,
@@ -18,7 +18,7 @@ pub struct SkuSummary {
 }
 
 /// The body of `GET /v1/admin/events/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventSummary {
     pub event_id: String,
     pub title: String,
@@ -59,7 +59,7 @@ pub enum ChargeStatus {
 }
 
 /// An order whose money differs between the edge and the acquirer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AmountMismatch {
     pub order_id: String,
     pub charge_id: String,
@@ -71,7 +71,7 @@ pub struct AmountMismatch {
 }
 
 /// The outcome of comparing the ledger with the acquirer's charge list.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReconReport {
     /// `(order_id, charge_id)` pairs that agree.
     pub matched: Vec<(String, String)>,

@@ -1648,3 +1648,55 @@ fn every_error_maps_to_a_stable_code_and_status() {
         assert!(codes.insert(a.code), "duplicate code {}", a.code);
     }
 }
+
+// ---------- wire format between the Worker and the Durable Object ----------
+
+#[test]
+fn commands_and_replies_have_a_stable_json_shape() {
+    let cmd: Command = serde_json::from_value(serde_json::json!({
+        "type": "hold",
+        "order_id": "o1",
+        "lines": [{"sku": "beer", "qty": 2}],
+        "expires_ms": T0 + MIN,
+        "buyer_email": null,
+        "lane": "primary",
+        "admission_ticket": null
+    }))
+    .unwrap();
+    let mut l = ledger();
+    let reply = ok(&mut l, cmd, T0);
+    let j = serde_json::to_value(&reply).unwrap();
+    assert_eq!(j["type"], "order");
+    assert_eq!(j["order"]["state"], "pending");
+    assert_eq!(j["order"]["total"], 900);
+    assert_eq!(serde_json::from_value::<Reply>(j).unwrap(), reply);
+
+    let q: Command = serde_json::from_value(serde_json::json!({
+        "type": "queue_authorization",
+        "auth_id": "a1", "order_id": "o1", "amount": 900, "currency": "EUR",
+        "card_fingerprint": "fp1", "sealed_card": "v1.sealed.blob",
+        "idempotency_key": "k1", "max_wait_ms": 3_600_000
+    }))
+    .unwrap();
+    let reply = ok(&mut l, q, T0 + 1);
+    let j = serde_json::to_string(&reply).unwrap();
+    assert!(j.contains("\"state\":\"queued\""), "{j}");
+    assert!(
+        !j.contains("v1.sealed.blob"),
+        "replies never carry the sealed card"
+    );
+    let r: Command = serde_json::from_value(serde_json::json!({
+        "type": "forward_result", "auth_id": "a1",
+        "result": {"result": "approved", "charge_id": "ch_1"}
+    }))
+    .unwrap();
+    ok(&mut l, r, T0 + 2);
+    assert_eq!(l.order("o1").unwrap().state, OrderState::Forwarded);
+    let e = serde_json::to_value(Effect::SetAlarm { at_ms: 5 }).unwrap();
+    assert_eq!(e, serde_json::json!({"type": "set_alarm", "at_ms": 5}));
+    let s = serde_json::to_value(ok(&mut l, Command::SyncNow, T0 + 3)).unwrap();
+    assert_eq!(
+        s,
+        serde_json::json!({"type": "synced", "forwards": 0, "refunds": 0})
+    );
+}
