@@ -448,13 +448,16 @@ impl EventLedger {
         let mut forwards = 0u32;
         let mut budget = MAX_FORWARDS_PER_WAKE;
         for a in self.auths.values_mut() {
-            if budget == 0 {
-                break;
-            }
             let due = a.state == AuthState::Queued
                 && a.in_flight_until.is_none()
                 && now < a.expires_at_ms
                 && (force || a.next_attempt_ms <= now);
+            if due && budget == 0 {
+                // Over the per-wake cap: due now, so the next alarm comes at once.
+                a.next_attempt_ms = a.next_attempt_ms.min(now);
+                fx.changed = true;
+                continue;
+            }
             let Some(sealed) = a.sealed_card.clone().filter(|_| due) else {
                 continue;
             };
@@ -475,10 +478,13 @@ impl EventLedger {
         }
         let mut refunds = 0u32;
         for r in self.refunds.values_mut() {
-            if budget == 0 {
-                break;
+            let due = r.state == RefundState::Queued && (force || r.next_attempt_ms <= now);
+            if due && budget == 0 {
+                r.next_attempt_ms = r.next_attempt_ms.min(now);
+                fx.changed = true;
+                continue;
             }
-            if r.state == RefundState::Queued && (force || r.next_attempt_ms <= now) {
+            if due {
                 fx.push(Effect::ForwardRefund(start_refund(r, now)));
                 fx.changed = true;
                 refunds += 1;

@@ -1700,3 +1700,76 @@ fn commands_and_replies_have_a_stable_json_shape() {
         serde_json::json!({"type": "synced", "forwards": 0, "refunds": 0})
     );
 }
+
+#[test]
+fn forwards_are_capped_per_wake_and_the_rest_follow_at_once() {
+    let mut c = config();
+    c.offline.aggregate_max = MinorUnits(100_000);
+    let mut l = EventLedger::new(c, T0).unwrap();
+    for i in 0..30 {
+        let o = format!("o{i}");
+        ok(&mut l, hold_cmd(&o, &[("beer", 1)], T0 + MIN), T0);
+        ok(
+            &mut l,
+            queue_cmd(&format!("a{i}"), &o, 450, &format!("card{i}")),
+            T0,
+        );
+    }
+    let out = run(&mut l, Command::SyncNow, T0 + 1);
+    assert_eq!(forwards(&out).len(), MAX_FORWARDS_PER_WAKE);
+    // The rest are due now, so the alarm is asked for now.
+    assert!(
+        out.effects.contains(&Effect::SetAlarm { at_ms: T0 + 1 }),
+        "{:?}",
+        out.effects.last()
+    );
+    let out = run(&mut l, Command::Alarm, T0 + 1);
+    let f = forwards(&out);
+    assert_eq!(f.len(), 30 - MAX_FORWARDS_PER_WAKE);
+    assert!(f.iter().all(|f| f.attempt == 1));
+    // Then the next deadline is the forward timeout.
+    assert_eq!(l.next_deadline(), Some(T0 + 1 + FORWARD_TIMEOUT_MS));
+}
+
+#[test]
+fn answers_that_change_nothing_ask_for_no_write() {
+    let mut l = ledger();
+    begin(&mut l, "k", "h", T0);
+    ok(
+        &mut l,
+        Command::CompleteIdempotent {
+            key: "k".into(),
+            response: "R".into(),
+        },
+        T0,
+    );
+    let out = run(
+        &mut l,
+        Command::BeginIdempotent {
+            key: "k".into(),
+            body_hash: "h".into(),
+        },
+        T0 + 1,
+    );
+    assert!(!out.changed && out.effects.is_empty());
+    let out = run(
+        &mut l,
+        Command::BeginIdempotent {
+            key: "k".into(),
+            body_hash: "x".into(),
+        },
+        T0 + 2,
+    );
+    assert!(!out.changed);
+    let out = run(
+        &mut l,
+        Command::BeginIdempotent {
+            key: "k2".into(),
+            body_hash: "x".into(),
+        },
+        T0 + 3,
+    );
+    assert!(out.changed);
+    let out = run(&mut l, hold_cmd("o1", &[("nope", 1)], T0 + MIN), T0 + 4);
+    assert!(out.reply.is_err() && !out.changed);
+}
