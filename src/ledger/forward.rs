@@ -243,6 +243,14 @@ impl EventLedger {
                 Err(LedgerError::Conflict(q.auth_id))
             };
         }
+        // One acquirer key, one payment: a reused key would return another order's charge.
+        if self
+            .auths
+            .values()
+            .any(|a| a.idempotency_key == q.idempotency_key)
+        {
+            return Err(LedgerError::Conflict(q.idempotency_key));
+        }
         if q.sealed_card.0.is_empty() || q.sealed_card.0.len() > MAX_SEALED_LEN {
             return Err(LedgerError::InvalidHold(
                 "The sealed card is empty or too large.".into(),

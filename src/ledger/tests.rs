@@ -967,6 +967,15 @@ fn offline_budget_caps_per_transaction_aggregate_and_card() {
         err(&mut l, queue_cmd("a5", "o6", 1500, "c4"), T0 + 17),
         LedgerError::Conflict(_)
     ));
+    // A second payment may not reuse another's acquirer key.
+    let mut reuse = queue_cmd("a6", "o6", 1500, "c5");
+    if let Command::QueueAuthorization(q) = &mut reuse {
+        q.idempotency_key = "idem-a5".into();
+    }
+    assert_eq!(
+        err(&mut l, reuse, T0 + 17),
+        LedgerError::Conflict("idem-a5".into())
+    );
     // The per-card window slides.
     ok(
         &mut l,
