@@ -93,7 +93,8 @@ pub struct EventConfig {
 pub const MAX_SKUS: usize = 500;
 pub const MAX_STOCK: u32 = 1_000_000;
 pub const MAX_ORIGINS: usize = 50;
-pub const MAX_QUEUE_CAPACITY: u32 = 200_000;
+/// The waiting room lives in the event's one state document, so it is kept small.
+pub const MAX_QUEUE_CAPACITY: u32 = 10_000;
 pub const MAX_ADMISSION_RATE: u32 = 10_000;
 /// Longest a stored payment may wait for forwarding (Square's hard limit: 72 h).
 pub const MAX_OFFLINE_WAIT_MS: i64 = 72 * 3_600_000;

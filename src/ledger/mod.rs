@@ -452,8 +452,12 @@ impl EventLedger {
                 Ok(Reply::Queue { status })
             }
             Command::PollQueue { ticket } => {
-                let status = self.queue.poll(&ticket, now)?;
-                fx.changed = true;
+                let (status, durable) =
+                    self.queue
+                        .poll_durably(&ticket, now, self.config.queue.place_ttl_ms)?;
+                if durable {
+                    fx.changed = true;
+                }
                 Ok(Reply::Queue { status })
             }
         }

@@ -13,6 +13,11 @@ struct Place {
     last_poll_ms: i64,
     /// Random key drawn at join; sorting by it shuffles the pre-sale crowd uniformly.
     shuffle_key: u64,
+    /// The poll time last included in a write the shell was asked to persist. Polls write
+    /// only every third of the place TTL, so a crowd polling does not rewrite the state on
+    /// every request; after a restart a place has still two thirds of its TTL left.
+    #[serde(default)]
+    durable_poll_ms: i64,
 }
 
 /// What a person in the waiting room sees.
@@ -148,10 +153,29 @@ impl WaitingQueue {
             joined_ms: now,
             last_poll_ms: now,
             shuffle_key: u64::from_le_bytes(k),
+            durable_poll_ms: now,
         });
         // An empty room with credit left admits at once.
         self.maintain(cfg, now);
         self.poll(&ticket, now)
+    }
+
+    /// Like `poll`; also says whether this poll must be persisted (see `durable_poll_ms`).
+    pub(crate) fn poll_durably(
+        &mut self,
+        ticket: &str,
+        now: i64,
+        place_ttl_ms: i64,
+    ) -> Result<(QueueStatus, bool), LedgerError> {
+        let status = self.poll(ticket, now)?;
+        let mut durable = false;
+        if let Some(p) = self.waiting.iter_mut().find(|p| p.ticket == ticket) {
+            if now.saturating_sub(p.durable_poll_ms) >= place_ttl_ms / 3 {
+                p.durable_poll_ms = now;
+                durable = true;
+            }
+        }
+        Ok((status, durable))
     }
 
     pub(crate) fn poll(&mut self, ticket: &str, now: i64) -> Result<QueueStatus, LedgerError> {

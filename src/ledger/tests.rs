@@ -1782,3 +1782,40 @@ fn answers_that_change_nothing_ask_for_no_write() {
     let out = run(&mut l, hold_cmd("o1", &[("nope", 1)], T0 + MIN), T0 + 4);
     assert!(out.reply.is_err() && !out.changed);
 }
+
+#[test]
+fn frequent_polls_are_not_all_written_and_a_restart_keeps_the_place() {
+    let mut l = ledger(); // place_ttl_ms = 30 s: a poll is written every 10 s at most
+    let t = queue_status(ok(
+        &mut l,
+        Command::JoinQueue {
+            random: rand32(1, 0),
+        },
+        T0 - 60_000,
+    ))
+    .ticket;
+    let mut stored = l.to_json().unwrap();
+    let mut writes = 0;
+    for i in 1..=20i64 {
+        let out = run(
+            &mut l,
+            Command::PollQueue { ticket: t.clone() },
+            T0 - 60_000 + i * 2_000,
+        );
+        assert!(out.reply.is_ok());
+        if out.changed {
+            writes += 1;
+            stored = l.to_json().unwrap();
+        }
+    }
+    assert_eq!(writes, 4, "one write per 10 s of polling over 40 s");
+    // The object restarts from what was written; the place is still there and its holder
+    // keeps polling.
+    let mut restored = EventLedger::from_json(&stored).unwrap();
+    let s = queue_status(ok(
+        &mut restored,
+        Command::PollQueue { ticket: t },
+        T0 - 60_000 + 42_000 + 15_000,
+    ));
+    assert_eq!(s.position, Some(1));
+}
