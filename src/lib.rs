@@ -12,6 +12,7 @@ pub mod acquirer;
 pub mod api;
 pub mod card;
 pub mod error;
+pub mod ledger;
 pub mod money;
 pub mod policy;
 pub mod quote;

@@ -1,0 +1,424 @@
+//! Orders and stock: holds, confirmation, release, lapsed holds, and the order state machine.
+
+use super::config::check_id;
+use super::{Effect, EventLedger, Fx, LedgerError, Reply};
+use crate::money::{Currency, MinorUnits};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Most distinct lines and units per line in one order.
+pub const MAX_LINES: usize = 50;
+pub const MAX_QTY: u32 = 1_000;
+/// Longest a hold may last.
+pub const MAX_HOLD_MS: i64 = 30 * 60_000;
+
+/// Where an order is in its life.
+///
+/// `pending → approved | declined | abandoned (hold lapsed) | queued`;
+/// `queued → forwarded | declined | expired`;
+/// `approved | forwarded → partially_refunded → refunded`.
+/// Every state but `pending` and `queued` is final (refund states can still move on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderState {
+    Pending,
+    Approved,
+    Declined,
+    Abandoned,
+    Queued,
+    Forwarded,
+    Expired,
+    PartiallyRefunded,
+    Refunded,
+}
+
+impl OrderState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderState::Pending => "pending",
+            OrderState::Approved => "approved",
+            OrderState::Declined => "declined",
+            OrderState::Abandoned => "abandoned",
+            OrderState::Queued => "queued",
+            OrderState::Forwarded => "forwarded",
+            OrderState::Expired => "expired",
+            OrderState::PartiallyRefunded => "partially_refunded",
+            OrderState::Refunded => "refunded",
+        }
+    }
+
+    /// Whether the acquirer holds captured money for the order.
+    pub fn is_captured(self) -> bool {
+        matches!(
+            self,
+            OrderState::Approved
+                | OrderState::Forwarded
+                | OrderState::PartiallyRefunded
+                | OrderState::Refunded
+        )
+    }
+
+    /// Whether no more payment outcome can arrive (refunds aside).
+    pub fn is_final(self) -> bool {
+        !matches!(self, OrderState::Pending | OrderState::Queued)
+    }
+}
+
+/// One line as the buyer asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineRequest {
+    pub sku: String,
+    pub qty: u32,
+}
+
+/// One line of an order, priced when it was held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub sku: String,
+    pub qty: u32,
+    pub unit_price: MinorUnits,
+}
+
+/// One order of the event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub order_id: String,
+    pub state: OrderState,
+    pub lines: Vec<OrderLine>,
+    pub total: MinorUnits,
+    pub currency: Currency,
+    pub created_ms: i64,
+    pub hold_expires_ms: i64,
+    /// When the buyer got the goods (online approval or offline acceptance).
+    pub sold_ms: Option<i64>,
+    pub receipt_id: Option<String>,
+    pub buyer_email: Option<String>,
+    pub lane: String,
+    pub charge_id: Option<String>,
+    /// The stored authorization, for offline orders.
+    pub auth_id: Option<String>,
+    /// Refunded and confirmed by the acquirer.
+    pub refunded: MinorUnits,
+    pub decline_reason: Option<String>,
+    /// Whether the order's units count as sold. Stays true after a late decline or expiry of
+    /// a stored payment: the goods were already handed over.
+    pub stock_taken: bool,
+}
+
+impl Order {
+    pub fn has_sku(&self, sku: &str) -> bool {
+        self.lines.iter().any(|l| l.sku == sku)
+    }
+
+    /// Captured amount still refundable, before refunds in progress are subtracted.
+    pub fn captured_left(&self) -> MinorUnits {
+        if self.state.is_captured() {
+            MinorUnits(self.total.0 - self.refunded.0)
+        } else {
+            MinorUnits::ZERO
+        }
+    }
+}
+
+pub(crate) struct HoldRequest {
+    pub order_id: String,
+    pub lines: Vec<LineRequest>,
+    pub expires_ms: i64,
+    pub buyer_email: Option<String>,
+    pub lane: String,
+    pub admission_ticket: Option<String>,
+}
+
+fn valid_email(e: &str) -> bool {
+    e.len() <= 254
+        && e.split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.'))
+        && !e
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '"')
+}
+
+impl EventLedger {
+    pub(crate) fn hold(
+        &mut self,
+        req: HoldRequest,
+        now: i64,
+        fx: &mut Fx,
+    ) -> Result<Reply, LedgerError> {
+        check_id(&req.order_id, "order_id")?;
+        check_id(&req.lane, "lane")?;
+        if now >= self.config.end_ms {
+            return Err(LedgerError::SalesClosed);
+        }
+        if req.expires_ms <= now || req.expires_ms > now.saturating_add(MAX_HOLD_MS) {
+            return Err(LedgerError::InvalidHold(format!(
+                "A hold must expire after now and within {} minutes.",
+                MAX_HOLD_MS / 60_000
+            )));
+        }
+        if let Some(e) = &req.buyer_email {
+            if !valid_email(e) {
+                return Err(LedgerError::InvalidHold(
+                    "The buyer e-mail address is not valid.".into(),
+                ));
+            }
+        }
+        if req.lines.is_empty() || req.lines.len() > MAX_LINES {
+            return Err(LedgerError::InvalidHold(format!(
+                "An order needs 1 to {MAX_LINES} lines."
+            )));
+        }
+        // Merge repeated SKUs and price every line.
+        let mut merged: BTreeMap<&str, u32> = BTreeMap::new();
+        for l in &req.lines {
+            if self.config.sku(&l.sku).is_none() {
+                return Err(LedgerError::UnknownSku(l.sku.chars().take(64).collect()));
+            }
+            let q = merged.entry(l.sku.as_str()).or_default();
+            *q = q.saturating_add(l.qty);
+            if l.qty == 0 || *q > MAX_QTY {
+                return Err(LedgerError::InvalidQuantity { sku: l.sku.clone() });
+            }
+        }
+        let mut lines = Vec::with_capacity(merged.len());
+        let mut total = MinorUnits::ZERO;
+        for (sku, qty) in &merged {
+            let s = self
+                .config
+                .sku(sku)
+                .ok_or_else(|| LedgerError::UnknownSku(sku.to_string()))?;
+            total = s
+                .price
+                .checked_mul(*qty as i64)
+                .and_then(|v| total.checked_add(v))
+                .ok_or(LedgerError::AmountOutOfRange)?;
+            lines.push(OrderLine {
+                sku: s.id.clone(),
+                qty: *qty,
+                unit_price: s.price,
+            });
+        }
+        if let Some(existing) = self.orders.get(&req.order_id) {
+            // A repeated Hold for the same order is answered with the order as it is.
+            let same = existing
+                .lines
+                .iter()
+                .map(|l| (&l.sku, l.qty))
+                .eq(lines.iter().map(|l| (&l.sku, l.qty)));
+            return if same {
+                Ok(Reply::Order {
+                    order: existing.clone(),
+                })
+            } else {
+                Err(LedgerError::OrderConflict(req.order_id))
+            };
+        }
+        if self.config.queue.required {
+            let ok = req
+                .admission_ticket
+                .as_deref()
+                .is_some_and(|t| self.queue.is_admitted(t, now));
+            if !ok {
+                return Err(LedgerError::NotAdmitted);
+            }
+        }
+        for l in &lines {
+            let available = self.available(&l.sku);
+            if l.qty > available {
+                return Err(LedgerError::OutOfStock {
+                    sku: l.sku.clone(),
+                    available,
+                });
+            }
+        }
+        for l in &lines {
+            if let Some(c) = self.counts.get_mut(&l.sku) {
+                c.held += l.qty;
+            }
+        }
+        let order = Order {
+            order_id: req.order_id.clone(),
+            state: OrderState::Pending,
+            lines,
+            total,
+            currency: self.config.currency,
+            created_ms: now,
+            hold_expires_ms: req.expires_ms,
+            sold_ms: None,
+            receipt_id: None,
+            buyer_email: req.buyer_email,
+            lane: req.lane,
+            charge_id: None,
+            auth_id: None,
+            refunded: MinorUnits::ZERO,
+            decline_reason: None,
+            stock_taken: false,
+        };
+        self.holds.insert(req.order_id.clone(), req.expires_ms);
+        self.orders.insert(req.order_id, order.clone());
+        fx.changed = true;
+        Ok(Reply::Order { order })
+    }
+
+    /// Moves a pending (or lapsed) order's units from held to sold. A lapsed hold is
+    /// re-taken only if the stock is still there.
+    pub(crate) fn take_stock(&mut self, order_id: &str) -> Result<(), LedgerError> {
+        let order = self
+            .orders
+            .get(order_id)
+            .ok_or_else(|| LedgerError::OrderNotFound(order_id.to_string()))?;
+        match order.state {
+            OrderState::Pending => {
+                for l in &order.lines {
+                    if let Some(c) = self.counts.get_mut(&l.sku) {
+                        c.held = c.held.saturating_sub(l.qty);
+                        c.sold = c.sold.saturating_add(l.qty);
+                    }
+                }
+                self.holds.remove(order_id);
+            }
+            OrderState::Abandoned => {
+                if order.lines.iter().any(|l| l.qty > self.available(&l.sku)) {
+                    return Err(LedgerError::HoldLapsed(order_id.to_string()));
+                }
+                for l in &order.lines {
+                    if let Some(c) = self.counts.get_mut(&l.sku) {
+                        c.sold = c.sold.saturating_add(l.qty);
+                    }
+                }
+            }
+            s => {
+                return Err(LedgerError::InvalidTransition {
+                    order_id: order_id.to_string(),
+                    state: s.as_str(),
+                    action: "paid for",
+                })
+            }
+        }
+        if let Some(o) = self.orders.get_mut(order_id) {
+            o.stock_taken = true;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn next_receipt_id(&mut self) -> String {
+        let n = self.next_receipt;
+        self.next_receipt += 1;
+        format!("{}-{n:06}", self.config.event_id)
+    }
+
+    pub(crate) fn confirm(
+        &mut self,
+        order_id: &str,
+        charge_id: &str,
+        now: i64,
+        fx: &mut Fx,
+    ) -> Result<Reply, LedgerError> {
+        check_id(charge_id, "charge_id")?;
+        let order = self
+            .orders
+            .get(order_id)
+            .ok_or_else(|| LedgerError::OrderNotFound(order_id.to_string()))?;
+        if order.state.is_captured() && order.auth_id.is_none() {
+            return if order.charge_id.as_deref() == Some(charge_id) {
+                Ok(Reply::Order {
+                    order: order.clone(),
+                })
+            } else {
+                Err(LedgerError::ConflictingResult(order_id.to_string()))
+            };
+        }
+        self.take_stock(order_id)?;
+        let receipt = self.next_receipt_id();
+        let order = self
+            .orders
+            .get_mut(order_id)
+            .ok_or_else(|| LedgerError::OrderNotFound(order_id.to_string()))?;
+        order.state = OrderState::Approved;
+        order.charge_id = Some(charge_id.to_string());
+        order.sold_ms = Some(now);
+        order.receipt_id = Some(receipt);
+        let order = order.clone();
+        fx.changed = true;
+        fx.push(Effect::Notify {
+            order_id: order_id.to_string(),
+            state: OrderState::Approved,
+        });
+        Ok(Reply::Order { order })
+    }
+
+    pub(crate) fn release(
+        &mut self,
+        order_id: &str,
+        reason: &str,
+        fx: &mut Fx,
+    ) -> Result<Reply, LedgerError> {
+        let order = self
+            .orders
+            .get_mut(order_id)
+            .ok_or_else(|| LedgerError::OrderNotFound(order_id.to_string()))?;
+        match order.state {
+            OrderState::Pending => {
+                for l in &order.lines {
+                    if let Some(c) = self.counts.get_mut(&l.sku) {
+                        c.held = c.held.saturating_sub(l.qty);
+                    }
+                }
+                self.holds.remove(order_id);
+                order.state = OrderState::Declined;
+                order.decline_reason = Some(reason.chars().take(200).collect());
+                let order = order.clone();
+                fx.changed = true;
+                fx.push(Effect::Notify {
+                    order_id: order_id.to_string(),
+                    state: OrderState::Declined,
+                });
+                Ok(Reply::Order { order })
+            }
+            // Repeats and declines that arrive after the hold lapsed change nothing.
+            OrderState::Declined | OrderState::Abandoned => Ok(Reply::Order {
+                order: order.clone(),
+            }),
+            s => Err(LedgerError::InvalidTransition {
+                order_id: order_id.to_string(),
+                state: s.as_str(),
+                action: "released",
+            }),
+        }
+    }
+
+    pub(crate) fn lapse_holds(&mut self, now: i64, fx: &mut Fx) {
+        let due: Vec<String> = self
+            .holds
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.holds.remove(&id);
+            if let Some(order) = self.orders.get_mut(&id) {
+                if order.state == OrderState::Pending {
+                    for l in &order.lines {
+                        if let Some(c) = self.counts.get_mut(&l.sku) {
+                            c.held = c.held.saturating_sub(l.qty);
+                        }
+                    }
+                    order.state = OrderState::Abandoned;
+                }
+            }
+            fx.changed = true;
+        }
+    }
+
+    /// Sets the order's refund state from what the acquirer has confirmed.
+    pub(crate) fn add_refunded(&mut self, order_id: &str, amount: MinorUnits) {
+        if let Some(o) = self.orders.get_mut(order_id) {
+            o.refunded = MinorUnits(o.refunded.0.saturating_add(amount.0).min(o.total.0));
+            o.state = if o.refunded >= o.total {
+                OrderState::Refunded
+            } else {
+                OrderState::PartiallyRefunded
+            };
+        }
+    }
+}
