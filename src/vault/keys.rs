@@ -52,6 +52,11 @@ pub struct Kek {
 }
 
 impl Kek {
+    /// The key bytes, for wrapping inside the crate.
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        self.key.expose()
+    }
+
     /// A KEK with an explicit id (must pass [`valid_kid`]).
     pub fn new(id: &str, key: [u8; 32]) -> Result<Kek, VaultError> {
         if !valid_kid(id) {

@@ -44,12 +44,16 @@
 mod aead;
 mod cache;
 mod error;
+mod forwarding;
 mod keys;
 mod token;
 
 pub use aead::{associated_data, open, seal, AeadError, NONCE_LEN, TAG_LEN};
 pub use cache::KeyCache;
 pub use error::VaultError;
+pub use forwarding::{
+    card_fingerprint, open_for_forwarding, seal_for_forwarding, unwrap_sf_key, wrap_sf_key,
+};
 pub use keys::{
     kek_id_for, needs_rewrap, needs_rotation, new_key_record, rewrap, unwrap_key, valid_kid,
     DataKey, Kek, KekSet, KeyPolicy, KeyRecord, KV_MIN_TTL_SECS,
