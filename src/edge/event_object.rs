@@ -1,25 +1,607 @@
 //! The per-event Durable Object (SQLite-backed): the single writer of an event's ledger.
+//!
+//! It keeps the `crate::ledger::EventLedger` in memory, persists it to SQLite after every
+//! command that changed it (before answering or acting), sets the alarm the ledger asks
+//! for, and performs the ledger's effects: forwarding queued authorizations and refunds to
+//! the acquirer (same idempotency key on every attempt) and re-signing receipts when a
+//! queued payment is forwarded, declined or expires. SQLite calls are synchronous, so each
+//! command is applied and persisted atomically with respect to other requests.
+//!
+//! Internal protocol (the Worker calls `https://event/<op>` on the stub):
+//! `POST /init` (EventConfig), `POST /cmd` ({now_ms, commands}), `GET /config`,
+//! `GET /summary`, `GET /sf-key`, `PUT|GET /receipts/{id}`, `POST /reconcile`,
+//! `GET /export?format=csv|ndjson&email=0|1`.
 
-use worker::{durable_object, DurableObject, Env, Request, Response, Result, State};
+use super::acquirer_io::{lane_secret, lanes, send, NoAnswer};
+use super::http::env_string;
+use crate::acquirer::{self, AuthorizeOutcome, AuthorizeRequest, RefundOutcome as AcqRefund};
+use crate::error::ApiError;
+use crate::ledger::{
+    AcquirerCharge, AcquirerResult, ChargeStatus, Command, Effect, EventConfig, EventLedger,
+    ForwardRequest, OrderState, RefundOutcome, RefundRequest, Reply,
+};
+use crate::receipt::{self, ReceiptKeys, SignedReceipt, StatusChange};
+use crate::vault::{self, KekSet};
+use serde::Deserialize;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use worker::{
+    console_log, durable_object, Date, DurableObject, Env, Request, Response, Result, State,
+};
 
 #[durable_object]
 pub struct EventObject {
     state: State,
-    #[allow(dead_code)]
     env: Env,
+    ledger: RefCell<Option<EventLedger>>,
+    loaded: RefCell<bool>,
 }
 
-impl DurableObject for EventObject {
-    fn new(state: State, env: Env) -> Self {
-        EventObject { state, env }
+#[derive(Deserialize)]
+struct CmdBody {
+    now_ms: i64,
+    commands: Vec<Command>,
+}
+
+fn now() -> i64 {
+    Date::now().as_millis() as i64
+}
+
+fn reply_json(status: u16, v: &serde_json::Value) -> Result<Response> {
+    Ok(Response::from_json(v)?.with_status(status))
+}
+
+fn api_error(e: &ApiError) -> Result<Response> {
+    reply_json(e.status, &e.body())
+}
+
+impl EventObject {
+    fn sql(&self) -> worker::SqlStorage {
+        self.state.storage().sql()
     }
 
-    async fn fetch(&self, _req: Request) -> Result<Response> {
-        let sql = self.state.storage().sql();
+    fn ensure_schema(&self) -> Result<()> {
+        let sql = self.sql();
+        sql.exec("CREATE TABLE IF NOT EXISTS ledger_state (chunk INTEGER PRIMARY KEY, data TEXT NOT NULL)", None)?;
+        sql.exec("CREATE TABLE IF NOT EXISTS receipts (id TEXT PRIMARY KEY, order_id TEXT NOT NULL, json TEXT NOT NULL)", None)?;
         sql.exec(
             "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
             None,
         )?;
-        Response::from_json(&serde_json::json!({"ok": true}))
+        Ok(())
+    }
+
+    /// Loads the ledger from SQLite once per object start.
+    fn load(&self) -> Result<()> {
+        if *self.loaded.borrow() {
+            return Ok(());
+        }
+        self.ensure_schema()?;
+        #[derive(Deserialize)]
+        struct Row {
+            data: String,
+        }
+        let rows: Vec<Row> = self
+            .sql()
+            .exec("SELECT data FROM ledger_state ORDER BY chunk", None)?
+            .to_array()?;
+        if !rows.is_empty() {
+            let chunks: Vec<String> = rows.into_iter().map(|r| r.data).collect();
+            match EventLedger::from_json_chunks(&chunks) {
+                Ok(l) => *self.ledger.borrow_mut() = Some(l),
+                Err(_) => return Err(worker::Error::RustError("ledger state unreadable".into())),
+            }
+        }
+        *self.loaded.borrow_mut() = true;
+        Ok(())
+    }
+
+    fn persist(&self) -> Result<()> {
+        let chunks = match self.ledger.borrow().as_ref() {
+            Some(l) => l
+                .to_json_chunks(1_000_000)
+                .map_err(|_| worker::Error::RustError("encode".into()))?,
+            None => return Ok(()),
+        };
+        let sql = self.sql();
+        sql.exec("DELETE FROM ledger_state", None)?;
+        for (i, c) in chunks.iter().enumerate() {
+            sql.exec(
+                "INSERT INTO ledger_state (chunk, data) VALUES (?, ?)",
+                Some(vec![(i as i64).into(), c.as_str().into()]),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Applies one command atomically: handle, persist if changed. Returns the reply and
+    /// the effects still to perform.
+    fn apply(
+        &self,
+        cmd: Command,
+        now_ms: i64,
+    ) -> (std::result::Result<Reply, ApiError>, Vec<Effect>) {
+        let mut entropy = [0u8; 8];
+        let _ = getrandom::getrandom(&mut entropy);
+        let outcome = {
+            let mut guard = self.ledger.borrow_mut();
+            let Some(ledger) = guard.as_mut() else {
+                return (Err(ApiError::not_found("event")), vec![]);
+            };
+            ledger.handle(cmd, now_ms, entropy)
+        };
+        if outcome.changed {
+            if let Err(e) = self.persist() {
+                console_log!(
+                    "{}",
+                    serde_json::json!({"level":"error","msg":"persist failed","error": e.to_string()})
+                );
+                return (
+                    Err(ApiError::new(
+                        503,
+                        "temporarily_unavailable",
+                        "The event could not be saved; try again.",
+                    )
+                    .retryable()),
+                    vec![],
+                );
+            }
+        }
+        (outcome.reply.map_err(ApiError::from), outcome.effects)
+    }
+
+    /// Runs commands and every effect they cause, feeding acquirer answers back in.
+    async fn run(
+        &self,
+        commands: Vec<Command>,
+        now_ms: i64,
+    ) -> Vec<std::result::Result<Reply, ApiError>> {
+        let mut replies = Vec::new();
+        let mut effects: VecDeque<Effect> = VecDeque::new();
+        for cmd in commands {
+            let (reply, fx) = self.apply(cmd, now_ms);
+            replies.push(reply);
+            effects.extend(fx);
+        }
+        let mut guard = 0;
+        while let Some(effect) = effects.pop_front() {
+            guard += 1;
+            if guard > 200 {
+                break;
+            }
+            let follow_up = match effect {
+                Effect::SetAlarm { at_ms } => {
+                    let offset = (at_ms - now()).max(0);
+                    let _ = self.state.storage().set_alarm(offset).await;
+                    None
+                }
+                Effect::Forward(req) => Some(self.forward(req).await),
+                Effect::ForwardRefund(req) => Some(self.forward_refund(req).await),
+                Effect::PurgeSealed { .. } => None,
+                Effect::Notify { order_id, state } => {
+                    self.on_order_state(&order_id, state, now());
+                    None
+                }
+            };
+            if let Some(cmd) = follow_up {
+                let (_, fx) = self.apply(cmd, now());
+                effects.extend(fx);
+            }
+        }
+        replies
+    }
+
+    fn keks(&self) -> std::result::Result<KekSet, ApiError> {
+        let current = env_string(&self.env, "VAULT_KEK").unwrap_or_default();
+        let previous = env_string(&self.env, "VAULT_KEK_PREVIOUS");
+        KekSet::parse(&current, previous.as_deref()).map_err(|e| e.to_api())
+    }
+
+    fn event_id(&self) -> String {
+        self.ledger
+            .borrow()
+            .as_ref()
+            .map(|l| l.config().event_id.clone())
+            .unwrap_or_default()
+    }
+
+    /// The event's store-and-forward key, wrapped by the KEK; made on first use.
+    fn sf_key_wrapped(&self) -> std::result::Result<String, ApiError> {
+        #[derive(Deserialize)]
+        struct V {
+            v: String,
+        }
+        let rows: Vec<V> = self
+            .sql()
+            .exec("SELECT v FROM meta WHERE k = 'sf_key'", None)
+            .and_then(|c| c.to_array())
+            .map_err(super::http::internal)?;
+        if let Some(row) = rows.into_iter().next() {
+            return Ok(row.v);
+        }
+        let key = super::http::random::<32>()?;
+        let wrapped = vault::wrap_sf_key(
+            &self.keks()?,
+            &self.event_id(),
+            &key,
+            super::http::random::<12>()?,
+        )
+        .map_err(|e| e.to_api())?;
+        self.sql()
+            .exec(
+                "INSERT OR IGNORE INTO meta (k, v) VALUES ('sf_key', ?)",
+                Some(vec![wrapped.as_str().into()]),
+            )
+            .map_err(super::http::internal)?;
+        Ok(wrapped)
+    }
+
+    /// Sends one stored authorization to its lane and turns the answer into a command.
+    async fn forward(&self, req: ForwardRequest) -> Command {
+        let auth_id = req.auth_id.clone();
+        let unavailable = Command::ForwardResult {
+            auth_id: auth_id.clone(),
+            result: AcquirerResult::Unavailable,
+        };
+        let (lane_name, event_id) = {
+            let guard = self.ledger.borrow();
+            match guard.as_ref() {
+                Some(l) => (
+                    l.order(&req.order_id)
+                        .map(|o| o.lane.clone())
+                        .unwrap_or_default(),
+                    l.config().event_id.clone(),
+                ),
+                None => return unavailable,
+            }
+        };
+        let Ok(all) = lanes(&self.env) else {
+            return unavailable;
+        };
+        let Some(lane) = all.iter().find(|l| l.name == lane_name).or(all.first()) else {
+            return unavailable;
+        };
+        let card = match self
+            .sf_key_wrapped()
+            .and_then(|w| {
+                vault::unwrap_sf_key(&self.keks()?, &event_id, &w).map_err(|e| e.to_api())
+            })
+            .and_then(|k| {
+                vault::open_for_forwarding(&k, &event_id, &auth_id, &req.sealed_card.0)
+                    .map_err(|e| e.to_api())
+            }) {
+            Ok(c) => c,
+            Err(_) => {
+                return Command::ForwardResult {
+                    auth_id,
+                    result: AcquirerResult::Declined {
+                        reason: "sealed_card_unreadable".into(),
+                    },
+                }
+            }
+        };
+        let call = acquirer::build_authorize(
+            &lane.base_url,
+            &lane_secret(&self.env, lane),
+            &AuthorizeRequest {
+                amount: req.amount,
+                currency: req.currency,
+                card_number: card.number().clone(),
+                exp_month: card.exp_month,
+                exp_year: card.exp_year,
+                cvc: None,
+                idempotency_key: req.idempotency_key.clone(),
+                order_id: req.order_id.clone(),
+                event_id: event_id.clone(),
+                capture: true,
+            },
+        );
+        drop(card);
+        let Ok(call) = call else { return unavailable };
+        let result = match send(&call, 8_000).await {
+            Ok((status, body)) => match acquirer::parse_authorize(status, &body) {
+                AuthorizeOutcome::Approved {
+                    payment_intent_id, ..
+                } => AcquirerResult::Approved {
+                    charge_id: payment_intent_id,
+                },
+                AuthorizeOutcome::Declined { reason, .. } => AcquirerResult::Declined {
+                    reason: reason.as_str().to_string(),
+                },
+                AuthorizeOutcome::Retryable { .. } => AcquirerResult::Unavailable,
+                AuthorizeOutcome::Invalid { code, .. } => AcquirerResult::Declined { reason: code },
+            },
+            Err(NoAnswer::Timeout) | Err(NoAnswer::Network) => AcquirerResult::Unavailable,
+        };
+        console_log!(
+            "{}",
+            serde_json::json!({"level":"info","msg":"forward","event_id": event_id, "auth_id": auth_id, "lane": lane.name, "attempt": req.attempt, "result": format!("{:?}", std::mem::discriminant(&result))})
+        );
+        Command::ForwardResult { auth_id, result }
+    }
+
+    async fn forward_refund(&self, req: RefundRequest) -> Command {
+        let refund_id = req.refund_id.clone();
+        let unavailable = Command::RefundResult {
+            refund_id: refund_id.clone(),
+            result: RefundOutcome::Unavailable,
+        };
+        let lane_name = self
+            .ledger
+            .borrow()
+            .as_ref()
+            .and_then(|l| l.order(&req.order_id).map(|o| o.lane.clone()))
+            .unwrap_or_default();
+        let Ok(all) = lanes(&self.env) else {
+            return unavailable;
+        };
+        let Some(lane) = all.iter().find(|l| l.name == lane_name).or(all.first()) else {
+            return unavailable;
+        };
+        let Ok(call) = acquirer::build_refund(
+            &lane.base_url,
+            &lane_secret(&self.env, lane),
+            &req.charge_id,
+            Some(req.amount),
+            &req.idempotency_key,
+        ) else {
+            return unavailable;
+        };
+        let result = match send(&call, 8_000).await {
+            Ok((status, body)) => match acquirer::parse_refund(status, &body) {
+                AcqRefund::Refunded { refund_id: rid, .. } => RefundOutcome::Succeeded {
+                    acquirer_refund_id: rid,
+                },
+                AcqRefund::Refused { code, .. } => RefundOutcome::Failed { reason: code },
+                AcqRefund::Retryable { .. } => RefundOutcome::Unavailable,
+            },
+            Err(_) => RefundOutcome::Unavailable,
+        };
+        Command::RefundResult { refund_id, result }
+    }
+
+    /// Keeps the buyer's receipt true when a queued payment reaches its final state.
+    fn on_order_state(&self, order_id: &str, state: OrderState, now_ms: i64) {
+        let change = match state {
+            OrderState::Forwarded => StatusChange::Forwarded,
+            OrderState::Expired => StatusChange::Expired,
+            OrderState::Declined => StatusChange::Declined,
+            _ => return,
+        };
+        #[derive(Deserialize)]
+        struct Row {
+            id: String,
+            json: String,
+        }
+        let rows: Vec<Row> = match self
+            .sql()
+            .exec(
+                "SELECT id, json FROM receipts WHERE order_id = ?",
+                Some(vec![order_id.into()]),
+            )
+            .and_then(|c| c.to_array())
+        {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        let Some(keys) =
+            env_string(&self.env, "RECEIPT_KEY").and_then(|k| ReceiptKeys::parse(&k).ok())
+        else {
+            return;
+        };
+        for row in rows {
+            let Ok(signed) = SignedReceipt::from_json(&row.json) else {
+                continue;
+            };
+            if let Ok(updated) = receipt::update_status(&signed, change, now_ms, &keys) {
+                if let Ok(json) = updated.to_json() {
+                    let _ = self.sql().exec(
+                        "UPDATE receipts SET json = ? WHERE id = ?",
+                        Some(vec![json.as_str().into(), row.id.as_str().into()]),
+                    );
+                }
+            }
+        }
+    }
+
+    async fn reconcile(&self) -> std::result::Result<serde_json::Value, ApiError> {
+        let all = lanes(&self.env).map_err(|e| ApiError::new(503, "lanes_misconfigured", e))?;
+        let mut charges = Vec::new();
+        let event_id = self.event_id();
+        for lane in &all {
+            let mut cursor: Option<String> = None;
+            for _page in 0..50 {
+                let call = acquirer::build_list_charges(
+                    &lane.base_url,
+                    &lane_secret(&self.env, lane),
+                    100,
+                    cursor.as_deref(),
+                )
+                .map_err(|e| e.to_api())?;
+                let (status, body) = send(&call, 8_000).await.map_err(|_| {
+                    ApiError::new(503, "acquirer_unavailable", format!("Lane {} did not answer the charge list; reconcile again when it is back.", lane.name)).retryable()
+                })?;
+                let page = acquirer::parse_list(status, &body).map_err(|e| e.to_api())?;
+                for c in page.charges {
+                    if c.event_id.as_deref() != Some(event_id.as_str()) {
+                        continue;
+                    }
+                    charges.push(AcquirerCharge {
+                        id: c.payment_intent_id.clone(),
+                        amount: if c.amount_received.0 > 0 {
+                            c.amount_received
+                        } else {
+                            c.amount
+                        },
+                        currency: match crate::money::Currency::parse(&c.currency) {
+                            Ok(cur) => cur,
+                            Err(_) => continue,
+                        },
+                        status: match c.status {
+                            acquirer::ChargeStatus::Succeeded => ChargeStatus::Succeeded,
+                            acquirer::ChargeStatus::Processing
+                            | acquirer::ChargeStatus::RequiresCapture => ChargeStatus::Pending,
+                            _ => ChargeStatus::Failed,
+                        },
+                        idempotency_key: c.idempotency_key.clone(),
+                        order_id: c.order_id.clone(),
+                        refunded_amount: c.amount_refunded.unwrap_or_default(),
+                    });
+                }
+                if !page.has_more {
+                    break;
+                }
+                cursor = page.next_starting_after;
+            }
+        }
+        let guard = self.ledger.borrow();
+        let ledger = guard.as_ref().ok_or_else(|| ApiError::not_found("event"))?;
+        let report = ledger.reconcile(&charges);
+        Ok(
+            serde_json::json!({"event_id": event_id, "acquirer_charges": charges.len(), "report": report}),
+        )
+    }
+
+    async fn route(&self, mut req: Request) -> std::result::Result<Response, ApiError> {
+        self.load().map_err(super::http::internal)?;
+        let path = req.path();
+        let method = req.method().to_string();
+        let exists = self.ledger.borrow().is_some();
+        match (method.as_str(), path.as_str()) {
+            ("POST", "/init") => {
+                let config: EventConfig = super::http::body_json(&mut req).await?;
+                if exists {
+                    return Err(ApiError::new(
+                        409,
+                        "event_exists",
+                        "An event with this id already exists.",
+                    ));
+                }
+                let ledger = EventLedger::new(config, now()).map_err(ApiError::from)?;
+                *self.ledger.borrow_mut() = Some(ledger);
+                self.persist().map_err(super::http::internal)?;
+                let summary = self.ledger.borrow().as_ref().map(|l| l.summary(now()));
+                super::http::json(201, &summary)
+            }
+            _ if !exists => Err(ApiError::not_found("event")),
+            ("POST", "/cmd") => {
+                let body: CmdBody = super::http::body_json(&mut req).await?;
+                let replies = self.run(body.commands, body.now_ms).await;
+                let results: Vec<serde_json::Value> = replies
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(reply) => serde_json::json!({"ok": reply}),
+                        Err(e) => serde_json::json!({"error": e, "status": e.status}),
+                    })
+                    .collect();
+                let depth = self
+                    .ledger
+                    .borrow()
+                    .as_ref()
+                    .map(|l| l.queue_depth())
+                    .unwrap_or(0);
+                super::http::json(
+                    200,
+                    &serde_json::json!({"results": results, "queue_depth": depth}),
+                )
+            }
+            ("GET", "/config") => {
+                let guard = self.ledger.borrow();
+                let l = guard.as_ref().ok_or_else(|| ApiError::not_found("event"))?;
+                let summary = l.summary(now());
+                super::http::json(
+                    200,
+                    &serde_json::json!({"config": l.config(), "summary": summary}),
+                )
+            }
+            ("GET", "/summary") => {
+                let s = self.ledger.borrow().as_ref().map(|l| l.summary(now()));
+                super::http::json(200, &s)
+            }
+            ("GET", "/sf-key") => {
+                super::http::json(200, &serde_json::json!({"wrapped": self.sf_key_wrapped()?}))
+            }
+            ("POST", "/reconcile") => super::http::json(200, &self.reconcile().await?),
+            ("GET", "/export") => {
+                let url = req.url().map_err(super::http::internal)?;
+                let q: std::collections::HashMap<String, String> =
+                    url.query_pairs().into_owned().collect();
+                let email = q.get("email").map(|v| v == "1").unwrap_or(false);
+                let guard = self.ledger.borrow();
+                let l = guard.as_ref().ok_or_else(|| ApiError::not_found("event"))?;
+                match q.get("format").map(String::as_str) {
+                    Some("ndjson") => {
+                        super::http::raw(200, "application/x-ndjson", &l.export_ndjson(email))
+                    }
+                    _ => super::http::raw(200, "text/csv; charset=utf-8", &l.export_csv(email)),
+                }
+            }
+            (m, p) if p.starts_with("/receipts/") => {
+                let id = p.trim_start_matches("/receipts/").to_string();
+                if m == "PUT" {
+                    let text = super::http::body_text(&mut req).await?;
+                    let signed = SignedReceipt::from_json(&text).map_err(|e| e.to_api())?;
+                    self.sql()
+                        .exec(
+                            "INSERT OR REPLACE INTO receipts (id, order_id, json) VALUES (?, ?, ?)",
+                            Some(vec![
+                                id.as_str().into(),
+                                signed.receipt.order_id.as_str().into(),
+                                text.as_str().into(),
+                            ]),
+                        )
+                        .map_err(super::http::internal)?;
+                    super::http::json(201, &serde_json::json!({"id": id}))
+                } else {
+                    #[derive(Deserialize)]
+                    struct Row {
+                        json: String,
+                    }
+                    let rows: Vec<Row> = self
+                        .sql()
+                        .exec(
+                            "SELECT json FROM receipts WHERE id = ?",
+                            Some(vec![id.as_str().into()]),
+                        )
+                        .and_then(|c| c.to_array())
+                        .map_err(super::http::internal)?;
+                    match rows.into_iter().next() {
+                        Some(r) => super::http::raw(200, "application/json", &r.json),
+                        None => Err(ApiError::not_found("receipt")),
+                    }
+                }
+            }
+            _ => Err(ApiError::new(
+                404,
+                "route_not_found",
+                "Unknown event object operation.",
+            )),
+        }
+    }
+}
+
+impl DurableObject for EventObject {
+    fn new(state: State, env: Env) -> Self {
+        EventObject {
+            state,
+            env,
+            ledger: RefCell::new(None),
+            loaded: RefCell::new(false),
+        }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        match self.route(req).await {
+            Ok(r) => Ok(r),
+            Err(e) => api_error(&e),
+        }
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        self.load()?;
+        if self.ledger.borrow().is_some() {
+            self.run(vec![Command::Alarm], now()).await;
+        }
+        Response::ok("alarm handled")
     }
 }

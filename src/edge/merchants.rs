@@ -41,18 +41,30 @@ fn key_hash(key: &str) -> String {
 }
 
 fn bearer(req: &Request) -> String {
-    let h = req.headers().get("Authorization").ok().flatten().unwrap_or_default();
+    let h = req
+        .headers()
+        .get("Authorization")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     h.strip_prefix("Bearer ").unwrap_or("").trim().to_string()
 }
 
 /// The operator (ADMIN_KEY, constant-time compare) or a merchant (hashed key lookup).
 /// Anything else is the same 401.
-pub async fn authenticate(req: &Request, env: &Env, allow_merchant: bool) -> Result<Principal, ApiError> {
+pub async fn authenticate(
+    req: &Request,
+    env: &Env,
+    allow_merchant: bool,
+) -> Result<Principal, ApiError> {
     let given = bearer(req);
     if given.is_empty() {
         return Err(ApiError::unauthorized());
     }
-    let expected = env.secret("ADMIN_KEY").map(|s| s.to_string()).unwrap_or_default();
+    let expected = env
+        .secret("ADMIN_KEY")
+        .map(|s| s.to_string())
+        .unwrap_or_default();
     if !expected.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
         return Ok(Principal::Operator);
     }
@@ -70,7 +82,11 @@ pub async fn authenticate(req: &Request, env: &Env, allow_merchant: bool) -> Res
 }
 
 pub async fn get(env: &Env, id: &str) -> Result<Option<Merchant>, ApiError> {
-    let text = kv(env, "VAULT")?.get(&format!("merchant:{id}")).text().await.map_err(kv_err)?;
+    let text = kv(env, "VAULT")?
+        .get(&format!("merchant:{id}"))
+        .text()
+        .await
+        .map_err(kv_err)?;
     Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
 }
 
@@ -86,11 +102,20 @@ pub struct NewMerchant {
 pub async fn create(env: &Env, ctx: &Ctx, body: NewMerchant) -> Result<Response, ApiError> {
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > 120 {
-        return Err(ApiError::bad_request("invalid_name", "A merchant name is 1 to 120 characters."));
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "A merchant name is 1 to 120 characters.",
+        ));
     }
     if let Some(url) = &body.webhook_url {
-        if !(url.starts_with("https://") || url.starts_with("http://127.0.0.1") || url.starts_with("http://localhost")) {
-            return Err(ApiError::bad_request("invalid_webhook_url", "The webhook URL must be https (or http on localhost for development)."));
+        if !(url.starts_with("https://")
+            || url.starts_with("http://127.0.0.1")
+            || url.starts_with("http://localhost"))
+        {
+            return Err(ApiError::bad_request(
+                "invalid_webhook_url",
+                "The webhook URL must be https (or http on localhost for development).",
+            ));
         }
     }
     let id = format!("m_{}", hex::encode(random::<6>()?));
@@ -104,15 +129,23 @@ pub async fn create(env: &Env, ctx: &Ctx, body: NewMerchant) -> Result<Response,
     };
     let store = kv(env, "VAULT")?;
     let value = serde_json::to_string(&merchant).unwrap_or_default();
-    store.put(&format!("merchant:{id}"), value).map_err(kv_err)?.execute().await.map_err(kv_err)?;
+    store
+        .put(&format!("merchant:{id}"), value)
+        .map_err(kv_err)?
+        .execute()
+        .await
+        .map_err(kv_err)?;
     store
         .put(&format!("merchant-key:{}", merchant.key_hash), id.clone())
         .map_err(kv_err)?
         .execute()
         .await
         .map_err(kv_err)?;
-    json(201, &serde_json::json!({
-        "merchant_id": id, "name": merchant.name, "api_key": key,
-        "note": "Store the API key now: poptill keeps only its hash and cannot show it again.",
-    }))
+    json(
+        201,
+        &serde_json::json!({
+            "merchant_id": id, "name": merchant.name, "api_key": key,
+            "note": "Store the API key now: poptill keeps only its hash and cannot show it again.",
+        }),
+    )
 }

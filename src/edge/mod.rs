@@ -5,8 +5,10 @@
 //! [`ApiError`] into a JSON error with a stable code. Every response carries `X-Request-Id`
 //! and `X-Poptill-Colo`, and one structured JSON log line is written per request.
 
+mod acquirer_io;
 mod event_object;
 mod http;
+mod merchants;
 mod policy;
 mod vault;
 

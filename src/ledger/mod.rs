@@ -112,11 +112,18 @@ pub enum Command {
         lane: String,
         /// Needed when the event's queue is `required`.
         admission_ticket: Option<String>,
+        /// What the buyer pays when it differs from the sum of list prices (tax added on
+        /// top for tax-exclusive places); the order's total, and what reconciliation expects.
+        #[serde(default)]
+        charge_total: Option<MinorUnits>,
     },
     /// The acquirer approved the order's payment online: take the stock.
     Confirm {
         order_id: String,
         charge_id: String,
+        /// The lane that charged, when failover moved the payment off the held lane.
+        #[serde(default)]
+        lane: Option<String>,
     },
     /// The acquirer declined: give the stock back.
     Release {
@@ -392,6 +399,7 @@ impl EventLedger {
                 buyer_email,
                 lane,
                 admission_ticket,
+                charge_total,
             } => self.hold(
                 orders::HoldRequest {
                     order_id,
@@ -400,6 +408,7 @@ impl EventLedger {
                     buyer_email,
                     lane,
                     admission_ticket,
+                    charge_total,
                 },
                 now,
                 fx,
@@ -407,7 +416,14 @@ impl EventLedger {
             Command::Confirm {
                 order_id,
                 charge_id,
-            } => self.confirm(&order_id, &charge_id, now, fx),
+                lane,
+            } => {
+                let reply = self.confirm(&order_id, &charge_id, now, fx);
+                if let (Ok(_), Some(lane)) = (&reply, lane) {
+                    self.set_order_lane(&order_id, lane);
+                }
+                reply
+            }
             Command::Release { order_id, reason } => self.release(&order_id, &reason, fx),
             Command::QueueAuthorization(q) => self.queue_authorization(q, now, entropy, fx),
             Command::ForwardResult { auth_id, result } => {

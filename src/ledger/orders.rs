@@ -127,6 +127,7 @@ pub(crate) struct HoldRequest {
     pub buyer_email: Option<String>,
     pub lane: String,
     pub admission_ticket: Option<String>,
+    pub charge_total: Option<MinorUnits>,
 }
 
 fn valid_email(e: &str) -> bool {
@@ -197,6 +198,12 @@ impl EventLedger {
                 qty: *qty,
                 unit_price: s.price,
             });
+        }
+        if let Some(charge) = req.charge_total {
+            if charge.0 < 1 {
+                return Err(LedgerError::AmountOutOfRange);
+            }
+            total = charge;
         }
         if let Some(existing) = self.orders.get(&req.order_id) {
             // A repeated Hold for the same order is answered with the order as it is.
@@ -299,6 +306,12 @@ impl EventLedger {
             o.stock_taken = true;
         }
         Ok(())
+    }
+
+    pub(crate) fn set_order_lane(&mut self, order_id: &str, lane: String) {
+        if let Some(o) = self.orders.get_mut(order_id) {
+            o.lane = lane;
+        }
     }
 
     pub(crate) fn next_receipt_id(&mut self) -> String {

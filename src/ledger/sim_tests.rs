@@ -240,6 +240,7 @@ impl Sim {
                 AcquirerResult::Approved { charge_id } => Command::Confirm {
                     order_id: id.clone(),
                     charge_id,
+                    lane: None,
                 },
                 _ => Command::Release {
                     order_id: id.clone(),

@@ -98,6 +98,7 @@ pub(crate) fn hold_cmd(order_id: &str, lines: &[(&str, u32)], expires_ms: i64) -
         expires_ms,
         buyer_email: Some("ana@example.org".into()),
         lane: "primary".into(),
+        charge_total: None,
         admission_ticket: None,
     }
 }
@@ -281,6 +282,7 @@ fn state_round_trips_exactly_and_continues_after_restart() {
         Command::Confirm {
             order_id: "o3".into(),
             charge_id: "ch_3".into(),
+            lane: None,
         },
         T0 + 3,
     );
@@ -386,6 +388,7 @@ fn hold_reserves_confirm_takes_release_returns() {
         Command::Confirm {
             order_id: "o1".into(),
             charge_id: "ch_1".into(),
+            lane: None,
         },
         T0 + 1,
     ));
@@ -398,6 +401,7 @@ fn hold_reserves_confirm_takes_release_returns() {
         Command::Confirm {
             order_id: "o1".into(),
             charge_id: "ch_1".into(),
+            lane: None,
         },
         T0 + 2,
     );
@@ -406,7 +410,8 @@ fn hold_reserves_confirm_takes_release_returns() {
             &mut l,
             Command::Confirm {
                 order_id: "o1".into(),
-                charge_id: "ch_9".into()
+                charge_id: "ch_9".into(),
+                lane: None,
             },
             T0 + 2
         ),
@@ -493,6 +498,7 @@ fn lapsed_holds_return_stock_lazily_and_late_payments_are_handled() {
         Command::Confirm {
             order_id: "o1".into(),
             charge_id: "ch_1".into(),
+            lane: None,
         },
         T0 + MIN + 1,
     );
@@ -512,7 +518,8 @@ fn lapsed_holds_return_stock_lazily_and_late_payments_are_handled() {
             &mut l,
             Command::Confirm {
                 order_id: "o1".into(),
-                charge_id: "ch_1".into()
+                charge_id: "ch_1".into(),
+                lane: None,
             },
             T0 + 2 * MIN
         ),
@@ -581,6 +588,7 @@ fn never_oversold_under_interleaved_commands() {
                 2 => Command::Confirm {
                     order_id: id,
                     charge_id: format!("ch_{step}"),
+                    lane: None,
                 },
                 3 => Command::Release {
                     order_id: id,
@@ -1237,6 +1245,7 @@ fn approved(l: &mut EventLedger, order: &str, lines: &[(&str, u32)], now: i64) {
         Command::Confirm {
             order_id: order.into(),
             charge_id: format!("ch_{order}"),
+            lane: None,
         },
         now,
     );
@@ -1553,6 +1562,7 @@ fn csv_quotes_and_hides_email_unless_allowed() {
         Command::Confirm {
             order_id: "o1".into(),
             charge_id: "ch_1".into(),
+            lane: None,
         },
         T0,
     );
@@ -1818,4 +1828,39 @@ fn frequent_polls_are_not_all_written_and_a_restart_keeps_the_place() {
         T0 - 60_000 + 42_000 + 15_000,
     ));
     assert_eq!(s.position, Some(1));
+}
+
+#[test]
+fn charge_total_overrides_list_prices_and_confirm_records_the_failover_lane() {
+    let mut l = ledger();
+    let mut cmd = hold_cmd("o_tax", &[(first_sku().as_str(), 1)], T0 + 60_000);
+    if let Command::Hold { charge_total, .. } = &mut cmd {
+        *charge_total = Some(MinorUnits(1234));
+    }
+    let order = order_of(ok(&mut l, cmd, T0));
+    assert_eq!(
+        order.total,
+        MinorUnits(1234),
+        "tax-exclusive total is what the buyer pays"
+    );
+    let order = order_of(ok(
+        &mut l,
+        Command::Confirm {
+            order_id: "o_tax".into(),
+            charge_id: "pi_1".into(),
+            lane: Some("cheap".into()),
+        },
+        T0 + 1,
+    ));
+    assert_eq!(order.state, OrderState::Approved);
+    assert_eq!(l.order("o_tax").unwrap().lane, "cheap");
+    let mut bad = hold_cmd("o_zero", &[(first_sku().as_str(), 1)], T0 + 60_000);
+    if let Command::Hold { charge_total, .. } = &mut bad {
+        *charge_total = Some(MinorUnits(0));
+    }
+    assert_eq!(err(&mut l, bad, T0), LedgerError::AmountOutOfRange);
+}
+
+fn first_sku() -> String {
+    config().skus[0].id.clone()
 }
