@@ -101,10 +101,11 @@ start_stack() {
   lanes=$(sed -n "s/^LANES = '\(.*\)'$/\1/p" "$ROOT/wrangler.toml" | head -n1 | sed "s/127.0.0.1:8788/127.0.0.1:$sim_port/g")
   local -a extra_vars=(--var "LANES:$lanes")
   if [ -n "${POLICY_PUBLIC_KEYS_JSON:-}" ]; then extra_vars+=(--var "POLICY_PUBLIC_KEYS:$POLICY_PUBLIC_KEYS_JSON"); fi
-  (cd "$ROOT" && CLOUDFLARE_CF_FETCH_ENABLED=false WRANGLER_SEND_METRICS=false CI=1 \
+  cd "$ROOT"
+  env CLOUDFLARE_CF_FETCH_ENABLED=false WRANGLER_SEND_METRICS=false CI=1 \
     setsid wrangler dev --ip 127.0.0.1 --port "$port" --persist-to "$state" \
-      --show-interactive-dev-session=false --log-level info "${extra_vars[@]}" \
-      >"$logs/worker.log" 2>&1 < /dev/null) &
+      --show-interactive-dev-session=false --log-level log "${extra_vars[@]}" \
+      >"$logs/worker.log" 2>&1 < /dev/null &
   STACK_PIDS+=($!)
   if ! wait_http "http://127.0.0.1:$port/healthz" 240; then
     tail -n 40 "$logs/worker.log" >&2
@@ -125,4 +126,22 @@ ensure_policy_key() {
   POLICY_KID="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["kid"])' "$file")"
   POLICY_PUBLIC_KEYS_JSON="$(python3 -c 'import json,sys; k=json.load(open(sys.argv[1])); print(json.dumps({k["kid"]: k["public_key"]}))' "$file")"
   export POLICY_KEY_FILE POLICY_KID POLICY_PUBLIC_KEYS_JSON
+}
+
+# seed_policies URL: signs every bundle in policies/ with the local author key and pushes it
+# (an already active revision is left as it is).
+seed_policies() {
+  local url="$1" out
+  out="$(mktemp -d)"
+  local files=()
+  for f in "$ROOT"/policies/*.json; do [ "$(basename "$f")" = schema.json ] || files+=("$f"); done
+  "$ROOT/scripts/policy" sign --key "$POLICY_KEY_FILE" --out "$out" "${files[@]}" >/dev/null
+  local f n=0
+  for f in "$out"/*.signed.json; do
+    POPTILL_ADMIN_KEY="$ADMIN_KEY" "$ROOT/scripts/policy" push --url "$url" "$f" >/dev/null 2>&1 || \
+      POPTILL_ADMIN_KEY="$ADMIN_KEY" "$ROOT/scripts/policy" status --url "$url" "$(basename "$f" .signed.json)" >/dev/null 2>&1 || return 1
+    n=$((n + 1))
+  done
+  rm -rf "$out"
+  info "pushed $n signed policy bundles"
 }

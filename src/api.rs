@@ -18,6 +18,19 @@ pub enum RouteId {
     PolicyStatus,
     PolicyRevision,
     RollbackPolicy,
+    CreateMerchant,
+    CreateEvent,
+    ShowEvent,
+    SyncEvent,
+    RefundOrder,
+    ReconcileEvent,
+    ExportEvent,
+    Routing,
+    EventPublic,
+    Quote,
+    Checkout,
+    GetReceipt,
+    VerifyReceipt,
 }
 
 /// Who may call a route.
@@ -27,6 +40,8 @@ pub enum Access {
     Public,
     /// The operator's admin key (`Authorization: Bearer <ADMIN_KEY>`).
     Operator,
+    /// The operator's key or a merchant's API key (a merchant sees only its own events).
+    Merchant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -99,6 +114,84 @@ pub const ROUTES: &[Route] = &[
         method: "POST",
         path: "/v1/admin/policies/{jurisdiction}/rollback",
         access: Access::Operator,
+    },
+    Route {
+        id: RouteId::CreateMerchant,
+        method: "POST",
+        path: "/v1/admin/merchants",
+        access: Access::Operator,
+    },
+    Route {
+        id: RouteId::CreateEvent,
+        method: "POST",
+        path: "/v1/admin/events",
+        access: Access::Merchant,
+    },
+    Route {
+        id: RouteId::ShowEvent,
+        method: "GET",
+        path: "/v1/admin/events/{id}",
+        access: Access::Merchant,
+    },
+    Route {
+        id: RouteId::SyncEvent,
+        method: "POST",
+        path: "/v1/admin/events/{id}/sync",
+        access: Access::Merchant,
+    },
+    Route {
+        id: RouteId::RefundOrder,
+        method: "POST",
+        path: "/v1/admin/events/{id}/refunds",
+        access: Access::Merchant,
+    },
+    Route {
+        id: RouteId::ReconcileEvent,
+        method: "POST",
+        path: "/v1/admin/events/{id}/reconcile",
+        access: Access::Merchant,
+    },
+    Route {
+        id: RouteId::ExportEvent,
+        method: "GET",
+        path: "/v1/admin/events/{id}/export",
+        access: Access::Merchant,
+    },
+    Route {
+        id: RouteId::Routing,
+        method: "GET",
+        path: "/v1/admin/routing",
+        access: Access::Operator,
+    },
+    Route {
+        id: RouteId::EventPublic,
+        method: "GET",
+        path: "/v1/events/{id}/public",
+        access: Access::Public,
+    },
+    Route {
+        id: RouteId::Quote,
+        method: "POST",
+        path: "/v1/events/{id}/quote",
+        access: Access::Public,
+    },
+    Route {
+        id: RouteId::Checkout,
+        method: "POST",
+        path: "/v1/events/{id}/checkout",
+        access: Access::Public,
+    },
+    Route {
+        id: RouteId::GetReceipt,
+        method: "GET",
+        path: "/v1/receipts/{id}",
+        access: Access::Public,
+    },
+    Route {
+        id: RouteId::VerifyReceipt,
+        method: "POST",
+        path: "/v1/receipts/verify",
+        access: Access::Public,
     },
 ];
 
@@ -238,7 +331,7 @@ mod tests {
     fn unknown_paths_and_methods_are_told_apart() {
         assert_eq!(resolve("GET", "/nope").unwrap_err().code, "route_not_found");
         let e = resolve("DELETE", "/healthz").unwrap_err();
-        assert_eq!((e.status, e.code), (405, "method_not_allowed"));
+        assert_eq!((e.status, e.code.as_ref()), (405, "method_not_allowed"));
         assert!(resolve("HEAD", "/healthz").is_ok());
     }
 }

@@ -1,6 +1,7 @@
 //! The one error type the HTTP layer maps to responses: a stable code, a status and a sentence.
 
 use serde::Serialize;
+use std::borrow::Cow;
 use std::fmt;
 
 /// An error a client can act on. `code` is stable and machine-readable; `message` is a
@@ -9,7 +10,7 @@ use std::fmt;
 pub struct ApiError {
     #[serde(skip)]
     pub status: u16,
-    pub code: &'static str,
+    pub code: Cow<'static, str>,
     pub message: String,
     /// Whether trying the same request again later can succeed.
     pub retryable: bool,
@@ -19,7 +20,17 @@ impl ApiError {
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            code,
+            code: Cow::Borrowed(code),
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    /// An error whose code is only known at run time (e.g. relayed from a Durable Object).
+    pub fn with_code(status: u16, code: String, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code: Cow::Owned(code),
             message: message.into(),
             retryable: false,
         }

@@ -506,7 +506,7 @@ fn other_client_errors_are_invalid() {
     ));
     let api = got.to_api().unwrap();
     assert_eq!(
-        (api.status, api.code, api.retryable),
+        (api.status, api.code.as_ref(), api.retryable),
         (502, "acquirer_rejected", false)
     );
 }

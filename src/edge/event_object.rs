@@ -68,6 +68,10 @@ impl EventObject {
             "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
             None,
         )?;
+        sql.exec(
+            "CREATE TABLE IF NOT EXISTS cvc_uses (use_id TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL)",
+            None,
+        )?;
         Ok(())
     }
 
@@ -309,6 +313,11 @@ impl EventObject {
                     reason: reason.as_str().to_string(),
                 },
                 AuthorizeOutcome::Retryable { .. } => AcquirerResult::Unavailable,
+                // Our own request was refused (key, configuration): not the buyer's fault,
+                // so keep the payment queued and retry after the operator fixes it.
+                AuthorizeOutcome::Invalid {
+                    status: 401 | 403, ..
+                } => AcquirerResult::Unavailable,
                 AuthorizeOutcome::Invalid { code, .. } => AcquirerResult::Declined { reason: code },
             },
             Err(NoAnswer::Timeout) | Err(NoAnswer::Network) => AcquirerResult::Unavailable,
@@ -517,6 +526,53 @@ impl EventObject {
             ("GET", "/summary") => {
                 let s = self.ledger.borrow().as_ref().map(|l| l.summary(now()));
                 super::http::json(200, &s)
+            }
+            ("POST", "/cvc-use") => {
+                #[derive(Deserialize)]
+                struct U {
+                    use_id: String,
+                    expires_at_ms: i64,
+                    now_ms: i64,
+                }
+                let u: U = super::http::body_json(&mut req).await?;
+                let sql = self.sql();
+                sql.exec(
+                    "DELETE FROM cvc_uses WHERE expires_ms < ?",
+                    Some(vec![(u.now_ms as f64).into()]),
+                )
+                .map_err(super::http::internal)?;
+                #[derive(Deserialize)]
+                struct N {
+                    n: i64,
+                }
+                let seen: Vec<N> = sql
+                    .exec(
+                        "SELECT COUNT(*) AS n FROM cvc_uses WHERE use_id = ?",
+                        Some(vec![u.use_id.as_str().into()]),
+                    )
+                    .and_then(|c| c.to_array())
+                    .map_err(super::http::internal)?;
+                if seen.first().map(|r| r.n).unwrap_or(0) > 0 {
+                    return Err(crate::vault::VaultError::CvcAlreadyUsed.to_api());
+                }
+                sql.exec(
+                    "INSERT INTO cvc_uses (use_id, expires_ms) VALUES (?, ?)",
+                    Some(vec![
+                        u.use_id.as_str().into(),
+                        (u.expires_at_ms as f64).into(),
+                    ]),
+                )
+                .map_err(super::http::internal)?;
+                super::http::json(201, &serde_json::json!({"used": true}))
+            }
+            ("GET", p) if p.starts_with("/order/") => {
+                let id = p.trim_start_matches("/order/");
+                let guard = self.ledger.borrow();
+                let order = guard
+                    .as_ref()
+                    .and_then(|l| l.order(id))
+                    .ok_or_else(|| ApiError::not_found("order"))?;
+                super::http::json(200, order)
             }
             ("GET", "/sf-key") => {
                 super::http::json(200, &serde_json::json!({"wrapped": self.sf_key_wrapped()?}))

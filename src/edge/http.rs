@@ -1,7 +1,6 @@
 //! HTTP plumbing for the shell: request context, JSON and error responses, auth, logging.
 
 use crate::error::ApiError;
-use subtle::ConstantTimeEq;
 use worker::{console_log, Env, Headers, Request, Response};
 
 /// What every handler knows about the request it serves.
@@ -102,26 +101,6 @@ pub fn preflight(path: &str) -> Result<Response, ApiError> {
         .map_err(internal)?
         .with_status(204)
         .with_headers(headers))
-}
-
-/// Checks `Authorization: Bearer <ADMIN_KEY>` in constant time. A wrong or missing key gets
-/// the same 401, with no hint of which.
-pub fn require_operator(req: &Request, env: &Env) -> Result<(), ApiError> {
-    let expected = env
-        .secret("ADMIN_KEY")
-        .map(|s| s.to_string())
-        .unwrap_or_default();
-    let given = req
-        .headers()
-        .get("Authorization")
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    let given = given.strip_prefix("Bearer ").unwrap_or("");
-    if expected.is_empty() || !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-        return Err(ApiError::unauthorized());
-    }
-    Ok(())
 }
 
 /// One structured JSON log line per request. Never includes bodies or secrets.

@@ -7,6 +7,7 @@
 
 mod acquirer_io;
 mod event_object;
+mod events;
 mod http;
 mod merchants;
 mod policy;
@@ -48,9 +49,15 @@ async fn handle(mut req: Request, env: &Env, ctx: &Ctx) -> std::result::Result<R
         return http::preflight(&path);
     }
     let matched = api::resolve(&method, &path)?;
-    if matched.route.access == Access::Operator {
-        http::require_operator(&req, env)?;
-    }
+    let who = match matched.route.access {
+        Access::Public => merchants::Principal::Operator,
+        Access::Operator => merchants::authenticate(&req, env, false).await?,
+        Access::Merchant => merchants::authenticate(&req, env, true).await?,
+    };
+    let public = matched.route.access == Access::Public;
+    let _ = public;
+    let id = || param(&matched, "id");
+    let header = |name: &str| req.headers().get(name).ok().flatten();
     match matched.route.id {
         RouteId::Healthz => json(
             200,
@@ -64,11 +71,13 @@ async fn handle(mut req: Request, env: &Env, ctx: &Ctx) -> std::result::Result<R
         ),
         RouteId::OpenApi => http::raw(200, "application/json", api::OPENAPI_JSON),
         RouteId::CreateToken => {
+            let origin = header("Origin");
             let body: TokenRequest = http::body_json(&mut req).await?;
-            let merchant = body.merchant_id.unwrap_or_default();
-            let binding = vault::binding(&merchant, &body.event_id);
+            let event = events::config(env, &body.event_id, ctx.now_ms).await?;
+            let cors = events::cors_origin(&event, origin.as_deref())?;
+            let binding = vault::binding(&event.merchant_id, &body.event_id);
             let out = vault::tokenize_card(env, ctx, body.card, &binding).await?;
-            json(201, &out)
+            events::with_cors(json(201, &out)?, cors)
         }
         RouteId::ListKeys => vault::list_keys(env, ctx).await,
         RouteId::RotateKey => vault::rotate_now(env, ctx).await,
@@ -87,6 +96,46 @@ async fn handle(mut req: Request, env: &Env, ctx: &Ctx) -> std::result::Result<R
             let body = http::body_text(&mut req).await?;
             policy::rollback(env, ctx, param(&matched, "jurisdiction"), &body).await
         }
+        RouteId::CreateMerchant => {
+            merchants::create(env, ctx, http::body_json(&mut req).await?).await
+        }
+        RouteId::CreateEvent => {
+            events::create(env, ctx, &who, http::body_json(&mut req).await?).await
+        }
+        RouteId::ShowEvent => events::show(env, ctx, &who, id()).await,
+        RouteId::SyncEvent => events::sync_now(env, ctx, &who, id()).await,
+        RouteId::RefundOrder => {
+            let idem = header("Idempotency-Key");
+            events::refund(env, ctx, &who, id(), idem, http::body_json(&mut req).await?).await
+        }
+        RouteId::ReconcileEvent => events::reconcile(env, ctx, &who, id()).await,
+        RouteId::ExportEvent => {
+            let url = req.url().map_err(http::internal)?;
+            let format = url
+                .query_pairs()
+                .find(|(k, _)| k == "format")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_else(|| "csv".into());
+            events::export(env, ctx, &who, id(), &format).await
+        }
+        RouteId::Routing => events::routing_snapshot(env, ctx),
+        RouteId::EventPublic => events::public(env, ctx, id()).await,
+        RouteId::Quote => {
+            events::quote_route(env, ctx, id(), http::body_json(&mut req).await?).await
+        }
+        RouteId::Checkout => {
+            let idem = header("Idempotency-Key");
+            let origin = header("Origin");
+            let body = http::body_text(&mut req).await?;
+            events::checkout(env, ctx, id(), idem, origin, body).await
+        }
+        RouteId::GetReceipt => {
+            let html = header("Accept")
+                .map(|a| a.contains("text/html"))
+                .unwrap_or(false);
+            events::get_receipt(env, id(), html).await
+        }
+        RouteId::VerifyReceipt => events::verify_receipt(env, &http::body_text(&mut req).await?),
     }
 }
 
@@ -98,7 +147,5 @@ fn param<'a>(m: &'a api::Matched, name: &str) -> &'a str {
 #[serde(deny_unknown_fields)]
 struct TokenRequest {
     event_id: String,
-    #[serde(default)]
-    merchant_id: Option<String>,
     card: vault::CardInput,
 }

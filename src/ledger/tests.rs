@@ -1664,7 +1664,7 @@ fn every_error_maps_to_a_stable_code_and_status() {
             "{}",
             a.message
         );
-        assert!(codes.insert(a.code), "duplicate code {}", a.code);
+        assert!(codes.insert(a.code.clone()), "duplicate code {}", a.code);
     }
 }
 

@@ -664,7 +664,7 @@ fn errors_map_to_stable_codes() {
     ];
     for (err, status, code) in cases {
         let api = err.to_api();
-        assert_eq!((api.status, api.code), (status, code), "{err:?}");
+        assert_eq!((api.status, api.code.as_ref()), (status, code), "{err:?}");
         assert_eq!(err.code(), code);
         assert!(!api.message.is_empty());
     }

@@ -29,3 +29,63 @@ export function assertError(res, status, code) {
   assert.equal(res.json?.error?.code, code, res.text);
   assert.ok(res.json.error.message.length > 10, 'error has a human sentence');
 }
+
+export async function sim(method, path, body) {
+  const res = await fetch(SIM + path, {
+    method,
+    headers: body ? { 'content-type': 'application/json' } : {},
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  return res.json();
+}
+
+export const laneControl = (lane, settings) => sim('POST', `/control/lanes/${lane}`, settings);
+export const simStats = () => sim('GET', '/control/stats');
+export async function healLanes() {
+  for (const lane of ['fast', 'cheap']) await laneControl(lane, { partition: 'none', error_rate: 0, latency_ms: { fixed: 0 } });
+}
+
+let merchantCache;
+export async function merchant() {
+  if (!merchantCache) {
+    const r = await admin('POST', '/v1/admin/merchants', { body: { name: 'E2E Night Market' } });
+    assert.equal(r.status, 201, r.text);
+    merchantCache = r.json;
+  }
+  return merchantCache;
+}
+
+/// Creates an event with the given overrides; returns its id.
+export async function createEvent(overrides = {}) {
+  const m = await merchant();
+  const now = Date.now();
+  const body = {
+    title: 'Backyard Concert',
+    jurisdiction: 'DE',
+    currency: 'EUR',
+    start_ms: now - 3_600_000,
+    end_ms: now + 86_400_000,
+    skus: [
+      { id: 'ticket', name: 'Entry', category: 'ticket', price: 1500, stock: 50 },
+      { id: 'shirt', name: 'T-shirt', category: 'merchandise', price: 2500, stock: 5 },
+    ],
+    allowed_origins: [],
+    ...overrides,
+  };
+  const r = await api('POST', '/v1/admin/events', { body, key: m.api_key });
+  assert.equal(r.status, 201, r.text);
+  return r.json.event_id;
+}
+
+export async function tokenFor(eventId, number, extra = {}) {
+  const r = await api('POST', '/v1/tokens', { body: { event_id: eventId, card: { number, exp_month: 12, exp_year: 2034, cvc: number.length === 15 ? '1234' : '123', ...extra } } });
+  assert.equal(r.status, 201, r.text);
+  return r.json;
+}
+
+export async function checkout(eventId, number, { items = [{ sku: 'ticket', quantity: 1 }], key = crypto.randomUUID(), buyer = { email: 'ana@example.org', age_confirmed: true, consent_accepted: true }, mode } = {}) {
+  const t = await tokenFor(eventId, number);
+  const body = { items, token: t.token, cvc_token: t.cvc_token, buyer };
+  if (mode) body.mode = mode;
+  return api('POST', `/v1/events/${eventId}/checkout`, { body, headers: { 'idempotency-key': key } });
+}

@@ -1,11 +1,13 @@
 // End-to-end: card tokenization in the PoP and the vault's key administration.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { api, admin, assertError } from './helpers.mjs';
+import { before } from 'node:test';
+import { api, admin, assertError, createEvent } from './helpers.mjs';
 
-const EVENT = 'evt_vault_e2e';
+let EVENT;
+before(async () => { EVENT = await createEvent(); });
 const card = (number, extra = {}) => ({ number, exp_month: 12, exp_year: 2034, cvc: '123', ...extra });
-const tokenize = (c, event_id = EVENT) => api('POST', '/v1/tokens', { body: { event_id, merchant_id: 'm_e2e', card: c } });
+const tokenize = (c, event_id = EVENT) => api('POST', '/v1/tokens', { body: { event_id, card: c } });
 
 test('a valid card becomes an opaque token with brand and last four only', async () => {
   for (const [number, brand] of [['4242424242424242', 'visa'], ['5555555555554444', 'mastercard'], ['378282246310005', 'amex']]) {
@@ -78,4 +80,14 @@ test('keys are listed without key material, rotated and revoked', async () => {
   r = await admin('GET', '/v1/admin/keys');
   assert.equal(r.json.keys.find((k) => k.kid === first).state, 'revoked');
   assertError(await admin('POST', '/v1/admin/keys/dk_nope_0000000000000000/revoke'), 404, 'not_found');
+});
+
+test("tokens are only issued to the event's allowed origins", async () => {
+  const id = await createEvent({ allowed_origins: ['https://shop.example'] });
+  const body = { event_id: id, card: card('4242424242424242') };
+  const ok = await api('POST', '/v1/tokens', { body, headers: { origin: 'https://shop.example' } });
+  assert.equal(ok.status, 201, ok.text);
+  assert.equal(ok.headers.get('access-control-allow-origin'), 'https://shop.example');
+  assertError(await api('POST', '/v1/tokens', { body, headers: { origin: 'https://evil.example' } }), 403, 'origin_not_allowed');
+  assertError(await api('POST', '/v1/tokens', { body: { ...body, event_id: 'evt_000000000000' } }), 404, 'not_found');
 });

@@ -1,0 +1,1289 @@
+//! Events: the admin routes (create, live state, sync, refunds, reconcile, export), the
+//! public routes (event card, quote, checkout) and receipts. Everything that must not be
+//! lost or happen twice goes through the event's Durable Object (`event_object.rs`).
+
+use super::acquirer_io::{lane_secret, send, NoAnswer};
+use super::http::{env_string, internal, json, random, Ctx};
+use super::merchants::Principal;
+use crate::acquirer::{self, AuthorizeOutcome, AuthorizeRequest};
+use crate::error::ApiError;
+use crate::ledger::{
+    self, Category as SkuCategory, Command, EventConfig, IdempotencyBegin, LineRequest,
+    OfflineBudget, Order, QueueAuth, QueueConfig, QueueMode, Reply, SealedCard, Sku,
+};
+use crate::money::{Currency, MinorUnits};
+use crate::policy::{BuyerField, Category as PolicyCategory, LoadedBundle};
+use crate::quote::{self, Quote, QuoteItem};
+use crate::receipt::{
+    self, CardSummary, Receipt, ReceiptKeys, ReceiptLine, ReceiptStatus, TaxLine, Totals,
+};
+use crate::routing::{Mode, Outcome as RouteOutcome, RetryReason, Router, Signals};
+use crate::vault;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::sync::Arc;
+use worker::{Env, Headers, Method, Request, RequestInit, Response, Stub};
+
+/// How long an isolate trusts a cached event configuration.
+const CONFIG_TTL_MS: i64 = 5_000;
+/// How long a checkout holds stock while it talks to the acquirer.
+const HOLD_MS: i64 = 120_000;
+
+thread_local! {
+    static CONFIGS: RefCell<HashMap<String, (Arc<EventConfig>, i64)>> = RefCell::new(HashMap::new());
+    static ROUTER: RefCell<Option<(String, Router)>> = const { RefCell::new(None) };
+    static IN_FLIGHT: Cell<u32> = const { Cell::new(0) };
+    static DEPTH: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+}
+
+// ------------------------------------------------------------------ Durable Object client
+
+fn stub(env: &Env, event_id: &str) -> Result<Stub, ApiError> {
+    if !ledger::valid_id(event_id) {
+        return Err(ApiError::not_found("event"));
+    }
+    env.durable_object("EVENTS")
+        .and_then(|ns| ns.get_by_name(event_id))
+        .map_err(internal)
+}
+
+/// One call to the event's object; its JSON errors come back as `ApiError`s.
+async fn call(
+    env: &Env,
+    event_id: &str,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+) -> Result<(u16, String), ApiError> {
+    let stub = stub(env, event_id)?;
+    let mut init = RequestInit::new();
+    init.with_method(method);
+    if let Some(b) = body {
+        let h = Headers::new();
+        h.set("Content-Type", "application/json")
+            .map_err(internal)?;
+        init.with_headers(h);
+        init.with_body(Some(wasm_bindgen::JsValue::from_str(&b)));
+    }
+    let req = Request::new_with_init(&format!("https://event{path}"), &init).map_err(internal)?;
+    let mut resp = stub.fetch_with_request(req).await.map_err(internal)?;
+    let status = resp.status_code();
+    let text = resp.text().await.map_err(internal)?;
+    if status >= 400 {
+        return Err(decode_error(status, &text));
+    }
+    Ok((status, text))
+}
+
+fn decode_error(status: u16, text: &str) -> ApiError {
+    #[derive(Deserialize)]
+    struct E {
+        code: String,
+        message: String,
+        #[serde(default)]
+        retryable: bool,
+    }
+    #[derive(Deserialize)]
+    struct B {
+        error: E,
+    }
+    match serde_json::from_str::<B>(text) {
+        Ok(b) => {
+            let code: String = b.error.code.chars().take(64).collect();
+            let mut e = ApiError::with_code(status, code, b.error.message);
+            e.retryable = b.error.retryable;
+            e
+        }
+        Err(_) => ApiError::new(
+            503,
+            "temporarily_unavailable",
+            "The event could not answer; try again.",
+        )
+        .retryable(),
+    }
+}
+
+/// Runs ledger commands in the event's object; one result per command.
+async fn commands(
+    env: &Env,
+    event_id: &str,
+    now_ms: i64,
+    cmds: Vec<Command>,
+) -> Result<(Vec<Result<Reply, ApiError>>, u32), ApiError> {
+    let body = serde_json::json!({"now_ms": now_ms, "commands": cmds}).to_string();
+    let (_, text) = call(env, event_id, Method::Post, "/cmd", Some(body)).await?;
+    #[derive(Deserialize)]
+    struct R {
+        results: Vec<serde_json::Value>,
+        queue_depth: u32,
+    }
+    let r: R = serde_json::from_str(&text).map_err(|_| {
+        ApiError::new(
+            503,
+            "temporarily_unavailable",
+            "The event answered unreadably.",
+        )
+        .retryable()
+    })?;
+    DEPTH.with(|d| d.borrow_mut().insert(event_id.to_string(), r.queue_depth));
+    let results = r
+        .results
+        .into_iter()
+        .map(|v| {
+            if let Some(ok) = v.get("ok") {
+                serde_json::from_value::<Reply>(ok.clone()).map_err(|_| {
+                    ApiError::new(503, "temporarily_unavailable", "Unreadable event reply.")
+                        .retryable()
+                })
+            } else {
+                let status = v.get("status").and_then(|s| s.as_u64()).unwrap_or(400) as u16;
+                Err(decode_error(
+                    status,
+                    &serde_json::json!({"error": v.get("error")}).to_string(),
+                ))
+            }
+        })
+        .collect();
+    Ok((results, r.queue_depth))
+}
+
+async fn one(env: &Env, event_id: &str, now_ms: i64, cmd: Command) -> Result<Reply, ApiError> {
+    let (mut results, _) = commands(env, event_id, now_ms, vec![cmd]).await?;
+    results.pop().unwrap_or_else(|| {
+        Err(ApiError::new(503, "temporarily_unavailable", "No reply from the event.").retryable())
+    })
+}
+
+/// The event's configuration, cached per isolate for a few seconds.
+pub async fn config(env: &Env, event_id: &str, now_ms: i64) -> Result<Arc<EventConfig>, ApiError> {
+    if let Some(c) = CONFIGS.with(|m| {
+        m.borrow()
+            .get(event_id)
+            .filter(|(_, at)| now_ms - at < CONFIG_TTL_MS)
+            .map(|(c, _)| c.clone())
+    }) {
+        return Ok(c);
+    }
+    let (_, text) = call(env, event_id, Method::Get, "/config", None).await?;
+    #[derive(Deserialize)]
+    struct R {
+        config: EventConfig,
+    }
+    let r: R = serde_json::from_str(&text).map_err(|_| ApiError::not_found("event"))?;
+    let c = Arc::new(r.config);
+    CONFIGS.with(|m| {
+        m.borrow_mut()
+            .insert(event_id.to_string(), (c.clone(), now_ms))
+    });
+    Ok(c)
+}
+
+/// The event's config if `who` may manage it; otherwise 404, as if it did not exist.
+async fn managed(
+    env: &Env,
+    who: &Principal,
+    event_id: &str,
+    now_ms: i64,
+) -> Result<Arc<EventConfig>, ApiError> {
+    let c = config(env, event_id, now_ms).await?;
+    if who.may_manage(&c.merchant_id) {
+        Ok(c)
+    } else {
+        Err(ApiError::not_found("event"))
+    }
+}
+
+// ------------------------------------------------------------------ admin routes
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEvent {
+    #[serde(default)]
+    merchant_id: Option<String>,
+    title: String,
+    jurisdiction: String,
+    currency: String,
+    start_ms: i64,
+    end_ms: i64,
+    skus: Vec<Sku>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    #[serde(default)]
+    queue: Option<QueueConfig>,
+    #[serde(default)]
+    offline: Option<OfflineBudget>,
+    #[serde(default)]
+    policy_revision: Option<u64>,
+}
+
+/// `POST /v1/admin/events`.
+pub async fn create(
+    env: &Env,
+    ctx: &Ctx,
+    who: &Principal,
+    body: NewEvent,
+) -> Result<Response, ApiError> {
+    let merchant_id = match (who, body.merchant_id) {
+        (Principal::Merchant(m), None) => m.clone(),
+        (Principal::Merchant(m), Some(asked)) if &asked == m => asked,
+        (Principal::Merchant(_), Some(_)) => {
+            return Err(ApiError::new(
+                403,
+                "forbidden",
+                "A merchant key creates events for its own merchant only.",
+            ))
+        }
+        (Principal::Operator, Some(m)) => m,
+        (Principal::Operator, None) => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "The operator must name the event's merchant_id.",
+            ))
+        }
+    };
+    if super::merchants::get(env, &merchant_id).await?.is_none() {
+        return Err(ApiError::new(
+            422,
+            "unknown_merchant",
+            "No merchant with that id exists; create it first.",
+        ));
+    }
+    let currency = Currency::parse(&body.currency)
+        .map_err(|e| ApiError::new(422, "invalid_currency", e.to_string()))?;
+    let bundle =
+        super::policy::bundle_for(env, &body.jurisdiction, body.policy_revision, ctx.now_ms).await;
+    let limits = &bundle.bundle.offline;
+    let offline = body.offline.unwrap_or(OfflineBudget {
+        per_transaction_max: limits.per_transaction_cap,
+        aggregate_max: limits.per_event_cap,
+        per_card_max_count: 3,
+        per_card_window_ms: 3_600_000,
+    });
+    if offline.per_transaction_max > limits.per_transaction_cap
+        || offline.aggregate_max > limits.per_event_cap
+    {
+        return Err(ApiError::new(
+            422,
+            "offline_budget_over_policy",
+            format!(
+                "The offline budget is above the policy's limits for {}: at most {} per transaction and {} in all.",
+                bundle.bundle.jurisdiction,
+                limits.per_transaction_cap.display(currency),
+                limits.per_event_cap.display(currency)
+            ),
+        ));
+    }
+    let event_id = format!("evt_{}", hex::encode(random::<6>()?));
+    let config = EventConfig {
+        event_id: event_id.clone(),
+        merchant_id,
+        title: body.title,
+        jurisdiction: body.jurisdiction,
+        currency,
+        start_ms: body.start_ms,
+        end_ms: body.end_ms,
+        skus: body.skus,
+        allowed_origins: body.allowed_origins,
+        queue: body.queue.unwrap_or(QueueConfig {
+            required: false,
+            mode: QueueMode::Fifo,
+            sale_start_ms: body.start_ms,
+            capacity: 1000,
+            admission_rate_per_sec: 10,
+            place_ttl_ms: 60_000,
+            admitted_ttl_ms: 600_000,
+        }),
+        offline,
+        policy_revision: body.policy_revision.map(|r| r.to_string()),
+    };
+    config.validate().map_err(ApiError::from)?;
+    let (_, text) = call(
+        env,
+        &event_id,
+        Method::Post,
+        "/init",
+        Some(serde_json::to_string(&config).unwrap_or_default()),
+    )
+    .await?;
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    json(
+        201,
+        &serde_json::json!({"event_id": event_id, "config": config, "policy": {"jurisdiction": bundle.bundle.jurisdiction, "revision": bundle.revision, "hash": bundle.hash}, "summary": summary}),
+    )
+}
+
+/// `GET /v1/admin/events/{id}`: live state.
+pub async fn show(
+    env: &Env,
+    ctx: &Ctx,
+    who: &Principal,
+    event_id: &str,
+) -> Result<Response, ApiError> {
+    let c = managed(env, who, event_id, ctx.now_ms).await?;
+    let (_, text) = call(env, event_id, Method::Get, "/summary", None).await?;
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    json(
+        200,
+        &serde_json::json!({"event_id": event_id, "config": &*c, "summary": summary}),
+    )
+}
+
+/// `POST /v1/admin/events/{id}/sync`: forward every stored payment now.
+pub async fn sync_now(
+    env: &Env,
+    ctx: &Ctx,
+    who: &Principal,
+    event_id: &str,
+) -> Result<Response, ApiError> {
+    managed(env, who, event_id, ctx.now_ms).await?;
+    let reply = one(env, event_id, ctx.now_ms, Command::SyncNow).await?;
+    let (_, text) = call(env, event_id, Method::Get, "/summary", None).await?;
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    json(
+        200,
+        &serde_json::json!({"result": reply, "summary": summary}),
+    )
+}
+
+/// `POST /v1/admin/events/{id}/reconcile`.
+pub async fn reconcile(
+    env: &Env,
+    ctx: &Ctx,
+    who: &Principal,
+    event_id: &str,
+) -> Result<Response, ApiError> {
+    managed(env, who, event_id, ctx.now_ms).await?;
+    let (_, text) = call(env, event_id, Method::Post, "/reconcile", Some("{}".into())).await?;
+    super::http::raw(200, "application/json", &text)
+}
+
+/// `GET /v1/admin/events/{id}/export?format=csv|ndjson`; buyer e-mail only where the
+/// policy's receipt rules collect it.
+pub async fn export(
+    env: &Env,
+    ctx: &Ctx,
+    who: &Principal,
+    event_id: &str,
+    format: &str,
+) -> Result<Response, ApiError> {
+    let c = managed(env, who, event_id, ctx.now_ms).await?;
+    if format != "csv" && format != "ndjson" {
+        return Err(ApiError::bad_request(
+            "invalid_format",
+            "format is csv or ndjson.",
+        ));
+    }
+    let bundle = bundle_of(env, &c, ctx.now_ms).await;
+    let email = bundle
+        .bundle
+        .compliance
+        .buyer_fields
+        .contains(&BuyerField::Email);
+    let (_, text) = call(
+        env,
+        event_id,
+        Method::Get,
+        &format!("/export?format={format}&email={}", u8::from(email)),
+        None,
+    )
+    .await?;
+    let ct = if format == "csv" {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/x-ndjson"
+    };
+    super::http::raw(200, ct, &text)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    order_id: String,
+    #[serde(default)]
+    amount: Option<MinorUnits>,
+    /// The operator refunds outside the buyer's statutory window (e.g. a cancelled night).
+    #[serde(default)]
+    goodwill: bool,
+}
+
+/// `POST /v1/admin/events/{id}/refunds`.
+pub async fn refund(
+    env: &Env,
+    ctx: &Ctx,
+    who: &Principal,
+    event_id: &str,
+    idem: Option<String>,
+    body: RefundBody,
+) -> Result<Response, ApiError> {
+    let c = managed(env, who, event_id, ctx.now_ms).await?;
+    let bundle = bundle_of(env, &c, ctx.now_ms).await;
+    let (_, text) = call(env, event_id, Method::Get, "/config", None).await?;
+    let _ = text;
+    // The most restrictive rule among the order's lines' categories applies.
+    let categories: Vec<PolicyCategory> =
+        c.skus.iter().map(|s| policy_category(s.category)).collect();
+    let mut allowed = true;
+    let mut window_days = u32::MAX;
+    let mut partial = true;
+    let mut offline_queue = true;
+    for cat in categories {
+        let r = bundle.bundle.refunds.get(cat);
+        allowed &= r.window_days > 0;
+        window_days = window_days.min(r.window_days);
+        partial &= r.partial;
+        offline_queue &= r.offline_queue;
+    }
+    let rule = ledger::RefundRule {
+        allowed: allowed || body.goodwill,
+        window_ms: if body.goodwill {
+            i64::MAX / 4
+        } else {
+            i64::from(window_days.min(3650)) * 86_400_000
+        },
+        partial_allowed: partial || body.goodwill,
+        may_queue_offline: offline_queue,
+    };
+    let refund_id = match idem {
+        Some(k) => format!(
+            "rf_{}",
+            &hex::encode(Sha256::digest(format!("{event_id}|{k}")))[..20]
+        ),
+        None => format!("rf_{}", hex::encode(random::<8>()?)),
+    };
+    let reply = one(
+        env,
+        event_id,
+        ctx.now_ms,
+        Command::RequestRefund {
+            refund_id,
+            order_id: body.order_id,
+            amount: body.amount,
+            rule,
+            acquirer_online: true,
+        },
+    )
+    .await?;
+    json(201, &reply)
+}
+
+// ------------------------------------------------------------------ public routes
+
+fn policy_category(c: SkuCategory) -> PolicyCategory {
+    match c {
+        SkuCategory::Ticket => PolicyCategory::Admission,
+        SkuCategory::Merchandise => PolicyCategory::Merchandise,
+        SkuCategory::FoodDrink => PolicyCategory::FoodAndDrink,
+    }
+}
+
+async fn bundle_of(env: &Env, c: &EventConfig, now_ms: i64) -> Arc<LoadedBundle> {
+    let pin = c.policy_revision.as_deref().and_then(|r| r.parse().ok());
+    super::policy::bundle_for(env, &c.jurisdiction, pin, now_ms).await
+}
+
+/// CORS: the event's allowed origins (or any origin when the event lists none, as for the
+/// edge's own pages). Returns the header value to send back, if any.
+pub fn cors_origin(c: &EventConfig, origin: Option<&str>) -> Result<Option<String>, ApiError> {
+    match origin {
+        None => Ok(None),
+        Some(o) if c.allowed_origins.iter().any(|a| a == o) => Ok(Some(o.to_string())),
+        Some(_) if c.allowed_origins.is_empty() => Ok(Some("*".into())),
+        Some(_) => Err(ApiError::new(
+            403,
+            "origin_not_allowed",
+            "This page's origin is not allowed to use this event's checkout.",
+        )),
+    }
+}
+
+/// `GET /v1/events/{id}/public`: what a checkout page shows before the quote.
+pub async fn public(env: &Env, ctx: &Ctx, event_id: &str) -> Result<Response, ApiError> {
+    let c = config(env, event_id, ctx.now_ms).await?;
+    let (_, text) = call(env, event_id, Method::Get, "/summary", None).await?;
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let bundle = bundle_of(env, &c, ctx.now_ms).await;
+    let available: HashMap<String, u64> = summary["skus"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| {
+                    Some((
+                        s["sku"].as_str().or(s["id"].as_str())?.to_string(),
+                        s["available"].as_u64()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let skus: Vec<serde_json::Value> = c
+        .skus
+        .iter()
+        .map(|s| serde_json::json!({"id": s.id, "name": s.name, "category": s.category, "price": s.price, "available": available.get(&s.id).copied().unwrap_or(u64::from(s.stock))}))
+        .collect();
+    json(
+        200,
+        &serde_json::json!({
+            "event_id": c.event_id, "title": c.title, "currency": c.currency,
+            "currency_exponent": c.currency.exponent(), "languages": bundle.bundle.languages,
+            "jurisdiction": c.jurisdiction, "skus": skus, "allowed_origins": c.allowed_origins,
+            "start_ms": c.start_ms, "end_ms": c.end_ms,
+        }),
+    )
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CartItem {
+    sku: String,
+    quantity: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteBody {
+    items: Vec<CartItem>,
+}
+
+fn quote_for(
+    c: &EventConfig,
+    bundle: &LoadedBundle,
+    items: &[CartItem],
+    now_ms: i64,
+) -> Result<Quote, ApiError> {
+    let mut q = Vec::with_capacity(items.len());
+    for i in items {
+        let sku = c.skus.iter().find(|s| s.id == i.sku).ok_or_else(|| {
+            ApiError::new(
+                422,
+                "unknown_sku",
+                format!(
+                    "This event sells no item {:?}.",
+                    i.sku.chars().take(40).collect::<String>()
+                ),
+            )
+        })?;
+        q.push(QuoteItem {
+            sku: sku.id.clone(),
+            name: sku.name.clone(),
+            category: policy_category(sku.category),
+            unit_price: sku.price,
+            quantity: i.quantity,
+            age_restricted: false,
+        });
+    }
+    quote::quote_in(&q, bundle, Some(c.currency), now_ms).map_err(|e| e.to_api())
+}
+
+/// `POST /v1/events/{id}/quote`.
+pub async fn quote_route(
+    env: &Env,
+    ctx: &Ctx,
+    event_id: &str,
+    body: QuoteBody,
+) -> Result<Response, ApiError> {
+    let c = config(env, event_id, ctx.now_ms).await?;
+    let bundle = bundle_of(env, &c, ctx.now_ms).await;
+    json(200, &quote_for(&c, &bundle, &body.items, ctx.now_ms)?)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Buyer {
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    age_confirmed: bool,
+    #[serde(default)]
+    consent_accepted: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutBody {
+    items: Vec<CartItem>,
+    token: String,
+    #[serde(default)]
+    cvc_token: Option<String>,
+    #[serde(default)]
+    buyer: Buyer,
+    #[serde(default)]
+    admission_ticket: Option<String>,
+    /// `prefer_online` (default: queue offline when the acquirer is unavailable) or
+    /// `require_online` (never queue).
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+fn router_with<R>(env: &Env, f: impl FnOnce(&mut Router) -> R) -> Result<R, ApiError> {
+    let lanes = env_string(env, "LANES").unwrap_or_else(|| "[]".into());
+    let tuning = env_string(env, "ROUTING_TUNING");
+    let key = format!("{lanes}|{}", tuning.as_deref().unwrap_or(""));
+    ROUTER.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        if guard.as_ref().map(|(k, _)| k != &key).unwrap_or(true) {
+            let r = Router::from_json(&lanes, tuning.as_deref()).map_err(|e| {
+                ApiError::new(
+                    503,
+                    "lanes_misconfigured",
+                    format!("The acquirer lanes are misconfigured: {e}"),
+                )
+            })?;
+            *guard = Some((key, r));
+        }
+        match guard.as_mut() {
+            Some((_, r)) => Ok(f(r)),
+            None => Err(ApiError::new(
+                503,
+                "lanes_misconfigured",
+                "No acquirer lanes.",
+            )),
+        }
+    })
+}
+
+/// `GET /v1/admin/routing`: the adaptive limiter, latency and breaker state per lane.
+pub fn routing_snapshot(env: &Env, ctx: &Ctx) -> Result<Response, ApiError> {
+    let snap = router_with(env, |r| r.snapshot(ctx.now_ms))?;
+    json(200, &serde_json::json!({"colo": ctx.colo, "routing": snap}))
+}
+
+/// What a checkout answers; also stored for idempotent replays.
+struct Answer {
+    status: u16,
+    body: serde_json::Value,
+}
+
+/// `POST /v1/events/{id}/checkout`: validate, quote, hold, authorize (or queue), receipt.
+pub async fn checkout(
+    env: &Env,
+    ctx: &Ctx,
+    event_id: &str,
+    idem_key: Option<String>,
+    origin: Option<String>,
+    raw_body: String,
+) -> Result<Response, ApiError> {
+    let c = config(env, event_id, ctx.now_ms).await?;
+    let cors = cors_origin(&c, origin.as_deref())?;
+    let body: CheckoutBody = super::http::parse_json_body(&raw_body)?;
+    let body_hash = hex::encode(Sha256::digest(raw_body.as_bytes()));
+    drop(raw_body);
+    let idem_key = match idem_key {
+        Some(k) if !k.is_empty() && k.len() <= 200 && k.chars().all(|ch| ch.is_ascii_graphic()) => {
+            k
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key is 1 to 200 printable ASCII characters.",
+            ))
+        }
+        None => format!("auto_{}", hex::encode(random::<12>()?)),
+    };
+    let idem_ledger_key = format!(
+        "co_{}",
+        &hex::encode(Sha256::digest(idem_key.as_bytes()))[..32]
+    );
+    match one(
+        env,
+        event_id,
+        ctx.now_ms,
+        Command::BeginIdempotent {
+            key: idem_ledger_key.clone(),
+            body_hash,
+        },
+    )
+    .await?
+    {
+        Reply::Idempotency {
+            result: IdempotencyBegin::New,
+        } => {}
+        Reply::Idempotency {
+            result: IdempotencyBegin::Replay { response },
+        } => {
+            let stored: serde_json::Value = serde_json::from_str(&response).unwrap_or_default();
+            let status = stored["status_code"].as_u64().unwrap_or(200) as u16;
+            let mut r = json(status, &stored["body"])?;
+            r.headers_mut()
+                .set("Idempotent-Replayed", "true")
+                .map_err(internal)?;
+            return with_cors(r, cors);
+        }
+        Reply::Idempotency { result } => {
+            return Err(result.as_error().unwrap_or_else(|| {
+                ApiError::new(
+                    409,
+                    "idempotency_conflict",
+                    "This Idempotency-Key is in use.",
+                )
+            }));
+        }
+        _ => {
+            return Err(
+                ApiError::new(503, "temporarily_unavailable", "Unexpected event reply.")
+                    .retryable(),
+            )
+        }
+    }
+    let answer = match checkout_inner(env, ctx, &c, &body).await {
+        Ok(a) => a,
+        Err(e) if e.retryable || e.status >= 500 => {
+            let _ = one(
+                env,
+                event_id,
+                ctx.now_ms,
+                Command::AbandonIdempotent {
+                    key: idem_ledger_key,
+                },
+            )
+            .await;
+            return Err(e);
+        }
+        Err(e) => Answer {
+            status: e.status,
+            body: e.body(),
+        },
+    };
+    let stored = serde_json::json!({"status_code": answer.status, "body": answer.body}).to_string();
+    let _ = one(
+        env,
+        event_id,
+        ctx.now_ms,
+        Command::CompleteIdempotent {
+            key: idem_ledger_key,
+            response: stored,
+        },
+    )
+    .await;
+    let routing = answer.body["routing"].as_str().map(str::to_string);
+    let mut r = json(answer.status, &answer.body)?;
+    if let Some(reason) = routing {
+        r.headers_mut()
+            .set("X-Poptill-Routing", &reason)
+            .map_err(internal)?;
+    }
+    with_cors(r, cors)
+}
+
+pub fn with_cors(mut r: Response, origin: Option<String>) -> Result<Response, ApiError> {
+    if let Some(o) = origin {
+        let h = r.headers_mut();
+        h.set("Access-Control-Allow-Origin", &o).map_err(internal)?;
+        h.set("Vary", "Origin").map_err(internal)?;
+        h.set(
+            "Access-Control-Expose-Headers",
+            "X-Request-Id, X-Poptill-Colo, X-Poptill-Routing, Idempotent-Replayed",
+        )
+        .map_err(internal)?;
+    }
+    Ok(r)
+}
+
+async fn checkout_inner(
+    env: &Env,
+    ctx: &Ctx,
+    c: &EventConfig,
+    body: &CheckoutBody,
+) -> Result<Answer, ApiError> {
+    let event_id = c.event_id.as_str();
+    let bundle = bundle_of(env, c, ctx.now_ms).await;
+    let quote = quote_for(c, &bundle, &body.items, ctx.now_ms)?;
+    let prompts = &quote.prompts;
+    if let Some(gate) = &prompts.age_gate {
+        if !body.buyer.age_confirmed {
+            return Err(ApiError::new(
+                422,
+                "age_confirmation_required",
+                format!(
+                    "The buyer must confirm being at least {} years old.",
+                    gate.min_age
+                ),
+            ));
+        }
+    }
+    if !prompts.consent.is_empty() && !body.buyer.consent_accepted {
+        return Err(ApiError::new(
+            422,
+            "consent_required",
+            "The buyer must accept the consent text shown at checkout.",
+        ));
+    }
+    if prompts.buyer_fields.contains(&BuyerField::Email)
+        && body.buyer.email.as_deref().unwrap_or("").is_empty()
+    {
+        return Err(ApiError::new(
+            422,
+            "email_required",
+            "An e-mail address is needed here for the receipt.",
+        ));
+    }
+    let binding = super::vault::binding(&c.merchant_id, event_id);
+    let card = super::vault::detokenize(env, &body.token, &binding, ctx.now_ms).await?;
+    let cvc = match &body.cvc_token {
+        Some(cvt) => {
+            let key = super::vault::key_for_token(env, cvt, ctx.now_ms).await?;
+            let opened =
+                vault::detokenize_cvc(cvt, &body.token, &binding, |_| key.as_ref(), ctx.now_ms)
+                    .map_err(|e| e.to_api())?;
+            let use_body = serde_json::json!({"use_id": opened.use_id, "expires_at_ms": opened.expires_at_ms, "now_ms": ctx.now_ms}).to_string();
+            call(env, event_id, Method::Post, "/cvc-use", Some(use_body)).await?;
+            Some(opened.cvc)
+        }
+        None => None,
+    };
+    let order_id = format!("ord_{}", hex::encode(random::<8>()?));
+    let depth_probe = DEPTH.with(|d| d.borrow().get(event_id).copied().unwrap_or(0));
+    let in_flight = IN_FLIGHT.with(|f| f.get());
+    let decision = router_with(env, |r| {
+        r.plan(
+            ctx.now_ms,
+            Signals {
+                queue_depth: depth_probe,
+                requests_in_flight: in_flight,
+                amount_minor: quote.total.0,
+            },
+        )
+    })?;
+    let first_lane = decision
+        .lanes_in_order
+        .first()
+        .map(|a| a.lane_name.clone())
+        .unwrap_or_else(|| {
+            router_with(env, |r| {
+                r.snapshot(ctx.now_ms)
+                    .lanes
+                    .first()
+                    .map(|l| l.name.clone())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+        });
+    let hold = one(
+        env,
+        event_id,
+        ctx.now_ms,
+        Command::Hold {
+            order_id: order_id.clone(),
+            lines: body
+                .items
+                .iter()
+                .map(|i| LineRequest {
+                    sku: i.sku.clone(),
+                    qty: i.quantity,
+                })
+                .collect(),
+            expires_ms: ctx.now_ms + HOLD_MS,
+            buyer_email: body.buyer.email.clone(),
+            lane: first_lane.clone(),
+            admission_ticket: body.admission_ticket.clone(),
+            charge_total: Some(quote.total),
+        },
+    )
+    .await?;
+    let _ = hold;
+    let mut routing = decision.reason.clone();
+    if decision.mode == Mode::Reject {
+        let _ = one(
+            env,
+            event_id,
+            ctx.now_ms,
+            Command::Release {
+                order_id,
+                reason: "overloaded".into(),
+            },
+        )
+        .await;
+        return Err(ApiError::new(
+            503,
+            "overloaded",
+            "The checkout is very busy right now; try again in a few seconds.",
+        )
+        .retryable());
+    }
+    let mut online_error: Option<String> = None;
+    if decision.mode == Mode::Online {
+        for (i, attempt) in decision.lanes_in_order.iter().enumerate() {
+            let now = worker::Date::now().as_millis() as i64;
+            let Some(timeout) = decision.attempt_timeout_ms(i, now) else {
+                break;
+            };
+            let Some(permit) = router_with(env, |r| r.try_acquire(attempt.lane, now))? else {
+                routing.push_str(&format!("; {} over limit", attempt.lane_name));
+                continue;
+            };
+            let lane = router_with(env, |r| r.lane_config(attempt.lane).cloned())?;
+            let Some(lane) = lane else { continue };
+            let call = acquirer::build_authorize(
+                &lane.base_url,
+                &lane_secret(env, &lane),
+                &AuthorizeRequest {
+                    amount: quote.total,
+                    currency: c.currency,
+                    card_number: card.number().clone(),
+                    exp_month: card.exp_month,
+                    exp_year: card.exp_year,
+                    cvc: cvc.clone(),
+                    idempotency_key: format!("{order_id}_online"),
+                    order_id: order_id.clone(),
+                    event_id: event_id.to_string(),
+                    capture: true,
+                },
+            )
+            .map_err(|e| e.to_api())?;
+            IN_FLIGHT.with(|f| f.set(f.get() + 1));
+            let sent = send(&call, u64::from(timeout)).await;
+            IN_FLIGHT.with(|f| f.set(f.get().saturating_sub(1)));
+            let done = worker::Date::now().as_millis() as i64;
+            let rtt = u32::try_from((done - now).max(0)).unwrap_or(u32::MAX);
+            let outcome = match &sent {
+                Ok((status, text)) => acquirer::parse_authorize(*status, text),
+                Err(NoAnswer::Timeout) => AuthorizeOutcome::Retryable {
+                    reason: "timeout".into(),
+                    new_attempt: false,
+                },
+                Err(NoAnswer::Network) => AuthorizeOutcome::Retryable {
+                    reason: "connection refused".into(),
+                    new_attempt: false,
+                },
+            };
+            let route_outcome = match &outcome {
+                AuthorizeOutcome::Approved { .. } => RouteOutcome::Ok,
+                AuthorizeOutcome::Declined { .. } | AuthorizeOutcome::Invalid { .. } => {
+                    RouteOutcome::Declined
+                }
+                AuthorizeOutcome::Retryable { .. } => RouteOutcome::Retryable(match sent {
+                    Err(NoAnswer::Timeout) => RetryReason::Timeout,
+                    Err(NoAnswer::Network) => RetryReason::ConnectionRefused,
+                    Ok((429, _)) => RetryReason::RateLimited,
+                    Ok(_) => RetryReason::ServerError,
+                }),
+            };
+            router_with(env, |r| r.on_complete(permit, rtt, route_outcome, done))?;
+            match outcome {
+                AuthorizeOutcome::Approved {
+                    payment_intent_id, ..
+                } => {
+                    routing.push_str(&format!("; approved on {}", lane.name));
+                    let reply = one(
+                        env,
+                        event_id,
+                        done,
+                        Command::Confirm {
+                            order_id: order_id.clone(),
+                            charge_id: payment_intent_id,
+                            lane: Some(lane.name.clone()),
+                        },
+                    )
+                    .await?;
+                    let order = order_of(reply)?;
+                    return finish(
+                        env,
+                        ctx,
+                        c,
+                        &bundle,
+                        &quote,
+                        &order,
+                        &card,
+                        ReceiptStatus::Approved,
+                        &lane.name,
+                        routing,
+                        "Payment approved.",
+                    )
+                    .await;
+                }
+                AuthorizeOutcome::Declined {
+                    reason, message, ..
+                } => {
+                    routing.push_str(&format!("; declined on {}", lane.name));
+                    let _ = one(
+                        env,
+                        event_id,
+                        done,
+                        Command::Release {
+                            order_id: order_id.clone(),
+                            reason: reason.as_str().to_string(),
+                        },
+                    )
+                    .await;
+                    return Ok(Answer {
+                        status: 402,
+                        body: serde_json::json!({
+                            "status": "declined", "order_id": order_id, "routing": routing,
+                            "decline": {"code": reason.as_str(), "message": message},
+                            "error": {"code": reason.as_str(), "message": message, "retryable": false},
+                            "message": message,
+                        }),
+                    });
+                }
+                AuthorizeOutcome::Invalid { code, .. } => {
+                    routing.push_str(&format!("; {} refused the request ({code})", lane.name));
+                    let _ = one(
+                        env,
+                        event_id,
+                        done,
+                        Command::Release {
+                            order_id: order_id.clone(),
+                            reason: code.clone(),
+                        },
+                    )
+                    .await;
+                    return Ok(Answer {
+                        status: 402,
+                        body: serde_json::json!({
+                            "status": "declined", "order_id": order_id, "routing": routing,
+                            "decline": {"code": "processing_error", "message": "The payment could not be processed. Try another card."},
+                            "error": {"code": "processing_error", "message": "The payment could not be processed. Try another card.", "retryable": false},
+                            "message": "The payment could not be processed. Try another card.",
+                        }),
+                    });
+                }
+                AuthorizeOutcome::Retryable { reason, .. } => {
+                    routing.push_str(&format!("; {} {}", lane.name, reason));
+                    online_error = Some(reason);
+                }
+            }
+        }
+    }
+    // Offline: the acquirer is unavailable (or the plan said so). Queue within the budget.
+    let require_online = body.mode.as_deref() == Some("require_online");
+    let limits = &bundle.bundle.offline;
+    let now = worker::Date::now().as_millis() as i64;
+    let refuse = |why: &str| {
+        ApiError::new(503, "acquirer_unavailable", format!("The card acquirer is not answering right now ({why}); nothing was charged. Try again in a minute.")).retryable()
+    };
+    if require_online || limits.per_transaction_cap.0 == 0 {
+        let _ = one(
+            env,
+            event_id,
+            now,
+            Command::Release {
+                order_id: order_id.clone(),
+                reason: "acquirer_unavailable".into(),
+            },
+        )
+        .await;
+        return Err(refuse(if require_online {
+            "online payment required"
+        } else {
+            "this place's policy allows no offline payments"
+        }));
+    }
+    let wrapped = {
+        let (_, text) = call(env, event_id, Method::Get, "/sf-key", None).await?;
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["wrapped"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    let keks = {
+        let cur = env_string(env, "VAULT_KEK").unwrap_or_default();
+        let prev = env_string(env, "VAULT_KEK_PREVIOUS");
+        vault::KekSet::parse(&cur, prev.as_deref()).map_err(|e| e.to_api())?
+    };
+    let sf_key = vault::unwrap_sf_key(&keks, event_id, &wrapped).map_err(|e| e.to_api())?;
+    let auth_id = format!("auth_{}", &order_id[4..]);
+    let sealed = vault::seal_for_forwarding(&sf_key, event_id, &auth_id, &card, random::<12>()?)
+        .map_err(|e| e.to_api())?;
+    let queued = one(
+        env,
+        event_id,
+        now,
+        Command::QueueAuthorization(QueueAuth {
+            auth_id: auth_id.clone(),
+            order_id: order_id.clone(),
+            amount: quote.total,
+            currency: c.currency,
+            card_fingerprint: vault::card_fingerprint(&sf_key, &card),
+            sealed_card: SealedCard(sealed),
+            idempotency_key: format!("{order_id}_queued"),
+            max_wait_ms: i64::try_from(limits.max_queue_age_secs)
+                .unwrap_or(86_400)
+                .saturating_mul(1000),
+        }),
+    )
+    .await;
+    match queued {
+        Ok(_) => {
+            routing.push_str("; queued offline");
+            let order = fetch_order(env, event_id, &order_id).await?;
+            let _ = online_error;
+            finish(env, ctx, c, &bundle, &quote, &order, &card, ReceiptStatus::Queued, &first_lane, routing,
+                "Accepted offline: the card acquirer is not answering, so this payment is stored securely and will be charged automatically when it is back. Your receipt shows it as queued until then.").await
+        }
+        Err(e) => {
+            let _ = one(
+                env,
+                event_id,
+                now,
+                Command::Release {
+                    order_id: order_id.clone(),
+                    reason: "offline_budget".into(),
+                },
+            )
+            .await;
+            let mut err = ApiError::new(503, "offline_budget_exhausted", format!("The card acquirer is not answering and this event's offline limit is reached ({}); nothing was charged. Try again in a minute.", e.message)).retryable();
+            err.message.truncate(400);
+            Err(err)
+        }
+    }
+}
+
+fn order_of(reply: Reply) -> Result<Order, ApiError> {
+    match reply {
+        Reply::Order { order } => Ok(order),
+        _ => Err(
+            ApiError::new(503, "temporarily_unavailable", "Unexpected event reply.").retryable(),
+        ),
+    }
+}
+
+async fn fetch_order(env: &Env, event_id: &str, order_id: &str) -> Result<Order, ApiError> {
+    let (_, text) = call(
+        env,
+        event_id,
+        Method::Get,
+        &format!("/order/{order_id}"),
+        None,
+    )
+    .await?;
+    serde_json::from_str(&text)
+        .map_err(|_| ApiError::new(503, "temporarily_unavailable", "Order unreadable.").retryable())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    env: &Env,
+    ctx: &Ctx,
+    c: &EventConfig,
+    bundle: &LoadedBundle,
+    quote: &Quote,
+    order: &Order,
+    card: &crate::card::Card,
+    status: ReceiptStatus,
+    lane: &str,
+    routing: String,
+    message: &str,
+) -> Result<Answer, ApiError> {
+    let receipt_id = format!(
+        "rcpt_{}",
+        order
+            .receipt_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", c.event_id, order.order_id))
+    );
+    let receipt = Receipt {
+        id: receipt_id.clone(),
+        event_id: c.event_id.clone(),
+        merchant_id: c.merchant_id.clone(),
+        order_id: order.order_id.clone(),
+        lines: quote
+            .lines
+            .iter()
+            .map(|l| ReceiptLine {
+                sku: l.sku.clone(),
+                name: l.name.clone(),
+                quantity: l.quantity,
+                unit_price: l.unit_price,
+                tax_rate_bps: l.rate_ppm / 100,
+                tax: l.tax,
+            })
+            .collect(),
+        tax_breakdown: quote
+            .tax_breakdown
+            .iter()
+            .map(|t| TaxLine {
+                rate_bps: t.rate_ppm / 100,
+                amount: t.tax,
+            })
+            .collect(),
+        totals: Totals {
+            currency: c.currency,
+            subtotal: quote.subtotal,
+            tax: quote.tax_total,
+            total: quote.total,
+        },
+        card: CardSummary {
+            brand: card.brand().as_str().to_string(),
+            last4: receipt::Last4::parse(&card.last4()).map_err(|e| e.to_api())?,
+        },
+        status,
+        policy_revision: bundle.revision.to_string(),
+        policy_hash: bundle.hash.clone(),
+        pop_colo: ctx.colo.clone(),
+        lane: lane.to_string(),
+        created_ms: ctx.now_ms,
+        updated_ms: ctx.now_ms,
+        refunded_amount: None,
+    };
+    let keys = ReceiptKeys::parse(&env_string(env, "RECEIPT_KEY").unwrap_or_default())
+        .map_err(|e| e.to_api())?;
+    let signed = receipt::sign(receipt, &keys).map_err(|e| e.to_api())?;
+    let signed_json = signed.to_json().map_err(|e| e.to_api())?;
+    call(
+        env,
+        &c.event_id,
+        Method::Put,
+        &format!("/receipts/{receipt_id}"),
+        Some(signed_json),
+    )
+    .await?;
+    let state = match status {
+        ReceiptStatus::Queued => "queued",
+        _ => "approved",
+    };
+    Ok(Answer {
+        status: 201,
+        body: serde_json::json!({
+            "status": state, "order_id": order.order_id, "receipt_id": receipt_id,
+            "receipt_url": format!("/v1/receipts/{receipt_id}"), "receipt": signed,
+            "total": quote.total, "currency": c.currency, "brand": card.brand().as_str(), "last4": card.last4(),
+            "policy_revision": bundle.revision, "policy_hash": bundle.hash, "routing": routing, "message": message,
+        }),
+    })
+}
+
+// ------------------------------------------------------------------ receipts
+
+/// The event a receipt belongs to: `rcpt_<event_id>-<n>`.
+fn receipt_event(receipt_id: &str) -> Option<&str> {
+    receipt_id
+        .strip_prefix("rcpt_")
+        .and_then(|r| r.rsplit_once('-'))
+        .map(|(e, _)| e)
+}
+
+/// `GET /v1/receipts/{id}`: JSON, or an HTML page when a browser asks for HTML.
+pub async fn get_receipt(
+    env: &Env,
+    receipt_id: &str,
+    wants_html: bool,
+) -> Result<Response, ApiError> {
+    let event_id = receipt_event(receipt_id).ok_or_else(|| ApiError::not_found("receipt"))?;
+    let (_, text) = call(
+        env,
+        event_id,
+        Method::Get,
+        &format!("/receipts/{receipt_id}"),
+        None,
+    )
+    .await?;
+    if wants_html {
+        let signed = receipt::SignedReceipt::from_json(&text).map_err(|e| e.to_api())?;
+        let html = receipt::render_html(&signed);
+        return super::http::raw(200, "text/html; charset=utf-8", &html);
+    }
+    super::http::raw(200, "application/json", &text)
+}
+
+/// `POST /v1/receipts/verify`: anyone holding a receipt can check it.
+pub fn verify_receipt(env: &Env, body: &str) -> Result<Response, ApiError> {
+    let keys = ReceiptKeys::parse(&env_string(env, "RECEIPT_KEY").unwrap_or_default())
+        .map_err(|e| e.to_api())?;
+    let signed = receipt::SignedReceipt::from_json(body).map_err(|e| e.to_api())?;
+    receipt::verify(&signed, &keys).map_err(|e| e.to_api())?;
+    json(
+        200,
+        &serde_json::json!({"valid": true, "receipt_id": signed.receipt.id, "status": signed.receipt.status, "kid": signed.signature.kid, "policy_revision": signed.receipt.policy_revision}),
+    )
+}
