@@ -5,6 +5,7 @@
 //! [`ApiError`] into a JSON error with a stable code. Every response carries `X-Request-Id`
 //! and `X-Poptill-Colo`, and one structured JSON log line is written per request.
 
+pub mod embed;
 mod event_object;
 mod http;
 mod policy;
