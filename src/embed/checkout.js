@@ -62,7 +62,8 @@
 .ptl-r.queued{background:#fffaeb;border-color:#fec84b}.ptl-r.declined{background:#fef3f2;border-color:#fda29b}
 .ptl-r h3{margin:0 0 6px}.ptl a{color:var(--a);font-weight:600}
 .ptl-qr{text-align:center}.ptl-qr img{width:min(100%,300px);height:auto;image-rendering:pixelated}
-.ptl-u{font:600 1rem ui-monospace,monospace;word-break:break-all}`;
+.ptl-u{font:600 1rem ui-monospace,monospace;word-break:break-all}
+.ptl .ptl-v{position:absolute;width:1px;height:1px;overflow:hidden;clip-path:inset(50%);white-space:nowrap}`;
 
   let host = D.target ? document.querySelector(D.target) : document.getElementById('poptill-checkout');
   if (!host) { host = document.createElement('div'); S.after(host); }
@@ -91,9 +92,10 @@
       else if (k === 'class') el.className = v;
       else el.setAttribute(k, v === true ? '' : v);
     }
-    for (const c of kids.flat()) if (c != null && c !== false) el.append(c.nodeType ? c : String(c));
+    for (const c of kids.flat(9)) if (c != null && c !== false) el.append(c.nodeType ? c : String(c));
     return el;
   };
+  const put = (el, ...kids) => el.replaceChildren(...kids.flat(9).filter((c) => c != null && c !== false));
   const tr = (k, n) => t[k].replace(/\{\w\}/, n);
 
   const api = async (path, body) => {
@@ -121,7 +123,7 @@
   }
 
   async function boot() {
-    host.replaceChildren(h('p', { class: 'ptl ptl-s', role: 'status' }, (L[(navigator.language || '').slice(0, 2)] || E).loading));
+    put(host, h('p', { class: 'ptl ptl-s', role: 'status' }, (L[(navigator.language || '').slice(0, 2)] || E).loading));
     try {
       if (fixed) {
         const sid = D.session || (location.pathname.match(/^\/p\/([\w-]+)/) || [])[1];
@@ -132,7 +134,7 @@
       }
       ev = await api(`/v1/events/${encodeURIComponent(D.event)}/public`);
     } catch (e) {
-      host.replaceChildren(h('p', { class: 'ptl ptl-s ptl-e', role: 'alert' }, e.message));
+      put(host, h('p', { class: 'ptl ptl-s ptl-e', role: 'alert' }, e.message));
       return;
     }
     lang = pickLang(ev.languages || []);
@@ -155,7 +157,7 @@
         langs.length > 1 && h('select', { 'aria-label': t.lang, onchange: (e) => { lang = e.target.value; t = L[lang] || E; render(); } },
           langs.map((l) => h('option', { value: l, selected: l === lang }, l.toUpperCase())))),
       itemsBox, sumBox, promptBox, card, payBtn, status, resultBox);
-    host.replaceChildren(root);
+    put(host, root);
     if (fixed && session.status !== 'open') return showSession(session);
     renderItems();
     if (MODE !== 'terminal') mountFrame();
@@ -164,7 +166,7 @@
 
   function renderItems() {
     if (fixed) return;
-    itemsBox.replaceChildren(h('h3', null, t.items), h('ul', null, ev.skus.map((s) => {
+    put(itemsBox, h('h3', null, t.items), h('ul', null, ev.skus.map((s) => {
       const n = qty[s.id] || 0;
       const max = s.available === false ? 0 : typeof s.available === 'number' ? s.available : 99;
       const step = (d) => () => { qty[s.id] = Math.max(0, Math.min(max, n + d)); renderItems(); requote(); itemsBox.querySelector(`[data-k="${s.id}${d}"]`)?.focus(); };
@@ -202,9 +204,9 @@
   function renderQuote() {
     payBtn.disabled = !quote || busy;
     payBtn.textContent = label();
-    if (!quote) { sumBox.replaceChildren(); promptBox.replaceChildren(); return; }
+    if (!quote) { put(sumBox); put(promptBox); return; }
     const incl = quote.prices === 'inclusive';
-    sumBox.replaceChildren(h('h3', null, t.order), h('dl', null,
+    put(sumBox, h('h3', null, t.order), h('dl', null,
       quote.lines.map((l) => [h('dt', null, `${l.quantity} × ${l.name}`), h('dd', null, money(l.gross))]),
       !incl && [h('dt', null, t.subtotal), h('dd', null, money(quote.subtotal))],
       h('dt', { class: 'ptl-t' }, t.total), h('dd', { class: 'ptl-t' }, money(quote.total)),
@@ -215,7 +217,7 @@
     const old = (n) => promptBox.querySelector(`[name=${n}]`);
     const keep = (n, attr) => old(n)?.[attr];
     const consent = (p.consent || []).find((c) => c.lang === lang) || (p.consent || [])[0];
-    promptBox.replaceChildren(
+    put(promptBox,
       (p.buyer_fields || []).includes('email') && h('label', { class: 'ptl-f' }, t.email,
         h('input', { type: 'email', name: 'email', autocomplete: 'email', required: true, value: keep('email', 'value') || '' })),
       p.age_gate && h('label', null, h('input', { type: 'checkbox', name: 'age', checked: keep('age', 'checked') }), tr('age', p.age_gate.min_age)),
@@ -226,7 +228,7 @@
     const src = `${EDGE}/v1/frame?event=${encodeURIComponent(ev.event_id)}&origin=${encodeURIComponent(location.origin)}&lang=${lang}`;
     frame = h('iframe', { src, title: t.card });
     frameReady = false;
-    card.replaceChildren(h('h3', null, t.card), frame);
+    put(card, h('h3', null, t.card), frame);
   }
 
   addEventListener('message', (e) => {
@@ -276,12 +278,12 @@
     say(ok ? t.approved : q ? t.queued : `${t.declined}. ${d.message || ''}`, !ok && !q);
     const cardText = d.brand && d.last4 ? `${d.brand.toUpperCase()} •••• ${d.last4}` : '';
     resultBox.className = `ptl-r ${d.status}`;
-    resultBox.replaceChildren(
+    put(resultBox,
       h('h3', null, ok ? `✓ ${t.approved}` : q ? t.queued : t.declined),
-      h('p', null, q ? t.queuedLong : d.message, cardText && ` (${cardText})`),
+      h('p', null, q ? t.queuedLong : ok ? '' : d.message, cardText && ` ${cardText}`),
       receipt(d.receipt_url),
       (ok || q) && !fixed && h('button', { type: 'button', onclick: () => { qty = {}; quote = null; resultBox.className = ''; frame.contentWindow.postMessage({ type: 'poptill:reset' }, EDGE); render(); } }, t.again));
-    if (ok || q) { itemsBox.hidden = promptBox.hidden = card.hidden = payBtn.hidden = true; }
+    if (ok || q) { itemsBox.hidden = promptBox.hidden = card.hidden = payBtn.hidden = true; status.classList.add('ptl-v'); }
     resultBox.focus();
   }
 
@@ -299,7 +301,7 @@
     itemsBox.hidden = payBtn.hidden = true;
     const url = new URL(session.pay_url, EDGE).href;
     const until = new Date(session.expires_at);
-    card.replaceChildren(h('div', { class: 'ptl-qr' },
+    put(card, h('div', { class: 'ptl-qr' },
       h('h3', null, t.scan),
       h('img', { src: `${EDGE}/v1/handover/${encodeURIComponent(session.session_id)}/qr.svg`, alt: `${t.scan}: ${url}`, width: 300, height: 300 }),
       h('p', { class: 'ptl-u' }, url),
@@ -349,12 +351,13 @@
     const paid = s.status === 'paid';
     say(paid ? t.paid : t.expired, !paid);
     resultBox.className = `ptl-r ${paid ? 'approved' : 'declined'}`;
-    resultBox.replaceChildren(
+    put(resultBox,
       h('h3', null, paid ? `✓ ${fixed ? t.already : t.paid}` : t.expired),
       s.total != null && h('p', null, `${t.total}: ${money(s.total, s.currency)}`),
       paid && receipt(s.receipt_url),
       !fixed && h('button', { type: 'button', onclick: endSale }, t.newSale));
     itemsBox.hidden = promptBox.hidden = card.hidden = payBtn.hidden = true;
+    status.classList.add('ptl-v');
     resultBox.focus();
   }
 

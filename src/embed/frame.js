@@ -96,7 +96,11 @@ input[readonly]{background:#f3f4f6}
     fieldError('exp', '');
   });
   fields.cvc.addEventListener('input', () => { fields.cvc.value = digits(fields.cvc.value).slice(0, 4); fieldError('cvc', ''); });
-  form.addEventListener('submit', (e) => { e.preventDefault(); post({ type: 'poptill:submit' }); });
+  // Enter in any card field pays, as in a one-field form (the pay button is on the page).
+  form.addEventListener('submit', (e) => e.preventDefault());
+  form.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.isComposing) { e.preventDefault(); post({ type: 'poptill:submit' }); }
+  });
 
   function readCard() {
     const number = digits(fields.number.value);

@@ -2,8 +2,7 @@
 // package) driven by playwright-core, a demo merchant site on its own origin that records
 // every request, and the checks that no card number reaches the merchant's page.
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -29,16 +28,17 @@ const leakPatterns = (n) => [n, n.replace(/(\d{4})(?=\d)/g, '$1 '), n.replace(/(
 const SHOTS = fileURLToPath(new URL('../../artifacts/screenshots/', import.meta.url));
 mkdirSync(SHOTS, { recursive: true });
 
+// playwright-core gives every launch() a fresh temporary profile (its own --user-data-dir,
+// removed on close) and refuses one passed in args; launchPersistentContext would take a
+// directory but allows only one context, and the terminal test needs two (till and phone).
 export async function launch() {
-  const profile = mkdtempSync(join(tmpdir(), 'poptill-chromium-'));
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      `--user-data-dir=${profile}`],
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
-  return { browser, close: async () => { await browser.close(); rmSync(profile, { recursive: true, force: true }); } };
+  return { browser, close: () => browser.close() };
 }
 
 /** Starts the demo merchant site at MERCHANT_ORIGIN (or, with `other`, on a free port: a foreign origin). */

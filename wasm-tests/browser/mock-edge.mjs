@@ -7,7 +7,7 @@
 //   node wasm-tests/browser/mock-edge.mjs --port 8790 --merchant http://127.0.0.1:8789
 import http from 'node:http';
 import { readFileSync } from 'node:fs';
-import { randomUUID, randomBytes } from 'node:crypto';
+import { randomUUID, randomBytes, createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 
 const dir = (f) => fileURLToPath(new URL(`../../src/embed/${f}`, import.meta.url));
@@ -58,6 +58,15 @@ export function startMockEdge({ port = 0, merchantOrigin }) {
     };
   }
 
+  const publicSession = ({ expires, watchers, ...pub }) => pub;
+  // A minimal WebSocket (RFC 6455) server: handshake and unmasked text frames out only.
+  const wsSend = (sock, obj) => {
+    const data = Buffer.from(JSON.stringify(obj));
+    const head = data.length < 126 ? Buffer.from([0x81, data.length]) : Buffer.from([0x81, 126, data.length >> 8, data.length & 255]);
+    sock.write(Buffer.concat([head, data]));
+  };
+  const stats = { wsConnections: 0 };
+
   const server = http.createServer(async (req, res) => {
     const url = new URL(req.url, 'http://x');
     const p = url.pathname;
@@ -75,7 +84,8 @@ export function startMockEdge({ port = 0, merchantOrigin }) {
       return res.writeHead(204, { ...cors, 'access-control-allow-methods': 'GET, POST, OPTIONS', 'access-control-allow-headers': 'Content-Type, Idempotency-Key', 'access-control-max-age': '600' }).end();
     }
     let m;
-    if (p === '/v1/checkout.js') return asset('text/javascript', read('checkout.js'));
+    if (p === '/mock/stats') return send(200, stats);
+    if (p === '/v1/checkout.js') return asset('text/javascript', read('checkout.js'), { 'cache-control': 'public, max-age=300' });
     if (p === '/v1/frame.js') return asset('text/javascript', read('frame.js'));
     if (p === '/v1/frame') return asset('text/html', read('frame.html'), { 'content-security-policy': frameCsp() });
     if ((m = p.match(/^\/p\/([\w-]+)$/))) return asset('text/html', read('pay.html'), { 'content-security-policy': payCsp });
@@ -111,7 +121,11 @@ export function startMockEdge({ port = 0, merchantOrigin }) {
       if (tok.number === '4000000000000002') out = { status: 'declined', order_id, receipt_id: null, receipt_url: null, decline: { code: 'card_declined', message: 'The card was declined.' }, message: 'The card was declined.' };
       else if (lanes.fast === 'refuse' && lanes.cheap === 'refuse') out = { status: 'queued', order_id, receipt_id: `rcp_${order_id}`, receipt_url, message: 'The acquirer is unreachable; the payment is stored and will be forwarded.' };
       else out = { status: 'approved', order_id, receipt_id: `rcp_${order_id}`, receipt_url, message: 'Payment approved.' };
-      if (hs && out.status !== 'declined') { hs.status = 'paid'; hs.receipt_url = receipt_url; }
+      if (hs && out.status !== 'declined') {
+        hs.status = 'paid';
+        hs.receipt_url = receipt_url;
+        for (const sock of hs.watchers) wsSend(sock, publicSession(hs));
+      }
       orders.set(key, out);
       return send(out.status === 'declined' ? 402 : 201, out);
     }
@@ -119,7 +133,7 @@ export function startMockEdge({ port = 0, merchantOrigin }) {
       const q = quote(body?.items);
       if (!q) return err(400, 'invalid_items', 'The items are not valid for this event.');
       const id = `hs_${randomBytes(8).toString('hex')}`;
-      const s = { status: 'open', total: q.total, currency: q.currency, event_id: EVENT.event_id, items: body.items, expires: Date.now() + 10 * 60e3 };
+      const s = { status: 'open', total: q.total, currency: q.currency, event_id: EVENT.event_id, items: body.items, expires: Date.now() + 10 * 60e3, watchers: [] };
       sessions.set(id, s);
       return send(201, { session_id: id, pay_url: `${base}/p/${id}`, expires_at: new Date(s.expires).toISOString(), ws_url: `/v1/handover/${id}/ws`, status_url: `/v1/handover/${id}` });
     }
@@ -127,8 +141,7 @@ export function startMockEdge({ port = 0, merchantOrigin }) {
       const s = sessions.get(m[1]);
       if (!s) return err(404, 'not_found', 'No payment request with that id exists.');
       if (s.status === 'open' && Date.now() > s.expires) s.status = 'expired';
-      const { expires, ...pub } = s;
-      return send(200, pub);
+      return send(200, publicSession(s));
     }
     if ((m = p.match(/^\/v1\/handover\/([\w-]+)\/qr\.svg$/))) {
       return asset('image/svg+xml', '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 29 29"><rect width="29" height="29" fill="#fff"/><path d="M4 4h7v7H4zM18 4h7v7h-7zM4 18h7v7H4z"/></svg>');
@@ -136,9 +149,21 @@ export function startMockEdge({ port = 0, merchantOrigin }) {
     if ((m = p.match(/^\/r\/([\w-]+)$/))) return asset('text/html', `<!doctype html><title>Receipt</title><h1>Receipt ${m[1]}</h1>`);
     return err(404, 'route_not_found', 'There is no route here.');
   });
+  server.on('upgrade', (req, sock) => {
+    const m = new URL(req.url, 'http://x').pathname.match(/^\/v1\/handover\/([\w-]+)\/ws$/);
+    const s = m && sessions.get(m[1]);
+    if (!s) { sock.end('HTTP/1.1 404 Not Found\r\n\r\n'); return; }
+    const accept = createHash('sha1').update(req.headers['sec-websocket-key'] + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64');
+    sock.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+    stats.wsConnections++;
+    s.watchers.push(sock);
+    sock.on('error', () => {});
+    sock.on('close', () => { s.watchers = s.watchers.filter((x) => x !== sock); });
+    wsSend(sock, publicSession(s));
+  });
   return new Promise((resolve) => server.listen(port, '127.0.0.1', () => {
     base = `http://127.0.0.1:${server.address().port}`;
-    resolve({ url: base, event: EVENT.event_id, close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); }) });
+    resolve({ url: base, event: EVENT.event_id, stats, close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); }) });
   }));
 }
 
