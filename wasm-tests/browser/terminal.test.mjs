@@ -45,6 +45,11 @@ test('terminal handover: QR code, pay on the phone, till updates live, no double
   const sessionId = new URL(payUrl).pathname.split('/').pop();
   const status = await (await fetch(`${EDGE}/v1/handover/${sessionId}`)).json();
   assert.equal(status.status, 'open');
+  // The till added two of the first item on sale; the session carries them for the phone.
+  const pub = await (await fetch(`${EDGE}/v1/events/${encodeURIComponent(EVENT)}/public`)).json();
+  const firstSku = pub.skus.find((s) => s.available !== false && s.available !== 0);
+  assert.equal(status.event_id, EVENT);
+  assert.deepEqual(status.items, [{ sku: firstSku.id, quantity: 2 }]);
 
   // The phone: another browser context (no shared state), German, small screen.
   const phone = await chrome.browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, locale: 'de-DE' });
@@ -89,10 +94,11 @@ test('terminal handover: QR code, pay on the phone, till updates live, no double
   assert.match(tok.token, /^tok_/);
   const again = await fetch(`${EDGE}/v1/events/${encodeURIComponent(EVENT)}/checkout`, {
     method: 'POST', headers: { 'content-type': 'application/json', 'idempotency-key': crypto.randomUUID() },
-    body: JSON.stringify({ items: status.items || [], token: tok.token, cvc_token: tok.cvc_token, buyer: { email: 'b@example.com', age_confirmed: true, consent_accepted: true }, handover_session: sessionId }),
+    body: JSON.stringify({ items: [{ sku: firstSku.id, quantity: 2 }], token: tok.token, cvc_token: tok.cvc_token, buyer: { email: 'b@example.com', age_confirmed: true, consent_accepted: true }, handover_session: sessionId }),
   });
   const againBody = await again.json();
-  assert.ok(again.status >= 400 && again.status < 500, `second payment refused, got ${again.status} ${JSON.stringify(againBody)}`);
+  assert.equal(again.status, 409, `a second payment is a conflict, got ${again.status} ${JSON.stringify(againBody)}`);
+  assert.ok(againBody.error?.message?.length > 10, 'with a sentence that says why');
   assert.notEqual(againBody.status, 'approved');
   assert.equal((await (await fetch(`${EDGE}/v1/handover/${sessionId}`)).json()).status, 'paid');
 
