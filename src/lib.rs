@@ -11,10 +11,12 @@
 pub mod acquirer;
 pub mod api;
 pub mod card;
+pub mod embed;
 pub mod error;
 pub mod ledger;
 pub mod money;
 pub mod policy;
+pub mod qr;
 pub mod quote;
 pub mod receipt;
 pub mod routing;

@@ -6,6 +6,7 @@
 //! and `X-Poptill-Colo`, and one structured JSON log line is written per request.
 
 mod acquirer_io;
+mod embed;
 mod event_object;
 mod events;
 mod http;
