@@ -31,6 +31,14 @@ pub enum RouteId {
     Checkout,
     GetReceipt,
     VerifyReceipt,
+    CheckoutJs,
+    Frame,
+    FrameJs,
+    PayPage,
+    CreateHandover,
+    GetHandover,
+    HandoverQr,
+    HandoverWs,
 }
 
 /// Who may call a route.
@@ -191,6 +199,54 @@ pub const ROUTES: &[Route] = &[
         id: RouteId::VerifyReceipt,
         method: "POST",
         path: "/v1/receipts/verify",
+        access: Access::Public,
+    },
+    Route {
+        id: RouteId::CheckoutJs,
+        method: "GET",
+        path: "/v1/checkout.js",
+        access: Access::Public,
+    },
+    Route {
+        id: RouteId::Frame,
+        method: "GET",
+        path: "/v1/frame",
+        access: Access::Public,
+    },
+    Route {
+        id: RouteId::FrameJs,
+        method: "GET",
+        path: "/v1/frame.js",
+        access: Access::Public,
+    },
+    Route {
+        id: RouteId::PayPage,
+        method: "GET",
+        path: "/p/{session_id}",
+        access: Access::Public,
+    },
+    Route {
+        id: RouteId::CreateHandover,
+        method: "POST",
+        path: "/v1/events/{id}/handover",
+        access: Access::Public,
+    },
+    Route {
+        id: RouteId::GetHandover,
+        method: "GET",
+        path: "/v1/handover/{id}",
+        access: Access::Public,
+    },
+    Route {
+        id: RouteId::HandoverQr,
+        method: "GET",
+        path: "/v1/handover/{id}/qr.svg",
+        access: Access::Public,
+    },
+    Route {
+        id: RouteId::HandoverWs,
+        method: "GET",
+        path: "/v1/handover/{id}/ws",
         access: Access::Public,
     },
 ];

@@ -164,7 +164,7 @@ mod tests {
         let err = qr_svg(&"x".repeat(5000)).unwrap_err();
         assert_eq!(err, QrError::TooLong { bytes: 5000 });
         let api = err.to_api();
-        assert_eq!((api.status, api.code), (422, "qr_text_too_long"));
+        assert_eq!((api.status, api.code.as_ref()), (422, "qr_text_too_long"));
         assert!(!api.message.contains("xxxx"), "the text is not echoed");
     }
 }

@@ -72,6 +72,10 @@ impl EventObject {
             "CREATE TABLE IF NOT EXISTS cvc_uses (use_id TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL)",
             None,
         )?;
+        sql.exec(
+            "CREATE TABLE IF NOT EXISTS handover (id TEXT PRIMARY KEY, json TEXT NOT NULL)",
+            None,
+        )?;
         Ok(())
     }
 
@@ -471,6 +475,126 @@ impl EventObject {
         )
     }
 
+    fn load_session(&self, sid: &str) -> std::result::Result<Option<serde_json::Value>, ApiError> {
+        #[derive(Deserialize)]
+        struct Row {
+            json: String,
+        }
+        let rows: Vec<Row> = self
+            .sql()
+            .exec(
+                "SELECT json FROM handover WHERE id = ?",
+                Some(vec![sid.into()]),
+            )
+            .and_then(|c| c.to_array())
+            .map_err(super::http::internal)?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| serde_json::from_str(&r.json).ok()))
+    }
+
+    fn save_session(&self, sid: &str, v: &serde_json::Value) -> std::result::Result<(), ApiError> {
+        self.sql()
+            .exec(
+                "INSERT OR REPLACE INTO handover (id, json) VALUES (?, ?)",
+                Some(vec![sid.into(), v.to_string().as_str().into()]),
+            )
+            .map_err(super::http::internal)?;
+        for ws in self.state.get_websockets_with_tag(sid) {
+            let _ = ws.send_with_str(v.to_string());
+        }
+        Ok(())
+    }
+
+    /// Staff-terminal handover sessions: create, read, claim for a checkout, settle, and
+    /// a hibernating WebSocket that pushes every change to the till.
+    async fn handover(
+        &self,
+        method: &str,
+        path: &str,
+        mut req: Request,
+    ) -> std::result::Result<Response, ApiError> {
+        let rest = path.trim_start_matches("/handover/");
+        let (sid, op) = rest.split_once('/').unwrap_or((rest, ""));
+        let now_ms = now();
+        if method == "PUT" && op.is_empty() {
+            let v: serde_json::Value = super::http::body_json(&mut req).await?;
+            self.save_session(sid, &v)?;
+            return super::http::json(201, &v);
+        }
+        let mut session = self
+            .load_session(sid)?
+            .ok_or_else(|| ApiError::not_found("handover session"))?;
+        let expired = session["expires_ms"].as_i64().unwrap_or(0) < now_ms;
+        if expired && session["status"] == "open" {
+            session["status"] = "expired".into();
+            self.save_session(sid, &session)?;
+        }
+        match (method, op) {
+            ("GET", "") => super::http::json(200, &session),
+            ("GET", "ws") => {
+                let pair = worker::WebSocketPair::new().map_err(super::http::internal)?;
+                self.state.accept_websocket_with_tags(&pair.server, &[sid]);
+                let _ = pair.server.send_with_str(session.to_string());
+                Response::from_websocket(pair.client).map_err(super::http::internal)
+            }
+            ("POST", "claim") => {
+                let order: serde_json::Value = super::http::body_json(&mut req).await?;
+                let status = session["status"].as_str().unwrap_or("");
+                let stale_claim = status == "paying"
+                    && session["claimed_ms"].as_i64().unwrap_or(0) + 180_000 < now_ms;
+                match status {
+                    "open" => {}
+                    "paying" if stale_claim => {}
+                    "paid" => {
+                        return Err(ApiError::new(
+                            409,
+                            "handover_paid",
+                            "This sale is already paid.",
+                        ))
+                    }
+                    "expired" => {
+                        return Err(ApiError::new(
+                            410,
+                            "handover_expired",
+                            "This pay link has expired; ask for a new one.",
+                        ))
+                    }
+                    _ => {
+                        return Err(ApiError::new(
+                            409,
+                            "handover_in_progress",
+                            "A payment for this sale is in progress.",
+                        ))
+                    }
+                }
+                session["status"] = "paying".into();
+                session["claimed_ms"] = now_ms.into();
+                session["order_key"] = order["order_key"].clone();
+                self.save_session(sid, &session)?;
+                super::http::json(200, &session)
+            }
+            ("POST", "settle") => {
+                let body: serde_json::Value = super::http::body_json(&mut req).await?;
+                let paid = body["paid"].as_bool().unwrap_or(false);
+                session["status"] = if paid { "paid" } else { "open" }.into();
+                if paid {
+                    session["receipt_url"] = body["receipt_url"].clone();
+                    session["payment_status"] = body["payment_status"].clone();
+                    session["order_id"] = body["order_id"].clone();
+                }
+                self.save_session(sid, &session)?;
+                super::http::json(200, &session)
+            }
+            _ => Err(ApiError::new(
+                404,
+                "route_not_found",
+                "Unknown handover operation.",
+            )),
+        }
+    }
+
     async fn route(&self, mut req: Request) -> std::result::Result<Response, ApiError> {
         self.load().map_err(super::http::internal)?;
         let path = req.path();
@@ -574,6 +698,7 @@ impl EventObject {
                     .ok_or_else(|| ApiError::not_found("order"))?;
                 super::http::json(200, order)
             }
+            (m, p) if p.starts_with("/handover/") => self.handover(m, p, req).await,
             ("GET", "/sf-key") => {
                 super::http::json(200, &serde_json::json!({"wrapped": self.sf_key_wrapped()?}))
             }
@@ -651,6 +776,30 @@ impl DurableObject for EventObject {
             Ok(r) => Ok(r),
             Err(e) => api_error(&e),
         }
+    }
+
+    async fn websocket_message(
+        &self,
+        ws: worker::WebSocket,
+        _message: worker::WebSocketIncomingMessage,
+    ) -> Result<()> {
+        // The till only listens; answer anything it sends with a pong so proxies keep it open.
+        let _ = ws.send_with_str("{\"type\":\"pong\"}");
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &self,
+        _ws: worker::WebSocket,
+        _code: usize,
+        _reason: String,
+        _was_clean: bool,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    async fn websocket_error(&self, _ws: worker::WebSocket, _error: worker::Error) -> Result<()> {
+        Ok(())
     }
 
     async fn alarm(&self) -> Result<Response> {

@@ -485,9 +485,14 @@ async fn bundle_of(env: &Env, c: &EventConfig, now_ms: i64) -> Arc<LoadedBundle>
 
 /// CORS: the event's allowed origins (or any origin when the event lists none, as for the
 /// edge's own pages). Returns the header value to send back, if any.
-pub fn cors_origin(c: &EventConfig, origin: Option<&str>) -> Result<Option<String>, ApiError> {
+pub fn cors_origin(
+    c: &EventConfig,
+    origin: Option<&str>,
+    self_origin: &str,
+) -> Result<Option<String>, ApiError> {
     match origin {
         None => Ok(None),
+        Some(o) if o == self_origin => Ok(None),
         Some(o) if c.allowed_origins.iter().any(|a| a == o) => Ok(Some(o.to_string())),
         Some(_) if c.allowed_origins.is_empty() => Ok(Some("*".into())),
         Some(_) => Err(ApiError::new(
@@ -614,6 +619,9 @@ pub struct CheckoutBody {
     /// `require_online` (never queue).
     #[serde(default)]
     mode: Option<String>,
+    /// Pays a staff terminal's handover session (its items win over `items`).
+    #[serde(default)]
+    handover_session: Option<String>,
 }
 
 fn router_with<R>(env: &Env, f: impl FnOnce(&mut Router) -> R) -> Result<R, ApiError> {
@@ -665,10 +673,82 @@ pub async fn checkout(
     raw_body: String,
 ) -> Result<Response, ApiError> {
     let c = config(env, event_id, ctx.now_ms).await?;
-    let cors = cors_origin(&c, origin.as_deref())?;
-    let body: CheckoutBody = super::http::parse_json_body(&raw_body)?;
+    let cors = cors_origin(&c, origin.as_deref(), &ctx.self_origin)?;
+    let mut body: CheckoutBody = super::http::parse_json_body(&raw_body)?;
+    if let Some(sid) = body.handover_session.clone() {
+        let session = handover_session(env, &sid).await?;
+        if session["event_id"].as_str() != Some(event_id) {
+            return Err(ApiError::not_found("handover session"));
+        }
+        body.items = serde_json::from_value(session["items"].clone()).unwrap_or_default();
+        let claim = serde_json::json!({"order_key": idem_key.clone()}).to_string();
+        call(
+            env,
+            event_id,
+            Method::Post,
+            &format!("/handover/{sid}/claim"),
+            Some(claim),
+        )
+        .await?;
+        let result = checkout_body(env, ctx, &c, idem_key, &raw_body, body, cors.clone()).await;
+        let (paid, settle) = match &result {
+            Ok((status, v)) if *status < 300 => (
+                true,
+                serde_json::json!({"paid": true, "receipt_url": v["receipt_url"], "payment_status": v["status"], "order_id": v["order_id"]}),
+            ),
+            _ => (false, serde_json::json!({"paid": false})),
+        };
+        let _ = paid;
+        call(
+            env,
+            event_id,
+            Method::Post,
+            &format!("/handover/{sid}/settle"),
+            Some(settle.to_string()),
+        )
+        .await?;
+        return respond_checkout(result?, cors);
+    }
+    let result = checkout_body(env, ctx, &c, idem_key, &raw_body, body, cors.clone()).await?;
+    respond_checkout(result, cors)
+}
+
+fn respond_checkout(
+    (status, body): (u16, serde_json::Value),
+    cors: Option<String>,
+) -> Result<Response, ApiError> {
+    let replayed = body.get("_replayed").is_some();
+    let mut body = body;
+    if let Some(o) = body.as_object_mut() {
+        o.remove("_replayed");
+    }
+    let routing = body["routing"].as_str().map(str::to_string);
+    let mut r = json(status, &body)?;
+    if let Some(reason) = routing {
+        r.headers_mut()
+            .set("X-Poptill-Routing", &reason)
+            .map_err(internal)?;
+    }
+    if replayed {
+        r.headers_mut()
+            .set("Idempotent-Replayed", "true")
+            .map_err(internal)?;
+    }
+    with_cors(r, cors)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn checkout_body(
+    env: &Env,
+    ctx: &Ctx,
+    c: &EventConfig,
+    idem_key: Option<String>,
+    raw_body: &str,
+    body: CheckoutBody,
+    _cors: Option<String>,
+) -> Result<(u16, serde_json::Value), ApiError> {
+    let event_id = c.event_id.as_str();
     let body_hash = hex::encode(Sha256::digest(raw_body.as_bytes()));
-    drop(raw_body);
     let idem_key = match idem_key {
         Some(k) if !k.is_empty() && k.len() <= 200 && k.chars().all(|ch| ch.is_ascii_graphic()) => {
             k
@@ -704,11 +784,9 @@ pub async fn checkout(
         } => {
             let stored: serde_json::Value = serde_json::from_str(&response).unwrap_or_default();
             let status = stored["status_code"].as_u64().unwrap_or(200) as u16;
-            let mut r = json(status, &stored["body"])?;
-            r.headers_mut()
-                .set("Idempotent-Replayed", "true")
-                .map_err(internal)?;
-            return with_cors(r, cors);
+            let mut b = stored["body"].clone();
+            b["_replayed"] = true.into();
+            return Ok((status, b));
         }
         Reply::Idempotency { result } => {
             return Err(result.as_error().unwrap_or_else(|| {
@@ -726,7 +804,7 @@ pub async fn checkout(
             )
         }
     }
-    let answer = match checkout_inner(env, ctx, &c, &body).await {
+    let answer = match checkout_inner(env, ctx, c, &body).await {
         Ok(a) => a,
         Err(e) if e.retryable || e.status >= 500 => {
             let _ = one(
@@ -756,14 +834,7 @@ pub async fn checkout(
         },
     )
     .await;
-    let routing = answer.body["routing"].as_str().map(str::to_string);
-    let mut r = json(answer.status, &answer.body)?;
-    if let Some(reason) = routing {
-        r.headers_mut()
-            .set("X-Poptill-Routing", &reason)
-            .map_err(internal)?;
-    }
-    with_cors(r, cors)
+    Ok((answer.status, answer.body))
 }
 
 pub fn with_cors(mut r: Response, origin: Option<String>) -> Result<Response, ApiError> {
@@ -1286,4 +1357,109 @@ pub fn verify_receipt(env: &Env, body: &str) -> Result<Response, ApiError> {
         200,
         &serde_json::json!({"valid": true, "receipt_id": signed.receipt.id, "status": signed.receipt.status, "kid": signed.signature.kid, "policy_revision": signed.receipt.policy_revision}),
     )
+}
+
+// ------------------------------------------------------------------ staff-terminal handover
+
+/// Handover session ids carry their event: `hs_<16 hex>_<event_id>`.
+fn session_event(sid: &str) -> Option<&str> {
+    let rest = sid.strip_prefix("hs_")?;
+    let (hexpart, event) = rest.split_at_checked(16)?;
+    (hexpart.bytes().all(|b| b.is_ascii_hexdigit())).then_some(())?;
+    event.strip_prefix('_')
+}
+
+async fn handover_session(env: &Env, sid: &str) -> Result<serde_json::Value, ApiError> {
+    let event_id = session_event(sid).ok_or_else(|| ApiError::not_found("handover session"))?;
+    let (_, text) = call(
+        env,
+        event_id,
+        Method::Get,
+        &format!("/handover/{sid}"),
+        None,
+    )
+    .await?;
+    serde_json::from_str(&text).map_err(|_| ApiError::not_found("handover session"))
+}
+
+/// How long a pay link stays open.
+const HANDOVER_TTL_MS: i64 = 10 * 60_000;
+
+/// `POST /v1/events/{id}/handover`: a staff terminal opens a pay link for a cart.
+pub async fn create_handover(
+    env: &Env,
+    ctx: &Ctx,
+    event_id: &str,
+    origin: Option<String>,
+    body: QuoteBody,
+) -> Result<Response, ApiError> {
+    let c = config(env, event_id, ctx.now_ms).await?;
+    let cors = cors_origin(&c, origin.as_deref(), &ctx.self_origin)?;
+    let bundle = bundle_of(env, &c, ctx.now_ms).await;
+    let quote = quote_for(&c, &bundle, &body.items, ctx.now_ms)?;
+    let sid = format!("hs_{}_{}", hex::encode(random::<8>()?), event_id);
+    let items: Vec<serde_json::Value> = body
+        .items
+        .iter()
+        .map(|i| serde_json::json!({"sku": i.sku, "quantity": i.quantity}))
+        .collect();
+    let expires_ms = ctx.now_ms + HANDOVER_TTL_MS;
+    let session = serde_json::json!({
+        "session_id": sid, "event_id": event_id, "items": items, "total": quote.total,
+        "currency": c.currency, "status": "open", "created_ms": ctx.now_ms, "expires_ms": expires_ms,
+        "expires_at": crate::time::iso8601(expires_ms),
+    });
+    call(
+        env,
+        event_id,
+        Method::Put,
+        &format!("/handover/{sid}"),
+        Some(session.to_string()),
+    )
+    .await?;
+    let mut out = session.clone();
+    out["pay_url"] = format!("{}/p/{sid}", ctx.self_origin).into();
+    out["ws_url"] = format!("/v1/handover/{sid}/ws").into();
+    out["status_url"] = format!("/v1/handover/{sid}").into();
+    out["qr_url"] = format!("/v1/handover/{sid}/qr.svg").into();
+    with_cors(json(201, &out)?, cors)
+}
+
+/// `GET /v1/handover/{id}`.
+pub async fn get_handover(env: &Env, sid: &str) -> Result<Response, ApiError> {
+    let s = handover_session(env, sid).await?;
+    json(200, &s)
+}
+
+/// `GET /v1/handover/{id}/qr.svg`: the pay link as a QR code.
+pub async fn handover_qr(env: &Env, ctx: &Ctx, sid: &str) -> Result<Response, ApiError> {
+    handover_session(env, sid).await?;
+    let svg = crate::qr::qr_svg(&format!("{}/p/{sid}", ctx.self_origin)).map_err(|e| e.to_api())?;
+    super::http::raw(200, "image/svg+xml", &svg)
+}
+
+/// `GET /v1/handover/{id}/ws`: the till's live channel, served by the event's object
+/// (hibernating WebSocket).
+pub async fn handover_ws(env: &Env, sid: &str, req: Request) -> Result<Response, ApiError> {
+    let event_id = session_event(sid).ok_or_else(|| ApiError::not_found("handover session"))?;
+    if req
+        .headers()
+        .get("Upgrade")
+        .ok()
+        .flatten()
+        .map(|u| u.eq_ignore_ascii_case("websocket"))
+        != Some(true)
+    {
+        return Err(ApiError::new(
+            426,
+            "upgrade_required",
+            "This URL speaks WebSocket; poll /v1/handover/{id} instead.",
+        ));
+    }
+    let stub = stub(env, event_id)?;
+    let mut init = RequestInit::new();
+    init.with_headers(req.headers().clone());
+    let fwd = Request::new_with_init(&format!("https://event/handover/{sid}/ws"), &init)
+        .map_err(internal)?;
+    stub.fetch_with_request(fwd).await.map_err(internal)
 }

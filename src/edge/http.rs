@@ -5,6 +5,8 @@ use worker::{console_log, Env, Headers, Request, Response};
 
 /// What every handler knows about the request it serves.
 pub struct Ctx {
+    /// This edge's own origin (`https://poptill.example`), as the request reached it.
+    pub self_origin: String,
     pub request_id: String,
     pub colo: String,
     pub now_ms: i64,
@@ -21,7 +23,12 @@ impl Ctx {
             Ok(()) => format!("req_{}", hex::encode(id)),
             Err(_) => format!("req_t{now_ms:x}"),
         };
+        let self_origin = req
+            .url()
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
         Ctx {
+            self_origin,
             request_id,
             colo,
             now_ms,
@@ -213,4 +220,32 @@ pub fn env_string(env: &Env, name: &str) -> Option<String> {
         .or_else(|_| env.var(name).map(|v| v.to_string()))
         .ok()
         .filter(|s| !s.is_empty())
+}
+
+/// Public routes answer any page's origin (they carry no credentials); routes that check
+/// the event's allowed origins themselves (tokens, checkout, handover) set their own header
+/// first. Admin routes never get CORS headers.
+pub fn reflect_cors(
+    method: &str,
+    path: &str,
+    origin: Option<&str>,
+    response: &mut Response,
+) -> worker::Result<()> {
+    let Some(origin) = origin else { return Ok(()) };
+    let public = crate::api::resolve(if method == "OPTIONS" { "GET" } else { method }, path)
+        .map(|m| m.route.access == crate::api::Access::Public)
+        .unwrap_or(method == "OPTIONS" && !path.starts_with("/v1/admin"));
+    if !public || path.starts_with("/v1/admin") {
+        return Ok(());
+    }
+    let h = response.headers_mut();
+    if h.get("Access-Control-Allow-Origin")?.is_none() {
+        h.set("Access-Control-Allow-Origin", origin)?;
+        h.set("Vary", "Origin")?;
+        h.set(
+            "Access-Control-Expose-Headers",
+            "X-Request-Id, X-Poptill-Colo, X-Poptill-Routing, Idempotent-Replayed",
+        )?;
+    }
+    Ok(())
 }

@@ -32,11 +32,13 @@ async fn fetch(req: Request, env: Env, _worker_ctx: Context) -> Result<Response>
     let ctx = Ctx::new(&req, now_ms);
     let method = req.method().to_string();
     let path = req.path();
+    let origin = req.headers().get("Origin").ok().flatten();
     let outcome = handle(req, &env, &ctx).await;
     let mut response = match outcome {
         Ok(r) => r,
         Err(e) => http::error_response(&e)?,
     };
+    http::reflect_cors(&method, &path, origin.as_deref(), &mut response)?;
     ctx.stamp(&mut response)?;
     let took = Date::now().as_millis() as i64 - now_ms;
     http::log_request(&ctx, &method, &path, response.status_code(), took);
@@ -48,6 +50,16 @@ async fn handle(mut req: Request, env: &Env, ctx: &Ctx) -> std::result::Result<R
     let path = req.path();
     if method == "OPTIONS" {
         return http::preflight(&path);
+    }
+    if path.starts_with("/v1/checkout.") && path != "/v1/checkout.js" {
+        // Versioned, immutable copies of checkout.js: `/v1/checkout.<version>.js`.
+        return embed::respond(&path, &[])?.ok_or_else(|| {
+            ApiError::new(
+                404,
+                "route_not_found",
+                "No such checkout.js version; use /v1/checkout.js.",
+            )
+        });
     }
     let matched = api::resolve(&method, &path)?;
     let who = match matched.route.access {
@@ -75,7 +87,7 @@ async fn handle(mut req: Request, env: &Env, ctx: &Ctx) -> std::result::Result<R
             let origin = header("Origin");
             let body: TokenRequest = http::body_json(&mut req).await?;
             let event = events::config(env, &body.event_id, ctx.now_ms).await?;
-            let cors = events::cors_origin(&event, origin.as_deref())?;
+            let cors = events::cors_origin(&event, origin.as_deref(), &ctx.self_origin)?;
             let binding = vault::binding(&event.merchant_id, &body.event_id);
             let out = vault::tokenize_card(env, ctx, body.card, &binding).await?;
             events::with_cors(json(201, &out)?, cors)
@@ -137,6 +149,31 @@ async fn handle(mut req: Request, env: &Env, ctx: &Ctx) -> std::result::Result<R
             events::get_receipt(env, id(), html).await
         }
         RouteId::VerifyReceipt => events::verify_receipt(env, &http::body_text(&mut req).await?),
+        RouteId::CheckoutJs | RouteId::FrameJs | RouteId::PayPage => {
+            embed::respond(&path, &[])?.ok_or_else(|| ApiError::not_found("page"))
+        }
+        RouteId::Frame => {
+            let url = req.url().map_err(http::internal)?;
+            let event = url
+                .query_pairs()
+                .find(|(k, _)| k == "event")
+                .map(|(_, v)| v.into_owned());
+            let origins = match event {
+                Some(e) => events::config(env, &e, ctx.now_ms)
+                    .await
+                    .map(|c| c.allowed_origins.clone())
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            };
+            embed::respond(&path, &origins)?.ok_or_else(|| ApiError::not_found("page"))
+        }
+        RouteId::CreateHandover => {
+            let origin = header("Origin");
+            events::create_handover(env, ctx, id(), origin, http::body_json(&mut req).await?).await
+        }
+        RouteId::GetHandover => events::get_handover(env, id()).await,
+        RouteId::HandoverQr => events::handover_qr(env, ctx, id()).await,
+        RouteId::HandoverWs => events::handover_ws(env, id(), req).await,
     }
 }
 

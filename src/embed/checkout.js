@@ -216,7 +216,8 @@
     const p = quote.prompts || {};
     const old = (n) => promptBox.querySelector(`[name=${n}]`);
     const keep = (n, attr) => old(n)?.[attr];
-    const consent = (p.consent || []).find((c) => c.lang === lang) || (p.consent || [])[0];
+    const cl = Array.isArray(p.consent) ? p.consent : Object.entries(p.consent || {}).map(([lang, text]) => ({ lang, text }));
+    const consent = cl.find((c) => c.lang === lang) || cl[0];
     put(promptBox,
       (p.buyer_fields || []).includes('email') && h('label', { class: 'ptl-f' }, t.email,
         h('input', { type: 'email', name: 'email', autocomplete: 'email', required: true, value: keep('email', 'value') || '' })),
