@@ -39,6 +39,8 @@ pub enum RouteId {
     GetHandover,
     HandoverQr,
     HandoverWs,
+    JoinQueue,
+    PollQueue,
 }
 
 /// Who may call a route.
@@ -247,6 +249,18 @@ pub const ROUTES: &[Route] = &[
         id: RouteId::HandoverWs,
         method: "GET",
         path: "/v1/handover/{id}/ws",
+        access: Access::Public,
+    },
+    Route {
+        id: RouteId::JoinQueue,
+        method: "POST",
+        path: "/v1/events/{id}/queue",
+        access: Access::Public,
+    },
+    Route {
+        id: RouteId::PollQueue,
+        method: "GET",
+        path: "/v1/events/{id}/queue/{ticket}",
         access: Access::Public,
     },
 ];

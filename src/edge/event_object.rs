@@ -375,10 +375,17 @@ impl EventObject {
 
     /// Keeps the buyer's receipt true when a queued payment reaches its final state.
     fn on_order_state(&self, order_id: &str, state: OrderState, now_ms: i64) {
+        let refunded_total = self
+            .ledger
+            .borrow()
+            .as_ref()
+            .and_then(|l| l.order(order_id).map(|o| o.refunded));
         let change = match state {
-            OrderState::Forwarded => StatusChange::Forwarded,
-            OrderState::Expired => StatusChange::Expired,
-            OrderState::Declined => StatusChange::Declined,
+            OrderState::Forwarded => Some(StatusChange::Forwarded),
+            OrderState::Expired => Some(StatusChange::Expired),
+            OrderState::Declined => Some(StatusChange::Declined),
+            // The refund amount is the difference between the ledger and the receipt.
+            OrderState::Refunded | OrderState::PartiallyRefunded => None,
             _ => return,
         };
         #[derive(Deserialize)]
@@ -405,6 +412,20 @@ impl EventObject {
         for row in rows {
             let Ok(signed) = SignedReceipt::from_json(&row.json) else {
                 continue;
+            };
+            let change = match (&change, refunded_total) {
+                (Some(c), _) => *c,
+                (None, Some(total)) => {
+                    let before = signed.receipt.refunded_amount.unwrap_or_default();
+                    let delta = total.0 - before.0;
+                    if delta <= 0 {
+                        continue;
+                    }
+                    StatusChange::Refund {
+                        amount: crate::money::MinorUnits(delta),
+                    }
+                }
+                (None, None) => continue,
             };
             if let Ok(updated) = receipt::update_status(&signed, change, now_ms, &keys) {
                 if let Ok(json) = updated.to_json() {

@@ -419,11 +419,14 @@ pub async fn refund(
 ) -> Result<Response, ApiError> {
     let c = managed(env, who, event_id, ctx.now_ms).await?;
     let bundle = bundle_of(env, &c, ctx.now_ms).await;
-    let (_, text) = call(env, event_id, Method::Get, "/config", None).await?;
-    let _ = text;
     // The most restrictive rule among the order's lines' categories applies.
-    let categories: Vec<PolicyCategory> =
-        c.skus.iter().map(|s| policy_category(s.category)).collect();
+    let order = fetch_order(env, event_id, &body.order_id).await?;
+    let categories: Vec<PolicyCategory> = order
+        .lines
+        .iter()
+        .filter_map(|l| c.skus.iter().find(|s| s.id == l.sku))
+        .map(|s| policy_category(s.category))
+        .collect();
     let mut allowed = true;
     let mut window_days = u32::MAX;
     let mut partial = true;
@@ -1462,4 +1465,51 @@ pub async fn handover_ws(env: &Env, sid: &str, req: Request) -> Result<Response,
     let fwd = Request::new_with_init(&format!("https://event/handover/{sid}/ws"), &init)
         .map_err(internal)?;
     stub.fetch_with_request(fwd).await.map_err(internal)
+}
+
+// ------------------------------------------------------------------ waiting queue
+
+/// How often a waiting buyer's page should poll to keep its place.
+const QUEUE_POLL_MS: i64 = 5_000;
+
+fn queue_answer(reply: Reply) -> Result<Response, ApiError> {
+    match reply {
+        Reply::Queue { status } => json(
+            200,
+            &serde_json::json!({
+                "ticket": status.ticket, "position": status.position, "admitted": status.admitted,
+                "admitted_until": status.admitted_until_ms.map(crate::time::iso8601),
+                "depth": status.depth, "poll_after_ms": QUEUE_POLL_MS,
+            }),
+        ),
+        _ => Err(
+            ApiError::new(503, "temporarily_unavailable", "Unexpected event reply.").retryable(),
+        ),
+    }
+}
+
+/// `POST /v1/events/{id}/queue`: join the event's waiting room.
+pub async fn join_queue(env: &Env, ctx: &Ctx, event_id: &str) -> Result<Response, ApiError> {
+    let random = random::<32>()?;
+    queue_answer(one(env, event_id, ctx.now_ms, Command::JoinQueue { random }).await?)
+}
+
+/// `GET /v1/events/{id}/queue/{ticket}`: keep the place and learn the position.
+pub async fn poll_queue(
+    env: &Env,
+    ctx: &Ctx,
+    event_id: &str,
+    ticket: &str,
+) -> Result<Response, ApiError> {
+    queue_answer(
+        one(
+            env,
+            event_id,
+            ctx.now_ms,
+            Command::PollQueue {
+                ticket: ticket.to_string(),
+            },
+        )
+        .await?,
+    )
 }

@@ -174,6 +174,8 @@ async fn handle(mut req: Request, env: &Env, ctx: &Ctx) -> std::result::Result<R
         RouteId::GetHandover => events::get_handover(env, id()).await,
         RouteId::HandoverQr => events::handover_qr(env, ctx, id()).await,
         RouteId::HandoverWs => events::handover_ws(env, id(), req).await,
+        RouteId::JoinQueue => events::join_queue(env, ctx, id()).await,
+        RouteId::PollQueue => events::poll_queue(env, ctx, id(), param(&matched, "ticket")).await,
     }
 }
 

@@ -1,0 +1,100 @@
+// End-to-end: what operators do with an event's Durable Object: refunds under the policy,
+// reconciliation against the acquirer, CRM export, and the waiting room.
+import { test, beforeEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { api, assertError, createEvent, checkout, merchant, healLanes, laneControl } from './helpers.mjs';
+
+beforeEach(healLanes);
+
+const shirt = [{ sku: 'shirt', quantity: 1 }];
+
+test('refunds follow the policy: merchandise partly and fully, tickets only as goodwill', async () => {
+  const id = await createEvent();
+  const m = await merchant();
+  const paid = await checkout(id, '4242424242424242', { items: shirt });
+  assert.equal(paid.status, 201, paid.text);
+  const refund = (body, key = crypto.randomUUID()) =>
+    api('POST', `/v1/admin/events/${id}/refunds`, { key: m.api_key, body, headers: { 'idempotency-key': key } });
+  let r = await refund({ order_id: paid.json.order_id, amount: 1000 });
+  assert.equal(r.status, 201, r.text);
+  assert.equal(r.json.refund.amount, 1000);
+  let receipt = await api('GET', paid.json.receipt_url);
+  assert.equal(receipt.json.receipt.status, 'partially_refunded', receipt.text);
+  assert.equal(receipt.json.receipt.refunded_amount, 1000);
+  assert.equal((await api('POST', '/v1/receipts/verify', { body: receipt.text })).status, 200);
+  assertError(await refund({ order_id: paid.json.order_id, amount: 5000 }), 422, 'refund_exceeds_captured');
+  r = await refund({ order_id: paid.json.order_id });
+  assert.equal(r.status, 201, r.text);
+  receipt = await api('GET', paid.json.receipt_url);
+  assert.equal(receipt.json.receipt.status, 'refunded');
+
+  const ticket = await checkout(id, '4242424242424242');
+  assert.equal(ticket.status, 201, ticket.text);
+  const refused = await refund({ order_id: ticket.json.order_id });
+  assert.equal(refused.status >= 400 && refused.status < 500, true, refused.text);
+  assert.equal(refused.json.error.code, 'refund_not_allowed', 'EU Art. 16(l): dated leisure tickets have no withdrawal right');
+  r = await refund({ order_id: ticket.json.order_id, goodwill: true });
+  assert.equal(r.status, 201, 'the operator may still refund a cancelled night: ' + r.text);
+});
+
+test('reconciliation matches the ledger with the acquirer; export lists every order', async () => {
+  const id = await createEvent();
+  const m = await merchant();
+  const a = await checkout(id, '4242424242424242');
+  const b = await checkout(id, '5555555555554444', { items: shirt });
+  const d = await checkout(id, '4000000000000002');
+  assert.equal(a.status, 201); assert.equal(b.status, 201); assert.equal(d.status, 402);
+  const r = await api('POST', `/v1/admin/events/${id}/reconcile`, { key: m.api_key });
+  assert.equal(r.status, 200, r.text);
+  const rep = r.json.report;
+  assert.deepEqual(rep.matched.map(([o]) => o).sort(), [a.json.order_id, b.json.order_id].sort());
+  assert.deepEqual(rep.missing_at_acquirer, []);
+  assert.deepEqual(rep.missing_at_edge, []);
+  assert.deepEqual(rep.amount_mismatch, []);
+
+  const csv = await api('GET', `/v1/admin/events/${id}/export?format=csv`, { key: m.api_key });
+  assert.equal(csv.status, 200, csv.text);
+  assert.match(csv.headers.get('content-type'), /text\/csv/);
+  const rows = csv.text.trim().split('\n');
+  assert.ok(rows[0].includes('order_id'), rows[0]);
+  for (const o of [a, b, d]) assert.ok(csv.text.includes(o.json.order_id), 'every order exported');
+  assert.ok(csv.text.includes('ana@example.org'), 'DE collects e-mail for e-receipts, so the CRM export has it');
+  const nd = await api('GET', `/v1/admin/events/${id}/export?format=ndjson`, { key: m.api_key });
+  const lines = nd.text.trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(lines.length, 3);
+  assert.ok(!nd.text.includes('4242424242424242') && !csv.text.includes('5555555555554444'));
+  assertError(await api('GET', `/v1/admin/events/${id}/export?format=xml`, { key: m.api_key }), 400, 'invalid_format');
+});
+
+test('the waiting room gives tickets and positions; a required queue gates checkout', async () => {
+  const now = Date.now();
+  const id = await createEvent({
+    queue: { required: true, mode: 'fifo', sale_start_ms: now - 1000, capacity: 100, admission_rate_per_sec: 1, place_ttl_ms: 60_000, admitted_ttl_ms: 600_000 },
+  });
+  const first = await api('POST', `/v1/events/${id}/queue`);
+  assert.equal(first.status, 200, first.text);
+  assert.match(first.json.ticket, /^q_[0-9a-f]{32}$/);
+  const others = [];
+  for (let i = 0; i < 3; i++) others.push((await api('POST', `/v1/events/${id}/queue`)).json);
+  const last = others[others.length - 1];
+  assert.ok(last.admitted === false && last.position >= 2, JSON.stringify(last));
+  const poll = await api('GET', `/v1/events/${id}/queue/${first.json.ticket}`);
+  assert.equal(poll.status, 200);
+  assert.equal(poll.json.admitted, true, 'the first in line is admitted at 1 per second: ' + poll.text);
+  assertError(await checkout(id, '4242424242424242'), 403, 'not_admitted');
+  assertError(await api('GET', `/v1/events/${id}/queue/deadbeef`), 404, 'ticket_not_found');
+});
+
+test('before a restart of the local runtime: leave an approved and a queued payment behind', async () => {
+  const id = await createEvent();
+  const ok = await checkout(id, '4242424242424242');
+  assert.equal(ok.status, 201, ok.text);
+  await laneControl('fast', { partition: 'refuse' });
+  await laneControl('cheap', { partition: 'refuse' });
+  const queued = await checkout(id, '5555555555554444', { items: shirt });
+  assert.equal(queued.json.status, 'queued', queued.text);
+  await healLanes();
+  const file = process.env.POPTILL_RESTART_FILE;
+  if (file) writeFileSync(file, JSON.stringify({ event: id, approved: ok.json, queued: queued.json, merchant_key: (await merchant()).api_key }));
+});

@@ -1,0 +1,31 @@
+// Runs after scripts/test stopped and restarted `wrangler dev` on the same state directory:
+// the event's Durable Object (SQLite) and KV must have survived, and the queued payment
+// left behind must still be forwarded exactly once.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { api, simStats } from '../e2e/helpers.mjs';
+
+const saved = JSON.parse(readFileSync(process.env.POPTILL_RESTART_FILE, 'utf8'));
+
+test('state survives a restart of the local runtime', async () => {
+  const r = await api('GET', `/v1/admin/events/${saved.event}`, { key: saved.merchant_key });
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.json.summary.orders_by_state.approved, 1, JSON.stringify(r.json.summary));
+  assert.equal(r.json.summary.queued_count, 1);
+  const receipt = await api('GET', saved.approved.receipt_url);
+  assert.equal(receipt.status, 200);
+  assert.equal((await api('POST', '/v1/receipts/verify', { body: receipt.text })).status, 200, 'the receipt key and record survived');
+});
+
+test('the queued payment is forwarded exactly once after the restart', async () => {
+  const s = await api('POST', `/v1/admin/events/${saved.event}/sync`, { key: saved.merchant_key });
+  assert.equal(s.status, 200, s.text);
+  assert.equal(s.json.summary.queued_count, 0, JSON.stringify(s.json.summary));
+  const stats = await simStats();
+  const key = `${saved.queued.order_id}_queued`;
+  const n = Object.values(stats.lanes).reduce((sum, l) => sum + (l.by_idempotency_key[key] ?? 0), 0);
+  assert.equal(n, 1);
+  const receipt = await api('GET', saved.queued.receipt_url);
+  assert.equal(receipt.json.receipt.status, 'forwarded');
+});
