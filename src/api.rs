@@ -41,6 +41,7 @@ pub enum RouteId {
     HandoverWs,
     JoinQueue,
     PollQueue,
+    ResetRouting,
 }
 
 /// Who may call a route.
@@ -262,6 +263,12 @@ pub const ROUTES: &[Route] = &[
         method: "GET",
         path: "/v1/events/{id}/queue/{ticket}",
         access: Access::Public,
+    },
+    Route {
+        id: RouteId::ResetRouting,
+        method: "POST",
+        path: "/v1/admin/routing/reset",
+        access: Access::Operator,
     },
 ];
 

@@ -225,7 +225,29 @@ impl EventObject {
             .and_then(|c| c.to_array())
             .map_err(super::http::internal)?;
         if let Some(row) = rows.into_iter().next() {
-            return Ok(row.v);
+            // After a master-key rotation, re-wrap under the current KEK on first use, so the
+            // previous KEK can be retired without losing queued payments.
+            let keks = self.keks()?;
+            let current_prefix = format!("{}.", keks.current.id);
+            if row.v.starts_with(&current_prefix) {
+                return Ok(row.v);
+            }
+            let key =
+                vault::unwrap_sf_key(&keks, &self.event_id(), &row.v).map_err(|e| e.to_api())?;
+            let rewrapped = vault::wrap_sf_key(
+                &keks,
+                &self.event_id(),
+                key.expose(),
+                super::http::random::<12>()?,
+            )
+            .map_err(|e| e.to_api())?;
+            self.sql()
+                .exec(
+                    "UPDATE meta SET v = ? WHERE k = 'sf_key'",
+                    Some(vec![rewrapped.as_str().into()]),
+                )
+                .map_err(super::http::internal)?;
+            return Ok(rewrapped);
         }
         let key = super::http::random::<32>()?;
         let wrapped = vault::wrap_sf_key(

@@ -660,6 +660,14 @@ pub fn routing_snapshot(env: &Env, ctx: &Ctx) -> Result<Response, ApiError> {
     json(200, &serde_json::json!({"colo": ctx.colo, "routing": snap}))
 }
 
+/// `POST /v1/admin/routing/reset`: forget this isolate's learned lane state (limits,
+/// latency, open breakers) and start measuring afresh, e.g. after an acquirer incident is
+/// over. Each isolate (PoP) keeps its own state; this resets the one that answers.
+pub fn reset_routing(env: &Env, ctx: &Ctx) -> Result<Response, ApiError> {
+    ROUTER.with(|cell| cell.borrow_mut().take());
+    routing_snapshot(env, ctx)
+}
+
 /// What a checkout answers; also stored for idempotent replays.
 struct Answer {
     status: u16,

@@ -132,6 +132,7 @@ async fn handle(mut req: Request, env: &Env, ctx: &Ctx) -> std::result::Result<R
             events::export(env, ctx, &who, id(), &format).await
         }
         RouteId::Routing => events::routing_snapshot(env, ctx),
+        RouteId::ResetRouting => events::reset_routing(env, ctx),
         RouteId::EventPublic => events::public(env, ctx, id()).await,
         RouteId::Quote => {
             events::quote_route(env, ctx, id(), http::body_json(&mut req).await?).await

@@ -10,6 +10,7 @@ import {
 
 let chrome, shop;
 before(async () => {
+  await setPartition('none');
   chrome = await launch();
   shop = await merchant();
 });

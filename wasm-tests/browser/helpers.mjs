@@ -131,4 +131,11 @@ export async function setPartition(partition) {
     const r = await fetch(`${SIM}/control/lanes/${lane}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ partition }) });
     assert.ok(r.ok, `simulator control ${lane}: ${r.status}`);
   }
+  if (partition === 'none') await resetRouting();
+}
+
+/** Makes the Worker forget lane faults that earlier tests injected (open breakers). */
+export async function resetRouting() {
+  const r = await fetch(`${EDGE}/v1/admin/routing/reset`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_KEY}` } });
+  assert.ok(r.ok, `routing reset: ${r.status}`);
 }

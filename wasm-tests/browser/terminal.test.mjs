@@ -5,11 +5,12 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   EDGE, EVENT, CARDS, launch, merchant, openRecorded, assertNoCardLeak, shot,
-  addFirstItem, answerPrompts, typeCard, resultOf,
+  addFirstItem, answerPrompts, typeCard, resultOf, setPartition,
 } from './helpers.mjs';
 
 let chrome, shop;
 before(async () => {
+  await setPartition('none');
   chrome = await launch();
   shop = await merchant();
 });

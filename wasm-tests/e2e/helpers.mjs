@@ -43,6 +43,9 @@ export const laneControl = (lane, settings) => sim('POST', `/control/lanes/${lan
 export const simStats = () => sim('GET', '/control/stats');
 export async function healLanes() {
   for (const lane of ['fast', 'cheap']) await laneControl(lane, { partition: 'none', error_rate: 0, latency_ms: { fixed: 0 } });
+  // The router remembers the faults earlier tests injected (open breakers): start afresh.
+  const r = await admin('POST', '/v1/admin/routing/reset');
+  assert.equal(r.status, 200, r.text);
 }
 
 let merchantCache;
