@@ -2,8 +2,7 @@
 // reconciliation against the acquirer, CRM export, and the waiting room.
 import { test, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
-import { api, assertError, createEvent, checkout, merchant, healLanes, laneControl } from './helpers.mjs';
+import { api, assertError, createEvent, checkout, merchant, healLanes } from './helpers.mjs';
 
 beforeEach(healLanes);
 
@@ -84,17 +83,4 @@ test('the waiting room gives tickets and positions; a required queue gates check
   assert.equal(poll.json.admitted, true, 'the first in line is admitted at 1 per second: ' + poll.text);
   assertError(await checkout(id, '4242424242424242'), 403, 'not_admitted');
   assertError(await api('GET', `/v1/events/${id}/queue/deadbeef`), 404, 'ticket_not_found');
-});
-
-test('before a restart of the local runtime: leave an approved and a queued payment behind', async () => {
-  const id = await createEvent();
-  const ok = await checkout(id, '4242424242424242');
-  assert.equal(ok.status, 201, ok.text);
-  await laneControl('fast', { partition: 'refuse' });
-  await laneControl('cheap', { partition: 'refuse' });
-  const queued = await checkout(id, '5555555555554444', { items: shirt });
-  assert.equal(queued.json.status, 'queued', queued.text);
-  await healLanes();
-  const file = process.env.POPTILL_RESTART_FILE;
-  if (file) writeFileSync(file, JSON.stringify({ event: id, approved: ok.json, queued: queued.json, merchant_key: (await merchant()).api_key }));
 });

@@ -12,7 +12,9 @@ test('state survives a restart of the local runtime', async () => {
   const r = await api('GET', `/v1/admin/events/${saved.event}`, { key: saved.merchant_key });
   assert.equal(r.status, 200, r.text);
   assert.equal(r.json.summary.orders_by_state.approved, 1, JSON.stringify(r.json.summary));
-  assert.equal(r.json.summary.queued_count, 1);
+  const byState = r.json.summary.orders_by_state;
+  // The object's alarm may already have forwarded it after the restart: either way, once.
+  assert.equal((byState.queued ?? 0) + (byState.forwarded ?? 0), 1, JSON.stringify(byState));
   const receipt = await api('GET', saved.approved.receipt_url);
   assert.equal(receipt.status, 200);
   assert.equal((await api('POST', '/v1/receipts/verify', { body: receipt.text })).status, 200, 'the receipt key and record survived');
@@ -22,6 +24,7 @@ test('the queued payment is forwarded exactly once after the restart', async () 
   const s = await api('POST', `/v1/admin/events/${saved.event}/sync`, { key: saved.merchant_key });
   assert.equal(s.status, 200, s.text);
   assert.equal(s.json.summary.queued_count, 0, JSON.stringify(s.json.summary));
+  assert.equal(s.json.summary.orders_by_state.forwarded, 1);
   const stats = await simStats();
   const key = `${saved.queued.order_id}_queued`;
   const n = Object.values(stats.lanes).reduce((sum, l) => sum + (l.by_idempotency_key[key] ?? 0), 0);
