@@ -38,8 +38,11 @@ async fn fetch(req: Request, env: Env, _worker_ctx: Context) -> Result<Response>
         Ok(r) => r,
         Err(e) => http::error_response(&e)?,
     };
-    http::reflect_cors(&method, &path, origin.as_deref(), &mut response)?;
-    ctx.stamp(&mut response)?;
+    // A WebSocket upgrade (101) comes from the event object with immutable headers.
+    if response.status_code() != 101 {
+        http::reflect_cors(&method, &path, origin.as_deref(), &mut response)?;
+        ctx.stamp(&mut response)?;
+    }
     let took = Date::now().as_millis() as i64 - now_ms;
     http::log_request(&ctx, &method, &path, response.status_code(), took);
     Ok(response)
