@@ -186,6 +186,7 @@ async function main() {
     // Phase 2: the checkouts.
     const outcomes = { approved: 0, queued: 0, declined: 0, errors: 0 };
     const routing = {};
+    const byRule = {};
     const lanes = {};
     const { results, wallMs, cpuMs: cpu } = await withCpu(o.cpuPids, () => runPool({ ...o, requests: Math.min(o.requests, pairs.length) }, async (i) => {
       const t = pairs[i];
@@ -206,6 +207,7 @@ async function main() {
       else outcomes.errors++;
       const rule = (r.headers.get("x-poptill-routing") ?? body?.routing ?? "none").split(";")[0];
       routing[rule] = (routing[rule] ?? 0) + 1;
+      (byRule[rule] ??= []).push(r.ms);
       if (body?.receipt?.receipt?.lane) lanes[body.receipt.receipt.lane] = (lanes[body.receipt.receipt.lane] ?? 0) + 1;
       return r;
     }));
@@ -218,6 +220,14 @@ async function main() {
       deciles.push({ p50: pct(part, 50), p95: pct(part, 95), max: pct(part, 100) });
     }
     report.result.by_tenth_of_run = deciles;
+    // Latency by routing rule: shows whether a slow checkout waited on the acquirer
+    // (cheapest/fastest/slow_probe/pass_through) or on the rest of the path (offline rules).
+    report.result.latency_by_rule = Object.fromEntries(
+      Object.entries(byRule).map(([rule, v]) => {
+        v.sort((a, b) => a - b);
+        return [rule, { n: v.length, p50: pct(v, 50), p95: pct(v, 95), max: pct(v, 100) }];
+      }),
+    );
   }
   const text = JSON.stringify(report, null, 2);
   if (o.out) fs.writeFileSync(o.out, text + "\n");
