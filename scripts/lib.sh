@@ -88,6 +88,7 @@ dev_var() { # NAME from .dev.vars
 
 # start_stack PORT SIM_PORT STATE_DIR LOG_DIR: starts the simulator and wrangler dev; exports
 # POPTILL_URL, SIM_URL and ADMIN_KEY for the tests. The Worker must already be built.
+# EXTRA_WRANGLER_VARS (optional, see below) adds `--var NAME:VALUE`s, e.g. ROUTING_TUNING.
 start_stack() {
   local port="$1" sim_port="$2" state="$3" logs="$4"
   mkdir -p "$state" "$logs"
@@ -101,6 +102,14 @@ start_stack() {
   lanes=$(sed -n "s/^LANES = '\(.*\)'$/\1/p" "$ROOT/wrangler.toml" | head -n1 | sed "s/127.0.0.1:8788/127.0.0.1:$sim_port/g")
   local -a extra_vars=(--var "LANES:$lanes")
   if [ -n "${POLICY_PUBLIC_KEYS_JSON:-}" ]; then extra_vars+=(--var "POLICY_PUBLIC_KEYS:$POLICY_PUBLIC_KEYS_JSON"); fi
+  # Optional extra vars, each NAME:VALUE: a bash array EXTRA_WRANGLER_VARS=("A:1" "B:{...}")
+  # set by the caller, or an exported string with one NAME:VALUE per line.
+  local v
+  if [[ "$(declare -p EXTRA_WRANGLER_VARS 2>/dev/null)" == "declare -a"* ]]; then
+    for v in ${EXTRA_WRANGLER_VARS[@]+"${EXTRA_WRANGLER_VARS[@]}"}; do extra_vars+=(--var "$v"); done
+  elif [ -n "${EXTRA_WRANGLER_VARS:-}" ]; then
+    while IFS= read -r v; do [ -z "$v" ] || extra_vars+=(--var "$v"); done <<< "$EXTRA_WRANGLER_VARS"
+  fi
   cd "$ROOT"
   env CLOUDFLARE_CF_FETCH_ENABLED=false WRANGLER_SEND_METRICS=false CI=1 \
     setsid wrangler dev --ip 127.0.0.1 --port "$port" --persist-to "$state" \

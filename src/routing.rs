@@ -21,7 +21,7 @@
 //!     Mode::QueueOffline => queue the payment if the event's offline budget allows
 //!     Mode::Online       => for (i, attempt) in decision.lanes_in_order.iter().enumerate() {
 //!         let Some(timeout) = decision.attempt_timeout_ms(i, now) else { break };
-//!         let Some(permit) = router.try_acquire(attempt.lane, now) else { continue };
+//!         let Some(permit) = router.acquire(attempt, now) else { continue };
 //!         // release the borrow, fetch with `timeout`, measure rtt, classify the answer
 //!         router.on_complete(permit, rtt_ms, outcome, now);
 //!         if !outcome.allows_failover() { break }   // Ok or Declined: stop here
@@ -58,11 +58,19 @@
 //! 3. `queue_depth > queue_depth_threshold` → [`Mode::QueueOffline`].
 //! 4. Healthy lanes are those whose breaker admits a request and that are under their
 //!    limit. None → [`Mode::QueueOffline`].
-//! 5. If every healthy lane's p95 is below `latency_target_p95_ms` (a lane without recent
+//! 5. Every healthy lane *slow* (p95 and newest sample at or above `slow_lane_p95_ms`,
+//!    1 s) and the checkout may be queued (`!Signals::require_online`) →
+//!    [`Mode::QueueOffline`] (`all_lanes_slow`), except that a lane with nothing in flight
+//!    and no request started for `slow_probe_interval_ms` (2 s) gets this checkout alone
+//!    as a probe (`slow_probe`, no failover; [`Router::acquire`] refuses a second one).
+//!    Why: with both lanes at p50 2 s the old plan ("fastest") sent every checkout online
+//!    and each buyer waited seconds; a stored payment answers in tens of milliseconds. One
+//!    fast probe answer brings the lane back at once (its newest sample is fast).
+//! 6. If every healthy lane's p95 is below `latency_target_p95_ms` (a lane without recent
 //!    samples counts as meeting it, so it gets measured again), order by cost for this
 //!    amount (cheapest first); otherwise order by p95 (fastest first, an unmeasured lane
 //!    ranks as if at the target). Ties go to cost, then to configuration order.
-//! 6. Each attempt's timeout is `clamp(p99 · 150 %, 300 ms, 4000 ms)` (defaults; 2500 ms
+//! 7. Each attempt's timeout is `clamp(p99 · 150 %, 300 ms, 4000 ms)` (defaults; 2500 ms
 //!    without samples), and the attempts together fit in the checkout budget (8 s).
 
 use crate::error::ApiError;
@@ -234,6 +242,13 @@ pub struct Tuning {
     /// A permit never completed is forgotten after this long (a lost request must not hold
     /// a slot or a breaker probe forever).
     pub stale_permit_ms: u32,
+    /// A lane is *slow* when its p95 and its latest sample are both at or above this. When
+    /// every healthy lane is slow, a checkout that may be queued goes offline at once
+    /// instead of waiting seconds for the acquirer. 0 turns the rule off.
+    pub slow_lane_p95_ms: u32,
+    /// While every lane is slow, one checkout per lane per this interval still goes online
+    /// (one at a time), so the router learns when a lane is fast again.
+    pub slow_probe_interval_ms: u32,
 }
 
 impl Default for Tuning {
@@ -261,6 +276,8 @@ impl Default for Tuning {
             queue_depth_threshold: 50,
             max_requests_in_flight: 500,
             stale_permit_ms: 30_000,
+            slow_lane_p95_ms: 1_000,
+            slow_probe_interval_ms: 2_000,
         }
     }
 }
@@ -322,6 +339,9 @@ impl Tuning {
         }
         if self.breaker_cool_down_ms == 0 || self.stale_permit_ms == 0 {
             return bad("breaker_cool_down_ms and stale_permit_ms must be positive");
+        }
+        if self.slow_probe_interval_ms == 0 {
+            return bad("slow_probe_interval_ms must be positive");
         }
         Ok(())
     }
@@ -478,6 +498,15 @@ impl LatencyWindow {
             self.samples.pop_front();
         }
         self.samples.push_back((now_ms, rtt_ms));
+    }
+
+    /// The newest sample still inside the window at `now_ms`.
+    pub fn latest(&self, now_ms: i64) -> Option<u32> {
+        let oldest = now_ms.saturating_sub(self.window_ms);
+        self.samples
+            .back()
+            .filter(|(t, _)| *t >= oldest)
+            .map(|(_, rtt)| *rtt)
     }
 
     /// Percentiles of the samples still inside the window at `now_ms`; `None` without any.
@@ -834,6 +863,8 @@ struct LaneState {
     breaker: Breaker,
     /// Permits handed out and not yet completed: (id, started_ms).
     outstanding: Vec<(u64, i64)>,
+    /// When the last permit on this lane was handed out.
+    last_started_ms: Option<i64>,
 }
 
 impl LaneState {
@@ -844,6 +875,30 @@ impl LaneState {
             .filter(|(_, started)| now_ms.saturating_sub(*started) < stale_ms)
             .count();
         u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Slow: p95 over the window and the newest sample both at or above `threshold_ms`.
+    /// The newest sample lets one fast probe bring the lane back at once, and one slow
+    /// answer send it back, without waiting for the window to turn over.
+    fn is_slow(&self, now_ms: i64, threshold_ms: u32) -> bool {
+        threshold_ms > 0
+            && self
+                .latency
+                .percentiles(now_ms)
+                .is_some_and(|p| p.p95_ms >= threshold_ms)
+            && self
+                .latency
+                .latest(now_ms)
+                .is_some_and(|l| l >= threshold_ms)
+    }
+
+    /// Whether a slow-lane probe may start now: nothing in flight on the lane and no
+    /// request started on it for `interval_ms`.
+    fn slow_probe_due(&self, now_ms: i64, interval_ms: i64, stale_ms: i64) -> bool {
+        self.in_flight_at(now_ms, stale_ms) == 0
+            && self
+                .last_started_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= interval_ms)
     }
 }
 
@@ -856,6 +911,11 @@ pub struct Signals {
     pub requests_in_flight: u32,
     /// The amount to charge, in minor units; lane costs are compared for it.
     pub amount_minor: i64,
+    /// This checkout must not be queued offline (the buyer asked for `require_online`, or
+    /// the event or policy allows no stored payment of this amount): never plan
+    /// `QueueOffline` for it because lanes are slow.
+    #[serde(default)]
+    pub require_online: bool,
 }
 
 /// What to do with a checkout.
@@ -876,6 +936,9 @@ pub struct Attempt {
     pub lane: LaneId,
     pub lane_name: String,
     pub timeout_ms: u32,
+    /// Every lane is slow and this checkout is the one probing this lane; take its permit
+    /// with [`Router::acquire`], which refuses it if another checkout probed meanwhile.
+    pub slow_probe: bool,
 }
 
 /// The plan for one checkout.
@@ -958,6 +1021,7 @@ impl Router {
                 latency: LatencyWindow::new(tuning.latency_window_ms, tuning.latency_max_samples),
                 breaker: Breaker::new(&tuning),
                 outstanding: Vec::new(),
+                last_started_ms: None,
             })
             .collect();
         Ok(Router {
@@ -1025,6 +1089,7 @@ impl Router {
             }
         }
         state.outstanding.push((id, now_ms));
+        state.last_started_ms = Some(now_ms);
         self.next_permit_id = id.wrapping_add(1);
         Some(Permit {
             lane,
@@ -1033,6 +1098,21 @@ impl Router {
             inflight_at_start: in_flight.saturating_add(1),
             probe,
         })
+    }
+
+    /// Takes a slot for a planned attempt: [`Router::try_acquire`], except that a slow-lane
+    /// probe is refused when another checkout started on the lane since the plan was made
+    /// (plans of concurrent checkouts may all have seen the probe as due).
+    pub fn acquire(&mut self, attempt: &Attempt, now_ms: i64) -> Option<Permit> {
+        if attempt.slow_probe {
+            let interval = i64::from(self.tuning.slow_probe_interval_ms);
+            let stale = self.stale_ms();
+            let lane = self.lanes.get(attempt.lane.0)?;
+            if !lane.slow_probe_due(now_ms, interval, stale) {
+                return None;
+            }
+        }
+        self.try_acquire(attempt.lane, now_ms)
     }
 
     /// Gives a permit back with the measured round-trip time and how the attempt ended.
@@ -1084,6 +1164,7 @@ impl Router {
                     lane: LaneId(0),
                     lane_name: first.config.name.clone(),
                     timeout_ms,
+                    slow_probe: false,
                 }],
                 reason: format!("pass_through;lanes={}", first.config.name),
                 deadline_ms: now_ms.saturating_add(i64::from(timeout_ms)),
@@ -1140,6 +1221,45 @@ impl Router {
             return offline(Mode::QueueOffline, "no_healthy_lane".into());
         }
 
+        // Every healthy lane slow: the buyer would wait seconds for an answer that a stored
+        // payment gives at once. Queue offline, but keep measuring: one checkout at a time
+        // probes the lane probed least recently, once per interval.
+        let slow = t.slow_lane_p95_ms;
+        if slow > 0
+            && !signals.require_online
+            && candidates.iter().all(|c| {
+                self.lanes
+                    .get(c.id.0)
+                    .is_some_and(|l| l.is_slow(now_ms, slow))
+            })
+        {
+            let interval = i64::from(t.slow_probe_interval_ms);
+            let probe = candidates
+                .iter()
+                .filter_map(|c| {
+                    let l = self.lanes.get(c.id.0)?;
+                    l.slow_probe_due(now_ms, interval, stale)
+                        .then_some((l.last_started_ms.unwrap_or(i64::MIN), c))
+                })
+                .min_by_key(|(last, c)| (*last, c.id.0))
+                .map(|(_, c)| c);
+            return match probe {
+                None => offline(Mode::QueueOffline, format!("all_lanes_slow;p95>={slow}")),
+                Some(c) => RoutingDecision {
+                    mode: Mode::Online,
+                    lanes_in_order: vec![Attempt {
+                        lane: c.id,
+                        lane_name: c.name.to_string(),
+                        timeout_ms: c.timeout.min(t.checkout_budget_ms),
+                        slow_probe: true,
+                    }],
+                    reason: format!("slow_probe;lanes={}", c.name),
+                    deadline_ms,
+                    min_attempt_ms: t.min_timeout_ms,
+                },
+            };
+        }
+
         let target = t.latency_target_p95_ms;
         let all_fast = candidates.iter().all(|c| c.p95.is_none_or(|p| p < target));
         let rule = if all_fast {
@@ -1162,6 +1282,7 @@ impl Router {
                 lane: c.id,
                 lane_name: c.name.to_string(),
                 timeout_ms,
+                slow_probe: false,
             });
         }
         let names: Vec<&str> = lanes_in_order
@@ -1231,6 +1352,7 @@ mod tests {
             queue_depth: 0,
             requests_in_flight: 0,
             amount_minor: 2_000,
+            require_online: false,
         }
     }
 
@@ -1731,6 +1853,120 @@ mod tests {
         // Latency is still measured, for the benchmark's comparison.
         assert_eq!(m.p99_ms, Some(5_000));
         assert!(r.snapshot(now).pass_through);
+    }
+
+    #[test]
+    fn all_lanes_slow_queues_offline_with_one_probe_per_lane_per_interval() {
+        let mut r = router();
+        let cheap = r.lane_id("cheap").unwrap();
+        let pricey = r.lane_id("pricey").unwrap();
+        let mut now = 0;
+        // Only one lane measured slow: the other (unmeasured) still counts as healthy.
+        feed(&mut r, cheap, 3, 2_000, Outcome::Ok, &mut now);
+        let d = r.plan(now, signals());
+        assert_eq!(d.mode, Mode::Online);
+        assert_eq!(d.reason, "fastest;lanes=pricey,cheap");
+        // Both slow (answers of 2 s, above the 1 s threshold).
+        feed(&mut r, pricey, 3, 2_000, Outcome::Ok, &mut now);
+        assert_eq!(now, 12_000);
+
+        // The lane probed least recently (cheap, last started at 4 s) gets this checkout.
+        let d = r.plan(now, signals());
+        assert_eq!(d.mode, Mode::Online);
+        assert_eq!(d.reason, "slow_probe;lanes=cheap");
+        assert_eq!(d.lanes_in_order.len(), 1, "a probe never fails over");
+        assert!(d.lanes_in_order[0].slow_probe);
+        // A concurrent checkout planned before the probe took its permit sees it due too.
+        let racer = r.plan(now, signals());
+        let probe = r.acquire(&d.lanes_in_order[0], now).unwrap();
+        assert!(r.acquire(&racer.lanes_in_order[0], now).is_none());
+
+        // With cheap probing, the next checkout probes pricey; then everything queues.
+        let d = r.plan(now, signals());
+        assert_eq!(d.reason, "slow_probe;lanes=pricey");
+        let probe2 = r.acquire(&d.lanes_in_order[0], now).unwrap();
+        let d = r.plan(now + 1, signals());
+        assert_eq!(d.mode, Mode::QueueOffline);
+        assert_eq!(d.reason, "all_lanes_slow;p95>=1000");
+        assert!(d.lanes_in_order.is_empty());
+
+        // The probes answer slowly: no new probe before the interval is over.
+        r.on_complete(probe, 1_900, Outcome::Ok, now + 1_900);
+        r.on_complete(probe2, 1_900, Outcome::Ok, now + 1_900);
+        assert_eq!(r.plan(now + 1_999, signals()).mode, Mode::QueueOffline);
+        assert_eq!(
+            r.plan(now + 2_000, signals()).reason,
+            "slow_probe;lanes=cheap"
+        );
+
+        // A checkout that must stay online is never diverted; it gets the usual plan.
+        let online = Signals {
+            require_online: true,
+            ..signals()
+        };
+        let d = r.plan(now + 1, online);
+        assert_eq!(d.mode, Mode::Online);
+        assert_eq!(d.lanes_in_order.len(), 2);
+        assert!(d.lanes_in_order.iter().all(|a| !a.slow_probe));
+
+        // The rule can be turned off.
+        let mut off = router_with(Tuning {
+            slow_lane_p95_ms: 0,
+            ..Tuning::default()
+        });
+        let mut t = 0;
+        feed(&mut off, cheap, 3, 2_000, Outcome::Ok, &mut t);
+        feed(&mut off, pricey, 3, 2_000, Outcome::Ok, &mut t);
+        assert_eq!(off.plan(t, signals()).reason, "fastest;lanes=cheap,pricey");
+    }
+
+    #[test]
+    fn one_fast_probe_brings_a_slow_lane_back_and_one_slow_answer_sends_it_away() {
+        let mut r = router();
+        let cheap = r.lane_id("cheap").unwrap();
+        let pricey = r.lane_id("pricey").unwrap();
+        let mut now = 0;
+        feed(&mut r, cheap, 10, 2_500, Outcome::Ok, &mut now);
+        feed(&mut r, pricey, 10, 2_500, Outcome::Ok, &mut now);
+        now += 5_000;
+        let d = r.plan(now, signals());
+        assert_eq!(d.reason, "slow_probe;lanes=cheap");
+        let p = r.acquire(&d.lanes_in_order[0], now).unwrap();
+        // The acquirer recovered: the probe answers in 60 ms. The window's p95 is still
+        // 2.5 s, but the newest sample says the lane is fast again: back online at once.
+        now += 60;
+        r.on_complete(p, 60, Outcome::Ok, now);
+        let d = r.plan(now, signals());
+        assert_eq!(d.mode, Mode::Online);
+        assert!(d.lanes_in_order.iter().all(|a| !a.slow_probe));
+        assert_eq!(d.lanes_in_order.len(), 2);
+        // The next answer on that lane is slow again: all lanes slow once more. Pricey,
+        // idle for over 7 s, probes; once it does, checkouts queue offline.
+        feed(&mut r, cheap, 1, 1_500, Outcome::Ok, &mut now);
+        let d = r.plan(now, signals());
+        assert_eq!(d.reason, "slow_probe;lanes=pricey");
+        let _held = r.acquire(&d.lanes_in_order[0], now).unwrap();
+        assert_eq!(r.plan(now, signals()).mode, Mode::QueueOffline);
+        // A timeout counts as a slow sample too (at the timeout it hit).
+        let mut r = router();
+        let mut now = 0;
+        feed(
+            &mut r,
+            cheap,
+            1,
+            2_500,
+            Outcome::Retryable(RetryReason::Timeout),
+            &mut now,
+        );
+        feed(
+            &mut r,
+            pricey,
+            1,
+            2_500,
+            Outcome::Retryable(RetryReason::Timeout),
+            &mut now,
+        );
+        assert!(r.plan(now, signals()).reason.starts_with("slow_probe;"));
     }
 
     #[test]

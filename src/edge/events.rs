@@ -924,6 +924,12 @@ async fn checkout_inner(
                 queue_depth: depth_probe,
                 requests_in_flight: in_flight,
                 amount_minor: quote.total.0,
+                require_online: body.mode.as_deref() == Some("require_online")
+                    || quote.total.0
+                        > c.offline
+                            .per_transaction_max
+                            .0
+                            .min(bundle.bundle.offline.per_transaction_cap.0),
             },
         )
     })?;
@@ -990,7 +996,7 @@ async fn checkout_inner(
             let Some(timeout) = decision.attempt_timeout_ms(i, now) else {
                 break;
             };
-            let Some(permit) = router_with(env, |r| r.try_acquire(attempt.lane, now))? else {
+            let Some(permit) = router_with(env, |r| r.acquire(attempt, now))? else {
                 routing.push_str(&format!("; {} over limit", attempt.lane_name));
                 continue;
             };

@@ -1,0 +1,523 @@
+//! Native cost of the pure core on one checkout's hot path (tokenize, detokenize, quote,
+//! routing, acquirer encode/decode, receipt, ledger and its JSON persist), timed with
+//! `std::time::Instant`.
+//!
+//! Run it through `scripts/bench`, or by hand:
+//!
+//! ```text
+//! cargo run --profile bench-native --example bench_core -- --out artifacts/bench/core.json
+//! ```
+//!
+//! Each operation runs `RUNS` times `iters` iterations; the figure reported is the median of
+//! the per-run averages (ns per operation), with the fastest and slowest run beside it. The
+//! inputs are fixed, so two runs on one machine measure the same work. These are native
+//! (x86-64/aarch64, opt-level 3) figures: the Worker runs the same code as WebAssembly built
+//! for size (`opt-level = "z"`), which is slower; `scripts/bench` states the factor it
+//! assumes when it turns these into a CPU estimate.
+
+use poptill::acquirer::{self, AuthorizeRequest};
+use poptill::card::{Card, Expiry};
+use poptill::ledger::{
+    Category as SkuCategory, Command, EventConfig, EventLedger, LineRequest, OfflineBudget,
+    QueueConfig, QueueMode, Reply, Sku,
+};
+use poptill::money::{Currency, MinorUnits};
+use poptill::policy::{self, Category, LoadedBundle};
+use poptill::quote::{self, QuoteItem};
+use poptill::receipt::{
+    self, CardSummary, Last4, Receipt, ReceiptKeys, ReceiptLine, ReceiptStatus, TaxLine, Totals,
+};
+use poptill::routing::{Outcome, Router, Signals};
+use poptill::secret::Secret;
+use poptill::vault::{self, Kek, KekSet, KeyPolicy, TokenBinding};
+use sha2::{Digest, Sha256};
+use std::error::Error;
+use std::hint::black_box;
+use std::time::Instant;
+
+/// 2030-06-15T00:00:00Z: a fixed "now" (cards expire 12/2034).
+const NOW: i64 = 1_907_712_000_000;
+const RUNS: usize = 7;
+
+type Res<T> = Result<T, Box<dyn Error>>;
+
+/// One measured operation.
+struct Row {
+    name: &'static str,
+    what: &'static str,
+    iters: u64,
+    median_ns: f64,
+    min_ns: f64,
+    max_ns: f64,
+}
+
+/// Times `f` (one call = one operation): `RUNS` runs of `iters` calls after a warm-up run.
+fn time<F: FnMut() -> Res<()>>(
+    name: &'static str,
+    what: &'static str,
+    iters: u64,
+    mut f: F,
+) -> Res<Row> {
+    for _ in 0..iters.min(100) {
+        f()?;
+    }
+    let mut per_op = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let start = Instant::now();
+        for _ in 0..iters {
+            f()?;
+        }
+        per_op.push(start.elapsed().as_nanos() as f64 / iters as f64);
+    }
+    per_op.sort_by(|a, b| a.total_cmp(b));
+    Ok(Row {
+        name,
+        what,
+        iters,
+        median_ns: per_op[RUNS / 2],
+        min_ns: per_op[0],
+        max_ns: per_op[RUNS - 1],
+    })
+}
+
+/// Deterministic stand-in for random bytes: SHA-256 of a counter.
+struct Bytes(u64);
+
+impl Bytes {
+    fn b32(&mut self) -> [u8; 32] {
+        self.0 += 1;
+        Sha256::digest(self.0.to_be_bytes()).into()
+    }
+    fn b12(&mut self) -> [u8; 12] {
+        let mut out = [0u8; 12];
+        out.copy_from_slice(&self.b32()[..12]);
+        out
+    }
+    fn b8(&mut self) -> [u8; 8] {
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&self.b32()[..8]);
+        out
+    }
+}
+
+fn de_bundle() -> Res<LoadedBundle> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/DE.json");
+    let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let bundle = policy::validate_value(&value)
+        .map_err(|problems| format!("policies/DE.json is invalid: {problems:?}"))?;
+    Ok(LoadedBundle {
+        bundle,
+        revision: 1,
+        hash: policy::bundle_hash(&value),
+        kid: None,
+    })
+}
+
+fn event_config(eur: Currency) -> EventConfig {
+    EventConfig {
+        event_id: "evt_bench000001".into(),
+        merchant_id: "mer_bench".into(),
+        title: "Bench Night".into(),
+        jurisdiction: "DE".into(),
+        currency: eur,
+        start_ms: NOW - 3_600_000,
+        end_ms: NOW + 7 * 86_400_000,
+        skus: vec![
+            Sku {
+                id: "entry".into(),
+                name: "Entry".into(),
+                category: SkuCategory::Ticket,
+                price: MinorUnits(1_200),
+                stock: 100_000,
+            },
+            Sku {
+                id: "tote".into(),
+                name: "Tote bag".into(),
+                category: SkuCategory::Merchandise,
+                price: MinorUnits(1_500),
+                stock: 100_000,
+            },
+        ],
+        allowed_origins: vec!["https://shop.example".into()],
+        queue: QueueConfig {
+            required: false,
+            mode: QueueMode::Fifo,
+            sale_start_ms: NOW - 3_600_000,
+            capacity: 1_000,
+            admission_rate_per_sec: 10,
+            place_ttl_ms: 60_000,
+            admitted_ttl_ms: 600_000,
+        },
+        offline: OfflineBudget {
+            per_transaction_max: MinorUnits(10_000),
+            aggregate_max: MinorUnits(200_000),
+            per_card_max_count: 3,
+            per_card_window_ms: 3_600_000,
+        },
+        policy_revision: None,
+    }
+}
+
+/// Hold then confirm one new order (what an approved online checkout asks of the ledger).
+fn hold_confirm(ledger: &mut EventLedger, n: u64, now: i64, rng: &mut Bytes) -> Res<()> {
+    let order_id = format!("ord_{n:016x}");
+    let hold = ledger.handle(
+        Command::Hold {
+            order_id: order_id.clone(),
+            lines: vec![
+                LineRequest {
+                    sku: "entry".into(),
+                    qty: 2,
+                },
+                LineRequest {
+                    sku: "tote".into(),
+                    qty: 1,
+                },
+            ],
+            expires_ms: now + 120_000,
+            buyer_email: Some("b@example.org".into()),
+            lane: "fast".into(),
+            admission_ticket: None,
+            charge_total: None,
+        },
+        now,
+        rng.b8(),
+    );
+    hold.reply.map_err(|e| format!("hold: {e:?}"))?;
+    let confirm = ledger.handle(
+        Command::Confirm {
+            order_id,
+            charge_id: format!("pi_{n:024x}"),
+            lane: None,
+        },
+        now + 1,
+        rng.b8(),
+    );
+    match confirm.reply {
+        Ok(Reply::Order { .. }) => Ok(()),
+        other => Err(format!("confirm: {other:?}").into()),
+    }
+}
+
+fn main() -> Res<()> {
+    let mut out_path: Option<String> = None;
+    let mut quick = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--out" => out_path = args.next(),
+            "--quick" => quick = true,
+            other => {
+                return Err(format!("unknown argument {other:?} (use --out FILE, --quick)").into())
+            }
+        }
+    }
+    let scale = |n: u64| if quick { (n / 10).max(10) } else { n };
+    let eur = Currency::parse("EUR").map_err(|e| format!("{e:?}"))?;
+    let mut rng = Bytes(0);
+    let mut rows = Vec::new();
+
+    // ---- vault: tokenize and detokenize (the key already unwrapped, as in a warm isolate)
+    let keks = KekSet::new(Kek::from_bytes([0x11; 32]), vec![]);
+    let (_, key) = vault::new_key_record(
+        "dk_ams_00000001",
+        rng.b32(),
+        rng.b12(),
+        &keks,
+        NOW,
+        &KeyPolicy::default(),
+    )?;
+    let binding = TokenBinding {
+        merchant_id: "mer_bench",
+        event_id: "evt_bench000001",
+        purpose: vault::PURPOSE_PAYMENT,
+    };
+    rows.push(time(
+        "tokenize",
+        "Card::parse (Luhn, brand, expiry, CVC) + vault::tokenize + vault::tokenize_cvc",
+        scale(20_000),
+        || {
+            let card = Card::parse(
+                "4242 4242 4242 4242",
+                Expiry::new(12, 2034)?,
+                Some("123"),
+                NOW,
+            )?;
+            let t = vault::tokenize(&card, &binding, &key, rng.b12(), NOW, 900_000)?;
+            let c = vault::tokenize_cvc(&card, &t.token, &binding, &key, rng.b12(), NOW, 900_000)?;
+            black_box((t, c));
+            Ok(())
+        },
+    )?);
+    let card = Card::parse("4242424242424242", Expiry::new(12, 2034)?, Some("123"), NOW)?;
+    let token = vault::tokenize(&card, &binding, &key, rng.b12(), NOW, 900_000)?;
+    let cvc_token =
+        vault::tokenize_cvc(&card, &token.token, &binding, &key, rng.b12(), NOW, 900_000)?;
+    rows.push(time(
+        "detokenize",
+        "vault::detokenize + vault::detokenize_cvc (key from the isolate cache)",
+        scale(20_000),
+        || {
+            let c = vault::detokenize(&token.token, &binding, |_| Some(&key), NOW)?;
+            let v = vault::detokenize_cvc(
+                &cvc_token.token,
+                &token.token,
+                &binding,
+                |_| Some(&key),
+                NOW,
+            )?;
+            black_box((c, v));
+            Ok(())
+        },
+    )?);
+
+    // ---- quote: 5 lines under the German bundle
+    let de = de_bundle()?;
+    let items: Vec<QuoteItem> = [
+        ("entry", Category::Admission, 1_200, 2),
+        ("vip", Category::Admission, 4_500, 1),
+        ("tote", Category::Merchandise, 1_500, 1),
+        ("shirt", Category::Merchandise, 2_499, 2),
+        ("lemonade", Category::FoodAndDrink, 350, 3),
+    ]
+    .into_iter()
+    .map(|(sku, category, price, quantity)| QuoteItem {
+        sku: sku.into(),
+        name: format!("{sku} (bench)"),
+        category,
+        unit_price: MinorUnits(price),
+        quantity,
+        age_restricted: false,
+    })
+    .collect();
+    rows.push(time(
+        "quote_5_lines",
+        "quote::quote_in, 5 lines, DE bundle (inclusive VAT, per-line rounding)",
+        scale(50_000),
+        || {
+            black_box(quote::quote_in(&items, &de, Some(eur), NOW)?);
+            Ok(())
+        },
+    )?);
+    let q = quote::quote_in(&items, &de, Some(eur), NOW)?;
+
+    // ---- routing: plan, acquire, complete
+    let lanes = r#"[{"name":"fast","connector":"stripe","base_url":"http://127.0.0.1:8788/lanes/fast","secret_name":"ACQUIRER_SECRET","cost_per_tx_minor":30,"cost_bps":290,"region":"eu"},{"name":"cheap","connector":"stripe","base_url":"http://127.0.0.1:8788/lanes/cheap","secret_name":"ACQUIRER_SECRET","cost_per_tx_minor":10,"cost_bps":150,"region":"eu"}]"#;
+    let mut router = Router::from_json(lanes, None)?;
+    let mut clock = NOW;
+    rows.push(time(
+        "routing_plan_acquire_complete",
+        "Router::plan + try_acquire + on_complete (window of up to 256 samples)",
+        scale(30_000),
+        || {
+            clock += 3;
+            let d = router.plan(
+                clock,
+                Signals {
+                    queue_depth: 0,
+                    requests_in_flight: 0,
+                    amount_minor: q.total.0,
+                    require_online: false,
+                },
+            );
+            let first = d.lanes_in_order.first().ok_or("no lane planned")?;
+            let permit = router.acquire(first, clock).ok_or("no permit")?;
+            router.on_complete(permit, 40, Outcome::Ok, clock + 40);
+            black_box(d);
+            Ok(())
+        },
+    )?);
+
+    // ---- acquirer: build the authorize call, parse a Stripe answer
+    let secret = Secret::new("sk_test_bench".to_string());
+    let pi = r#"{"id":"pi_3MtwBwLkdIwHu7ix28a3tqPa","object":"payment_intent","amount":1250,"amount_capturable":0,"amount_received":1250,"capture_method":"automatic","client_secret":"pi_3MtwBwLkdIwHu7ix28a3tqPa_secret_Yr","confirmation_method":"automatic","created":1680800504,"currency":"eur","latest_charge":"ch_3MtwBwLkdIwHu7ix28a3tqPa","livemode":false,"metadata":{"order_id":"ord_1","event_id":"evt_1"},"next_action":null,"payment_method":"pm_1","payment_method_types":["card"],"status":"succeeded"}"#;
+    rows.push(time(
+        "acquirer_build_parse",
+        "acquirer::build_authorize (form body) + parse_authorize (Stripe JSON)",
+        scale(50_000),
+        || {
+            let call = acquirer::build_authorize(
+                "http://127.0.0.1:8788/lanes/fast",
+                &secret,
+                &AuthorizeRequest {
+                    amount: q.total,
+                    currency: eur,
+                    card_number: card.number().clone(),
+                    exp_month: card.exp_month,
+                    exp_year: card.exp_year,
+                    cvc: card.cvc().cloned(),
+                    idempotency_key: "ord_0123456789abcdef_online".into(),
+                    order_id: "ord_0123456789abcdef".into(),
+                    event_id: "evt_bench000001".into(),
+                    capture: true,
+                },
+            )?;
+            black_box((call, acquirer::parse_authorize(200, pi)));
+            Ok(())
+        },
+    )?);
+
+    // ---- receipt: sign, serialize, verify
+    let keys = ReceiptKeys::from_raw(vec![("r1".to_string(), vec![0x42; 32])])?;
+    let receipt_of = |q: &quote::Quote| -> Res<Receipt> {
+        Ok(Receipt {
+            id: "rcpt_evt_bench000001-1".into(),
+            event_id: "evt_bench000001".into(),
+            merchant_id: "mer_bench".into(),
+            order_id: "ord_0123456789abcdef".into(),
+            lines: q
+                .lines
+                .iter()
+                .map(|l| ReceiptLine {
+                    sku: l.sku.clone(),
+                    name: l.name.clone(),
+                    quantity: l.quantity,
+                    unit_price: l.unit_price,
+                    tax_rate_bps: l.rate_ppm / 100,
+                    tax: l.tax,
+                })
+                .collect(),
+            tax_breakdown: q
+                .tax_breakdown
+                .iter()
+                .map(|t| TaxLine {
+                    rate_bps: t.rate_ppm / 100,
+                    amount: t.tax,
+                })
+                .collect(),
+            totals: Totals {
+                currency: eur,
+                subtotal: q.subtotal,
+                tax: q.tax_total,
+                total: q.total,
+            },
+            card: CardSummary {
+                brand: "visa".into(),
+                last4: Last4::parse("4242")?,
+            },
+            status: ReceiptStatus::Approved,
+            policy_revision: "1".into(),
+            policy_hash: de.hash.clone(),
+            pop_colo: "local".into(),
+            lane: "fast".into(),
+            created_ms: NOW,
+            updated_ms: NOW,
+            refunded_amount: None,
+        })
+    };
+    rows.push(time(
+        "receipt_sign_verify",
+        "receipt::sign (canonical JSON + HMAC-SHA256) + to_json + receipt::verify, 5 lines",
+        scale(3_000),
+        || {
+            let signed = receipt::sign(receipt_of(&q)?, &keys)?;
+            let json = signed.to_json()?;
+            receipt::verify(&signed, &keys)?;
+            black_box(json);
+            Ok(())
+        },
+    )?);
+
+    // ---- ledger: an event with 1,000 confirmed orders
+    let mut ledger = EventLedger::new(event_config(eur), NOW)?;
+    for n in 0..1_000u64 {
+        hold_confirm(&mut ledger, n, NOW + n as i64 * 10, &mut rng)?;
+    }
+    let base = ledger.clone();
+    let t_after = NOW + 20_000;
+    let mut next = 1_000u64;
+    let hc_iters = scale(200);
+    // Every run starts again from the same 1,000 orders (the clone is outside the timing).
+    let mut per_op = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let mut l = base.clone();
+        let start = Instant::now();
+        for _ in 0..hc_iters {
+            next += 1;
+            hold_confirm(&mut l, next, t_after + next as i64, &mut rng)?;
+        }
+        per_op.push(start.elapsed().as_nanos() as f64 / hc_iters as f64);
+        black_box(l);
+    }
+    per_op.sort_by(|a, b| a.total_cmp(b));
+    rows.push(Row {
+        name: "ledger_hold_confirm_1000",
+        what: "EventLedger::handle(Hold) + handle(Confirm) on an event holding 1,000 orders (no persist)",
+        iters: hc_iters,
+        median_ns: per_op[RUNS / 2],
+        min_ns: per_op[0],
+        max_ns: per_op[RUNS - 1],
+    });
+    let state_json = base.to_json()?;
+    let persist_bytes = state_json.len();
+    rows.push(time(
+        "ledger_to_json_1000",
+        "EventLedger::to_json of that event (the Durable Object writes it after every change)",
+        scale(100),
+        || {
+            black_box(base.to_json()?);
+            Ok(())
+        },
+    )?);
+    rows.push(time(
+        "ledger_from_json_1000",
+        "EventLedger::from_json of that event (once per object start)",
+        scale(40),
+        || {
+            black_box(EventLedger::from_json(&state_json)?);
+            Ok(())
+        },
+    )?);
+
+    // ---- report
+    let by = |n: &str| {
+        rows.iter()
+            .find(|r| r.name == n)
+            .map_or(0.0, |r| r.median_ns)
+    };
+    // The core work one approved online checkout does in the Worker (not the Durable Object).
+    let worker_checkout_ns = by("detokenize")
+        + by("quote_5_lines")
+        + by("routing_plan_acquire_complete")
+        + by("acquirer_build_parse")
+        + by("receipt_sign_verify");
+    // What the event's object does for it: four state changes, each persisted as JSON.
+    let object_checkout_ns = by("ledger_hold_confirm_1000") + 4.0 * by("ledger_to_json_1000");
+
+    println!(
+        "{:<32} {:>12} {:>12} {:>12} {:>8}",
+        "operation", "median ns", "min ns", "max ns", "iters"
+    );
+    for r in &rows {
+        println!(
+            "{:<32} {:>12.0} {:>12.0} {:>12.0} {:>8}",
+            r.name, r.median_ns, r.min_ns, r.max_ns, r.iters
+        );
+    }
+    println!("ledger state with 1,000 orders: {persist_bytes} bytes of JSON");
+    println!(
+        "core work per checkout in the Worker: {:.1} µs; in the event object: {:.1} µs",
+        worker_checkout_ns / 1e3,
+        object_checkout_ns / 1e3
+    );
+
+    let json = serde_json::json!({
+        "runs": RUNS,
+        "profile": "bench-native (release, opt-level 3, no LTO)",
+        "target": std::env::consts::ARCH,
+        "operations": rows.iter().map(|r| serde_json::json!({
+            "name": r.name, "what": r.what, "iters_per_run": r.iters,
+            "median_ns": r.median_ns.round(), "min_ns": r.min_ns.round(), "max_ns": r.max_ns.round(),
+        })).collect::<Vec<_>>(),
+        "ledger_orders": 1_000,
+        "ledger_json_bytes": persist_bytes,
+        "checkout_core_worker_ns": worker_checkout_ns.round(),
+        "checkout_core_object_ns": object_checkout_ns.round(),
+    });
+    let text = serde_json::to_string_pretty(&json)?;
+    match out_path {
+        Some(p) => std::fs::write(&p, text + "\n")?,
+        None => println!("{text}"),
+    }
+    Ok(())
+}
