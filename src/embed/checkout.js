@@ -321,9 +321,10 @@
     };
     try {
       const ws = new WebSocket(new URL(session.ws_url || `/v1/handover/${sid}/ws`, EDGE).href.replace(/^http/, 'ws'));
-      live = { ws };
+      // A slow backup poll as well: a message lost on the socket still reaches the till.
+      live = { ws, timer: setInterval(() => api(`/v1/handover/${encodeURIComponent(sid)}`).then(apply, () => {}), 5000) };
       ws.onmessage = (m) => { try { apply(JSON.parse(m.data)); } catch { /* ignore a bad frame */ } };
-      ws.onclose = () => { if (live?.ws === ws) { live = null; poll(); } };
+      ws.onclose = () => { if (live?.ws === ws) { clearInterval(live.timer); live = null; poll(); } };
     } catch { poll(); }
     // Expiry is decided by the edge; ask it once the local clock says the time is up.
     live.expiry = setTimeout(() => api(`/v1/handover/${encodeURIComponent(sid)}`).then(apply, () => {}), Math.max(0, Date.parse(session.expires_at) - Date.now()) + 1000);

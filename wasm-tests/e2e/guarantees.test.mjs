@@ -74,3 +74,15 @@ test('an event pinned to a policy revision keeps it while others follow the newe
   assert.equal(qf.json.lines[0].rate_ppm, 100000);
   assert.notEqual(qp.json.lines[0].rate_ppm, 100000);
 });
+
+test('a sealed CVC is single-use: a second checkout with it is refused', async () => {
+  const id = await createEvent();
+  const t = await tokenFor(id, '4242424242424242');
+  const pay = () => api('POST', `/v1/events/${id}/checkout`, {
+    body: { items: [{ sku: 'ticket', quantity: 1 }], token: t.token, cvc_token: t.cvc_token, buyer: { email: 'a@example.org', consent_accepted: true } },
+    headers: { 'idempotency-key': crypto.randomUUID() },
+  });
+  const first = await pay();
+  assert.equal(first.status, 201, first.text);
+  assertError(await pay(), 409, 'cvc_already_used');
+});
