@@ -348,7 +348,7 @@
   }
 
   function showSession(s) {
-    if (s.status === 'open') return;
+    if (s.status === 'open' || s.status === 'paying') return;
     if (!fixed) stopWatch();
     const paid = s.status === 'paid';
     say(paid ? t.paid : t.expired, !paid);
