@@ -23,6 +23,7 @@ pub mod routing;
 pub mod secret;
 pub mod time;
 pub mod vault;
+pub mod webhook;
 
 #[cfg(target_arch = "wasm32")]
 pub mod edge;

@@ -76,6 +76,10 @@ impl EventObject {
             "CREATE TABLE IF NOT EXISTS handover (id TEXT PRIMARY KEY, json TEXT NOT NULL)",
             None,
         )?;
+        sql.exec(
+            "CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, json TEXT NOT NULL, attempts INTEGER NOT NULL, next_ms INTEGER NOT NULL)",
+            None,
+        )?;
         Ok(())
     }
 
@@ -179,15 +183,14 @@ impl EventObject {
             }
             let follow_up = match effect {
                 Effect::SetAlarm { at_ms } => {
-                    let offset = (at_ms - now()).max(0);
-                    let _ = self.state.storage().set_alarm(offset).await;
+                    self.schedule(at_ms).await;
                     None
                 }
                 Effect::Forward(req) => Some(self.forward(req).await),
                 Effect::ForwardRefund(req) => Some(self.forward_refund(req).await),
                 Effect::PurgeSealed { .. } => None,
                 Effect::Notify { order_id, state } => {
-                    self.on_order_state(&order_id, state, now());
+                    self.on_order_state(&order_id, state, now()).await;
                     None
                 }
             };
@@ -197,6 +200,127 @@ impl EventObject {
             }
         }
         replies
+    }
+
+    /// One alarm serves the ledger and the webhook outbox: keep the earliest future instant.
+    async fn schedule(&self, at_ms: i64) {
+        let storage = self.state.storage();
+        let now_ms = now();
+        if let Ok(Some(existing)) = storage.get_alarm().await {
+            if existing > now_ms && existing <= at_ms {
+                return;
+            }
+        }
+        let _ = storage.set_alarm((at_ms - now_ms).max(0)).await;
+    }
+
+    fn meta(&self, key: &str) -> Option<String> {
+        #[derive(Deserialize)]
+        struct V {
+            v: String,
+        }
+        self.sql()
+            .exec("SELECT v FROM meta WHERE k = ?", Some(vec![key.into()]))
+            .and_then(|c| c.to_array::<V>())
+            .ok()
+            .and_then(|rows| rows.into_iter().next())
+            .map(|r| r.v)
+    }
+
+    /// Queues a receipt (new or re-signed) for the merchant's webhook, if one is set. The
+    /// delivery happens from the alarm, in batches, off the request's path.
+    async fn enqueue_webhook(&self, receipt_id: &str, status: &str, json: &str) {
+        if self.meta("webhook_url").is_none() {
+            return;
+        }
+        let id = format!("{receipt_id}:{status}");
+        let due = now() + crate::webhook::BATCH_WINDOW_MS;
+        let _ = self.sql().exec(
+            "INSERT OR REPLACE INTO outbox (id, json, attempts, next_ms) VALUES (?, ?, 0, ?)",
+            Some(vec![id.as_str().into(), json.into(), (due as f64).into()]),
+        );
+        self.schedule(due).await;
+    }
+
+    /// Delivers due receipts to the merchant's webhook in batches; failures back off.
+    async fn flush_webhooks(&self) {
+        let (Some(url), Some(secret)) = (self.meta("webhook_url"), self.meta("webhook_secret"))
+        else {
+            return;
+        };
+        #[derive(Deserialize)]
+        struct Row {
+            id: String,
+            json: String,
+            attempts: i64,
+        }
+        let now_ms = now();
+        let rows: Vec<Row> = match self
+            .sql()
+            .exec(
+                "SELECT id, json, attempts FROM outbox WHERE next_ms <= ? ORDER BY next_ms LIMIT ?",
+                Some(vec![
+                    (now_ms as f64).into(),
+                    (crate::webhook::MAX_BATCH as f64).into(),
+                ]),
+            )
+            .and_then(|c| c.to_array())
+        {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        if !rows.is_empty() {
+            let receipts: Vec<String> = rows.iter().map(|r| r.json.clone()).collect();
+            let body = crate::webhook::batch_body(&receipts);
+            let call = crate::acquirer::HttpCall {
+                method: crate::acquirer::HttpMethod::Post,
+                url: url.clone(),
+                headers: vec![
+                    ("Content-Type".into(), "application/json".into()),
+                    (
+                        "Poptill-Signature".into(),
+                        crate::webhook::signature_header(secret.as_bytes(), now_ms, &body),
+                    ),
+                ],
+                body: crate::secret::Secret::new(body),
+            };
+            let delivered =
+                matches!(send(&call, 5_000).await, Ok((status, _)) if (200..300).contains(&status));
+            for r in &rows {
+                if delivered {
+                    let _ = self.sql().exec(
+                        "DELETE FROM outbox WHERE id = ?",
+                        Some(vec![r.id.as_str().into()]),
+                    );
+                } else {
+                    let attempts = u32::try_from(r.attempts).unwrap_or(0);
+                    let next = now_ms + crate::webhook::retry_delay_ms(attempts);
+                    let _ = self.sql().exec(
+                        "UPDATE outbox SET attempts = attempts + 1, next_ms = ? WHERE id = ?",
+                        Some(vec![(next as f64).into(), r.id.as_str().into()]),
+                    );
+                }
+            }
+            console_log!(
+                "{}",
+                serde_json::json!({"level": "info", "msg": "webhook delivery", "event_id": self.event_id(), "receipts": rows.len(), "delivered": delivered})
+            );
+        }
+        #[derive(Deserialize)]
+        struct Next {
+            next_ms: Option<f64>,
+        }
+        let next: Option<i64> = self
+            .sql()
+            .exec("SELECT MIN(next_ms) AS next_ms FROM outbox", None)
+            .and_then(|c| c.to_array::<Next>())
+            .ok()
+            .and_then(|r| r.into_iter().next())
+            .and_then(|n| n.next_ms)
+            .map(|f| f as i64);
+        if let Some(at) = next {
+            self.schedule(at).await;
+        }
     }
 
     fn keks(&self) -> std::result::Result<KekSet, ApiError> {
@@ -396,7 +520,7 @@ impl EventObject {
     }
 
     /// Keeps the buyer's receipt true when a queued payment reaches its final state.
-    fn on_order_state(&self, order_id: &str, state: OrderState, now_ms: i64) {
+    async fn on_order_state(&self, order_id: &str, state: OrderState, now_ms: i64) {
         let refunded_total = self
             .ledger
             .borrow()
@@ -455,6 +579,11 @@ impl EventObject {
                         "UPDATE receipts SET json = ? WHERE id = ?",
                         Some(vec![json.as_str().into(), row.id.as_str().into()]),
                     );
+                    let status = serde_json::to_value(updated.receipt.status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    self.enqueue_webhook(&row.id, &status, &json).await;
                 }
             }
         }
@@ -742,6 +871,23 @@ impl EventObject {
                 super::http::json(200, order)
             }
             (m, p) if p.starts_with("/handover/") => self.handover(m, p, req).await,
+            ("PUT", "/webhook") => {
+                #[derive(Deserialize)]
+                struct W {
+                    url: String,
+                    secret: String,
+                }
+                let w: W = super::http::body_json(&mut req).await?;
+                for (k, v) in [("webhook_url", w.url), ("webhook_secret", w.secret)] {
+                    self.sql()
+                        .exec(
+                            "INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)",
+                            Some(vec![k.into(), v.as_str().into()]),
+                        )
+                        .map_err(super::http::internal)?;
+                }
+                super::http::json(200, &serde_json::json!({"webhook": true}))
+            }
             ("GET", "/sf-key") => {
                 super::http::json(200, &serde_json::json!({"wrapped": self.sf_key_wrapped()?}))
             }
@@ -775,6 +921,11 @@ impl EventObject {
                             ]),
                         )
                         .map_err(super::http::internal)?;
+                    let status = serde_json::to_value(signed.receipt.status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    self.enqueue_webhook(&id, &status, &text).await;
                     super::http::json(201, &serde_json::json!({"id": id}))
                 } else {
                     #[derive(Deserialize)]
@@ -849,6 +1000,7 @@ impl DurableObject for EventObject {
         self.load()?;
         if self.ledger.borrow().is_some() {
             self.run(vec![Command::Alarm], now()).await;
+            self.flush_webhooks().await;
         }
         Response::ok("alarm handled")
     }

@@ -243,13 +243,13 @@ pub async fn create(
             ))
         }
     };
-    if super::merchants::get(env, &merchant_id).await?.is_none() {
+    let Some(merchant) = super::merchants::get(env, &merchant_id).await? else {
         return Err(ApiError::new(
             422,
             "unknown_merchant",
             "No merchant with that id exists; create it first.",
         ));
-    }
+    };
     let currency = Currency::parse(&body.currency)
         .map_err(|e| ApiError::new(422, "invalid_currency", e.to_string()))?;
     let bundle =
@@ -307,6 +307,10 @@ pub async fn create(
         Some(serde_json::to_string(&config).unwrap_or_default()),
     )
     .await?;
+    if let (Some(url), Some(secret)) = (&merchant.webhook_url, &merchant.webhook_secret) {
+        let w = serde_json::json!({"url": url, "secret": secret}).to_string();
+        call(env, &event_id, Method::Put, "/webhook", Some(w)).await?;
+    }
     let summary: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     json(
         201,

@@ -34,6 +34,9 @@ pub struct Merchant {
     pub created_ms: i64,
     #[serde(default)]
     pub webhook_url: Option<String>,
+    /// Signs webhook deliveries (`Poptill-Signature`); shown to the merchant once.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
 }
 
 fn key_hash(key: &str) -> String {
@@ -120,12 +123,17 @@ pub async fn create(env: &Env, ctx: &Ctx, body: NewMerchant) -> Result<Response,
     }
     let id = format!("m_{}", hex::encode(random::<6>()?));
     let key = format!("mk_{}", hex::encode(random::<24>()?));
+    let webhook_secret = match body.webhook_url {
+        Some(_) => Some(format!("whsec_{}", hex::encode(random::<24>()?))),
+        None => None,
+    };
     let merchant = Merchant {
         id: id.clone(),
         name: name.to_string(),
         key_hash: key_hash(&key),
         created_ms: ctx.now_ms,
         webhook_url: body.webhook_url,
+        webhook_secret: webhook_secret.clone(),
     };
     let store = kv(env, "VAULT")?;
     let value = serde_json::to_string(&merchant).unwrap_or_default();
@@ -145,6 +153,7 @@ pub async fn create(env: &Env, ctx: &Ctx, body: NewMerchant) -> Result<Response,
         201,
         &serde_json::json!({
             "merchant_id": id, "name": merchant.name, "api_key": key,
+        "webhook_url": merchant.webhook_url, "webhook_secret": webhook_secret,
             "note": "Store the API key now: poptill keeps only its hash and cannot show it again.",
         }),
     )
