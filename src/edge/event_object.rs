@@ -259,8 +259,9 @@ impl EventObject {
             .sql()
             .exec(
                 "SELECT id, json, attempts FROM outbox WHERE next_ms <= ? ORDER BY next_ms LIMIT ?",
+                // Everything due within the next batching window rides along in this batch.
                 Some(vec![
-                    (now_ms as f64).into(),
+                    ((now_ms + crate::webhook::BATCH_WINDOW_MS) as f64).into(),
                     (crate::webhook::MAX_BATCH as f64).into(),
                 ]),
             )
