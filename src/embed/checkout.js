@@ -360,7 +360,8 @@
   }
 
   function showSession(s) {
-    if (s.status === 'open') return;
+    // 'paying': the phone has claimed the sale; the till waits for the outcome.
+    if (s.status === 'open' || (!fixed && s.status === 'paying')) return;
     if (!fixed) stopWatch();
     const paid = s.status === 'paid';
     say(paid ? t.paid : t.expired, !paid);
