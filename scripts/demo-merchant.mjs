@@ -3,7 +3,8 @@
 // script tag filled in, exactly as a merchant would paste it. Used by scripts/dev and by
 // the browser tests (which also record every request the browser makes to this origin).
 //   node scripts/demo-merchant.mjs --port 8789 --edge http://127.0.0.1:8787
-//   then open http://127.0.0.1:8789/?event=evt_demo  (add &mode=terminal for the till)
+//   then open http://127.0.0.1:8789/?event=evt_demo  (add &mode=terminal for the till,
+//   &lang=fr for data-lang, &ttl=60 for the till's pay-link lifetime in seconds)
 import http from 'node:http';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -28,7 +29,9 @@ export function startMerchant({ edge, port = 0, host = '127.0.0.1', defaultEvent
       const html = readFileSync(DEMO, 'utf8')
         .replaceAll('{{EDGE}}', esc(edge.replace(/\/$/, '')))
         .replaceAll('{{EVENT}}', esc(url.searchParams.get('event') || defaultEvent))
-        .replaceAll('{{MODE}}', mode);
+        .replaceAll('{{MODE}}', mode)
+        .replaceAll('{{LANG}}', esc(url.searchParams.get('lang') || ''))
+        .replaceAll('{{TTL}}', esc(url.searchParams.get('ttl') || ''));
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' }).end(html);
     });
   });

@@ -1403,8 +1403,36 @@ async fn handover_session(env: &Env, sid: &str) -> Result<serde_json::Value, Api
     serde_json::from_str(&text).map_err(|_| ApiError::not_found("handover session"))
 }
 
-/// How long a pay link stays open.
-const HANDOVER_TTL_MS: i64 = 10 * 60_000;
+/// How long a pay link stays open unless the till asks otherwise (seconds).
+const HANDOVER_TTL_DEFAULT_S: i64 = 600;
+/// The shortest and longest pay-link lifetime a till may ask for (seconds).
+const HANDOVER_TTL_MIN_S: i64 = 5;
+const HANDOVER_TTL_MAX_S: i64 = 1800;
+
+/// The body of `POST /v1/events/{id}/handover`: the cart and, optionally, how long the
+/// pay link stays open (`ttl_seconds`, 5..=1800, default 600).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoverBody {
+    items: Vec<CartItem>,
+    #[serde(default)]
+    ttl_seconds: Option<i64>,
+}
+
+/// The pay link's lifetime in milliseconds, or 422 `invalid_ttl` when out of bounds.
+fn handover_ttl_ms(ttl_seconds: Option<i64>) -> Result<i64, ApiError> {
+    let s = ttl_seconds.unwrap_or(HANDOVER_TTL_DEFAULT_S);
+    if !(HANDOVER_TTL_MIN_S..=HANDOVER_TTL_MAX_S).contains(&s) {
+        return Err(ApiError::new(
+            422,
+            "invalid_ttl",
+            format!(
+                "ttl_seconds must be between {HANDOVER_TTL_MIN_S} and {HANDOVER_TTL_MAX_S} seconds."
+            ),
+        ));
+    }
+    Ok(s * 1000)
+}
 
 /// `POST /v1/events/{id}/handover`: a staff terminal opens a pay link for a cart.
 pub async fn create_handover(
@@ -1412,8 +1440,9 @@ pub async fn create_handover(
     ctx: &Ctx,
     event_id: &str,
     origin: Option<String>,
-    body: QuoteBody,
+    body: HandoverBody,
 ) -> Result<Response, ApiError> {
+    let ttl_ms = handover_ttl_ms(body.ttl_seconds)?;
     let c = config(env, event_id, ctx.now_ms).await?;
     let cors = cors_origin(&c, origin.as_deref(), &ctx.self_origin)?;
     let bundle = bundle_of(env, &c, ctx.now_ms).await;
@@ -1424,7 +1453,7 @@ pub async fn create_handover(
         .iter()
         .map(|i| serde_json::json!({"sku": i.sku, "quantity": i.quantity}))
         .collect();
-    let expires_ms = ctx.now_ms + HANDOVER_TTL_MS;
+    let expires_ms = ctx.now_ms + ttl_ms;
     let session = serde_json::json!({
         "session_id": sid, "event_id": event_id, "items": items, "total": quote.total,
         "currency": c.currency, "status": "open", "created_ms": ctx.now_ms, "expires_ms": expires_ms,

@@ -40,6 +40,15 @@
       lang: 'Sprache', newSale: 'Neuer Verkauf', order: 'Ihre Bestellung',
     },
   };
+  // The other policy languages, terse to keep this script small: one '|'-separated string
+  // each, in the order of E's keys.
+  const K = Object.keys(E);
+  for (const [l, v] of Object.entries({
+    fr: "Articles|Ajouter un|Retirer un|Épuisé|Sous-total|TVA|TVA incluse|Total|Payer|Paiement…|E-mail pour le reçu|J'ai au moins {n} ans.|Données de carte|Choisissez au moins un article.|Confirmez votre âge.|Acceptez les conditions.|Saisissez un e-mail valide.|Paiement accepté|Paiement enregistré, pas encore confirmé|Connexion à la banque interrompue. Votre paiement est enregistré et sera envoyé automatiquement ; le reçu indique son état. Ne payez pas une seconde fois.|Paiement refusé|Voir le reçu|Nouvelle commande|Chargement…|Une erreur est survenue. Réessayez.|Payer sur mobile|Scannez pour payer|Expire à {t}|En attente du paiement…|Payé|Cette demande de paiement a expiré.|Annuler|Cette commande est déjà payée.|Langue|Nouvelle vente|Votre commande",
+    es: 'Artículos|Añadir uno|Quitar uno|Agotado|Subtotal|IVA|IVA incluido|Total|Pagar|Pagando…|Email para el recibo|Tengo al menos {n} años.|Datos de la tarjeta|Elija al menos un artículo.|Confirme su edad.|Acepte las condiciones.|Introduzca un email válido.|Pago aprobado|Pago guardado, aún sin confirmar|Se ha cortado la conexión con el banco. Su pago está guardado y se enviará automáticamente; el recibo muestra su estado. No pague de nuevo.|Pago rechazado|Ver recibo|Nuevo pedido|Cargando…|Algo ha fallado. Inténtelo de nuevo.|Pagar en el móvil|Escanee para pagar|Caduca a las {t}|Esperando el pago…|Pagado|Esta solicitud de pago ha caducado.|Cancelar|Este pedido ya está pagado.|Idioma|Nueva venta|Su pedido',
+    nl: 'Artikelen|Eén erbij|Eén minder|Uitverkocht|Subtotaal|Btw|Inclusief btw|Totaal|Betalen|Bezig met betalen…|E-mail voor de bon|Ik ben minstens {n} jaar oud.|Kaartgegevens|Kies minstens één artikel.|Bevestig uw leeftijd.|Accepteer de voorwaarden.|Vul een geldig e-mailadres in.|Betaling goedgekeurd|Betaling opgeslagen, nog niet bevestigd|De verbinding met de bank is onderbroken. Uw betaling is opgeslagen en wordt automatisch verzonden; de bon toont de status. Betaal niet opnieuw.|Betaling geweigerd|Bon bekijken|Nieuwe bestelling|Laden…|Er ging iets mis. Probeer het opnieuw.|Betalen op telefoon|Scan om te betalen|Verloopt om {t}|Wachten op betaling…|Betaald|Dit betaalverzoek is verlopen.|Annuleren|Deze bestelling is al betaald.|Taal|Nieuwe verkoop|Uw bestelling',
+    ja: '商品|1つ追加|1つ減らす|売り切れ|小計|税|内税|合計|支払う|支払い中…|領収書用メール|{n}歳以上です。|カード情報|商品を1つ以上選んでください。|年齢を確認してください。|規約に同意してください。|有効なメールアドレスを入力してください。|支払い完了|支払いを保存しました(未確定)|銀行との接続が切れています。支払いは保存され、接続が戻り次第自動で送信されます。状況は領収書で確認できます。再度支払わないでください。|支払いが拒否されました|領収書を見る|新しい注文|読み込み中…|エラーが発生しました。もう一度お試しください。|スマホで支払う|スキャンして支払う|有効期限 {t}|支払い待ち…|支払い済み|この支払いリクエストは期限切れです。|キャンセル|この注文は支払い済みです。|言語|新しい販売|ご注文',
+  })) L[l] = Object.fromEntries(v.split('|').map((x, i) => [K[i], x]));
   const CSS = `.ptl{--a:var(--poptill-accent,#1d4ed8);font:16px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1c1f24;background:#fff;border:1px solid #d5d9e0;border-radius:14px;padding:20px;max-width:460px;box-sizing:border-box}
 .ptl *{box-sizing:border-box}.ptl h2{font-size:1.3rem;margin:0}.ptl h3{font-size:1.05rem;margin:18px 0 8px}
 .ptl-hd{display:flex;justify-content:space-between;align-items:center;gap:8px;flex-wrap:wrap}
@@ -119,7 +128,9 @@
   function pickLang(list) {
     // The merchant's page language first; on the phone's pay page, the buyer's browser.
     const want = [D.lang, !fixed && document.documentElement.lang, ...navigator.languages].filter(Boolean).map((l) => l.slice(0, 2));
-    return want.find((l) => list.includes(l)) || list[0] || 'en';
+    // Only languages we have words for; otherwise the event's first such, else English.
+    const ok = list.filter((l) => L[l]);
+    return want.find((l) => ok.includes(l)) || ok[0] || 'en';
   }
 
   async function boot() {
@@ -273,6 +284,7 @@
 
   function onResult(d) {
     setBusy(false);
+    if (d.code === 'handover_expired') return showSession({ status: 'expired' });
     if (d.status === 'invalid' || d.status === 'error') return say(d.message || t.error, true);
     const ok = d.status === 'approved';
     const q = d.status === 'queued';
@@ -293,7 +305,7 @@
     if (busy || !quote) return;
     setBusy(true);
     try {
-      session = await api(`/v1/events/${encodeURIComponent(ev.event_id)}/handover`, { items: items() });
+      session = await api(`/v1/events/${encodeURIComponent(ev.event_id)}/handover`, { items: items(), ...(D.ttl && { ttl_seconds: +D.ttl }) });
     } catch (e) {
       setBusy(false);
       return say(e.message, true);
@@ -348,7 +360,8 @@
   }
 
   function showSession(s) {
-    if (s.status === 'open' || s.status === 'paying') return;
+    // 'paying': the phone has claimed the sale; the till waits for the outcome.
+    if (s.status === 'open' || (!fixed && s.status === 'paying')) return;
     if (!fixed) stopWatch();
     const paid = s.status === 'paid';
     say(paid ? t.paid : t.expired, !paid);

@@ -23,6 +23,34 @@
       badCvc: 'Bitte die 3- oder 4-stellige Prüfnummer eingeben.', blocked: 'Dieser Checkout ist auf dieser Website nicht verfügbar.',
       network: 'Keine Verbindung zum Zahlungsdienst. Bitte erneut versuchen.',
     },
+    fr: {
+      title: 'Données de carte', number: 'Numéro de carte', exp: "Date d'expiration (MM/AA)", cvc: 'Cryptogramme',
+      note: 'Les données de carte vont directement à poptill et ne sont jamais montrées au vendeur.',
+      badNumber: 'Vérifiez le numéro de carte.', badExp: "Saisissez une date d'expiration valide (MM/AA).",
+      badCvc: 'Saisissez le cryptogramme à 3 ou 4 chiffres.', blocked: "Ce paiement n'est pas disponible sur ce site.",
+      network: 'Pas de connexion au service de paiement. Réessayez.',
+    },
+    es: {
+      title: 'Datos de la tarjeta', number: 'Número de tarjeta', exp: 'Caducidad (MM/AA)', cvc: 'Código de seguridad',
+      note: 'Los datos de la tarjeta van directamente a poptill y nunca se muestran al vendedor.',
+      badNumber: 'Revise el número de tarjeta.', badExp: 'Introduzca una fecha de caducidad válida (MM/AA).',
+      badCvc: 'Introduzca el código de seguridad de 3 o 4 dígitos.', blocked: 'Este pago no está disponible en este sitio web.',
+      network: 'Sin conexión con el servicio de pago. Inténtelo de nuevo.',
+    },
+    nl: {
+      title: 'Kaartgegevens', number: 'Kaartnummer', exp: 'Vervaldatum (MM/JJ)', cvc: 'Beveiligingscode',
+      note: 'Kaartgegevens gaan rechtstreeks naar poptill en worden nooit aan de verkoper getoond.',
+      badNumber: 'Controleer het kaartnummer.', badExp: 'Vul een geldige vervaldatum in (MM/JJ).',
+      badCvc: 'Vul de beveiligingscode van 3 of 4 cijfers in.', blocked: 'Deze betaling is niet beschikbaar op deze website.',
+      network: 'Geen verbinding met de betaaldienst. Probeer het opnieuw.',
+    },
+    ja: {
+      title: 'カード情報', number: 'カード番号', exp: '有効期限 (MM/YY)', cvc: 'セキュリティコード',
+      note: 'カード情報はpoptillに直接送られ、販売者には表示されません。',
+      badNumber: 'カード番号を確認してください。', badExp: '有効な有効期限を入力してください (MM/YY)。',
+      badCvc: '3桁または4桁のセキュリティコードを入力してください。', blocked: 'このサイトではこの決済を利用できません。',
+      network: '決済サービスに接続できません。もう一度お試しください。',
+    },
   };
   let t = T.en;
   const $ = (id) => document.getElementById(id);
@@ -66,8 +94,9 @@ input[readonly]{background:#f3f4f6}
   };
 
   function setLang(lang) {
-    t = T[String(lang || '').slice(0, 2)] || T.en;
-    document.documentElement.lang = T[lang] ? lang : 'en';
+    const l = String(lang || '').slice(0, 2);
+    t = T[l] || T.en;
+    document.documentElement.lang = T[l] ? l : 'en';
     document.title = t.title;
     for (const k of ['number', 'exp', 'cvc']) $('l-' + k).textContent = t[k];
     $('note').textContent = t.note;
@@ -149,7 +178,7 @@ input[readonly]{background:#f3f4f6}
       return;
     }
     lock(true);
-    const fail = (message, retryable) => { lock(false); post({ type: 'poptill:result', status: 'error', message, retryable: !!retryable }); };
+    const fail = (message, retryable, code) => { lock(false); post({ type: 'poptill:result', status: 'error', message, retryable: !!retryable, code: code || '' }); };
     const tok = await call('/v1/tokens', { event_id: EVENT, card });
     card.number = card.cvc = ''; // drop our copies as soon as the vault has them
     if (tok.network) return fail(t.network, true);
@@ -168,7 +197,7 @@ input[readonly]{background:#f3f4f6}
     const j = res.json;
     if (!j.status) {
       if (!j.error?.retryable) pendingKey = null;
-      return fail(j.error?.message || t.network, j.error?.retryable);
+      return fail(j.error?.message || t.network, j.error?.retryable, j.error?.code);
     }
     pendingKey = null;
     lock(false);
