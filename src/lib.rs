@@ -10,6 +10,7 @@
 
 pub mod acquirer;
 pub mod api;
+pub mod canonical;
 pub mod card;
 pub mod embed;
 pub mod error;

@@ -801,41 +801,7 @@ fn check_offline(o: &OfflineLimits, p: &mut Vec<Problem>) {
 /// as serde_json does, numbers as serde_json prints them. Independent of map ordering
 /// features, so signer and verifier agree.
 pub fn canonical_bytes(value: &Value) -> Vec<u8> {
-    let mut out = String::new();
-    write_canonical(value, &mut out);
-    out.into_bytes()
-}
-
-fn write_canonical(value: &Value, out: &mut String) {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String((*k).clone()).to_string());
-                out.push(':');
-                if let Some(v) = map.get(*k) {
-                    write_canonical(v, out);
-                }
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(v, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
+    crate::canonical::canonical_json(value).into_bytes()
 }
 
 /// The bundle hash: lower-case hex SHA-256 of the bundle's canonical bytes.
