@@ -24,9 +24,7 @@ use poptill::ledger::{
 use poptill::money::{Currency, MinorUnits};
 use poptill::policy::{self, Category, LoadedBundle};
 use poptill::quote::{self, QuoteItem};
-use poptill::receipt::{
-    self, CardSummary, Last4, Receipt, ReceiptKeys, ReceiptLine, ReceiptStatus, TaxLine, Totals,
-};
+use poptill::receipt::{self, CardSummary, Last4, Receipt, ReceiptKeys, ReceiptStatus};
 use poptill::routing::{Outcome, Router, Signals};
 use poptill::secret::Secret;
 use poptill::vault::{self, Kek, KekSet, KeyPolicy, TokenBinding};
@@ -360,37 +358,15 @@ fn main() -> Res<()> {
     // ---- receipt: sign, serialize, verify
     let keys = ReceiptKeys::from_raw(vec![("r1".to_string(), vec![0x42; 32])])?;
     let receipt_of = |q: &quote::Quote| -> Res<Receipt> {
+        let (lines, tax_breakdown, totals) = receipt::priced_from_quote(q);
         Ok(Receipt {
             id: "rcpt_evt_bench000001-1".into(),
             event_id: "evt_bench000001".into(),
             merchant_id: "mer_bench".into(),
             order_id: "ord_0123456789abcdef".into(),
-            lines: q
-                .lines
-                .iter()
-                .map(|l| ReceiptLine {
-                    sku: l.sku.clone(),
-                    name: l.name.clone(),
-                    quantity: l.quantity,
-                    unit_price: l.unit_price,
-                    tax_rate_bps: l.rate_ppm / 100,
-                    tax: l.tax,
-                })
-                .collect(),
-            tax_breakdown: q
-                .tax_breakdown
-                .iter()
-                .map(|t| TaxLine {
-                    rate_bps: t.rate_ppm / 100,
-                    amount: t.tax,
-                })
-                .collect(),
-            totals: Totals {
-                currency: eur,
-                subtotal: q.subtotal,
-                tax: q.tax_total,
-                total: q.total,
-            },
+            lines,
+            tax_breakdown,
+            totals,
             card: CardSummary {
                 brand: "visa".into(),
                 last4: Last4::parse("4242")?,

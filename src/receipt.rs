@@ -440,6 +440,38 @@ impl ReceiptKeys {
     }
 }
 
+/// The priced parts of a receipt, taken from the quote the buyer paid: one line per quoted
+/// line, the tax per rate (ppm to basis points), and the totals in the quote's currency.
+pub fn priced_from_quote(q: &crate::quote::Quote) -> (Vec<ReceiptLine>, Vec<TaxLine>, Totals) {
+    let lines = q
+        .lines
+        .iter()
+        .map(|l| ReceiptLine {
+            sku: l.sku.clone(),
+            name: l.name.clone(),
+            quantity: l.quantity,
+            unit_price: l.unit_price,
+            tax_rate_bps: l.rate_ppm / 100,
+            tax: l.tax,
+        })
+        .collect();
+    let tax_breakdown = q
+        .tax_breakdown
+        .iter()
+        .map(|t| TaxLine {
+            rate_bps: t.rate_ppm / 100,
+            amount: t.tax,
+        })
+        .collect();
+    let totals = Totals {
+        currency: q.currency,
+        subtotal: q.subtotal,
+        tax: q.tax_total,
+        total: q.total,
+    };
+    (lines, tax_breakdown, totals)
+}
+
 // ---------------------------------------------------------------------------------------
 // Canonical JSON, sign, verify
 // ---------------------------------------------------------------------------------------
@@ -1325,5 +1357,46 @@ mod tests {
         assert_eq!(format_utc(951_782_400_000), "2000-02-29 00:00 UTC");
         assert_eq!(format_utc(-60_000), "1969-12-31 23:59 UTC");
         assert_eq!(escape_html("a<b>&'\""), "a&lt;b&gt;&amp;&#39;&quot;");
+    }
+}
+
+#[cfg(test)]
+mod priced_tests {
+    use super::*;
+    use crate::money::{Currency, MinorUnits};
+    use crate::policy::{default_bundle, Category};
+    use crate::quote::{quote_in, QuoteItem};
+
+    #[test]
+    fn priced_parts_mirror_the_quote() {
+        let eur = Currency::parse("EUR").unwrap();
+        let item = |sku: &str, category, price, quantity| QuoteItem {
+            sku: sku.into(),
+            name: sku.to_uppercase(),
+            category,
+            unit_price: MinorUnits(price),
+            quantity,
+            age_restricted: false,
+        };
+        let items = [
+            item("t", Category::Admission, 1500, 2),
+            item("m", Category::Merchandise, 2500, 1),
+        ];
+        let q = quote_in(&items, &default_bundle(), Some(eur), 0).unwrap();
+        let (lines, tax, totals) = priced_from_quote(&q);
+        assert_eq!(lines.len(), q.lines.len());
+        for (l, ql) in lines.iter().zip(&q.lines) {
+            assert_eq!(
+                (l.sku.as_str(), l.quantity, l.unit_price, l.tax),
+                (ql.sku.as_str(), ql.quantity, ql.unit_price, ql.tax)
+            );
+            assert_eq!(l.tax_rate_bps * 100, ql.rate_ppm);
+        }
+        assert_eq!(tax.iter().map(|t| t.amount.0).sum::<i64>(), q.tax_total.0);
+        assert_eq!(
+            (totals.currency, totals.subtotal, totals.tax, totals.total),
+            (eur, q.subtotal, q.tax_total, q.total)
+        );
+        assert_eq!(totals.total.0, totals.subtotal.0 + totals.tax.0);
     }
 }

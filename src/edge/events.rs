@@ -14,9 +14,7 @@ use crate::ledger::{
 use crate::money::{Currency, MinorUnits};
 use crate::policy::{BuyerField, Category as PolicyCategory, LoadedBundle};
 use crate::quote::{self, Quote, QuoteItem};
-use crate::receipt::{
-    self, CardSummary, Receipt, ReceiptKeys, ReceiptLine, ReceiptStatus, TaxLine, Totals,
-};
+use crate::receipt::{self, CardSummary, Receipt, ReceiptKeys, ReceiptStatus};
 use crate::routing::{Mode, Outcome as RouteOutcome, RetryReason, Router, Signals};
 use crate::vault;
 use serde::Deserialize;
@@ -226,6 +224,7 @@ pub async fn create(
     body: NewEvent,
 ) -> Result<Response, ApiError> {
     let merchant_id = match (who, body.merchant_id) {
+        (Principal::Public, _) => return Err(ApiError::unauthorized()),
         (Principal::Merchant(m), None) => m.clone(),
         (Principal::Merchant(m), Some(asked)) if &asked == m => asked,
         (Principal::Merchant(_), Some(_)) => {
@@ -705,15 +704,13 @@ pub async fn checkout(
             Some(claim),
         )
         .await?;
-        let result = checkout_body(env, ctx, &c, idem_key, &raw_body, body, cors.clone()).await;
-        let (paid, settle) = match &result {
-            Ok((status, v)) if *status < 300 => (
-                true,
-                serde_json::json!({"paid": true, "receipt_url": v["receipt_url"], "payment_status": v["status"], "order_id": v["order_id"]}),
-            ),
-            _ => (false, serde_json::json!({"paid": false})),
+        let result = checkout_body(env, ctx, &c, idem_key, &raw_body, body).await;
+        let settle = match &result {
+            Ok((status, v)) if *status < 300 => {
+                serde_json::json!({"paid": true, "receipt_url": v["receipt_url"], "payment_status": v["status"], "order_id": v["order_id"]})
+            }
+            _ => serde_json::json!({"paid": false}),
         };
-        let _ = paid;
         call(
             env,
             event_id,
@@ -724,7 +721,7 @@ pub async fn checkout(
         .await?;
         return respond_checkout(result?, cors);
     }
-    let result = checkout_body(env, ctx, &c, idem_key, &raw_body, body, cors.clone()).await?;
+    let result = checkout_body(env, ctx, &c, idem_key, &raw_body, body).await?;
     respond_checkout(result, cors)
 }
 
@@ -760,7 +757,6 @@ async fn checkout_body(
     idem_key: Option<String>,
     raw_body: &str,
     body: CheckoutBody,
-    _cors: Option<String>,
 ) -> Result<(u16, serde_json::Value), ApiError> {
     let event_id = c.event_id.as_str();
     let body_hash = hex::encode(Sha256::digest(raw_body.as_bytes()));
@@ -951,7 +947,7 @@ async fn checkout_inner(
             })
             .unwrap_or_default()
         });
-    let hold = one(
+    one(
         env,
         event_id,
         ctx.now_ms,
@@ -973,7 +969,6 @@ async fn checkout_inner(
         },
     )
     .await?;
-    let _ = hold;
     let mut routing = decision.reason.clone();
     if decision.mode == Mode::Reject {
         let _ = one(
@@ -993,7 +988,6 @@ async fn checkout_inner(
         )
         .retryable());
     }
-    let mut online_error: Option<String> = None;
     if decision.mode == Mode::Online {
         for (i, attempt) in decision.lanes_in_order.iter().enumerate() {
             let now = worker::Date::now().as_millis() as i64;
@@ -1132,7 +1126,6 @@ async fn checkout_inner(
                 }
                 AuthorizeOutcome::Retryable { reason, .. } => {
                     routing.push_str(&format!("; {} {}", lane.name, reason));
-                    online_error = Some(reason);
                 }
             }
         }
@@ -1199,7 +1192,6 @@ async fn checkout_inner(
         Ok(_) => {
             routing.push_str("; queued offline");
             let order = fetch_order(env, event_id, &order_id).await?;
-            let _ = online_error;
             finish(env, ctx, c, &bundle, &quote, &order, &card, ReceiptStatus::Queued, &first_lane, routing,
                 "Accepted offline: the card acquirer is not answering, so this payment is stored securely and will be charged automatically when it is back. Your receipt shows it as queued until then.").await
         }
@@ -1264,37 +1256,15 @@ async fn finish(
             .clone()
             .unwrap_or_else(|| format!("{}-{}", c.event_id, order.order_id))
     );
+    let (lines, tax_breakdown, totals) = receipt::priced_from_quote(quote);
     let receipt = Receipt {
         id: receipt_id.clone(),
         event_id: c.event_id.clone(),
         merchant_id: c.merchant_id.clone(),
         order_id: order.order_id.clone(),
-        lines: quote
-            .lines
-            .iter()
-            .map(|l| ReceiptLine {
-                sku: l.sku.clone(),
-                name: l.name.clone(),
-                quantity: l.quantity,
-                unit_price: l.unit_price,
-                tax_rate_bps: l.rate_ppm / 100,
-                tax: l.tax,
-            })
-            .collect(),
-        tax_breakdown: quote
-            .tax_breakdown
-            .iter()
-            .map(|t| TaxLine {
-                rate_bps: t.rate_ppm / 100,
-                amount: t.tax,
-            })
-            .collect(),
-        totals: Totals {
-            currency: c.currency,
-            subtotal: quote.subtotal,
-            tax: quote.tax_total,
-            total: quote.total,
-        },
+        lines,
+        tax_breakdown,
+        totals,
         card: CardSummary {
             brand: card.brand().as_str().to_string(),
             last4: receipt::Last4::parse(&card.last4()).map_err(|e| e.to_api())?,

@@ -11,6 +11,8 @@ use worker::{Env, Request, Response};
 /// Who is calling an authenticated route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
+    /// An unauthenticated caller of a public route: may manage nothing.
+    Public,
     Operator,
     Merchant(String),
 }
@@ -20,6 +22,7 @@ impl Principal {
     /// answered as if it did not exist (404), so ids cannot be probed.
     pub fn may_manage(&self, merchant_id: &str) -> bool {
         match self {
+            Principal::Public => false,
             Principal::Operator => true,
             Principal::Merchant(m) => m == merchant_id,
         }

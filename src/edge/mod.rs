@@ -66,12 +66,10 @@ async fn handle(mut req: Request, env: &Env, ctx: &Ctx) -> std::result::Result<R
     }
     let matched = api::resolve(&method, &path)?;
     let who = match matched.route.access {
-        Access::Public => merchants::Principal::Operator,
+        Access::Public => merchants::Principal::Public,
         Access::Operator => merchants::authenticate(&req, env, false).await?,
         Access::Merchant => merchants::authenticate(&req, env, true).await?,
     };
-    let public = matched.route.access == Access::Public;
-    let _ = public;
     let id = || param(&matched, "id");
     let header = |name: &str| req.headers().get(name).ok().flatten();
     match matched.route.id {

@@ -1,7 +1,7 @@
 //! Vault I/O: data keys in Workers KV (one current-key pointer per PoP), an isolate cache of
 //! unwrapped keys, and the token and key-admin routes. The cryptography is in `crate::vault`.
 
-use super::http::{env_string, internal, json, kv, kv_err, random, Ctx};
+use super::http::{env_string, json, kv, kv_err, random, Ctx};
 use crate::card::{Card, Expiry};
 use crate::error::ApiError;
 use crate::time::iso8601;
@@ -302,6 +302,5 @@ pub async fn revoke(env: &Env, ctx: &Ctx, kid: &str) -> Result<Response, ApiErro
             .await
             .map_err(kv_err)?;
     }
-    let _ = internal; // platform errors are mapped in the helpers above
     json(200, &serde_json::json!({"kid": kid, "state": "revoked"}))
 }
