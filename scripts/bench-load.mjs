@@ -3,11 +3,13 @@
 // running poptill Worker with bounded concurrency, a bounded request count and a bounded
 // duration, and writes latency percentiles and outcome counts as JSON.
 //
-//   node scripts/bench-load.mjs --url http://127.0.0.1:8787 --scenario healthz|tokens|checkout
+//   node scripts/bench-load.mjs --url http://127.0.0.1:8787 --scenario healthz|tokens|checkout|counter
 //        [--event evt_...] [--sku entry] [--concurrency 8] [--requests 500] [--duration-ms 60000]
 //        [--label name] [--out FILE] [--cpu-pids "PID PID"]
 //
 // healthz:  GET /healthz (the floor: routing, logging, no storage).
+// counter:  POST /v1/admin/bench/counter/{--counter} with ADMIN_KEY from the environment:
+//           one SQLite increment in a bare Durable Object (the floor for one hot event).
 // tokens:   POST /v1/tokens for --event (card 4242..., CVC) - a card token and a CVC token.
 // checkout: first makes one token pair per checkout (measured and reported as "tokens"),
 //           then POST /v1/events/{id}/checkout, each with its own token pair and a unique
@@ -39,12 +41,14 @@ function parseArgs(argv) {
     else if (a === "--duration-ms") o.durationMs = Number(v());
     else if (a === "--label") o.label = v();
     else if (a === "--out") o.out = v();
+    else if (a === "--counter") o.counter = v();
     else if (a === "--cpu-pids") o.cpuPids = v().split(/\s+/).filter(Boolean);
     else throw new Error(`unknown argument ${a}`);
   }
   if (!o.url || !/^http:\/\/(127\.0\.0\.1|localhost)(:\d+)?$/.test(o.url)) throw new Error("--url must be http://127.0.0.1:PORT (loopback only)");
-  if (!["healthz", "tokens", "checkout"].includes(o.scenario)) throw new Error("--scenario must be healthz, tokens or checkout");
-  if (o.scenario !== "healthz" && !o.event) throw new Error(`--scenario ${o.scenario} needs --event`);
+  if (!["healthz", "tokens", "checkout", "counter"].includes(o.scenario)) throw new Error("--scenario must be healthz, tokens, checkout or counter");
+  if (["tokens", "checkout"].includes(o.scenario) && !o.event) throw new Error(`--scenario ${o.scenario} needs --event`);
+  if (o.scenario === "counter" && !(o.counter && process.env.ADMIN_KEY)) throw new Error("--scenario counter needs --counter NAME and ADMIN_KEY in the environment");
   for (const k of ["concurrency", "requests", "durationMs"]) {
     if (!Number.isInteger(o[k]) || o[k] < 1) throw new Error(`--${k} must be a positive integer`);
   }
@@ -173,6 +177,14 @@ async function main() {
     const { results, wallMs, cpuMs: cpu } = await withCpu(o.cpuPids, () => runPool(o, () => timed(`${o.url}/healthz`, {})));
     const ok = results.filter((r) => r.status === 200).length;
     report.result = summarize("healthz", results, wallMs, { ok, errors: countErrors(results), ...cpuFields(cpu, results.length) });
+  } else if (o.scenario === "counter") {
+    const init = { method: "POST", headers: { authorization: `Bearer ${process.env.ADMIN_KEY}` } };
+    const { results, wallMs, cpuMs: cpu } = await withCpu(o.cpuPids, () => runPool(o, () => timed(`${o.url}/v1/admin/bench/counter/${o.counter}`, init)));
+    const counts = results.map((r) => json(r.text)?.count).filter(Number.isInteger);
+    const ok = results.filter((r) => r.status === 200).length;
+    // Every increment is acknowledged with a distinct count: the object really serialized them.
+    const distinct = new Set(counts).size;
+    report.result = summarize("counter", results, wallMs, { ok, distinct_counts: distinct, max_count: counts.length ? Math.max(...counts) : null, errors: countErrors(results), ...cpuFields(cpu, results.length) });
   } else if (o.scenario === "tokens") {
     const { results, wallMs, cpuMs: cpu } = await withCpu(o.cpuPids, () => runPool(o, () => tokenRequest(o)));
     const ok = results.filter((r) => r.status === 201 && json(r.text)?.token).length;

@@ -110,10 +110,16 @@ start_stack() {
   elif [ -n "${EXTRA_WRANGLER_VARS:-}" ]; then
     while IFS= read -r v; do [ -z "$v" ] || extra_vars+=(--var "$v"); done <<< "$EXTRA_WRANGLER_VARS"
   fi
+  # Optional extra wrangler dev arguments: a bash array EXTRA_WRANGLER_ARGS set by the
+  # caller (scripts/bench passes --inspector-port).
+  local -a extra_args=()
+  if [[ "$(declare -p EXTRA_WRANGLER_ARGS 2>/dev/null)" == "declare -a"* ]]; then
+    extra_args=(${EXTRA_WRANGLER_ARGS[@]+"${EXTRA_WRANGLER_ARGS[@]}"})
+  fi
   cd "$ROOT"
   env CLOUDFLARE_CF_FETCH_ENABLED=false WRANGLER_SEND_METRICS=false CI=1 \
     setsid wrangler dev --ip 127.0.0.1 --port "$port" --persist-to "$state" \
-      --show-interactive-dev-session=false --log-level log "${extra_vars[@]}" \
+      --show-interactive-dev-session=false --log-level log "${extra_vars[@]}" ${extra_args[@]+"${extra_args[@]}"} \
       >"$logs/worker.log" 2>&1 < /dev/null &
   STACK_PIDS+=($!)
   if ! wait_http "http://127.0.0.1:$port/healthz" 240; then

@@ -42,6 +42,7 @@ pub enum RouteId {
     JoinQueue,
     PollQueue,
     ResetRouting,
+    BenchCounter,
 }
 
 /// Who may call a route.
@@ -268,6 +269,12 @@ pub const ROUTES: &[Route] = &[
         id: RouteId::ResetRouting,
         method: "POST",
         path: "/v1/admin/routing/reset",
+        access: Access::Operator,
+    },
+    Route {
+        id: RouteId::BenchCounter,
+        method: "POST",
+        path: "/v1/admin/bench/counter/{name}",
         access: Access::Operator,
     },
 ];

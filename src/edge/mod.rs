@@ -6,6 +6,7 @@
 //! and `X-Poptill-Colo`, and one structured JSON log line is written per request.
 
 mod acquirer_io;
+mod counter_object;
 mod embed;
 mod event_object;
 mod events;
@@ -19,6 +20,7 @@ use crate::error::ApiError;
 use http::{json, Ctx};
 use worker::{event, Context, Date, Env, Request, Response, Result};
 
+pub use counter_object::CounterObject;
 pub use event_object::EventObject;
 
 #[event(start)]
@@ -134,6 +136,7 @@ async fn handle(mut req: Request, env: &Env, ctx: &Ctx) -> std::result::Result<R
         }
         RouteId::Routing => events::routing_snapshot(env, ctx),
         RouteId::ResetRouting => events::reset_routing(env, ctx),
+        RouteId::BenchCounter => counter_object::increment(env, param(&matched, "name")).await,
         RouteId::EventPublic => events::public(env, ctx, id()).await,
         RouteId::Quote => {
             events::quote_route(env, ctx, id(), http::body_json(&mut req).await?).await
