@@ -301,7 +301,12 @@ async function main() {
   }
 }
 
-main().catch((e) => {
-  console.error(`bench-cpu: ${e.message}`);
-  process.exit(1);
-});
+// Exits explicitly: the WebSocket's closing handshake through wrangler's proxy can keep the
+// event loop alive.
+main().then(
+  () => process.exit(0),
+  (e) => {
+    console.error(`bench-cpu: ${e.message}`);
+    process.exit(1);
+  },
+);
