@@ -267,7 +267,7 @@ export function renderReport({ run, invariants, tally, faults, outcomes = {}, fi
 }
 
 const OUTCOME_COLORS = {
-  approved: '#2e7d32', queued: '#1565c0', forwarded: '#00838f', declined: '#f9a825', refused: '#8e24aa',
+  approved: '#2e7d32', queued: '#1565c0', declined: '#f9a825', 'sold out': '#90a4ae', refused: '#8e24aa',
   'client error': '#6d4c41', '5xx': '#c62828', 'no answer': '#212121',
 };
 
@@ -277,7 +277,8 @@ export function outcomeClass(r) {
   if (r.status >= 500) return '5xx';
   if (r.status === 201) return r.outcome === 'queued' ? 'queued' : 'approved';
   if (r.status === 402 && r.code && /declin|insufficient|expired_card|processing/.test(r.code)) return 'declined';
-  if (r.status === 429 || r.status === 402 || r.status === 409) return 'refused';
+  if (r.status === 409 && r.code === 'out_of_stock') return 'sold out';
+  if (r.status === 429 || r.status === 402 || r.status === 409 || r.status === 410) return 'refused';
   return 'client error';
 }
 
@@ -357,7 +358,7 @@ export function renderSvg({ requests, faults, seconds, bucket = 1 }) {
   for (let t = 0; t <= span; t += step) s.push(`<text x="${x(t).toFixed(1)}" y="${outTop + outH + 14}" text-anchor="middle">${t}s</text>`);
   // legend
   order.forEach((k, i) => {
-    const lx = left + i * 110;
+    const lx = left + i * 115;
     s.push(`<rect x="${lx}" y="${H - 22}" width="10" height="10" fill="${OUTCOME_COLORS[k]}"/><text x="${lx + 14}" y="${H - 13}">${esc(k)}</text>`);
   });
   s.push('</svg>');

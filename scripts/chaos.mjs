@@ -227,6 +227,9 @@ async function buyOnce(ev) {
     const withCvc = rand() < 0.5;
     const t = await tokenize(ev, number);
     if (!t) { bump('could not tokenize'); return; }
+    // Some buyers hesitate between entering the card and paying (a key rotation or
+    // revocation can happen in between).
+    if (rand() < 0.15) await sleep(1000 + rand() * 3000);
     const body = { items: ev.items(), token: t.token, buyer: BUYER };
     if (withCvc) body.cvc_token = t.cvc_token;
     if (ticket) body.admission_ticket = ticket;
@@ -498,12 +501,38 @@ async function chargeList() {
       const q = `limit=100&expand[]=data.latest_charge${after ? `&starting_after=${after}` : ''}`;
       const res = await fetch(`${opt.sim}/lanes/${lane}/v1/payment_intents?${q}`, { headers: { authorization: 'Bearer sk_test_chaos' }, signal: AbortSignal.timeout(10_000) });
       const body = await res.json();
-      for (const pi of body.data ?? []) out[pi.id] = { lane, order_id: pi.metadata?.order_id ?? null, status: pi.status, amount: pi.amount };
+      for (const pi of body.data ?? []) out[pi.id] = { lane, order_id: pi.metadata?.order_id ?? null, status: pi.status, amount: pi.amount, created: pi.created };
       if (!body.has_more || !body.data?.length) break;
       after = body.data[body.data.length - 1].id;
     }
   }
   return out;
+}
+
+/** Explains each order charged more than once: which acquirer keys on which lanes, and when. */
+function diagnoseDoubleCharges(simStats, charges) {
+  const perOrder = {};
+  for (const [lane, st] of Object.entries(simStats.lanes ?? {})) {
+    for (const [k, n] of Object.entries(st.by_idempotency_key ?? {})) {
+      const m = /^(ord_[0-9a-f]+)_(online|queued)$/.exec(k);
+      if (m) (perOrder[m[1]] ??= []).push(`${m[2]} on ${lane}${n > 1 ? ` ×${n}` : ''}`);
+    }
+  }
+  const succeeded = {};
+  for (const c of Object.values(charges)) if (c.order_id && c.status === 'succeeded') (succeeded[c.order_id] ??= []).push(c);
+  const patterns = {};
+  for (const [o, cs] of Object.entries(succeeded)) {
+    if (cs.length < 2) continue;
+    const first = Math.min(...cs.map((c) => c.created)) - T0 / 1000;
+    const pattern = `${(perOrder[o] ?? []).sort().join(' + ')}`;
+    const p = (patterns[pattern] ??= { n: 0, phases: {}, example: o });
+    p.n += 1;
+    const ph = faults.filter((f) => first >= f.start - 1 && first < (f.end ?? Infinity) + 3).map((f) => f.label).join(' + ') || 'steady';
+    p.phases[ph] = (p.phases[ph] ?? 0) + 1;
+  }
+  for (const [pattern, p] of Object.entries(patterns)) {
+    findings.push(`${p.n} orders charged more than once with acquirer keys ${pattern} (e.g. ${p.example}); first charge during: ${Object.entries(p.phases).map(([k, n]) => `${k} ${n}`).join(', ')}`);
+  }
 }
 
 function scanFiles(dirs) {
@@ -563,8 +592,10 @@ async function finish(loadSeconds) {
   const pending = evData.flatMap((e) => e.exportRows.filter((r) => !FINAL_STATES.has(r.state) && r.state !== 'abandoned').map((r) => `${e.name} ${r.order_id} ${r.state}`));
   if (pending.length) findings.push(`${pending.length} orders in the ledgers are neither final nor abandoned after recovery (none of them was answered 201): ${pending.slice(0, 6).join(', ')}`);
 
+  diagnoseDoubleCharges(simStats, charges);
   const unexpectedNoAnswer = requests
-    .filter((r) => r.status === 0 && !restartWindows.some((w) => r.t >= w.start - 0.5 && r.t <= w.end))
+    // a request in flight when the runtime stopped loses its answer then, whenever it started
+    .filter((r) => r.status === 0 && !restartWindows.some((w) => r.t + r.ms / 1000 >= w.start - 0.5 && r.t <= w.end))
     .map((r) => `${r.kind} ${r.path} at ${r.t.toFixed(1)} s: ${r.err}`);
   const scan = scanFiles([opt.state, opt.logs]);
   const data = {

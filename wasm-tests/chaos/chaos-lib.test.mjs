@@ -160,6 +160,8 @@ test('tallies, percentiles and phases', () => {
   assert.equal(outcomeClass({ status: 201, outcome: 'queued' }), 'queued');
   assert.equal(outcomeClass({ status: 402, code: 'card_declined' }), 'declined');
   assert.equal(outcomeClass({ status: 402, code: 'offline_budget_exhausted' }), 'refused');
+  assert.equal(outcomeClass({ status: 409, code: 'out_of_stock' }), 'sold out');
+  assert.equal(outcomeClass({ status: 410, code: 'key_revoked' }), 'refused');
   assert.equal(outcomeClass({ status: 0 }), 'no answer');
 });
 
