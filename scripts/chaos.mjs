@@ -269,6 +269,7 @@ async function buyerLoop(ev) {
 // ------------------------------------------------------------------------- mischief
 
 const replays = { checked: 0, mismatches: [] };
+const shredding = { checked: false, answer: null };
 const hostile = { sent: 0, unexpected: [] };
 const BIG = 'x'.repeat(2 * 1024 * 1024);
 function hostileCases(ev) {
@@ -450,6 +451,8 @@ async function schedule(D) {
   if (!(await at(0.68))) return;
   {
     const before = await admin('vault', 'GET', '/v1/admin/keys');
+    // A canary token minted under the key about to be revoked: afterwards it must not pay.
+    const canary = await tokenize(events[0], '4242424242424242');
     const f = startFault('vault key rotation');
     const r = await admin('vault', 'POST', '/v1/admin/keys/rotate');
     f.note = `rotate ${r.status}: ${before.json?.current} → ${r.json?.kid}`;
@@ -459,6 +462,13 @@ async function schedule(D) {
     const g = startFault('vault key revocation');
     const v = await admin('vault', 'POST', `/v1/admin/keys/${before.json?.current}/revoke`);
     g.note = `revoke ${before.json?.current}: ${v.status}`;
+    if (canary) {
+      const c = await api('canary', 'POST', `/v1/events/${events[0].id}/checkout`, { body: { items: [{ sku: 'ticket', quantity: 1 }], token: canary.token, buyer: BUYER }, headers: { 'idempotency-key': crypto.randomUUID() } });
+      shredding.checked = true;
+      shredding.answer = `${c.status} ${c.json?.error?.code ?? c.json?.status ?? ''}`.trim();
+      g.note += `; a token of the revoked key then answered ${shredding.answer}`;
+      if (c.status === 201) accepted.set(c.json.order_id, { event: events[0].name, order_id: c.json.order_id, status: c.json.status, key: 'canary', body: {}, httpStatus: 201 });
+    }
     await sleep(1500);
     endFault(g);
   }
@@ -606,6 +616,10 @@ async function finish(loadSeconds) {
   invariants.push({
     name: 'hostile input refused with a 4xx that echoes no card number', ok: hostile.sent > 0 && hostile.unexpected.length === 0,
     figure: `${hostile.sent} hostile requests, ${hostile.unexpected.length} unexpected answers`, details: hostile.unexpected.slice(0, 20), more: 0,
+  });
+  if (shredding.checked) invariants.push({
+    name: 'a revoked data key shreds its tokens', ok: /^410 key_revoked$/.test(shredding.answer),
+    figure: `a checkout with a token of the revoked key answered ${shredding.answer}`, details: [], more: 0,
   });
   const tally = tallyRequests(requests, faults);
   const sellout = evData.find((e) => e.name === 'sellout')?.summary?.skus?.[0];
