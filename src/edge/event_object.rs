@@ -74,8 +74,12 @@ enum Completion {
         status_code: u16,
         body: serde_json::Value,
     },
-    /// Forget the key (a retryable failure: the client may retry at once).
-    Abandon,
+    /// Forget the key (a retryable failure: the client may retry at once), and give back
+    /// the single-use CVC the attempt spent, so the same request can be sent again.
+    Abandon {
+        #[serde(default)]
+        release_cvc: Option<String>,
+    },
 }
 
 /// `POST /checkout/finish`.
@@ -399,7 +403,15 @@ impl EventObject {
         }
         let mut webhook = None;
         let complete = match b.complete {
-            Completion::Abandon => Command::AbandonIdempotent { key: b.key },
+            Completion::Abandon { release_cvc } => {
+                if let Some(use_id) = release_cvc {
+                    let _ = self.sql().exec(
+                        "DELETE FROM cvc_uses WHERE use_id = ?",
+                        Some(vec![use_id.as_str().into()]),
+                    );
+                }
+                Command::AbandonIdempotent { key: b.key }
+            }
             Completion::Answer {
                 status_code,
                 mut body,
@@ -751,7 +763,7 @@ impl EventObject {
         let Some(lane) = all.iter().find(|l| l.name == lane_name).or(all.first()) else {
             return unavailable;
         };
-        let card = match self
+        let (card, cvc) = match self
             .sf_key_wrapped()
             .and_then(|w| {
                 vault::unwrap_sf_key(&self.keks()?, &event_id, &w).map_err(|e| e.to_api())
@@ -779,7 +791,9 @@ impl EventObject {
                 card_number: card.number().clone(),
                 exp_month: card.exp_month,
                 exp_year: card.exp_year,
-                cvc: None,
+                // Present only when this completes an online attempt of unknown outcome:
+                // the same parameters make the acquirer replay, not charge again.
+                cvc,
                 idempotency_key: req.idempotency_key.clone(),
                 order_id: req.order_id.clone(),
                 event_id: event_id.clone(),
@@ -810,7 +824,7 @@ impl EventObject {
         };
         console_log!(
             "{}",
-            serde_json::json!({"level":"info","msg":"forward","event_id": event_id, "auth_id": auth_id, "lane": lane.name, "attempt": req.attempt, "result": format!("{:?}", std::mem::discriminant(&result))})
+            serde_json::json!({"level":"info","msg":"forward","event_id": event_id, "auth_id": auth_id, "lane": lane.name, "attempt": req.attempt, "result": match &result { AcquirerResult::Approved { .. } => "approved", AcquirerResult::Declined { .. } => "declined", AcquirerResult::Unavailable => "unavailable" }})
         );
         Command::ForwardResult { auth_id, result }
     }

@@ -857,6 +857,13 @@ async fn checkout_body(
         }
         _ => return Err(unreadable()),
     }
+    let spent_cvc = match (&prep, begun.get("cvc_error")) {
+        (Ok(p), None) => p
+            .cvc_use
+            .as_ref()
+            .and_then(|u| u["use_id"].as_str().map(str::to_string)),
+        _ => None,
+    };
     let failed = match (prep, begun.get("cvc_error")) {
         (Err(e), _) => e,
         (Ok(_), Some(e)) => decode_error(
@@ -871,7 +878,7 @@ async fn checkout_body(
     // Failed before any payment: keep the answer for replays, or forget the key when the
     // client should simply retry.
     let complete = if failed.retryable || failed.status >= 500 {
-        serde_json::json!({"kind": "abandon"})
+        serde_json::json!({"kind": "abandon", "release_cvc": spent_cvc})
     } else {
         serde_json::json!({"kind": "answer", "status_code": failed.status, "body": failed.body()})
     };
@@ -1062,6 +1069,10 @@ async fn pay(
     key: &str,
 ) -> Result<(u16, serde_json::Value), ApiError> {
     let order_id = p.order_id.clone();
+    let cvc_use = p
+        .cvc_use
+        .as_ref()
+        .and_then(|u| u["use_id"].as_str().map(str::to_string));
     match pay_inner(env, ctx, c, body, p, key).await {
         Ok(answer) => Ok(answer),
         Err((e, released)) => {
@@ -1077,7 +1088,8 @@ async fn pay(
                 key,
                 release,
                 None,
-                serde_json::json!({"kind": "abandon"}),
+                // The client may retry at once with the same body: give its CVC back.
+                serde_json::json!({"kind": "abandon", "release_cvc": cvc_use}),
             )
             .await;
             Err(e)
@@ -1107,6 +1119,8 @@ async fn pay_inner(
     } = p;
     let fail = |e: ApiError| (e, false);
     let mut routing = decision.reason.clone();
+    // The lane of an attempt the acquirer may have acted on without telling us.
+    let mut unknown_on: Option<String> = None;
     let answer = |status: u16, v: serde_json::Value| serde_json::json!({"kind": "answer", "status_code": status, "body": v});
     let finished = |r: Result<Option<(u16, serde_json::Value)>, ApiError>| match r {
         Ok(Some(a)) => Ok(a),
@@ -1170,6 +1184,10 @@ async fn pay_inner(
                     Ok(_) => RetryReason::ServerError,
                 }),
             };
+            // Did the acquirer perhaps act on it? A timeout or a 5xx after sending may hide a
+            // charge; a refused connection or a 429 did not reach (or was not processed).
+            let unknown_outcome = matches!(sent, Err(NoAnswer::Timeout))
+                || matches!(&sent, Ok((status, _)) if *status >= 500);
             router_with(env, |r| r.on_complete(permit, rtt, route_outcome, done)).map_err(fail)?;
             match outcome {
                 AuthorizeOutcome::Approved {
@@ -1262,6 +1280,14 @@ async fn pay_inner(
                 }
                 AuthorizeOutcome::Retryable { reason, .. } => {
                     routing.push_str(&format!("; {} {}", lane.name, reason));
+                    if unknown_outcome {
+                        // Never try another lane now: that could charge the card twice.
+                        // Complete this attempt later, same lane, same idempotency key.
+                        routing
+                            .push_str(&format!("; outcome unknown, completing on {}", lane.name));
+                        unknown_on = Some(lane.name.clone());
+                        break;
+                    }
                 }
             }
         }
@@ -1272,7 +1298,8 @@ async fn pay_inner(
     let require_online = body.mode.as_deref() == Some("require_online");
     let limits = &bundle.bundle.offline;
     let now = worker::Date::now().as_millis() as i64;
-    if require_online || limits.per_transaction_cap.0 == 0 {
+    let resolving = unknown_on.is_some();
+    if !resolving && (require_online || limits.per_transaction_cap.0 == 0) {
         let why = if require_online {
             "online payment required"
         } else {
@@ -1282,18 +1309,47 @@ async fn pay_inner(
     }
     let sf_key = sf_key(env, event_id, now).await.map_err(fail)?;
     let auth_id = format!("auth_{}", &order_id[4..]);
+    // Completing an attempt repeats it exactly, so its CVC is sealed with the card until
+    // the payment is final; a payment never sent is stored without the CVC.
     let sealed = vault::seal_for_forwarding(
         &sf_key,
         event_id,
         &auth_id,
         &card,
+        if resolving { cvc.as_ref() } else { None },
         random::<12>().map_err(fail)?,
     )
     .map_err(|e| fail(e.to_api()))?;
-    routing.push_str("; queued offline");
+    let (message, lane, idempotency_key, max_wait_ms) = match &unknown_on {
+        Some(lane) => (
+            "The card acquirer did not confirm this payment in time. It is stored securely and will be confirmed with the acquirer automatically; it is never charged twice. Your receipt shows it as queued until then.",
+            lane.clone(),
+            format!("{order_id}_online"),
+            ledger::MAX_OFFLINE_WAIT_MS,
+        ),
+        None => {
+            routing.push_str("; queued offline");
+            (
+                "Accepted offline: the card acquirer is not answering, so this payment is stored securely and will be charged automatically when it is back. Your receipt shows it as queued until then.",
+                first_lane.clone(),
+                format!("{order_id}_queued"),
+                i64::try_from(limits.max_queue_age_secs)
+                    .unwrap_or(86_400)
+                    .saturating_mul(1000),
+            )
+        }
+    };
     let (receipt, answer_body) = receipt_and_answer(
-        ctx, c, &bundle, &quote, &order_id, &card, ReceiptStatus::Queued, &first_lane, &routing,
-        "Accepted offline: the card acquirer is not answering, so this payment is stored securely and will be charged automatically when it is back. Your receipt shows it as queued until then.",
+        ctx,
+        c,
+        &bundle,
+        &quote,
+        &order_id,
+        &card,
+        ReceiptStatus::Queued,
+        &lane,
+        &routing,
+        message,
     )
     .map_err(fail)?;
     let queue = Command::QueueAuthorization(QueueAuth {
@@ -1303,10 +1359,10 @@ async fn pay_inner(
         currency: c.currency,
         card_fingerprint: vault::card_fingerprint(&sf_key, &card),
         sealed_card: SealedCard(sealed),
-        idempotency_key: format!("{order_id}_queued"),
-        max_wait_ms: i64::try_from(limits.max_queue_age_secs)
-            .unwrap_or(86_400)
-            .saturating_mul(1000),
+        idempotency_key,
+        max_wait_ms,
+        lane: Some(lane),
+        resolves_attempt: resolving,
     });
     match finish_call(
         env,

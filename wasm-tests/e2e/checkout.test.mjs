@@ -109,17 +109,54 @@ test('idempotency: same key and body replays; another body is 422', async () => 
   assert.equal(c.status, 422, c.text);
 });
 
-test('a slow lane fails over to the next lane', async () => {
+const chargesFor = (stats, orderId) =>
+  Object.fromEntries(Object.entries(stats.lanes ?? stats).map(([name, l]) => [name, (l.by_order_id ?? {})[orderId] ?? 0]));
+
+test('a refusing lane fails over to the next lane in the same checkout', async () => {
+  await healLanes();
   const id = await createEvent();
-  await laneControl('cheap', { latency_ms: { fixed: 6000 } });
-  await laneControl('fast', { latency_ms: { fixed: 6000 } });
-  // Make one lane hang and the other healthy: whichever is tried first, the payment ends approved.
-  await laneControl('cheap', { partition: 'hang' });
-  await laneControl('fast', { latency_ms: { fixed: 0 } });
+  await laneControl('cheap', { partition: 'refuse' });
   const r = await checkout(id, '4242424242424242');
   assert.equal(r.status, 201, r.text);
   assert.equal(r.json.status, 'approved');
   assert.match(r.headers.get('x-poptill-routing'), /approved on fast/);
+  assert.deepEqual(chargesFor(await simStats(), r.json.order_id), { fast: 1, cheap: 0 });
+  await healLanes();
+});
+
+test('a lane that may have charged is never retried elsewhere: completed on that lane, charged once', async () => {
+  await healLanes();
+  const id = await createEvent();
+  // Both lanes charge on arrival and answer after 4 s, past the attempt timeout: whichever
+  // lane is tried, the Worker cannot know whether the card was charged.
+  await laneControl('cheap', { latency_ms: { fixed: 4000 } });
+  await laneControl('fast', { latency_ms: { fixed: 4000 } });
+  const r = await checkout(id, '4242424242424242');
+  assert.equal(r.status, 201, r.text);
+  assert.equal(r.json.status, 'queued', r.text);
+  assert.match(r.json.message, /never charged twice/);
+  const m = /outcome unknown, completing on (\w+)/.exec(r.headers.get('x-poptill-routing'));
+  assert.ok(m, r.headers.get('x-poptill-routing'));
+  const lane = m[1];
+  const other = lane === 'fast' ? 'cheap' : 'fast';
+  let charges = chargesFor(await simStats(), r.json.order_id);
+  assert.equal(charges[lane], 1, 'the slow lane charged on arrival: ' + JSON.stringify(charges));
+  assert.equal(charges[other], 0, 'no failover to another lane after an unknown outcome');
+  await healLanes();
+  const merchantKey = (await merchant()).api_key;
+  for (let i = 0; i < 2; i++) {
+    const s = await api('POST', `/v1/admin/events/${id}/sync`, { key: merchantKey });
+    assert.equal(s.status, 200, s.text);
+  }
+  const ev = await api('GET', `/v1/admin/events/${id}`, { key: merchantKey });
+  assert.equal(ev.json.summary.queued_count, 0, JSON.stringify(ev.json.summary));
+  const stats = await simStats();
+  charges = chargesFor(stats, r.json.order_id);
+  assert.deepEqual(charges, { [lane]: 1, [other]: 0 }, 'completed by replaying the same request');
+  const lanes = stats.lanes ?? stats;
+  assert.equal(lanes[lane].by_idempotency_key[`${r.json.order_id}_online`], 1, 'executed once, replayed after');
+  const receipt = await api('GET', r.json.receipt_url);
+  assert.equal(receipt.json.receipt.status, 'forwarded');
 });
 
 test('partitioned acquirer: queued with a provisional receipt, forwarded exactly once after recovery', async () => {
@@ -175,4 +212,27 @@ test('policy prompts are enforced at checkout', async () => {
   assertError(await checkout(id, '4242424242424242', { buyer: {} }), 422, 'consent_required');
   const ok = await checkout(id, '4242424242424242', { buyer: { consent_accepted: true, email: 'b@example.org' } });
   assert.equal(ok.status, 201, ok.text);
+});
+
+test('a retryable refusal gives the single-use CVC back: the same request succeeds on retry', async () => {
+  await healLanes();
+  const id = await createEvent();
+  await laneControl('fast', { partition: 'refuse' });
+  await laneControl('cheap', { partition: 'refuse' });
+  const t = await tokenFor(id, '4242424242424242');
+  const body = {
+    items: [{ sku: 'ticket', quantity: 1 }], token: t.token, cvc_token: t.cvc_token, mode: 'require_online',
+    buyer: { email: 'ana@example.org', age_confirmed: true, consent_accepted: true },
+  };
+  const headers = { 'idempotency-key': crypto.randomUUID() };
+  const path = `/v1/events/${id}/checkout`;
+  const a = await api('POST', path, { body, headers });
+  assertError(a, 402, 'acquirer_unavailable');
+  await healLanes();
+  const b = await api('POST', path, { body, headers });
+  assert.equal(b.status, 201, b.text);
+  assert.equal(b.json.status, 'approved');
+  // Once the payment is made, the CVC is spent for good.
+  const c = await api('POST', path, { body, headers: { 'idempotency-key': crypto.randomUUID() } });
+  assertError(c, 409, 'cvc_already_used');
 });
