@@ -63,6 +63,19 @@ struct BeginBody {
     /// finds out whether it is a replay).
     #[serde(default)]
     hold: Option<Command>,
+    /// The rest of the checkout when it is already known (a payment to store): applied
+    /// right after a successful hold, as `/checkout/finish` would.
+    #[serde(default)]
+    then: Option<ThenFinish>,
+}
+
+/// A finish carried by `/checkout/begin`.
+#[derive(Deserialize)]
+struct ThenFinish {
+    command: Command,
+    #[serde(default)]
+    receipt: Option<Receipt>,
+    complete: Completion,
 }
 
 /// How `POST /checkout/finish` closes the idempotency record.
@@ -340,6 +353,7 @@ impl EventObject {
     /// record; for a new request, spends the single-use CVC and holds the stock, all in
     /// this one call. A replay or a conflict stops at the idempotency answer.
     async fn checkout_begin(&self, b: BeginBody) -> serde_json::Value {
+        let key = b.key.clone();
         let (begin, mut effects) = self.apply(
             Command::BeginIdempotent {
                 key: b.key,
@@ -363,9 +377,44 @@ impl EventObject {
                 Err(e) => out["cvc_error"] = serde_json::json!(e),
                 Ok(()) => {
                     if let Some(hold) = b.hold {
+                        let order_id = match &hold {
+                            Command::Hold { order_id, .. } => order_id.clone(),
+                            _ => String::new(),
+                        };
                         let (r, fx) = self.apply(hold, b.now_ms);
                         effects.extend(fx);
+                        let held = r.is_ok();
                         out["hold"] = result_json(r);
+                        if let (true, Some(then)) = (held, b.then) {
+                            let finished = self
+                                .checkout_finish(FinishBody {
+                                    now_ms: b.now_ms,
+                                    key: key.clone(),
+                                    command: Some(then.command),
+                                    receipt: then.receipt,
+                                    complete: then.complete,
+                                })
+                                .await;
+                            if finished.get("ok").is_none() {
+                                // Refused (e.g. the offline budget): undo the hold, free the
+                                // key and the CVC, so the buyer may simply retry.
+                                let release_cvc = b.cvc_use.as_ref().map(|u| u.use_id.clone());
+                                let undo = self
+                                    .checkout_finish(FinishBody {
+                                        now_ms: b.now_ms,
+                                        key: key.clone(),
+                                        command: Some(Command::Release {
+                                            order_id,
+                                            reason: "offline_budget".into(),
+                                        }),
+                                        receipt: None,
+                                        complete: Completion::Abandon { release_cvc },
+                                    })
+                                    .await;
+                                let _ = undo;
+                            }
+                            out["finish"] = finished;
+                        }
                     }
                 }
             }

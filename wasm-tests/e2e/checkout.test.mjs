@@ -57,6 +57,9 @@ test('approved checkout: signed receipt that verifies; tampering is caught', asy
   assert.equal(r.json.status, 'approved');
   assert.equal(r.json.last4, '4242');
   assert.ok(r.headers.get('x-poptill-routing'), 'the routing decision is explained');
+  // Two calls to the event's object (begin: idempotency + CVC + hold; finish: confirm +
+  // signed receipt + stored answer) around one acquirer call.
+  assert.match(r.headers.get('server-timing'), /event;dur=\d+;desc="2 calls", acquirer;dur=\d+;desc="1 call", total;dur=\d+/);
   assert.ok(!r.text.includes('4242424242424242'));
   const receipt = await api('GET', r.json.receipt_url);
   assert.equal(receipt.status, 200, receipt.text);
@@ -235,4 +238,46 @@ test('a retryable refusal gives the single-use CVC back: the same request succee
   // Once the payment is made, the CVC is spent for good.
   const c = await api('POST', path, { body, headers: { 'idempotency-key': crypto.randomUUID() } });
   assertError(c, 409, 'cvc_already_used');
+});
+
+test('once every lane is known down, a checkout is stored in one call; a refusal there undoes everything', async () => {
+  const strict = await createEvent({ offline: { per_transaction_max: 2000, aggregate_max: 10_000, per_card_max_count: 1, per_card_window_ms: 3_600_000 } });
+  const id = await createEvent();
+  await laneControl('fast', { partition: 'refuse' });
+  await laneControl('cheap', { partition: 'refuse' });
+  // Failed attempts open the breakers; from then on the plan is to store at once.
+  const cards = ['5555555555554444', '4242424242424242', '2223003122003222', '378282246310005', '6011111111111117'];
+  let r;
+  for (let i = 0; i < 12; i++) {
+    r = await checkout(id, cards[i % cards.length]);
+    if (/no_healthy_lane/.test(r.headers.get('x-poptill-routing') ?? '')) break;
+  }
+  assert.match(r.headers.get('x-poptill-routing'), /no_healthy_lane; queued offline/, r.text);
+  assert.equal(r.json.status, 'queued', r.text);
+  assert.match(r.headers.get('server-timing'), /event;dur=\d+;desc="1 call", acquirer;dur=0;desc="0 calls"/);
+  assert.equal((await api('POST', '/v1/receipts/verify', { body: JSON.stringify(r.json.receipt) })).status, 200);
+  const stats = await simStats();
+  assert.deepEqual(Object.values(chargesFor(stats, r.json.order_id)), [0, 0], 'no acquirer call for it');
+
+  // The strict event allows one stored payment per card: the second is refused in the same
+  // call, and the object releases the stock, the Idempotency-Key and the CVC.
+  const first = await checkout(strict, '4242424242424242');
+  assert.match(first.headers.get('x-poptill-routing'), /no_healthy_lane/);
+  assert.equal(first.json.status, 'queued', first.text);
+  const t = await tokenFor(strict, '4242424242424242');
+  const body = {
+    items: [{ sku: 'ticket', quantity: 1 }], token: t.token, cvc_token: t.cvc_token,
+    buyer: { email: 'ana@example.org', age_confirmed: true, consent_accepted: true },
+  };
+  const headers = { 'idempotency-key': crypto.randomUUID() };
+  const refused = await api('POST', `/v1/events/${strict}/checkout`, { body, headers });
+  assertError(refused, 402, 'offline_budget_exhausted');
+  const m = await merchant();
+  const ev = await api('GET', `/v1/admin/events/${strict}`, { key: m.api_key });
+  assert.equal(ev.json.summary.active_holds, 0, JSON.stringify(ev.json.summary));
+  assert.equal(ev.json.summary.queued_count, 1);
+  await healLanes();
+  const retried = await api('POST', `/v1/events/${strict}/checkout`, { body, headers });
+  assert.equal(retried.status, 201, retried.text);
+  assert.equal(retried.json.status, 'approved');
 });
