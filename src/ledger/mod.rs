@@ -4,9 +4,10 @@
 //! stored (offline) payments, refunds, idempotency records and the waiting room. This
 //! module is that object's brain, with no I/O: the shell
 //!
-//! 1. loads the state (`EventLedger`, one JSON row, see [`EventLedger::to_json`]),
+//! 1. loads the state once per object start ([`EventLedger::from_rows`]),
 //! 2. calls [`EventLedger::handle`] with a [`Command`], the current time and 8 random bytes,
-//! 3. if [`Outcome::changed`], writes the state back **before** answering or acting,
+//! 3. if [`Outcome::changed`], writes what changed ([`EventLedger::take_delta`]) **before**
+//!    answering or acting,
 //! 4. performs every [`Effect`] in order (set the alarm, call the acquirer, ...), and feeds
 //!    acquirer answers back as new commands (`ForwardResult`, `RefundResult`).
 //!
@@ -15,11 +16,10 @@
 //! Stored payments are forwarded only from `Alarm` and `SyncNow`; refunds requested while
 //! the acquirer is online are sent at once (`ForwardRefund`), queued ones from the alarm.
 //!
-//! Storage: the whole state is one JSON document (events hold hundreds to a few thousand
-//! orders). Keep the deserialized ledger in memory between requests and reload it only when
-//! the object starts. Where one value is limited in size, store
-//! [`EventLedger::to_json_chunks`] as rows `ledger_state(chunk INTEGER PRIMARY KEY, data
-//! TEXT)` in one transaction.
+//! Storage: per row, see `storage.rs` (a small head, the waiting room, one row per order,
+//! stored payment, refund and idempotency record; only changed rows are written). The
+//! single-document form ([`EventLedger::to_json`], [`EventLedger::to_json_chunks`]) remains
+//! for tests and for reading state saved by the first layout.
 //!
 //! Wire format: `Command`, `Reply` and `Effect` are internally tagged JSON
 //! (`{"type": "hold", ...}`), so the Worker can post commands to the object and decode the
@@ -38,6 +38,8 @@ mod idempotency;
 mod orders;
 mod queue;
 mod report;
+mod storage;
+mod tracked;
 
 #[cfg(test)]
 mod sim_tests;
@@ -58,8 +60,11 @@ pub use idempotency::{IdempotencyBegin, IDEMPOTENCY_IN_FLIGHT_MS, IDEMPOTENCY_RE
 pub use orders::{LineRequest, Order, OrderLine, OrderState};
 pub use queue::{QueueStatus, WaitingQueue};
 pub use report::{
-    AcquirerCharge, AmountMismatch, ChargeStatus, EventSummary, ReconReport, SkuSummary,
+    AcquirerCharge, AmountMismatch, ChargeStatus, EventSummary, LostCheckout, ReconReport,
+    SkuSummary, LOST_CHECKOUT_AFTER_MS,
 };
+pub use storage::{Delta, DeltaRow};
+pub use tracked::Tracked;
 
 use crate::money::MinorUnits;
 use serde::{Deserialize, Serialize};
@@ -72,19 +77,35 @@ pub struct SkuCounts {
     pub held: u32,
 }
 
+/// A "not yet saved" flag: bookkeeping for the shell, not part of the state, so two
+/// ledgers with the same content are equal whatever they still have to write.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Unsaved(pub bool);
+
+impl PartialEq for Unsaved {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Unsaved {}
+
 /// The whole state of one event. Serialize it with [`EventLedger::to_json`] after every
 /// command whose outcome says `changed`, and restore it with [`EventLedger::from_json`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventLedger {
     config: EventConfig,
     counts: BTreeMap<String, SkuCounts>,
-    orders: BTreeMap<String, Order>,
+    orders: Tracked<Order>,
     /// Pending orders and when their hold lapses.
     holds: BTreeMap<String, i64>,
-    auths: BTreeMap<String, StoredAuth>,
-    refunds: BTreeMap<String, Refund>,
-    idempotency: BTreeMap<String, idempotency::IdemRecord>,
+    auths: Tracked<StoredAuth>,
+    refunds: Tracked<Refund>,
+    idempotency: Tracked<idempotency::IdemRecord>,
     queue: WaitingQueue,
+    /// Whether the waiting room changed since the last [`EventLedger::take_delta`].
+    #[serde(skip)]
+    queue_dirty: Unsaved,
     next_receipt: u64,
     /// The latest `now_ms` seen; time never runs backwards inside the ledger.
     last_now_ms: i64,
@@ -242,11 +263,12 @@ impl EventLedger {
             queue: WaitingQueue::new(&config.queue),
             config,
             counts,
-            orders: BTreeMap::new(),
+            orders: Tracked::default(),
             holds: BTreeMap::new(),
-            auths: BTreeMap::new(),
-            refunds: BTreeMap::new(),
-            idempotency: BTreeMap::new(),
+            auths: Tracked::default(),
+            refunds: Tracked::default(),
+            idempotency: Tracked::default(),
+            queue_dirty: Unsaved(true),
             next_receipt: 1,
             last_now_ms: now_ms,
             alarm_at_ms: None,
@@ -331,6 +353,19 @@ impl EventLedger {
             self.auths
                 .values()
                 .filter(|a| a.state == AuthState::Queued)
+                .map(|a| a.amount.0)
+                .sum(),
+        )
+    }
+
+    /// The part of [`EventLedger::queued_exposure`] the offline budget limits: payments
+    /// never sent to the acquirer (not those completing an online attempt of unknown
+    /// outcome).
+    pub fn offline_exposure(&self) -> MinorUnits {
+        MinorUnits(
+            self.auths
+                .values()
+                .filter(|a| a.state == AuthState::Queued && !a.resolves_attempt)
                 .map(|a| a.amount.0)
                 .sum(),
         )
@@ -465,6 +500,7 @@ impl EventLedger {
             Command::JoinQueue { random } => {
                 let status = self.queue.join(&self.config.queue, random, now)?;
                 fx.changed = true;
+                self.queue_dirty = Unsaved(true);
                 Ok(Reply::Queue { status })
             }
             Command::PollQueue { ticket } => {
@@ -473,6 +509,7 @@ impl EventLedger {
                         .poll_durably(&ticket, now, self.config.queue.place_ttl_ms)?;
                 if durable {
                     fx.changed = true;
+                    self.queue_dirty = Unsaved(true);
                 }
                 Ok(Reply::Queue { status })
             }
@@ -487,6 +524,7 @@ impl EventLedger {
         self.prune_idempotency(now, fx);
         if self.queue.maintain(&self.config.queue, now) {
             fx.changed = true;
+            self.queue_dirty = Unsaved(true);
         }
     }
 
@@ -529,7 +567,7 @@ impl EventLedger {
                 _ => {}
             }
         }
-        if config.offline.aggregate_max < self.queued_exposure() {
+        if config.offline.aggregate_max < self.offline_exposure() {
             return Err(bad(
                 "offline.aggregate_max",
                 "must be at least the amount already stored",
@@ -544,6 +582,7 @@ impl EventLedger {
         }
         self.counts = counts;
         self.queue.reconfigure(&config.queue);
+        self.queue_dirty = Unsaved(true);
         self.config = config;
         fx.changed = true;
         Ok(Reply::Done)
@@ -592,7 +631,7 @@ impl EventLedger {
                 return Err(format!("{} oversold: {have:?} of {}", sku.id, sku.stock));
             }
         }
-        if self.queued_exposure() > self.config.offline.aggregate_max {
+        if self.offline_exposure() > self.config.offline.aggregate_max {
             return Err("queued exposure above aggregate_max".into());
         }
         for a in self.auths.values() {
