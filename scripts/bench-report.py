@@ -100,6 +100,13 @@ if hot is None or counter is None:
     missed.append("the hot-event run or its Durable Object counter floor did not produce results")
 elif hot["outcomes"]["errors"] or counter["ok"] != counter["requests"]:
     missed.append(f"hot event: checkout outcomes {hot['outcomes']}, counter {counter['ok']} of {counter['requests']} ok")
+after_hot = load("after_hot")
+if after_hot is None:
+    missed.append("no check of the Worker after the hot-event run")
+elif not after_hot.get("responsive_15s_after") or after_hot.get("workerd_too_many_open_files"):
+    missed.append(f"after the hot-event run (its offline-stored payments being forwarded) the Worker answered /healthz: "
+                  f"{after_hot.get('responsive_15s_after')}; workerd logged 'Too many open files' "
+                  f"{after_hot.get('workerd_too_many_open_files')} times (see artifacts/bench/after_hot_errors.log)")
 
 
 def ratio(a, b):
@@ -128,6 +135,7 @@ results = {
         "sizes": sizes,
         "startup": startup,
         "isolate_cpu": icpu,
+        "after_hot": after_hot,
     },
     "cpu_estimate": {
         "wasm_factor_assumed": WASM_FACTOR,
