@@ -37,7 +37,7 @@ pub const BUCKET_BOUNDS_MS: [u32; 27] = [
 ];
 /// Number of buckets: the bounded ones plus the overflow bucket.
 pub const BUCKETS: usize = BUCKET_BOUNDS_MS.len() + 1;
-/// The per-minute series keeps this many most recent minutes per PoP.
+/// The per-minute series keeps this many minutes, up to the newest one recorded.
 pub const SERIES_MINUTES: i64 = 360;
 /// The latency effect needs at least this many answered checkouts to say anything.
 pub const MIN_STARTED_FOR_EFFECT: u64 = 20;
@@ -323,7 +323,7 @@ pub struct Totals {
 }
 
 /// Everything recorded for one event. Mergeable: `a.merge(&b)` equals aggregating the
-/// events of both (the per-minute series keeps the newest [`SERIES_MINUTES`] per PoP).
+/// events of both (the per-minute series keeps the newest [`SERIES_MINUTES`] minutes).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Aggregate {
     pub totals: Totals,
@@ -413,15 +413,25 @@ impl Aggregate {
             .saturating_add(e.amount_minor.unwrap_or(0));
     }
 
+    /// The oldest minute the series keeps: [`SERIES_MINUTES`] minutes up to the newest
+    /// minute any PoP recorded. Storage deletes series rows before it.
+    pub fn series_floor_ms(&self) -> Option<i64> {
+        let newest = self
+            .series
+            .values()
+            .filter_map(|m| m.keys().next_back().copied())
+            .max()?;
+        Some(newest - (SERIES_MINUTES - 1) * MINUTE_MS)
+    }
+
     fn prune_series(&mut self) {
+        let Some(floor) = self.series_floor_ms() else {
+            return;
+        };
         for minutes in self.series.values_mut() {
-            while minutes.len() as i64 > SERIES_MINUTES {
-                let Some(oldest) = minutes.keys().next().copied() else {
-                    break;
-                };
-                minutes.remove(&oldest);
-            }
+            minutes.retain(|m, _| *m >= floor);
         }
+        self.series.retain(|_, m| !m.is_empty());
     }
 
     /// Adds `other` into `self`; exact for every count and histogram.
@@ -519,11 +529,12 @@ impl Aggregate {
                 }
             }
         }
+        a.prune_series();
         a
     }
 
-    /// The storage keys a batch's aggregate touches (write these rows of the merged
-    /// aggregate back), and the series rows pruned from `merged` since `before`.
+    /// The storage keys a batch's aggregate touches: write these rows of the merged
+    /// aggregate back (and delete series rows before [`Aggregate::series_floor_ms`]).
     pub fn row_keys(&self) -> Vec<String> {
         self.to_rows().into_iter().map(|(k, _)| k).collect()
     }
@@ -892,6 +903,69 @@ pub fn latency_effect(agg: &Aggregate) -> LatencyEffect {
         revenue_effect_minor: Some(effect.round() as i64),
         insufficient: None,
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Structured logs
+// ---------------------------------------------------------------------------------------
+
+/// One log line: a single JSON object with `level`, `msg`, then `request_id`, `colo` and
+/// `event_id` when known, then the fields of `extra` (an object; it cannot override the
+/// fields before it). String values of `extra` are cut to 200 characters and every run of
+/// 12 or more digits (which could be a card number) becomes `[digits]`.
+pub fn log_line(
+    level: &str,
+    msg: &str,
+    request_id: Option<&str>,
+    colo: Option<&str>,
+    event_id: Option<&str>,
+    extra: serde_json::Value,
+) -> String {
+    let mut line = serde_json::Map::new();
+    line.insert("level".into(), level.into());
+    line.insert("msg".into(), msg.into());
+    for (k, v) in [
+        ("request_id", request_id),
+        ("colo", colo),
+        ("event_id", event_id),
+    ] {
+        if let Some(v) = v {
+            line.insert(k.into(), v.into());
+        }
+    }
+    if let serde_json::Value::Object(fields) = extra {
+        for (k, v) in fields {
+            let v = match v {
+                serde_json::Value::String(s) => serde_json::Value::String(mask_digits(&s)),
+                other => other,
+            };
+            line.entry(k).or_insert(v);
+        }
+    }
+    serde_json::Value::Object(line).to_string()
+}
+
+fn mask_digits(s: &str) -> String {
+    let mut out = String::new();
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 12 {
+            out.push_str("[digits]");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for ch in s.chars().take(200) {
+        if ch.is_ascii_digit() {
+            run.push(ch);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(ch);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -1277,6 +1351,41 @@ mod tests {
         let one_bucket: Vec<Event> = (0..30).map(|_| started(T0, "LHR", 40, true)).collect();
         let e = latency_effect(&Aggregate::from_events(&one_bucket));
         assert!(e.insufficient.unwrap().contains("one latency bucket"));
+    }
+
+    #[test]
+    fn log_lines_are_one_json_object_without_card_numbers() {
+        let line = log_line(
+            "info",
+            "request",
+            Some("req_abc"),
+            Some("LHR"),
+            Some("evt_1"),
+            serde_json::json!({"path": "/x/4242424242424242/y", "status": 201, "level": "debug", "n": "12345678901"}),
+        );
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["level"], "info", "extra cannot override the level");
+        assert_eq!(v["msg"], "request");
+        assert_eq!(v["request_id"], "req_abc");
+        assert_eq!(
+            (v["colo"].as_str(), v["event_id"].as_str()),
+            (Some("LHR"), Some("evt_1"))
+        );
+        assert_eq!(v["path"], "/x/[digits]/y");
+        assert_eq!(v["n"], "12345678901", "short numbers stay");
+        assert_eq!(v["status"], 201);
+        let bare = log_line("warn", "m", None, None, None, serde_json::json!({}));
+        assert_eq!(bare, r#"{"level":"warn","msg":"m"}"#);
+        let long = log_line(
+            "info",
+            "m",
+            None,
+            None,
+            None,
+            serde_json::json!({"s": "a".repeat(500)}),
+        );
+        assert!(long.len() < 260);
     }
 
     #[test]

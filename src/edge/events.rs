@@ -1051,6 +1051,7 @@ async fn checkout_inner(
                     payment_intent_id, ..
                 } => {
                     routing.push_str(&format!("; approved on {}", lane.name));
+                    super::telemetry::approved(ctx, event_id, &lane.name, &bundle, &quote);
                     let reply = one(
                         env,
                         event_id,
@@ -1082,6 +1083,7 @@ async fn checkout_inner(
                     reason, message, ..
                 } => {
                     routing.push_str(&format!("; declined on {}", lane.name));
+                    super::telemetry::declined(ctx, event_id, &lane.name, &bundle, reason.as_str());
                     let _ = one(
                         env,
                         event_id,
@@ -1104,6 +1106,13 @@ async fn checkout_inner(
                 }
                 AuthorizeOutcome::Invalid { code, .. } => {
                     routing.push_str(&format!("; {} refused the request ({code})", lane.name));
+                    super::telemetry::declined(
+                        ctx,
+                        event_id,
+                        &lane.name,
+                        &bundle,
+                        "processing_error",
+                    );
                     let _ = one(
                         env,
                         event_id,
@@ -1191,6 +1200,7 @@ async fn checkout_inner(
     match queued {
         Ok(_) => {
             routing.push_str("; queued offline");
+            super::telemetry::queued(ctx, event_id, &first_lane, &bundle, &quote);
             let order = fetch_order(env, event_id, &order_id).await?;
             finish(env, ctx, c, &bundle, &quote, &order, &card, ReceiptStatus::Queued, &first_lane, routing,
                 "Accepted offline: the card acquirer is not answering, so this payment is stored securely and will be charged automatically when it is back. Your receipt shows it as queued until then.").await
