@@ -9,6 +9,8 @@
 //!
 //! Internal protocol (the Worker calls `https://event/<op>` on the stub):
 //! `POST /init` (EventConfig), `POST /cmd` ({now_ms, commands}), `GET /config`,
+//! `POST /checkout/begin` and `POST /checkout/finish` (a checkout's two calls: idempotency +
+//! CVC + hold; outcome + signed receipt + stored answer),
 //! `GET /summary`, `GET /sf-key`, `PUT|GET /receipts/{id}`, `POST /reconcile`,
 //! `GET /export?format=csv|ndjson&email=0|1`, `POST /telemetry` (a batch of business
 //! events from a PoP), `GET /metrics` (the stored telemetry rows and the summary).
@@ -18,10 +20,10 @@ use super::http::env_string;
 use crate::acquirer::{self, AuthorizeOutcome, AuthorizeRequest, RefundOutcome as AcqRefund};
 use crate::error::ApiError;
 use crate::ledger::{
-    AcquirerCharge, AcquirerResult, ChargeStatus, Command, Effect, EventConfig, EventLedger,
-    ForwardRequest, OrderState, RefundOutcome, RefundRequest, Reply,
+    AcquirerCharge, AcquirerResult, ChargeStatus, Command, Delta, Effect, EventConfig, EventLedger,
+    ForwardRequest, IdempotencyBegin, OrderState, RefundOutcome, RefundRequest, Reply,
 };
-use crate::receipt::{self, ReceiptKeys, SignedReceipt, StatusChange};
+use crate::receipt::{self, Receipt, ReceiptKeys, SignedReceipt, StatusChange};
 use crate::vault::{self, KekSet};
 use serde::Deserialize;
 use std::cell::RefCell;
@@ -40,6 +42,60 @@ pub struct EventObject {
 struct CmdBody {
     now_ms: i64,
     commands: Vec<Command>,
+}
+
+#[derive(Deserialize)]
+struct CvcUse {
+    use_id: String,
+    expires_at_ms: i64,
+}
+
+/// `POST /checkout/begin`.
+#[derive(Deserialize)]
+struct BeginBody {
+    now_ms: i64,
+    key: String,
+    body_hash: String,
+    #[serde(default)]
+    cvc_use: Option<CvcUse>,
+    /// A `Hold` command, absent when the request failed before it (the call then only
+    /// finds out whether it is a replay).
+    #[serde(default)]
+    hold: Option<Command>,
+}
+
+/// How `POST /checkout/finish` closes the idempotency record.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Completion {
+    /// Store this answer for replays.
+    Answer {
+        status_code: u16,
+        body: serde_json::Value,
+    },
+    /// Forget the key (a retryable failure: the client may retry at once).
+    Abandon,
+}
+
+/// `POST /checkout/finish`.
+#[derive(Deserialize)]
+struct FinishBody {
+    now_ms: i64,
+    key: String,
+    #[serde(default)]
+    command: Option<Command>,
+    /// The unsigned receipt (its id is set here from the order's receipt number).
+    #[serde(default)]
+    receipt: Option<Receipt>,
+    complete: Completion,
+}
+
+/// One command's result on the wire: `{"ok": reply}` or `{"error": .., "status": ..}`.
+fn result_json(r: std::result::Result<Reply, ApiError>) -> serde_json::Value {
+    match r {
+        Ok(reply) => serde_json::json!({"ok": reply}),
+        Err(e) => serde_json::json!({"error": e, "status": e.status}),
+    }
 }
 
 fn now() -> i64 {
@@ -61,7 +117,13 @@ impl EventObject {
 
     fn ensure_schema(&self) -> Result<()> {
         let sql = self.sql();
+        // Older layout (one JSON document in chunks), read once and moved to the rows below.
         sql.exec("CREATE TABLE IF NOT EXISTS ledger_state (chunk INTEGER PRIMARY KEY, data TEXT NOT NULL)", None)?;
+        sql.exec(
+            "CREATE TABLE IF NOT EXISTS ledger_head (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
+            None,
+        )?;
+        sql.exec("CREATE TABLE IF NOT EXISTS ledger_rows (kind TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (kind, id))", None)?;
         sql.exec("CREATE TABLE IF NOT EXISTS receipts (id TEXT PRIMARY KEY, order_id TEXT NOT NULL, json TEXT NOT NULL)", None)?;
         sql.exec(
             "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
@@ -83,45 +145,103 @@ impl EventObject {
         Ok(())
     }
 
-    /// Loads the ledger from SQLite once per object start.
+    /// Loads the ledger from SQLite once per object start: the head row, the waiting room
+    /// and one row per record (see `crate::ledger::Delta`). A ledger saved by the older
+    /// single-document layout (`ledger_state`) is moved to rows on the way.
     fn load(&self) -> Result<()> {
         if *self.loaded.borrow() {
             return Ok(());
         }
         self.ensure_schema()?;
         #[derive(Deserialize)]
+        struct Kv {
+            k: String,
+            v: String,
+        }
+        #[derive(Deserialize)]
         struct Row {
+            kind: String,
+            id: String,
             data: String,
         }
-        let rows: Vec<Row> = self
-            .sql()
-            .exec("SELECT data FROM ledger_state ORDER BY chunk", None)?
-            .to_array()?;
-        if !rows.is_empty() {
-            let chunks: Vec<String> = rows.into_iter().map(|r| r.data).collect();
-            match EventLedger::from_json_chunks(&chunks) {
-                Ok(l) => *self.ledger.borrow_mut() = Some(l),
-                Err(_) => return Err(worker::Error::RustError("ledger state unreadable".into())),
+        let sql = self.sql();
+        let parts: Vec<Kv> = sql.exec("SELECT k, v FROM ledger_head", None)?.to_array()?;
+        let part = |name: &str| parts.iter().find(|p| p.k == name).map(|p| p.v.as_str());
+        let unreadable = || worker::Error::RustError("ledger state unreadable".into());
+        if let Some(head) = part("head") {
+            let rows: Vec<Row> = sql
+                .exec("SELECT kind, id, data FROM ledger_rows", None)?
+                .to_array()?;
+            let ledger = EventLedger::from_rows(
+                head,
+                part("queue"),
+                rows.iter()
+                    .map(|r| (r.kind.as_str(), r.id.as_str(), r.data.as_str())),
+            )
+            .map_err(|_| unreadable())?;
+            *self.ledger.borrow_mut() = Some(ledger);
+        } else {
+            #[derive(Deserialize)]
+            struct Chunk {
+                data: String,
+            }
+            let chunks: Vec<String> = sql
+                .exec("SELECT data FROM ledger_state ORDER BY chunk", None)?
+                .to_array::<Chunk>()?
+                .into_iter()
+                .map(|c| c.data)
+                .collect();
+            if !chunks.is_empty() {
+                let mut ledger =
+                    EventLedger::from_json_chunks(&chunks).map_err(|_| unreadable())?;
+                let delta = ledger.full_delta().map_err(|_| unreadable())?;
+                self.write_delta(delta)?;
+                sql.exec("DELETE FROM ledger_state", None)?;
+                *self.ledger.borrow_mut() = Some(ledger);
             }
         }
         *self.loaded.borrow_mut() = true;
         Ok(())
     }
 
+    /// Writes what changed since the last save (all in one implicit transaction: no await).
     fn persist(&self) -> Result<()> {
-        let chunks = match self.ledger.borrow().as_ref() {
+        let delta = match self.ledger.borrow_mut().as_mut() {
             Some(l) => l
-                .to_json_chunks(1_000_000)
+                .take_delta()
                 .map_err(|_| worker::Error::RustError("encode".into()))?,
             None => return Ok(()),
         };
+        self.write_delta(delta)
+    }
+
+    fn write_delta(&self, delta: Delta) -> Result<()> {
         let sql = self.sql();
-        sql.exec("DELETE FROM ledger_state", None)?;
-        for (i, c) in chunks.iter().enumerate() {
+        sql.exec(
+            "INSERT OR REPLACE INTO ledger_head (k, v) VALUES ('head', ?)",
+            Some(vec![delta.head.as_str().into()]),
+        )?;
+        if let Some(q) = &delta.queue {
             sql.exec(
-                "INSERT INTO ledger_state (chunk, data) VALUES (?, ?)",
-                Some(vec![(i as i64).into(), c.as_str().into()]),
+                "INSERT OR REPLACE INTO ledger_head (k, v) VALUES ('queue', ?)",
+                Some(vec![q.as_str().into()]),
             )?;
+        }
+        for r in &delta.rows {
+            match &r.data {
+                Some(data) => sql.exec(
+                    "INSERT OR REPLACE INTO ledger_rows (kind, id, data) VALUES (?, ?, ?)",
+                    Some(vec![
+                        r.kind.into(),
+                        r.id.as_str().into(),
+                        data.as_str().into(),
+                    ]),
+                )?,
+                None => sql.exec(
+                    "DELETE FROM ledger_rows WHERE kind = ? AND id = ?",
+                    Some(vec![r.kind.into(), r.id.as_str().into()]),
+                )?,
+            };
         }
         Ok(())
     }
@@ -144,9 +264,11 @@ impl EventObject {
         };
         if outcome.changed {
             if let Err(e) = self.persist() {
-                let event_id = self.event_id();
+                // Memory is now ahead of storage: forget it and reload on the next request.
+                *self.ledger.borrow_mut() = None;
+                *self.loaded.borrow_mut() = false;
                 let error = serde_json::json!({"error": e.to_string()});
-                super::http::log("error", "persist failed", None, Some(&event_id), error);
+                super::http::log("error", "persist failed", None, None, error);
                 return (
                     Err(ApiError::new(
                         503,
@@ -168,12 +290,20 @@ impl EventObject {
         now_ms: i64,
     ) -> Vec<std::result::Result<Reply, ApiError>> {
         let mut replies = Vec::new();
-        let mut effects: VecDeque<Effect> = VecDeque::new();
+        let mut effects = Vec::new();
         for cmd in commands {
             let (reply, fx) = self.apply(cmd, now_ms);
             replies.push(reply);
             effects.extend(fx);
         }
+        self.run_effects(effects).await;
+        replies
+    }
+
+    /// Performs effects in order (alarm, forwards, refunds, receipt updates), feeding the
+    /// acquirer's answers back in as commands.
+    async fn run_effects(&self, effects: Vec<Effect>) {
+        let mut effects: VecDeque<Effect> = effects.into();
         let mut guard = 0;
         while let Some(effect) = effects.pop_front() {
             guard += 1;
@@ -198,7 +328,216 @@ impl EventObject {
                 effects.extend(fx);
             }
         }
-        replies
+    }
+
+    /// `POST /checkout/begin`: the first of a checkout's two calls. Starts the idempotency
+    /// record; for a new request, spends the single-use CVC and holds the stock, all in
+    /// this one call. A replay or a conflict stops at the idempotency answer.
+    async fn checkout_begin(&self, b: BeginBody) -> serde_json::Value {
+        let (begin, mut effects) = self.apply(
+            Command::BeginIdempotent {
+                key: b.key,
+                body_hash: b.body_hash,
+            },
+            b.now_ms,
+        );
+        let is_new = matches!(
+            begin,
+            Ok(Reply::Idempotency {
+                result: IdempotencyBegin::New
+            })
+        );
+        let mut out = serde_json::json!({"begin": result_json(begin)});
+        if is_new {
+            let cvc = match &b.cvc_use {
+                Some(u) => self.use_cvc(&u.use_id, u.expires_at_ms, b.now_ms),
+                None => Ok(()),
+            };
+            match cvc {
+                Err(e) => out["cvc_error"] = serde_json::json!(e),
+                Ok(()) => {
+                    if let Some(hold) = b.hold {
+                        let (r, fx) = self.apply(hold, b.now_ms);
+                        effects.extend(fx);
+                        out["hold"] = result_json(r);
+                    }
+                }
+            }
+        }
+        self.run_effects(effects).await;
+        out["queue_depth"] = self.queue_depth().into();
+        out
+    }
+
+    /// `POST /checkout/finish`: the second call. Applies the outcome (`Confirm`,
+    /// `QueueAuthorization` or `Release`), signs and stores the receipt under the order's
+    /// receipt number, puts it in the answer, and completes (or abandons) the idempotency
+    /// record, so the stored answer and the ledger never disagree. A refused command
+    /// (e.g. the offline budget is spent) comes back as `error` and completes nothing.
+    async fn checkout_finish(&self, b: FinishBody) -> serde_json::Value {
+        let mut effects = Vec::new();
+        let mut reply = serde_json::Value::Null;
+        let order_id = b.command.as_ref().and_then(|c| match c {
+            Command::Confirm { order_id, .. } | Command::Release { order_id, .. } => {
+                Some(order_id.clone())
+            }
+            Command::QueueAuthorization(q) => Some(q.order_id.clone()),
+            _ => None,
+        });
+        if let Some(cmd) = b.command {
+            let (r, fx) = self.apply(cmd, b.now_ms);
+            effects.extend(fx);
+            match r {
+                Ok(r) => reply = serde_json::json!(r),
+                Err(e) => {
+                    self.run_effects(effects).await;
+                    return result_json(Err(e));
+                }
+            }
+        }
+        let mut webhook = None;
+        let complete = match b.complete {
+            Completion::Abandon => Command::AbandonIdempotent { key: b.key },
+            Completion::Answer {
+                status_code,
+                mut body,
+            } => {
+                if let Some(receipt) = b.receipt {
+                    match self.sign_and_store(receipt, order_id.as_deref()) {
+                        Ok((id, signed, json)) => {
+                            body["receipt_id"] = id.as_str().into();
+                            body["receipt_url"] = format!("/v1/receipts/{id}").into();
+                            body["receipt"] = serde_json::json!(signed);
+                            let status = serde_json::to_value(signed.receipt.status)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_string))
+                                .unwrap_or_default();
+                            webhook = Some((id, status, json));
+                        }
+                        Err(e) => {
+                            // The payment stands; the buyer gets an answer without a
+                            // receipt rather than an error after being charged.
+                            let (event_id, error) =
+                                (self.event_id(), serde_json::json!({"error": e.code}));
+                            super::http::log(
+                                "error",
+                                "receipt not stored",
+                                None,
+                                Some(&event_id),
+                                error,
+                            );
+                        }
+                    }
+                }
+                let response = serde_json::json!({"status_code": status_code, "body": body});
+                let stored = response.to_string();
+                let (_, fx) = self.apply(
+                    Command::CompleteIdempotent {
+                        key: b.key,
+                        response: stored,
+                    },
+                    b.now_ms,
+                );
+                effects.extend(fx);
+                reply = serde_json::json!({"reply": reply, "answer": response});
+                if let Some((id, status, json)) = &webhook {
+                    self.enqueue_webhook(id, status, json).await;
+                }
+                self.run_effects(effects).await;
+                return serde_json::json!({"ok": reply});
+            }
+        };
+        let (_, fx) = self.apply(complete, b.now_ms);
+        effects.extend(fx);
+        self.run_effects(effects).await;
+        serde_json::json!({"ok": {"reply": reply, "answer": null}})
+    }
+
+    /// Signs a checkout's receipt under its order's receipt number and stores it.
+    fn sign_and_store(
+        &self,
+        mut receipt: Receipt,
+        order_id: Option<&str>,
+    ) -> std::result::Result<(String, SignedReceipt, String), ApiError> {
+        let number = {
+            let guard = self.ledger.borrow();
+            let order = guard
+                .as_ref()
+                .and_then(|l| order_id.and_then(|id| l.order(id)))
+                .ok_or_else(|| ApiError::not_found("order"))?;
+            order
+                .receipt_id
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", receipt.event_id, order.order_id))
+        };
+        receipt.id = format!("rcpt_{number}");
+        let keys = ReceiptKeys::parse(&env_string(&self.env, "RECEIPT_KEY").unwrap_or_default())
+            .map_err(|e| e.to_api())?;
+        let signed = receipt::sign(receipt, &keys).map_err(|e| e.to_api())?;
+        let json = signed.to_json().map_err(|e| e.to_api())?;
+        self.store_receipt(&signed, &json)?;
+        Ok((signed.receipt.id.clone(), signed, json))
+    }
+
+    fn store_receipt(
+        &self,
+        signed: &SignedReceipt,
+        json: &str,
+    ) -> std::result::Result<(), ApiError> {
+        self.sql()
+            .exec(
+                "INSERT OR REPLACE INTO receipts (id, order_id, json) VALUES (?, ?, ?)",
+                Some(vec![
+                    signed.receipt.id.as_str().into(),
+                    signed.receipt.order_id.as_str().into(),
+                    json.into(),
+                ]),
+            )
+            .map_err(super::http::internal)?;
+        Ok(())
+    }
+
+    /// Spends a single-use CVC token (`cvc_already_used` the second time).
+    fn use_cvc(
+        &self,
+        use_id: &str,
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> std::result::Result<(), ApiError> {
+        let sql = self.sql();
+        sql.exec(
+            "DELETE FROM cvc_uses WHERE expires_ms < ?",
+            Some(vec![(now_ms as f64).into()]),
+        )
+        .map_err(super::http::internal)?;
+        #[derive(Deserialize)]
+        struct N {
+            n: i64,
+        }
+        let seen: Vec<N> = sql
+            .exec(
+                "SELECT COUNT(*) AS n FROM cvc_uses WHERE use_id = ?",
+                Some(vec![use_id.into()]),
+            )
+            .and_then(|c| c.to_array())
+            .map_err(super::http::internal)?;
+        if seen.first().map(|r| r.n).unwrap_or(0) > 0 {
+            return Err(crate::vault::VaultError::CvcAlreadyUsed.to_api());
+        }
+        sql.exec(
+            "INSERT INTO cvc_uses (use_id, expires_ms) VALUES (?, ?)",
+            Some(vec![use_id.into(), (expires_at_ms as f64).into()]),
+        )
+        .map_err(super::http::internal)?;
+        Ok(())
+    }
+
+    fn queue_depth(&self) -> u32 {
+        self.ledger
+            .borrow()
+            .as_ref()
+            .map(|l| l.queue_depth())
+            .unwrap_or(0)
     }
 
     /// One alarm serves the ledger and the webhook outbox: keep the earliest future instant.
@@ -834,19 +1173,9 @@ impl EventObject {
             ("POST", "/cmd") => {
                 let body: CmdBody = super::http::body_json(&mut req).await?;
                 let replies = self.run(body.commands, body.now_ms).await;
-                let results: Vec<serde_json::Value> = replies
-                    .into_iter()
-                    .map(|r| match r {
-                        Ok(reply) => serde_json::json!({"ok": reply}),
-                        Err(e) => serde_json::json!({"error": e, "status": e.status}),
-                    })
-                    .collect();
-                let depth = self
-                    .ledger
-                    .borrow()
-                    .as_ref()
-                    .map(|l| l.queue_depth())
-                    .unwrap_or(0);
+                let results: Vec<serde_json::Value> =
+                    replies.into_iter().map(result_json).collect();
+                let depth = self.queue_depth();
                 super::http::json(
                     200,
                     &serde_json::json!({"results": results, "queue_depth": depth}),
@@ -873,35 +1202,16 @@ impl EventObject {
                     now_ms: i64,
                 }
                 let u: U = super::http::body_json(&mut req).await?;
-                let sql = self.sql();
-                sql.exec(
-                    "DELETE FROM cvc_uses WHERE expires_ms < ?",
-                    Some(vec![(u.now_ms as f64).into()]),
-                )
-                .map_err(super::http::internal)?;
-                #[derive(Deserialize)]
-                struct N {
-                    n: i64,
-                }
-                let seen: Vec<N> = sql
-                    .exec(
-                        "SELECT COUNT(*) AS n FROM cvc_uses WHERE use_id = ?",
-                        Some(vec![u.use_id.as_str().into()]),
-                    )
-                    .and_then(|c| c.to_array())
-                    .map_err(super::http::internal)?;
-                if seen.first().map(|r| r.n).unwrap_or(0) > 0 {
-                    return Err(crate::vault::VaultError::CvcAlreadyUsed.to_api());
-                }
-                sql.exec(
-                    "INSERT INTO cvc_uses (use_id, expires_ms) VALUES (?, ?)",
-                    Some(vec![
-                        u.use_id.as_str().into(),
-                        (u.expires_at_ms as f64).into(),
-                    ]),
-                )
-                .map_err(super::http::internal)?;
+                self.use_cvc(&u.use_id, u.expires_at_ms, u.now_ms)?;
                 super::http::json(201, &serde_json::json!({"used": true}))
+            }
+            ("POST", "/checkout/begin") => {
+                let b: BeginBody = super::http::body_json(&mut req).await?;
+                super::http::json(200, &self.checkout_begin(b).await)
+            }
+            ("POST", "/checkout/finish") => {
+                let b: FinishBody = super::http::body_json(&mut req).await?;
+                super::http::json(200, &self.checkout_finish(b).await)
             }
             ("GET", p) if p.starts_with("/order/") => {
                 let id = p.trim_start_matches("/order/");
@@ -962,16 +1272,13 @@ impl EventObject {
                 if m == "PUT" {
                     let text = super::http::body_text(&mut req).await?;
                     let signed = SignedReceipt::from_json(&text).map_err(|e| e.to_api())?;
-                    self.sql()
-                        .exec(
-                            "INSERT OR REPLACE INTO receipts (id, order_id, json) VALUES (?, ?, ?)",
-                            Some(vec![
-                                id.as_str().into(),
-                                signed.receipt.order_id.as_str().into(),
-                                text.as_str().into(),
-                            ]),
-                        )
-                        .map_err(super::http::internal)?;
+                    if signed.receipt.id != id {
+                        return Err(ApiError::bad_request(
+                            "receipt_id_mismatch",
+                            "The receipt's id is not the one in the path.",
+                        ));
+                    }
+                    self.store_receipt(&signed, &text)?;
                     let status = serde_json::to_value(signed.receipt.status)
                         .ok()
                         .and_then(|v| v.as_str().map(str::to_string))

@@ -671,12 +671,6 @@ pub fn reset_routing(env: &Env, ctx: &Ctx) -> Result<Response, ApiError> {
     routing_snapshot(env, ctx)
 }
 
-/// What a checkout answers; also stored for idempotent replays.
-struct Answer {
-    status: u16,
-    body: serde_json::Value,
-}
-
 /// `POST /v1/events/{id}/checkout`: validate, quote, hold, authorize (or queue), receipt.
 pub async fn checkout(
     env: &Env,
@@ -749,7 +743,23 @@ fn respond_checkout(
     with_cors(r, cors)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Everything a checkout works out before touching the event's object: the quote under
+/// the policy, the buyer's answers to its prompts, the card (detokenized in this PoP), the
+/// single-use CVC, and the routing plan.
+struct Prepared {
+    bundle: Arc<LoadedBundle>,
+    quote: Quote,
+    card: crate::card::Card,
+    cvc: Option<crate::secret::Secret<String>>,
+    cvc_use: Option<serde_json::Value>,
+    order_id: String,
+    decision: crate::routing::RoutingDecision,
+    first_lane: String,
+}
+
+/// The checkout: two calls to the event's object whatever happens (`/checkout/begin`:
+/// idempotency, CVC, stock hold; `/checkout/finish`: outcome, signed receipt, stored
+/// answer), with the acquirer in between.
 async fn checkout_body(
     env: &Env,
     ctx: &Ctx,
@@ -772,21 +782,58 @@ async fn checkout_body(
         }
         None => format!("auto_{}", hex::encode(random::<12>()?)),
     };
-    let idem_ledger_key = format!(
+    let key = format!(
         "co_{}",
         &hex::encode(Sha256::digest(idem_key.as_bytes()))[..32]
     );
-    match one(
+    let prep = prepare(env, ctx, c, &body).await;
+    if let Ok(p) = &prep {
+        if p.decision.mode == Mode::Reject {
+            // Shed before any storage work; a retry with the same key is answered normally.
+            return Err(ApiError::new(
+                429,
+                "overloaded",
+                "The checkout is very busy right now; try again in a few seconds.",
+            )
+            .retryable());
+        }
+    }
+    let hold = prep.as_ref().ok().map(|p| Command::Hold {
+        order_id: p.order_id.clone(),
+        lines: body
+            .items
+            .iter()
+            .map(|i| LineRequest {
+                sku: i.sku.clone(),
+                qty: i.quantity,
+            })
+            .collect(),
+        expires_ms: ctx.now_ms + HOLD_MS,
+        buyer_email: body.buyer.email.clone(),
+        lane: p.first_lane.clone(),
+        admission_ticket: body.admission_ticket.clone(),
+        charge_total: Some(p.quote.total),
+    });
+    let begin = serde_json::json!({
+        "now_ms": ctx.now_ms, "key": key, "body_hash": body_hash,
+        "cvc_use": prep.as_ref().ok().and_then(|p| p.cvc_use.clone()), "hold": hold,
+    });
+    let (_, text) = call(
         env,
         event_id,
-        ctx.now_ms,
-        Command::BeginIdempotent {
-            key: idem_ledger_key.clone(),
-            body_hash,
-        },
+        Method::Post,
+        "/checkout/begin",
+        Some(begin.to_string()),
     )
-    .await?
-    {
+    .await?;
+    let begun: serde_json::Value = serde_json::from_str(&text).map_err(|_| unreadable())?;
+    if let Some(d) = begun["queue_depth"].as_u64() {
+        DEPTH.with(|m| {
+            m.borrow_mut()
+                .insert(event_id.to_string(), u32::try_from(d).unwrap_or(u32::MAX))
+        });
+    }
+    match decode_result(&begun["begin"])? {
         Reply::Idempotency {
             result: IdempotencyBegin::New,
         } => {}
@@ -808,44 +855,88 @@ async fn checkout_body(
                 )
             }));
         }
-        _ => {
-            return Err(
-                ApiError::new(503, "temporarily_unavailable", "Unexpected event reply.")
-                    .retryable(),
-            )
-        }
+        _ => return Err(unreadable()),
     }
-    let answer = match checkout_inner(env, ctx, c, &body).await {
-        Ok(a) => a,
-        Err(e) if e.retryable || e.status >= 500 => {
-            let _ = one(
-                env,
-                event_id,
-                ctx.now_ms,
-                Command::AbandonIdempotent {
-                    key: idem_ledger_key,
-                },
-            )
-            .await;
-            return Err(e);
-        }
-        Err(e) => Answer {
-            status: e.status,
-            body: e.body(),
+    let failed = match (prep, begun.get("cvc_error")) {
+        (Err(e), _) => e,
+        (Ok(_), Some(e)) => decode_error(
+            e["status"].as_u64().unwrap_or(409) as u16,
+            &serde_json::json!({ "error": e }).to_string(),
+        ),
+        (Ok(p), None) => match decode_result(&begun["hold"]) {
+            Ok(_) => return pay(env, ctx, c, &body, p, &key).await,
+            Err(e) => e,
         },
     };
-    let stored = serde_json::json!({"status_code": answer.status, "body": answer.body}).to_string();
-    let _ = one(
+    // Failed before any payment: keep the answer for replays, or forget the key when the
+    // client should simply retry.
+    let complete = if failed.retryable || failed.status >= 500 {
+        serde_json::json!({"kind": "abandon"})
+    } else {
+        serde_json::json!({"kind": "answer", "status_code": failed.status, "body": failed.body()})
+    };
+    let _ = finish_call(env, event_id, ctx.now_ms, &key, None, None, complete).await;
+    if failed.retryable || failed.status >= 500 {
+        return Err(failed);
+    }
+    Ok((failed.status, failed.body()))
+}
+
+fn unreadable() -> ApiError {
+    ApiError::new(
+        503,
+        "temporarily_unavailable",
+        "The event answered unreadably.",
+    )
+    .retryable()
+}
+
+/// Decodes one `{"ok": reply}` / `{"error": .., "status": ..}` result from the object.
+fn decode_result(v: &serde_json::Value) -> Result<Reply, ApiError> {
+    if let Some(ok) = v.get("ok") {
+        serde_json::from_value::<Reply>(ok.clone()).map_err(|_| unreadable())
+    } else if v.get("error").is_some() {
+        let status = v.get("status").and_then(|s| s.as_u64()).unwrap_or(400) as u16;
+        Err(decode_error(
+            status,
+            &serde_json::json!({"error": v.get("error")}).to_string(),
+        ))
+    } else {
+        Err(unreadable())
+    }
+}
+
+/// The checkout's second call; returns the stored answer (`None` when abandoned).
+async fn finish_call(
+    env: &Env,
+    event_id: &str,
+    now_ms: i64,
+    key: &str,
+    command: Option<Command>,
+    receipt: Option<Receipt>,
+    complete: serde_json::Value,
+) -> Result<Option<(u16, serde_json::Value)>, ApiError> {
+    let body = serde_json::json!({
+        "now_ms": now_ms, "key": key, "command": command, "receipt": receipt, "complete": complete,
+    });
+    let (_, text) = call(
         env,
         event_id,
-        ctx.now_ms,
-        Command::CompleteIdempotent {
-            key: idem_ledger_key,
-            response: stored,
-        },
+        Method::Post,
+        "/checkout/finish",
+        Some(body.to_string()),
     )
-    .await;
-    Ok((answer.status, answer.body))
+    .await?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|_| unreadable())?;
+    let Some(ok) = v.get("ok") else {
+        return Err(decode_result(&v).err().unwrap_or_else(unreadable));
+    };
+    let answer = &ok["answer"];
+    if answer.is_null() {
+        return Ok(None);
+    }
+    let status = answer["status_code"].as_u64().unwrap_or(200) as u16;
+    Ok(Some((status, answer["body"].clone())))
 }
 
 pub fn with_cors(mut r: Response, origin: Option<String>) -> Result<Response, ApiError> {
@@ -855,19 +946,20 @@ pub fn with_cors(mut r: Response, origin: Option<String>) -> Result<Response, Ap
         h.set("Vary", "Origin").map_err(internal)?;
         h.set(
             "Access-Control-Expose-Headers",
-            "X-Request-Id, X-Poptill-Colo, X-Poptill-Routing, Idempotent-Replayed",
+            "X-Request-Id, X-Poptill-Colo, X-Poptill-Routing, Idempotent-Replayed, Retry-After",
         )
         .map_err(internal)?;
     }
     Ok(r)
 }
 
-async fn checkout_inner(
+/// Quote, prompts, card and CVC, routing plan: no storage writes.
+async fn prepare(
     env: &Env,
     ctx: &Ctx,
     c: &EventConfig,
     body: &CheckoutBody,
-) -> Result<Answer, ApiError> {
+) -> Result<Prepared, ApiError> {
     let event_id = c.event_id.as_str();
     let bundle = bundle_of(env, c, ctx.now_ms).await;
     let quote = quote_for(c, &bundle, &body.items, ctx.now_ms)?;
@@ -902,17 +994,17 @@ async fn checkout_inner(
     }
     let binding = super::vault::binding(&c.merchant_id, event_id);
     let card = super::vault::detokenize(env, &body.token, &binding, ctx.now_ms).await?;
-    let cvc = match &body.cvc_token {
+    let (cvc, cvc_use) = match &body.cvc_token {
         Some(cvt) => {
             let key = super::vault::key_for_token(env, cvt, ctx.now_ms).await?;
             let opened =
                 vault::detokenize_cvc(cvt, &body.token, &binding, |_| key.as_ref(), ctx.now_ms)
                     .map_err(|e| e.to_api())?;
-            let use_body = serde_json::json!({"use_id": opened.use_id, "expires_at_ms": opened.expires_at_ms, "now_ms": ctx.now_ms}).to_string();
-            call(env, event_id, Method::Post, "/cvc-use", Some(use_body)).await?;
-            Some(opened.cvc)
+            let use_body =
+                serde_json::json!({"use_id": opened.use_id, "expires_at_ms": opened.expires_at_ms});
+            (Some(opened.cvc), Some(use_body))
         }
-        None => None,
+        None => (None, None),
     };
     let order_id = format!("ord_{}", hex::encode(random::<8>()?));
     let depth_probe = DEPTH.with(|d| d.borrow().get(event_id).copied().unwrap_or(0));
@@ -947,58 +1039,91 @@ async fn checkout_inner(
             })
             .unwrap_or_default()
         });
-    one(
-        env,
-        event_id,
-        ctx.now_ms,
-        Command::Hold {
-            order_id: order_id.clone(),
-            lines: body
-                .items
-                .iter()
-                .map(|i| LineRequest {
-                    sku: i.sku.clone(),
-                    qty: i.quantity,
-                })
-                .collect(),
-            expires_ms: ctx.now_ms + HOLD_MS,
-            buyer_email: body.buyer.email.clone(),
-            lane: first_lane.clone(),
-            admission_ticket: body.admission_ticket.clone(),
-            charge_total: Some(quote.total),
-        },
-    )
-    .await?;
-    let mut routing = decision.reason.clone();
-    if decision.mode == Mode::Reject {
-        let _ = one(
-            env,
-            event_id,
-            ctx.now_ms,
-            Command::Release {
+    Ok(Prepared {
+        bundle,
+        quote,
+        card,
+        cvc,
+        cvc_use,
+        order_id,
+        decision,
+        first_lane,
+    })
+}
+
+/// After the hold: authorize on the planned lanes, or queue offline, and finish. Any
+/// failure here releases the stock and frees the idempotency key.
+async fn pay(
+    env: &Env,
+    ctx: &Ctx,
+    c: &EventConfig,
+    body: &CheckoutBody,
+    p: Prepared,
+    key: &str,
+) -> Result<(u16, serde_json::Value), ApiError> {
+    let order_id = p.order_id.clone();
+    match pay_inner(env, ctx, c, body, p, key).await {
+        Ok(answer) => Ok(answer),
+        Err((e, released)) => {
+            let now = worker::Date::now().as_millis() as i64;
+            let release = (!released).then(|| Command::Release {
                 order_id,
-                reason: "overloaded".into(),
-            },
-        )
-        .await;
-        return Err(ApiError::new(
-            503,
-            "overloaded",
-            "The checkout is very busy right now; try again in a few seconds.",
-        )
-        .retryable());
+                reason: e.code.to_string(),
+            });
+            let _ = finish_call(
+                env,
+                &c.event_id,
+                now,
+                key,
+                release,
+                None,
+                serde_json::json!({"kind": "abandon"}),
+            )
+            .await;
+            Err(e)
+        }
     }
+}
+
+/// `Err((error, stock_already_released))`.
+async fn pay_inner(
+    env: &Env,
+    ctx: &Ctx,
+    c: &EventConfig,
+    body: &CheckoutBody,
+    p: Prepared,
+    key: &str,
+) -> Result<(u16, serde_json::Value), (ApiError, bool)> {
+    let event_id = c.event_id.as_str();
+    let Prepared {
+        bundle,
+        quote,
+        card,
+        cvc,
+        order_id,
+        decision,
+        first_lane,
+        ..
+    } = p;
+    let fail = |e: ApiError| (e, false);
+    let mut routing = decision.reason.clone();
+    let answer = |status: u16, v: serde_json::Value| serde_json::json!({"kind": "answer", "status_code": status, "body": v});
+    let finished = |r: Result<Option<(u16, serde_json::Value)>, ApiError>| match r {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Err((unreadable(), true)),
+        Err(e) => Err((e, false)),
+    };
     if decision.mode == Mode::Online {
         for (i, attempt) in decision.lanes_in_order.iter().enumerate() {
             let now = worker::Date::now().as_millis() as i64;
             let Some(timeout) = decision.attempt_timeout_ms(i, now) else {
                 break;
             };
-            let Some(permit) = router_with(env, |r| r.acquire(attempt, now))? else {
+            let Some(permit) = router_with(env, |r| r.acquire(attempt, now)).map_err(fail)? else {
                 routing.push_str(&format!("; {} over limit", attempt.lane_name));
                 continue;
             };
-            let lane = router_with(env, |r| r.lane_config(attempt.lane).cloned())?;
+            let lane = router_with(env, |r| r.lane_config(attempt.lane).cloned()).map_err(fail)?;
             let Some(lane) = lane else { continue };
             let call = acquirer::build_authorize(
                 &lane.base_url,
@@ -1016,7 +1141,7 @@ async fn checkout_inner(
                     capture: true,
                 },
             )
-            .map_err(|e| e.to_api())?;
+            .map_err(|e| fail(e.to_api()))?;
             IN_FLIGHT.with(|f| f.set(f.get() + 1));
             let sent = send(&call, u64::from(timeout)).await;
             IN_FLIGHT.with(|f| f.set(f.get().saturating_sub(1)));
@@ -1045,64 +1170,71 @@ async fn checkout_inner(
                     Ok(_) => RetryReason::ServerError,
                 }),
             };
-            router_with(env, |r| r.on_complete(permit, rtt, route_outcome, done))?;
+            router_with(env, |r| r.on_complete(permit, rtt, route_outcome, done)).map_err(fail)?;
             match outcome {
                 AuthorizeOutcome::Approved {
                     payment_intent_id, ..
                 } => {
                     routing.push_str(&format!("; approved on {}", lane.name));
                     super::telemetry::approved(ctx, event_id, &lane.name, &bundle, &quote);
-                    let reply = one(
-                        env,
-                        event_id,
-                        done,
-                        Command::Confirm {
-                            order_id: order_id.clone(),
-                            charge_id: payment_intent_id,
-                            lane: Some(lane.name.clone()),
-                        },
-                    )
-                    .await?;
-                    let order = order_of(reply)?;
-                    return finish(
-                        env,
+                    let (receipt, body) = receipt_and_answer(
                         ctx,
                         c,
                         &bundle,
                         &quote,
-                        &order,
+                        &order_id,
                         &card,
                         ReceiptStatus::Approved,
                         &lane.name,
-                        routing,
+                        &routing,
                         "Payment approved.",
                     )
-                    .await;
+                    .map_err(fail)?;
+                    let confirm = Command::Confirm {
+                        order_id: order_id.clone(),
+                        charge_id: payment_intent_id,
+                        lane: Some(lane.name.clone()),
+                    };
+                    return finished(
+                        finish_call(
+                            env,
+                            event_id,
+                            done,
+                            key,
+                            Some(confirm),
+                            Some(receipt),
+                            answer(201, body),
+                        )
+                        .await,
+                    );
                 }
                 AuthorizeOutcome::Declined {
                     reason, message, ..
                 } => {
                     routing.push_str(&format!("; declined on {}", lane.name));
                     super::telemetry::declined(ctx, event_id, &lane.name, &bundle, reason.as_str());
-                    let _ = one(
-                        env,
-                        event_id,
-                        done,
-                        Command::Release {
-                            order_id: order_id.clone(),
-                            reason: reason.as_str().to_string(),
-                        },
-                    )
-                    .await;
-                    return Ok(Answer {
-                        status: 402,
-                        body: serde_json::json!({
-                            "status": "declined", "order_id": order_id, "routing": routing,
-                            "decline": {"code": reason.as_str(), "message": message},
-                            "error": {"code": reason.as_str(), "message": message, "retryable": false},
-                            "message": message,
-                        }),
+                    let body = serde_json::json!({
+                        "status": "declined", "order_id": order_id, "routing": routing,
+                        "decline": {"code": reason.as_str(), "message": message},
+                        "error": {"code": reason.as_str(), "message": message, "retryable": false},
+                        "message": message,
                     });
+                    let release = Command::Release {
+                        order_id: order_id.clone(),
+                        reason: reason.as_str().to_string(),
+                    };
+                    return finished(
+                        finish_call(
+                            env,
+                            event_id,
+                            done,
+                            key,
+                            Some(release),
+                            None,
+                            answer(402, body),
+                        )
+                        .await,
+                    );
                 }
                 AuthorizeOutcome::Invalid { code, .. } => {
                     routing.push_str(&format!("; {} refused the request ({code})", lane.name));
@@ -1113,25 +1245,29 @@ async fn checkout_inner(
                         &bundle,
                         "processing_error",
                     );
-                    let _ = one(
-                        env,
-                        event_id,
-                        done,
-                        Command::Release {
-                            order_id: order_id.clone(),
-                            reason: code.clone(),
-                        },
-                    )
-                    .await;
-                    return Ok(Answer {
-                        status: 402,
-                        body: serde_json::json!({
-                            "status": "declined", "order_id": order_id, "routing": routing,
-                            "decline": {"code": "processing_error", "message": "The payment could not be processed. Try another card."},
-                            "error": {"code": "processing_error", "message": "The payment could not be processed. Try another card.", "retryable": false},
-                            "message": "The payment could not be processed. Try another card.",
-                        }),
+                    let msg = "The payment could not be processed. Try another card.";
+                    let body = serde_json::json!({
+                        "status": "declined", "order_id": order_id, "routing": routing,
+                        "decline": {"code": "processing_error", "message": msg},
+                        "error": {"code": "processing_error", "message": msg, "retryable": false},
+                        "message": msg,
                     });
+                    let release = Command::Release {
+                        order_id: order_id.clone(),
+                        reason: code.clone(),
+                    };
+                    return finished(
+                        finish_call(
+                            env,
+                            event_id,
+                            done,
+                            key,
+                            Some(release),
+                            None,
+                            answer(402, body),
+                        )
+                        .await,
+                    );
                 }
                 AuthorizeOutcome::Retryable { reason, .. } => {
                     routing.push_str(&format!("; {} {}", lane.name, reason));
@@ -1140,96 +1276,114 @@ async fn checkout_inner(
         }
     }
     // Offline: the acquirer is unavailable (or the plan said so). Queue within the budget.
+    // Both refusals are 402s with `retryable: true`, like Stripe's `try_again_later`: the
+    // edge is healthy, the payment could not be made now, nothing was charged.
     let require_online = body.mode.as_deref() == Some("require_online");
     let limits = &bundle.bundle.offline;
     let now = worker::Date::now().as_millis() as i64;
-    let refuse = |why: &str| {
-        ApiError::new(503, "acquirer_unavailable", format!("The card acquirer is not answering right now ({why}); nothing was charged. Try again in a minute.")).retryable()
-    };
     if require_online || limits.per_transaction_cap.0 == 0 {
-        let _ = one(
-            env,
-            event_id,
-            now,
-            Command::Release {
-                order_id: order_id.clone(),
-                reason: "acquirer_unavailable".into(),
-            },
-        )
-        .await;
-        return Err(refuse(if require_online {
+        let why = if require_online {
             "online payment required"
         } else {
             "this place's policy allows no offline payments"
-        }));
+        };
+        return Err(fail(ApiError::new(402, "acquirer_unavailable", format!("The card acquirer is not answering right now ({why}); nothing was charged. Try again in a minute.")).retryable()));
     }
-    let wrapped = {
-        let (_, text) = call(env, event_id, Method::Get, "/sf-key", None).await?;
-        serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["wrapped"].as_str().map(str::to_string))
-            .unwrap_or_default()
-    };
+    let sf_key = sf_key(env, event_id, now).await.map_err(fail)?;
+    let auth_id = format!("auth_{}", &order_id[4..]);
+    let sealed = vault::seal_for_forwarding(
+        &sf_key,
+        event_id,
+        &auth_id,
+        &card,
+        random::<12>().map_err(fail)?,
+    )
+    .map_err(|e| fail(e.to_api()))?;
+    routing.push_str("; queued offline");
+    let (receipt, answer_body) = receipt_and_answer(
+        ctx, c, &bundle, &quote, &order_id, &card, ReceiptStatus::Queued, &first_lane, &routing,
+        "Accepted offline: the card acquirer is not answering, so this payment is stored securely and will be charged automatically when it is back. Your receipt shows it as queued until then.",
+    )
+    .map_err(fail)?;
+    let queue = Command::QueueAuthorization(QueueAuth {
+        auth_id: auth_id.clone(),
+        order_id: order_id.clone(),
+        amount: quote.total,
+        currency: c.currency,
+        card_fingerprint: vault::card_fingerprint(&sf_key, &card),
+        sealed_card: SealedCard(sealed),
+        idempotency_key: format!("{order_id}_queued"),
+        max_wait_ms: i64::try_from(limits.max_queue_age_secs)
+            .unwrap_or(86_400)
+            .saturating_mul(1000),
+    });
+    match finish_call(
+        env,
+        event_id,
+        now,
+        key,
+        Some(queue),
+        Some(receipt),
+        answer(201, answer_body),
+    )
+    .await
+    {
+        Ok(Some(a)) => {
+            super::telemetry::queued(ctx, event_id, &first_lane, &bundle, &quote);
+            Ok(a)
+        }
+        Ok(None) => Err((unreadable(), true)),
+        Err(e) if e.status < 500 => {
+            let mut err = ApiError::new(402, "offline_budget_exhausted", format!("The card acquirer is not answering and this event's offline limit is reached ({}); nothing was charged. Try again in a minute.", e.message)).retryable();
+            err.message.truncate(400);
+            Err((err, false))
+        }
+        Err(e) => Err((e, false)),
+    }
+}
+
+thread_local! {
+    /// Each event's store-and-forward key, wrapped by the KEK, as its object keeps it.
+    static SF_KEYS: RefCell<HashMap<String, (String, i64)>> = RefCell::new(HashMap::new());
+}
+
+/// How long an isolate keeps an event's wrapped store-and-forward key.
+const SF_KEY_TTL_MS: i64 = 60_000;
+
+/// The event's store-and-forward key, unwrapped with the KEK (the wrapped form is cached
+/// per isolate, so a queued checkout does not cost a third call to the object).
+async fn sf_key(
+    env: &Env,
+    event_id: &str,
+    now_ms: i64,
+) -> Result<crate::secret::Secret<[u8; 32]>, ApiError> {
     let keks = {
         let cur = env_string(env, "VAULT_KEK").unwrap_or_default();
         let prev = env_string(env, "VAULT_KEK_PREVIOUS");
         vault::KekSet::parse(&cur, prev.as_deref()).map_err(|e| e.to_api())?
     };
-    let sf_key = vault::unwrap_sf_key(&keks, event_id, &wrapped).map_err(|e| e.to_api())?;
-    let auth_id = format!("auth_{}", &order_id[4..]);
-    let sealed = vault::seal_for_forwarding(&sf_key, event_id, &auth_id, &card, random::<12>()?)
-        .map_err(|e| e.to_api())?;
-    let queued = one(
-        env,
-        event_id,
-        now,
-        Command::QueueAuthorization(QueueAuth {
-            auth_id: auth_id.clone(),
-            order_id: order_id.clone(),
-            amount: quote.total,
-            currency: c.currency,
-            card_fingerprint: vault::card_fingerprint(&sf_key, &card),
-            sealed_card: SealedCard(sealed),
-            idempotency_key: format!("{order_id}_queued"),
-            max_wait_ms: i64::try_from(limits.max_queue_age_secs)
-                .unwrap_or(86_400)
-                .saturating_mul(1000),
-        }),
-    )
-    .await;
-    match queued {
-        Ok(_) => {
-            routing.push_str("; queued offline");
-            super::telemetry::queued(ctx, event_id, &first_lane, &bundle, &quote);
-            let order = fetch_order(env, event_id, &order_id).await?;
-            finish(env, ctx, c, &bundle, &quote, &order, &card, ReceiptStatus::Queued, &first_lane, routing,
-                "Accepted offline: the card acquirer is not answering, so this payment is stored securely and will be charged automatically when it is back. Your receipt shows it as queued until then.").await
-        }
-        Err(e) => {
-            let _ = one(
-                env,
-                event_id,
-                now,
-                Command::Release {
-                    order_id: order_id.clone(),
-                    reason: "offline_budget".into(),
-                },
-            )
-            .await;
-            let mut err = ApiError::new(503, "offline_budget_exhausted", format!("The card acquirer is not answering and this event's offline limit is reached ({}); nothing was charged. Try again in a minute.", e.message)).retryable();
-            err.message.truncate(400);
-            Err(err)
+    let cached = SF_KEYS.with(|m| {
+        m.borrow()
+            .get(event_id)
+            .filter(|(_, at)| now_ms - at < SF_KEY_TTL_MS)
+            .map(|(w, _)| w.clone())
+    });
+    if let Some(wrapped) = cached {
+        if let Ok(k) = vault::unwrap_sf_key(&keks, event_id, &wrapped) {
+            return Ok(k);
         }
     }
-}
-
-fn order_of(reply: Reply) -> Result<Order, ApiError> {
-    match reply {
-        Reply::Order { order } => Ok(order),
-        _ => Err(
-            ApiError::new(503, "temporarily_unavailable", "Unexpected event reply.").retryable(),
-        ),
-    }
+    let (_, text) = call(env, event_id, Method::Get, "/sf-key", None).await?;
+    let wrapped = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["wrapped"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let key = vault::unwrap_sf_key(&keks, event_id, &wrapped).map_err(|e| e.to_api())?;
+    SF_KEYS.with(|m| {
+        m.borrow_mut()
+            .insert(event_id.to_string(), (wrapped, now_ms))
+    });
+    Ok(key)
 }
 
 async fn fetch_order(env: &Env, event_id: &str, order_id: &str) -> Result<Order, ApiError> {
@@ -1245,33 +1399,26 @@ async fn fetch_order(env: &Env, event_id: &str, order_id: &str) -> Result<Order,
         .map_err(|_| ApiError::new(503, "temporarily_unavailable", "Order unreadable.").retryable())
 }
 
+/// The unsigned receipt (the object numbers and signs it) and the answer around it.
 #[allow(clippy::too_many_arguments)]
-async fn finish(
-    env: &Env,
+fn receipt_and_answer(
     ctx: &Ctx,
     c: &EventConfig,
     bundle: &LoadedBundle,
     quote: &Quote,
-    order: &Order,
+    order_id: &str,
     card: &crate::card::Card,
     status: ReceiptStatus,
     lane: &str,
-    routing: String,
+    routing: &str,
     message: &str,
-) -> Result<Answer, ApiError> {
-    let receipt_id = format!(
-        "rcpt_{}",
-        order
-            .receipt_id
-            .clone()
-            .unwrap_or_else(|| format!("{}-{}", c.event_id, order.order_id))
-    );
+) -> Result<(Receipt, serde_json::Value), ApiError> {
     let (lines, tax_breakdown, totals) = receipt::priced_from_quote(quote);
     let receipt = Receipt {
-        id: receipt_id.clone(),
+        id: String::new(),
         event_id: c.event_id.clone(),
         merchant_id: c.merchant_id.clone(),
-        order_id: order.order_id.clone(),
+        order_id: order_id.to_string(),
         lines,
         tax_breakdown,
         totals,
@@ -1288,31 +1435,18 @@ async fn finish(
         updated_ms: ctx.now_ms,
         refunded_amount: None,
     };
-    let keys = ReceiptKeys::parse(&env_string(env, "RECEIPT_KEY").unwrap_or_default())
-        .map_err(|e| e.to_api())?;
-    let signed = receipt::sign(receipt, &keys).map_err(|e| e.to_api())?;
-    let signed_json = signed.to_json().map_err(|e| e.to_api())?;
-    call(
-        env,
-        &c.event_id,
-        Method::Put,
-        &format!("/receipts/{receipt_id}"),
-        Some(signed_json),
-    )
-    .await?;
     let state = match status {
         ReceiptStatus::Queued => "queued",
         _ => "approved",
     };
-    Ok(Answer {
-        status: 201,
-        body: serde_json::json!({
-            "status": state, "order_id": order.order_id, "receipt_id": receipt_id,
-            "receipt_url": format!("/v1/receipts/{receipt_id}"), "receipt": signed,
+    Ok((
+        receipt,
+        serde_json::json!({
+            "status": state, "order_id": order_id,
             "total": quote.total, "currency": c.currency, "brand": card.brand().as_str(), "last4": card.last4(),
             "policy_revision": bundle.revision, "policy_hash": bundle.hash, "routing": routing, "message": message,
         }),
-    })
+    ))
 }
 
 // ------------------------------------------------------------------ receipts

@@ -83,6 +83,10 @@ pub fn error_response(e: &ApiError) -> worker::Result<Response> {
     if e.status == 401 {
         r.headers_mut().set("WWW-Authenticate", "Bearer")?;
     }
+    if e.retryable {
+        // Retryable refusals (busy, acquirer unreachable): tell clients when to come back.
+        r.headers_mut().set("Retry-After", "2")?;
+    }
     Ok(r)
 }
 

@@ -425,10 +425,21 @@ impl EventLedger {
     /// Expires stored payments past their wait and forgets forwards that never answered.
     pub(crate) fn expire_and_unstick(&mut self, now: i64, fx: &mut Fx) {
         let mut expired = Vec::new();
-        for a in self.auths.values_mut() {
-            if a.state != AuthState::Queued {
+        // Only touch (and so rewrite) the records that change.
+        let stuck: Vec<String> = self
+            .auths
+            .iter()
+            .filter(|(_, a)| a.state == AuthState::Queued)
+            .filter(|(_, a)| {
+                a.in_flight_until.is_some_and(|t| t <= now)
+                    || (a.in_flight_until.is_none() && now >= a.expires_at_ms)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stuck {
+            let Some(a) = self.auths.get_mut(&key) else {
                 continue;
-            }
+            };
             if a.in_flight_until.is_some_and(|t| t <= now) {
                 a.in_flight_until = None;
                 fx.changed = true;
@@ -441,8 +452,16 @@ impl EventLedger {
         for id in expired {
             self.finish_auth(&id, AuthState::Expired, fx);
         }
-        for r in self.refunds.values_mut() {
-            if r.state == RefundState::Sending && r.in_flight_until.is_some_and(|t| t <= now) {
+        let stuck: Vec<String> = self
+            .refunds
+            .iter()
+            .filter(|(_, r)| {
+                r.state == RefundState::Sending && r.in_flight_until.is_some_and(|t| t <= now)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stuck {
+            if let Some(r) = self.refunds.get_mut(&key) {
                 r.in_flight_until = None;
                 r.state = RefundState::Queued;
                 r.next_attempt_ms = now;
@@ -455,18 +474,28 @@ impl EventLedger {
     pub(crate) fn emit_forwards(&mut self, now: i64, force: bool, fx: &mut Fx) -> Reply {
         let mut forwards = 0u32;
         let mut budget = MAX_FORWARDS_PER_WAKE;
-        for a in self.auths.values_mut() {
-            let due = a.state == AuthState::Queued
-                && a.in_flight_until.is_none()
-                && now < a.expires_at_ms
-                && (force || a.next_attempt_ms <= now);
-            if due && budget == 0 {
+        let due_auths: Vec<String> = self
+            .auths
+            .iter()
+            .filter(|(_, a)| {
+                a.state == AuthState::Queued
+                    && a.in_flight_until.is_none()
+                    && now < a.expires_at_ms
+                    && (force || a.next_attempt_ms <= now)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due_auths {
+            let Some(a) = self.auths.get_mut(&key) else {
+                continue;
+            };
+            if budget == 0 {
                 // Over the per-wake cap: due now, so the next alarm comes at once.
                 a.next_attempt_ms = a.next_attempt_ms.min(now);
                 fx.changed = true;
                 continue;
             }
-            let Some(sealed) = a.sealed_card.clone().filter(|_| due) else {
+            let Some(sealed) = a.sealed_card.clone() else {
                 continue;
             };
             a.attempts = a.attempts.saturating_add(1);
@@ -485,19 +514,25 @@ impl EventLedger {
             budget -= 1;
         }
         let mut refunds = 0u32;
-        for r in self.refunds.values_mut() {
-            let due = r.state == RefundState::Queued && (force || r.next_attempt_ms <= now);
-            if due && budget == 0 {
+        let due_refunds: Vec<String> = self
+            .refunds
+            .iter()
+            .filter(|(_, r)| r.state == RefundState::Queued && (force || r.next_attempt_ms <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due_refunds {
+            let Some(r) = self.refunds.get_mut(&key) else {
+                continue;
+            };
+            if budget == 0 {
                 r.next_attempt_ms = r.next_attempt_ms.min(now);
                 fx.changed = true;
                 continue;
             }
-            if due {
-                fx.push(Effect::ForwardRefund(start_refund(r, now)));
-                fx.changed = true;
-                refunds += 1;
-                budget -= 1;
-            }
+            fx.push(Effect::ForwardRefund(start_refund(r, now)));
+            fx.changed = true;
+            refunds += 1;
+            budget -= 1;
         }
         Reply::Synced { forwards, refunds }
     }

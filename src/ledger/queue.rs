@@ -49,7 +49,62 @@ pub struct WaitingQueue {
     pub admitted_total: u64,
 }
 
+/// The admission meter: small, changes on almost every command (stored in the ledger head).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct QueueMeter {
+    started: bool,
+    credit_milli: i64,
+    last_refill_ms: i64,
+    dropped_total: u64,
+    admitted_total: u64,
+}
+
+/// Who waits and who is admitted: can be large, changes only when people join, are
+/// admitted or leave (stored in its own row).
+#[derive(Serialize)]
+pub(crate) struct QueueMembersRef<'a> {
+    waiting: &'a VecDeque<Place>,
+    admitted: &'a BTreeMap<String, i64>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct QueueMembers {
+    waiting: VecDeque<Place>,
+    admitted: BTreeMap<String, i64>,
+}
+
 impl WaitingQueue {
+    pub(crate) fn meter(&self) -> QueueMeter {
+        QueueMeter {
+            started: self.started,
+            credit_milli: self.credit_milli,
+            last_refill_ms: self.last_refill_ms,
+            dropped_total: self.dropped_total,
+            admitted_total: self.admitted_total,
+        }
+    }
+
+    pub(crate) fn members(&self) -> QueueMembersRef<'_> {
+        QueueMembersRef {
+            waiting: &self.waiting,
+            admitted: &self.admitted,
+        }
+    }
+
+    pub(crate) fn from_parts(m: QueueMeter, members: Option<QueueMembers>) -> WaitingQueue {
+        let (waiting, admitted) =
+            members.map_or_else(Default::default, |p| (p.waiting, p.admitted));
+        WaitingQueue {
+            waiting,
+            admitted,
+            started: m.started,
+            credit_milli: m.credit_milli,
+            last_refill_ms: m.last_refill_ms,
+            dropped_total: m.dropped_total,
+            admitted_total: m.admitted_total,
+        }
+    }
+
     pub(crate) fn new(cfg: &QueueConfig) -> WaitingQueue {
         WaitingQueue {
             waiting: VecDeque::new(),

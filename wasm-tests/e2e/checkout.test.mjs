@@ -160,10 +160,12 @@ test('offline budget exhausted: refused clearly, nothing queued', async () => {
   const a = await checkout(id, '4242424242424242');
   assert.equal(a.json.status, 'queued', a.text);
   const b = await checkout(id, '5555555555554444');
-  assertError(b, 503, 'offline_budget_exhausted');
+  assertError(b, 402, 'offline_budget_exhausted');
   assert.equal(b.json.error.retryable, true);
   const c = await checkout(id, '4242424242424242', { mode: 'require_online' });
-  assertError(c, 503, 'acquirer_unavailable');
+  assertError(c, 402, 'acquirer_unavailable');
+  assert.equal(c.json.error.retryable, true);
+  assert.equal(c.headers.get('retry-after'), '2');
 });
 
 test('policy prompts are enforced at checkout', async () => {
