@@ -13,6 +13,7 @@
 
   const css = new CSSStyleSheet();
   css.replaceSync(`
+    [hidden]{display:none!important}
     body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f5f6f8;color:#111}
     header{display:flex;align-items:baseline;gap:1rem;padding:.8rem 1.2rem;background:#111;color:#fff}
     h1{font-size:1.1rem;margin:0} h1 span{font-weight:400;opacity:.8} #status{margin:0;opacity:.85}
