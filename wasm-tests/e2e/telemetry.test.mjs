@@ -6,7 +6,9 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { api, admin, createEvent, checkout, tokenFor, merchant, laneControl, healLanes, assertError } from './helpers.mjs';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { BASE, api, admin, createEvent, checkout, tokenFor, merchant, laneControl, healLanes, assertError } from './helpers.mjs';
 
 after(async () => { await healLanes(); });
 
@@ -89,6 +91,17 @@ test('metrics count the funnel, latency, queue, declines and cost of real checko
   const r3 = await metrics(id, m.api_key);
   assert.equal(r3.json.funnel.refund, 1, JSON.stringify(r3.json.funnel));
   assert.equal(r3.json.refunded_minor, ok.json.total);
+
+  // scripts/cost-report prints the same cost figures for an operator.
+  const rep = spawnSync(fileURLToPath(new URL('../../scripts/cost-report', import.meta.url)), ['--url', BASE, '--event', id, '--key', m.api_key], { encoding: 'utf8' });
+  assert.equal(rep.status, 0, rep.stderr);
+  for (const l of r3.json.cost.lanes) {
+    assert.match(rep.stdout, new RegExp(`^${l.lane}\\s+${l.transactions}\\s`, 'm'), rep.stdout);
+  }
+  assert.match(rep.stdout, /50 ms less p95: no estimate yet/);
+  assert.match(rep.stdout, /Model: conversion rate = a \+ b/);
+  const bad = spawnSync(fileURLToPath(new URL('../../scripts/cost-report', import.meta.url)), ['--url', BASE, '--event', id, '--key', 'wrong'], { encoding: 'utf8' });
+  assert.equal(bad.status, 1);
 });
 
 test('metrics: operator or the event\'s own merchant only', async () => {
