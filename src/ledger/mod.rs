@@ -4,9 +4,10 @@
 //! stored (offline) payments, refunds, idempotency records and the waiting room. This
 //! module is that object's brain, with no I/O: the shell
 //!
-//! 1. loads the state (`EventLedger`, one JSON row, see [`EventLedger::to_json`]),
+//! 1. loads the state once per object start ([`EventLedger::from_rows`]),
 //! 2. calls [`EventLedger::handle`] with a [`Command`], the current time and 8 random bytes,
-//! 3. if [`Outcome::changed`], writes the state back **before** answering or acting,
+//! 3. if [`Outcome::changed`], writes what changed ([`EventLedger::take_delta`]) **before**
+//!    answering or acting,
 //! 4. performs every [`Effect`] in order (set the alarm, call the acquirer, ...), and feeds
 //!    acquirer answers back as new commands (`ForwardResult`, `RefundResult`).
 //!
@@ -15,11 +16,10 @@
 //! Stored payments are forwarded only from `Alarm` and `SyncNow`; refunds requested while
 //! the acquirer is online are sent at once (`ForwardRefund`), queued ones from the alarm.
 //!
-//! Storage: the whole state is one JSON document (events hold hundreds to a few thousand
-//! orders). Keep the deserialized ledger in memory between requests and reload it only when
-//! the object starts. Where one value is limited in size, store
-//! [`EventLedger::to_json_chunks`] as rows `ledger_state(chunk INTEGER PRIMARY KEY, data
-//! TEXT)` in one transaction.
+//! Storage: per row, see `storage.rs` (a small head, the waiting room, one row per order,
+//! stored payment, refund and idempotency record; only changed rows are written). The
+//! single-document form ([`EventLedger::to_json`], [`EventLedger::to_json_chunks`]) remains
+//! for tests and for reading state saved by the first layout.
 //!
 //! Wire format: `Command`, `Reply` and `Effect` are internally tagged JSON
 //! (`{"type": "hold", ...}`), so the Worker can post commands to the object and decode the
