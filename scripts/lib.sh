@@ -110,19 +110,43 @@ start_stack() {
   elif [ -n "${EXTRA_WRANGLER_VARS:-}" ]; then
     while IFS= read -r v; do [ -z "$v" ] || extra_vars+=(--var "$v"); done <<< "$EXTRA_WRANGLER_VARS"
   fi
-  cd "$ROOT"
-  env CLOUDFLARE_CF_FETCH_ENABLED=false WRANGLER_SEND_METRICS=false CI=1 \
-    setsid wrangler dev --ip 127.0.0.1 --port "$port" --persist-to "$state" \
-      --show-interactive-dev-session=false --log-level log "${extra_vars[@]}" \
-      >"$logs/worker.log" 2>&1 < /dev/null &
-  STACK_PIDS+=($!)
-  if ! wait_http "http://127.0.0.1:$port/healthz" 240; then
-    tail -n 40 "$logs/worker.log" >&2
-    die "the Worker did not answer on port $port"
-  fi
+  WORKER_VARS=("${extra_vars[@]}")
+  start_worker "$port" "$state" "$logs/worker.log" || die "the Worker did not start"
   export POPTILL_URL="http://127.0.0.1:$port" SIM_URL="http://127.0.0.1:$sim_port"
   ADMIN_KEY="$(dev_var ADMIN_KEY)"; export ADMIN_KEY
   export POPTILL_WORKER_LOG="$logs/worker.log" POPTILL_STATE_DIR="$state"
+}
+
+# start_worker PORT STATE_DIR LOG_FILE: starts wrangler dev alone (the Worker in workerd) with
+# the vars start_stack computed (WORKER_VARS), records its pid in WORKER_PID and STACK_PIDS,
+# and waits for /healthz. stop_worker stops it again; scripts/chaos restarts the local
+# runtime with the two while the simulator keeps running.
+WORKER_VARS=()
+WORKER_PID=""
+start_worker() {
+  local port="$1" state="$2" log="$3"
+  cd "$ROOT"
+  env CLOUDFLARE_CF_FETCH_ENABLED=false WRANGLER_SEND_METRICS=false CI=1 \
+    setsid wrangler dev --ip 127.0.0.1 --port "$port" --persist-to "$state" \
+      --show-interactive-dev-session=false --log-level log ${WORKER_VARS[@]+"${WORKER_VARS[@]}"} \
+      >"$log" 2>&1 < /dev/null &
+  WORKER_PID=$!
+  STACK_PIDS+=("$WORKER_PID")
+  if ! wait_http "http://127.0.0.1:$port/healthz" 240; then
+    tail -n 40 "$log" >&2
+    echo "error: the Worker did not answer on port $port" >&2
+    return 1
+  fi
+}
+stop_worker() {
+  [ -n "$WORKER_PID" ] || return 0
+  local pid="$WORKER_PID" keep=() p
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  for p in "${STACK_PIDS[@]:-}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+  STACK_PIDS=(${keep[@]+"${keep[@]}"})
+  WORKER_PID=""
 }
 
 # ensure_policy_key FILE: makes a policy author key at FILE once (never committed) and

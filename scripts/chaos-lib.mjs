@@ -1,0 +1,366 @@
+// chaos-lib: the pure parts of the soak and chaos suite (scripts/chaos.mjs): percentiles,
+// request tallies, the invariant checks, the Markdown report and the SVG chart. No I/O, no
+// clock: everything comes in as data, so wasm-tests/chaos/ can feed each check synthetic
+// data that breaks it and show that it fails.
+
+/** Final states an accepted checkout (a 201: approved or queued) may end in after recovery. */
+export const FINAL_STATES = new Set(['approved', 'forwarded', 'declined', 'expired', 'refunded', 'partially_refunded']);
+/** Final states in which the acquirer holds exactly one successful charge for the order. */
+export const CHARGED_STATES = new Set(['approved', 'forwarded', 'refunded', 'partially_refunded']);
+/** Test card numbers the suite uses: none may appear in state or logs. */
+export const TEST_PANS = [
+  '4242424242424242', '5555555555554444', '378282246310005', '4000000000000002',
+  '4000000000009995', '4000000000000069', '2223003122003222', '6011111111111117',
+];
+/** Lines of the Worker's log that mean it panicked or trapped. */
+export const PANIC_PATTERNS = [/panicked/i, /RuntimeError/, /unreachable/];
+
+export function percentile(sorted, p) {
+  if (sorted.length === 0) return null;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i];
+}
+
+export function latencyStats(ms) {
+  const s = [...ms].sort((a, b) => a - b);
+  return { n: s.length, p50: percentile(s, 50), p95: percentile(s, 95), p99: percentile(s, 99), max: s.length ? s[s.length - 1] : null };
+}
+
+/** The fault windows active at time t (seconds since start). */
+export function phasesAt(faults, t) {
+  return faults.filter((f) => t >= f.start && t < (f.end ?? Infinity)).map((f) => f.label);
+}
+
+/** The phase name of a request: the fault windows it started in, or "steady". */
+export function phaseOf(faults, t) {
+  const p = phasesAt(faults, t);
+  return p.length ? p.join(' + ') : 'steady';
+}
+
+/**
+ * Tallies request records {t, kind, status, ms, code} (status 0 = no answer):
+ * by kind and status, and latency per phase for checkouts and for every request.
+ */
+export function tallyRequests(requests, faults) {
+  const byKind = {};
+  for (const r of requests) {
+    const k = (byKind[r.kind] ??= { total: 0, statuses: {} });
+    k.total += 1;
+    const s = r.status === 0 ? 'no answer' : String(r.status);
+    k.statuses[s] = (k.statuses[s] ?? 0) + 1;
+  }
+  const phases = {};
+  for (const r of requests) {
+    if (r.status === 0) continue;
+    const ph = phaseOf(faults, r.t);
+    const p = (phases[ph] ??= { all: [], checkout: [] });
+    p.all.push(r.ms);
+    if (r.kind === 'checkout') p.checkout.push(r.ms);
+  }
+  const latency = {};
+  for (const [ph, v] of Object.entries(phases)) latency[ph] = { all: latencyStats(v.all), checkout: latencyStats(v.checkout) };
+  const fiveXX = requests.filter((r) => r.status >= 500);
+  return { total: requests.length, byKind, latency, fiveXX };
+}
+
+const check = (name, ok, figure, details = []) => ({ name, ok, figure, details: details.slice(0, 20), more: Math.max(0, details.length - 20) });
+
+/** Sums a per-lane simulator stats map (by_idempotency_key or by_order_id) over lanes. */
+export function sumOverLanes(simStats, field) {
+  const out = {};
+  for (const lane of Object.values(simStats?.lanes ?? {})) {
+    for (const [k, n] of Object.entries(lane[field] ?? {})) out[k] = (out[k] ?? 0) + n;
+  }
+  return out;
+}
+
+/**
+ * Checks every invariant and returns [{name, ok, figure, details}].
+ *
+ * data = {
+ *   events: [{id, name, summary: {skus: [{sku, stock, sold}], queued_count},
+ *             exportRows: [{order_id, state, lines: [{sku, qty}]}], reconcile: {report}}],
+ *   sim: {lanes: {lane: {by_idempotency_key, by_order_id}}},
+ *   accepted: [{event, order_id, status}],   // 201 answers the buyers got
+ *   declined: [{event, order_id}],           // 402 decline answers the buyers got
+ *   requests: [{t, kind, status, code, path}],
+ *   panics: [line], leaks: [{pan, file}], filesScanned: n,
+ *   replays: {checked, mismatches: [text]}, unexpectedNoAnswer: [text],
+ *   charges: {payment_intent_id: {lane, order_id}} (optional, to describe discrepancies),
+ * }
+ */
+export function checkInvariants(data) {
+  const out = [];
+
+  // 1. No ticket oversold: sold <= stock per SKU, and the units of paid orders in the export fit too.
+  {
+    const bad = [];
+    const figs = [];
+    for (const e of data.events) {
+      let sold = 0, stock = 0;
+      for (const s of e.summary?.skus ?? []) {
+        sold += s.sold; stock += s.stock;
+        if (s.sold > s.stock) bad.push(`${e.name} ${s.sku}: sold ${s.sold} > stock ${s.stock}`);
+        const paidUnits = (e.exportRows ?? [])
+          .filter((o) => CHARGED_STATES.has(o.state) || o.state === 'queued')
+          .reduce((n, o) => n + (o.lines ?? []).filter((l) => l.sku === s.sku).reduce((m, l) => m + (l.qty ?? l.quantity ?? 0), 0), 0);
+        if (paidUnits > s.stock) bad.push(`${e.name} ${s.sku}: paid orders hold ${paidUnits} units > stock ${s.stock}`);
+      }
+      figs.push(`${e.name} ${sold}/${stock}`);
+    }
+    out.push(check('no ticket oversold', bad.length === 0, `sold/stock: ${figs.join(', ')}`, bad));
+  }
+
+  // 2. No payment charged twice at the acquirer: per acquirer idempotency key and per order, over all lanes.
+  {
+    const byKey = sumOverLanes(data.sim, 'by_idempotency_key');
+    const byOrder = sumOverLanes(data.sim, 'by_order_id');
+    const bad = [];
+    const perLane = (field, k) => Object.entries(data.sim?.lanes ?? {}).filter(([, l]) => (l[field] ?? {})[k]).map(([name, l]) => `${name} ${l[field][k]}`).join(', ');
+    for (const [k, n] of Object.entries(byKey)) if (n > 1) bad.push(`acquirer idempotency key ${k}: ${n} charges (${perLane('by_idempotency_key', k)})`);
+    for (const [o, n] of Object.entries(byOrder)) if (n > 1) bad.push(`order ${o}: ${n} successful charges (${perLane('by_order_id', o)})`);
+    const charges = Object.values(byOrder).reduce((a, b) => a + b, 0);
+    out.push(check('no payment charged twice', bad.length === 0,
+      `${charges} successful charges for ${Object.keys(byOrder).length} orders, ${Object.keys(byKey).length} acquirer idempotency keys, max ${Math.max(0, ...Object.values(byOrder))} per order`, bad));
+  }
+
+  // 3. Every accepted checkout in exactly one final state, matching the acquirer.
+  {
+    const byOrder = sumOverLanes(data.sim, 'by_order_id');
+    const rows = new Map();
+    for (const e of data.events) for (const r of e.exportRows ?? []) rows.set(r.order_id, [...(rows.get(r.order_id) ?? []), r]);
+    const bad = [];
+    const states = {};
+    for (const a of data.accepted) {
+      const found = rows.get(a.order_id) ?? [];
+      if (found.length !== 1) { bad.push(`order ${a.order_id} (${a.status} at checkout) appears ${found.length} times in the exports`); continue; }
+      const st = found[0].state;
+      states[st] = (states[st] ?? 0) + 1;
+      if (!FINAL_STATES.has(st)) { bad.push(`order ${a.order_id} (${a.status} at checkout) is ${st}, not a final state`); continue; }
+      const charges = byOrder[a.order_id] ?? 0;
+      const want = CHARGED_STATES.has(st) ? 1 : 0;
+      if (charges !== want) bad.push(`order ${a.order_id} is ${st} with ${charges} successful charges at the acquirer (expected ${want})`);
+    }
+    for (const d of data.declined ?? []) {
+      const charges = byOrder[d.order_id] ?? 0;
+      if (charges !== 0) bad.push(`order ${d.order_id} was answered declined but has ${charges} charges at the acquirer`);
+      const st = (rows.get(d.order_id) ?? [])[0]?.state;
+      if (st && CHARGED_STATES.has(st)) bad.push(`order ${d.order_id} was answered declined but is ${st} in the ledger`);
+    }
+    const fig = Object.entries(states).map(([s, n]) => `${s} ${n}`).join(', ') || 'none';
+    out.push(check('every accepted checkout in exactly one final state, matching the acquirer', bad.length === 0,
+      `${data.accepted.length} accepted: ${fig}; ${(data.declined ?? []).length} declines uncharged`, bad));
+  }
+
+  // 4. No queued authorization left behind after recovery.
+  {
+    const bad = [];
+    let n = 0;
+    for (const e of data.events) {
+      const q = e.summary?.queued_count ?? 0;
+      n += q;
+      if (q !== 0) bad.push(`${e.name}: ${q} queued authorizations still stored`);
+      const rowsQueued = (e.exportRows ?? []).filter((r) => r.state === 'queued').length;
+      if (rowsQueued !== 0) bad.push(`${e.name}: ${rowsQueued} orders still in state queued`);
+    }
+    const everQueued = data.accepted.filter((a) => a.status === 'queued').length;
+    out.push(check('no queued authorization left behind', bad.length === 0, `${everQueued} accepted offline, ${n} still queued`, bad));
+  }
+
+  // 5. No 5xx at all.
+  {
+    const fives = data.requests.filter((r) => r.status >= 500);
+    const by = {};
+    for (const r of fives) { const k = `${r.status} ${r.kind} ${r.code ?? ''}`.trim(); by[k] = (by[k] ?? 0) + 1; }
+    out.push(check('no 5xx answers', fives.length === 0, `${fives.length} of ${data.requests.length} requests`, Object.entries(by).map(([k, n]) => `${n} × ${k}`)));
+  }
+
+  // 6. No panic in the Worker's log.
+  out.push(check('no panic in the Worker log', (data.panics ?? []).length === 0, `${(data.panics ?? []).length} panic lines`, data.panics ?? []));
+
+  // 7. No card number in state or logs (and something was really scanned).
+  {
+    const leaks = data.leaks ?? [];
+    const scanned = data.filesScanned ?? 0;
+    const bad = leaks.map((l) => `card ${l.pan.slice(0, 4)}…${l.pan.slice(-4)} in ${l.file}`);
+    if (scanned === 0) bad.push('no files were scanned');
+    out.push(check('no card number in state or logs', bad.length === 0, `${scanned} files searched for ${TEST_PANS.length} test card numbers, ${leaks.length} found`, bad));
+  }
+
+  // 8. Reconciliation clean for every event.
+  {
+    const bad = [];
+    let matched = 0;
+    for (const e of data.events) {
+      const rep = e.reconcile?.report ?? e.reconcile;
+      if (!rep || !Array.isArray(rep.matched)) { bad.push(`${e.name}: no reconciliation report`); continue; }
+      matched += rep.matched.length;
+      for (const f of ['missing_at_acquirer', 'missing_at_edge', 'amount_mismatch', 'awaiting_forward']) {
+        const v = rep[f] ?? [];
+        const describe = (x) => {
+          if (typeof x !== 'string') return JSON.stringify(x);
+          const c = data.charges?.[x];
+          if (!c) return x;
+          const row = (e.exportRows ?? []).find((r) => r.order_id === c.order_id);
+          return `${x} (${c.lane}, order ${c.order_id}, ledger state ${row?.state ?? 'unknown'})`;
+        };
+        if (v.length) bad.push(`${e.name}: ${f} ${v.length}: ${v.slice(0, 5).map(describe).join(', ')}`);
+      }
+    }
+    out.push(check('reconciliation clean', bad.length === 0, `${matched} matched, ${bad.length} discrepancies`, bad));
+  }
+
+  // 9. Idempotent replays are consistent (same key + body: same answer; other body: refused).
+  {
+    const r = data.replays ?? { checked: 0, mismatches: [] };
+    const bad = [...r.mismatches];
+    if (r.checked === 0) bad.push('no replay was checked');
+    out.push(check('duplicated and replayed requests answered consistently', bad.length === 0, `${r.checked} replays checked, ${r.mismatches.length} inconsistent`, bad));
+  }
+
+  // 10. The Worker answered every request except during the runtime restart.
+  {
+    const u = data.unexpectedNoAnswer ?? [];
+    out.push(check('no lost connection outside the runtime restart', u.length === 0, `${u.length} requests without an answer outside the restart window`, u));
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------------------ report
+
+const fmt = (v) => (v === null || v === undefined ? '–' : typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toFixed(1)) : String(v));
+const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]);
+
+/** Markdown report: run, invariants, requests by kind and status, latency per phase, faults, findings. */
+export function renderReport({ run, invariants, tally, faults, outcomes = {}, findings = [], svgFile = 'chart.svg' }) {
+  const L = [];
+  L.push('# poptill soak and chaos run', '');
+  L.push(`${run.started} · ${fmt(run.seconds)} s of load · ${run.buyers} concurrent buyers over ${run.events} events · ${tally.total} requests · result: **${invariants.every((i) => i.ok) ? 'all invariants held' : 'INVARIANT VIOLATED'}**`, '');
+  L.push(`![latency and outcomes over time](${svgFile})`, '');
+  L.push('## Invariants', '', '| invariant | result | figure |', '| --- | --- | --- |');
+  for (const i of invariants) L.push(`| ${i.name} | ${i.ok ? 'held' : '**VIOLATED**'} | ${i.figure} |`);
+  const broken = invariants.filter((i) => !i.ok);
+  for (const i of broken) {
+    L.push('', `### ${i.name}: violated`, '');
+    for (const d of i.details) L.push(`- ${d}`);
+    if (i.more) L.push(`- … and ${i.more} more`);
+  }
+  L.push('', '## Buyer outcomes', '', '| outcome | count |', '| --- | --- |');
+  for (const [k, n] of Object.entries(outcomes).sort((a, b) => b[1] - a[1])) L.push(`| ${k} | ${n} |`);
+  L.push('', '## Requests by kind and status', '', '| kind | total | statuses |', '| --- | --- | --- |');
+  for (const [k, v] of Object.entries(tally.byKind).sort((a, b) => b[1].total - a[1].total)) {
+    L.push(`| ${k} | ${v.total} | ${Object.entries(v.statuses).sort().map(([s, n]) => `${s}: ${n}`).join(', ')} |`);
+  }
+  L.push('', '## Latency per phase (ms, answered requests)', '', '| phase | checkouts n | p50 | p95 | p99 | all requests n | p50 | p95 | p99 |', '| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  for (const [ph, v] of Object.entries(tally.latency)) {
+    const c = v.checkout, a = v.all;
+    L.push(`| ${ph} | ${c.n} | ${fmt(c.p50)} | ${fmt(c.p95)} | ${fmt(c.p99)} | ${a.n} | ${fmt(a.p50)} | ${fmt(a.p95)} | ${fmt(a.p99)} |`);
+  }
+  L.push('', '## Fault timeline (seconds from the start of the load)', '', '| from | to | fault | note |', '| --- | --- | --- | --- |');
+  for (const f of faults) L.push(`| ${fmt(f.start)} | ${fmt(f.end)} | ${f.label} | ${f.note ?? ''} |`);
+  if (findings.length) {
+    L.push('', '## Findings', '');
+    for (const f of findings) L.push(`- ${f}`);
+  }
+  L.push('');
+  return L.join('\n');
+}
+
+const OUTCOME_COLORS = {
+  approved: '#2e7d32', queued: '#1565c0', declined: '#f9a825', 'sold out': '#90a4ae', refused: '#8e24aa',
+  'client error': '#6d4c41', '5xx': '#c62828', 'no answer': '#212121',
+};
+
+/** Classifies a checkout record for the chart. */
+export function outcomeClass(r) {
+  if (r.status === 0) return 'no answer';
+  if (r.status >= 500) return '5xx';
+  if (r.status === 201) return r.outcome === 'queued' ? 'queued' : 'approved';
+  if (r.status === 402 && r.code && /declin|insufficient|expired_card|processing/.test(r.code)) return 'declined';
+  if (r.status === 409 && r.code === 'out_of_stock') return 'sold out';
+  if (r.status === 429 || r.status === 402 || r.status === 409 || r.status === 410) return 'refused';
+  return 'client error';
+}
+
+/**
+ * Hand-written SVG: checkout latency p50/p99 per time bucket (log scale) above, checkout
+ * outcomes per bucket (stacked bars) below, fault windows as labelled shaded bands.
+ */
+export function renderSvg({ requests, faults, seconds, bucket = 1 }) {
+  const W = 1000, H = 560, left = 60, right = 20, top = 30;
+  const latH = 230, gap = 50, outH = 180;
+  const plotW = W - left - right;
+  const span = Math.max(seconds, 1);
+  const x = (t) => left + (Math.min(Math.max(t, 0), span) / span) * plotW;
+  const nb = Math.ceil(span / bucket);
+  const lat = Array.from({ length: nb }, () => []);
+  const outc = Array.from({ length: nb }, () => ({}));
+  for (const r of requests) {
+    if (r.kind !== 'checkout') continue;
+    const b = Math.min(nb - 1, Math.max(0, Math.floor(r.t / bucket)));
+    if (r.status !== 0) lat[b].push(r.ms);
+    const c = outcomeClass(r);
+    outc[b][c] = (outc[b][c] ?? 0) + 1;
+  }
+  const allMs = requests.filter((r) => r.kind === 'checkout' && r.status !== 0).map((r) => r.ms);
+  const maxMs = Math.max(10, ...allMs);
+  const lo = 1, hi = 10 ** Math.ceil(Math.log10(maxMs));
+  const yLat = (ms) => top + latH - ((Math.log10(Math.max(ms, lo)) - Math.log10(lo)) / (Math.log10(hi) - Math.log10(lo))) * latH;
+  const outTop = top + latH + gap;
+  const maxCount = Math.max(1, ...outc.map((o) => Object.values(o).reduce((a, b) => a + b, 0)));
+  const yOut = (n) => outTop + outH - (n / maxCount) * outH;
+  const s = [];
+  s.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="11">`);
+  s.push(`<rect width="${W}" height="${H}" fill="#fff"/>`);
+  s.push(`<text x="${left}" y="18" font-size="14" font-weight="bold">Checkout latency (p50, p99 per ${bucket} s, log scale) and outcomes over time; fault windows shaded</text>`);
+  // fault bands, staggered labels
+  const palette = ['#ffcdd2', '#ffe0b2', '#fff9c4', '#c8e6c9', '#b3e5fc', '#d1c4e9', '#f8bbd0', '#dcedc8'];
+  faults.forEach((f, i) => {
+    const x0 = x(f.start), x1 = x(f.end ?? span);
+    s.push(`<rect class="fault" x="${x0.toFixed(1)}" y="${top}" width="${Math.max(1, x1 - x0).toFixed(1)}" height="${latH + gap + outH}" fill="${palette[i % palette.length]}" fill-opacity="0.55"><title>${esc(f.label)}</title></rect>`);
+    s.push(`<text x="${(x0 + 2).toFixed(1)}" y="${top + 10 + (i % 4) * 11}" font-size="9" fill="#333">${esc(f.label)}</text>`);
+  });
+  // latency axes
+  s.push(`<line x1="${left}" y1="${top + latH}" x2="${W - right}" y2="${top + latH}" stroke="#000"/><line x1="${left}" y1="${top}" x2="${left}" y2="${top + latH}" stroke="#000"/>`);
+  for (let d = lo; d <= hi; d *= 10) {
+    s.push(`<line x1="${left - 4}" y1="${yLat(d).toFixed(1)}" x2="${W - right}" y2="${yLat(d).toFixed(1)}" stroke="#ddd"/><text x="${left - 6}" y="${(yLat(d) + 4).toFixed(1)}" text-anchor="end">${d >= 1000 ? d / 1000 + ' s' : d + ' ms'}</text>`);
+  }
+  const line = (p, color, name) => {
+    const pts = [];
+    lat.forEach((v, i) => {
+      if (!v.length) return;
+      const sorted = [...v].sort((a, b) => a - b);
+      pts.push(`${x((i + 0.5) * bucket).toFixed(1)},${yLat(percentile(sorted, p)).toFixed(1)}`);
+    });
+    if (pts.length) s.push(`<polyline class="latency" data-p="${p}" points="${pts.join(' ')}" fill="none" stroke="${color}" stroke-width="1.5"><title>${name}</title></polyline>`);
+  };
+  line(50, '#1565c0', 'p50');
+  line(99, '#c62828', 'p99');
+  s.push(`<text x="${W - right - 120}" y="${top + 12}" fill="#1565c0">— p50</text><text x="${W - right - 70}" y="${top + 12}" fill="#c62828">— p99</text>`);
+  // outcomes
+  s.push(`<line x1="${left}" y1="${outTop + outH}" x2="${W - right}" y2="${outTop + outH}" stroke="#000"/><line x1="${left}" y1="${outTop}" x2="${left}" y2="${outTop + outH}" stroke="#000"/>`);
+  s.push(`<text x="${left - 6}" y="${outTop + 4}" text-anchor="end">${maxCount}</text><text x="${left - 6}" y="${outTop + outH + 4}" text-anchor="end">0</text>`);
+  s.push(`<text x="${left}" y="${outTop - 6}">checkouts per ${bucket} s by outcome</text>`);
+  const bw = Math.max(1, plotW / nb - 0.5);
+  const order = Object.keys(OUTCOME_COLORS);
+  outc.forEach((o, i) => {
+    let acc = 0;
+    for (const k of order) {
+      const n = o[k] ?? 0;
+      if (!n) continue;
+      const y1 = yOut(acc), y0 = yOut(acc + n);
+      s.push(`<rect class="outcome" data-outcome="${k}" x="${x(i * bucket).toFixed(1)}" y="${y0.toFixed(1)}" width="${bw.toFixed(1)}" height="${(y1 - y0).toFixed(1)}" fill="${OUTCOME_COLORS[k]}"/>`);
+      acc += n;
+    }
+  });
+  // time axis
+  const step = span > 400 ? 60 : span > 120 ? 30 : 10;
+  for (let t = 0; t <= span; t += step) s.push(`<text x="${x(t).toFixed(1)}" y="${outTop + outH + 14}" text-anchor="middle">${t}s</text>`);
+  // legend
+  order.forEach((k, i) => {
+    const lx = left + i * 115;
+    s.push(`<rect x="${lx}" y="${H - 22}" width="10" height="10" fill="${OUTCOME_COLORS[k]}"/><text x="${lx + 14}" y="${H - 13}">${esc(k)}</text>`);
+  });
+  s.push('</svg>');
+  return s.join('\n');
+}

@@ -1,0 +1,211 @@
+// The pure parts of the chaos suite (scripts/chaos-lib.mjs): each invariant check is fed
+// synthetic data that holds, then data that breaks it, and must tell the two apart; the
+// report and the SVG chart carry the figures and the fault windows.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { checkInvariants, tallyRequests, renderReport, renderSvg, latencyStats, phaseOf, outcomeClass } from '../../scripts/chaos-lib.mjs';
+
+/** A run in which every invariant holds: two orders, one approved, one queued then forwarded. */
+function healthy() {
+  return {
+    events: [{
+      id: 'evt_a', name: 'hot',
+      summary: { skus: [{ sku: 'ticket', stock: 2, sold: 2 }], queued_count: 0 },
+      exportRows: [
+        { order_id: 'ord_1', state: 'approved', lines: [{ sku: 'ticket', qty: 1 }] },
+        { order_id: 'ord_2', state: 'forwarded', lines: [{ sku: 'ticket', qty: 1 }] },
+        { order_id: 'ord_3', state: 'declined', lines: [{ sku: 'ticket', qty: 1 }] },
+      ],
+      reconcile: { report: { matched: [['ord_1', 'pi_1'], ['ord_2', 'pi_2']], missing_at_acquirer: [], missing_at_edge: [], amount_mismatch: [], awaiting_forward: [] } },
+    }],
+    sim: { lanes: {
+      fast: { by_idempotency_key: { ord_1_online: 1, ord_3_online: 1 }, by_order_id: { ord_1: 1 } },
+      cheap: { by_idempotency_key: { ord_2_queued: 1 }, by_order_id: { ord_2: 1 } },
+    } },
+    accepted: [{ event: 'hot', order_id: 'ord_1', status: 'approved' }, { event: 'hot', order_id: 'ord_2', status: 'queued' }],
+    declined: [{ event: 'hot', order_id: 'ord_3' }],
+    requests: [{ t: 0.1, kind: 'checkout', status: 201, ms: 30 }, { t: 1.2, kind: 'checkout', status: 402, ms: 40, code: 'card_declined' }],
+    panics: [], leaks: [], filesScanned: 12,
+    replays: { checked: 3, mismatches: [] },
+    unexpectedNoAnswer: [],
+  };
+}
+
+const byName = (inv, prefix) => inv.find((i) => i.name.startsWith(prefix));
+function expectOnlyBroken(data, prefix) {
+  const inv = checkInvariants(data);
+  const broken = inv.filter((i) => !i.ok).map((i) => i.name);
+  assert.ok(broken.some((n) => n.startsWith(prefix)), `${prefix} should be violated; broken: ${broken.join('; ')}`);
+  return byName(inv, prefix);
+}
+
+test('a healthy run holds every invariant, each with a figure', () => {
+  const inv = checkInvariants(healthy());
+  assert.equal(inv.length, 10);
+  for (const i of inv) {
+    assert.equal(i.ok, true, `${i.name}: ${i.details.join('; ')}`);
+    assert.ok(i.figure.length > 5, i.name);
+  }
+  assert.match(byName(inv, 'no ticket oversold').figure, /hot 2\/2/);
+});
+
+test('oversold: sold above stock, or paid orders holding more units than the stock', () => {
+  const d = healthy();
+  d.events[0].summary.skus[0].sold = 3;
+  assert.match(expectOnlyBroken(d, 'no ticket oversold').details[0], /sold 3 > stock 2/);
+  const e = healthy();
+  e.events[0].exportRows.push({ order_id: 'ord_9', state: 'approved', lines: [{ sku: 'ticket', qty: 1 }] });
+  assert.match(expectOnlyBroken(e, 'no ticket oversold').details.join(), /3 units > stock 2/);
+});
+
+test('charged twice: one acquirer key on two lanes, or two charges for one order', () => {
+  const d = healthy();
+  d.sim.lanes.cheap.by_idempotency_key.ord_1_online = 1;
+  d.sim.lanes.cheap.by_order_id.ord_1 = 1;
+  const c = expectOnlyBroken(d, 'no payment charged twice');
+  assert.ok(c.details.some((x) => /ord_1_online: 2 charges \(fast 1, cheap 1\)/.test(x)), c.details.join('\n'));
+  assert.ok(c.details.some((x) => /order ord_1: 2 successful charges/.test(x)));
+  // the same order is then also out of step with the acquirer
+  assert.equal(byName(checkInvariants(d), 'every accepted').ok, false);
+});
+
+test('final states: missing, duplicated, pending or queued orders, and states that disagree with the acquirer', () => {
+  let d = healthy();
+  d.events[0].exportRows = d.events[0].exportRows.filter((r) => r.order_id !== 'ord_2');
+  assert.match(expectOnlyBroken(d, 'every accepted').details[0], /appears 0 times/);
+  d = healthy();
+  d.events[0].exportRows.push({ ...d.events[0].exportRows[0] });
+  assert.match(expectOnlyBroken(d, 'every accepted').details[0], /appears 2 times/);
+  d = healthy();
+  d.events[0].exportRows[0].state = 'pending';
+  assert.match(expectOnlyBroken(d, 'every accepted').details[0], /pending, not a final state/);
+  d = healthy();
+  d.events[0].exportRows[0].state = 'declined'; // declined, yet the acquirer charged it
+  assert.match(expectOnlyBroken(d, 'every accepted').details[0], /declined with 1 successful charges .*expected 0/);
+  d = healthy();
+  delete d.sim.lanes.cheap.by_order_id.ord_2; // forwarded, yet never charged
+  assert.match(expectOnlyBroken(d, 'every accepted').details[0], /forwarded with 0 successful charges/);
+  d = healthy();
+  d.sim.lanes.fast.by_order_id.ord_3 = 1; // answered declined, charged anyway
+  assert.ok(expectOnlyBroken(d, 'every accepted').details.some((x) => /answered declined but has 1 charges/.test(x)));
+});
+
+test('queued authorizations left behind are caught in the summary and in the export', () => {
+  let d = healthy();
+  d.events[0].summary.queued_count = 1;
+  assert.match(expectOnlyBroken(d, 'no queued').details[0], /1 queued authorizations still stored/);
+  d = healthy();
+  d.events[0].exportRows[1].state = 'queued';
+  const inv = checkInvariants(d);
+  assert.equal(byName(inv, 'no queued').ok, false);
+  assert.equal(byName(inv, 'every accepted').ok, false, 'queued is not a final state');
+});
+
+test('any 5xx, panic line, card number, missing scan, lost connection or inconsistent replay fails', () => {
+  let d = healthy();
+  d.requests.push({ t: 2, kind: 'checkout', status: 503, ms: 9, code: 'acquirer_unavailable' });
+  assert.match(expectOnlyBroken(d, 'no 5xx').details[0], /1 × 503 checkout acquirer_unavailable/);
+  d = healthy();
+  d.panics = ['worker.log: panicked at src/lib.rs:1'];
+  expectOnlyBroken(d, 'no panic');
+  d = healthy();
+  d.leaks = [{ pan: '4242424242424242', file: '/state/x.sqlite' }];
+  const leak = expectOnlyBroken(d, 'no card number');
+  assert.match(leak.details[0], /4242…4242 in \/state\/x.sqlite/);
+  assert.ok(!leak.details[0].includes('4242424242424242'), 'the report itself never prints the number');
+  d = healthy();
+  d.filesScanned = 0;
+  expectOnlyBroken(d, 'no card number');
+  d = healthy();
+  d.unexpectedNoAnswer = ['checkout /v1/events/x/checkout at 3.0 s: ECONNREFUSED'];
+  expectOnlyBroken(d, 'no lost connection');
+  d = healthy();
+  d.replays = { checked: 2, mismatches: ['one key, two orders: ord_1 ord_2'] };
+  expectOnlyBroken(d, 'duplicated and replayed');
+  d = healthy();
+  d.replays = { checked: 0, mismatches: [] };
+  expectOnlyBroken(d, 'duplicated and replayed');
+});
+
+test('reconciliation: every kind of discrepancy, and a missing report, fail; charges are described', () => {
+  for (const field of ['missing_at_acquirer', 'missing_at_edge', 'amount_mismatch', 'awaiting_forward']) {
+    const d = healthy();
+    d.events[0].reconcile.report[field] = field === 'amount_mismatch' ? [{ order_id: 'ord_1' }] : ['pi_9'];
+    d.charges = { pi_9: { lane: 'cheap', order_id: 'ord_3' } };
+    const r = expectOnlyBroken(d, 'reconciliation clean');
+    assert.match(r.details[0], new RegExp(field));
+    if (field === 'missing_at_edge') assert.match(r.details[0], /pi_9 \(cheap, order ord_3, ledger state declined\)/);
+  }
+  const d = healthy();
+  d.events[0].reconcile = { error: { code: 'x' } };
+  assert.match(expectOnlyBroken(d, 'reconciliation clean').details[0], /no reconciliation report/);
+});
+
+test('tallies, percentiles and phases', () => {
+  const s = latencyStats([5, 1, 4, 2, 3, 100, 7, 8, 9, 10]);
+  assert.deepEqual([s.n, s.p50, s.p95, s.p99, s.max], [10, 5, 100, 100, 100]);
+  assert.equal(latencyStats([]).p50, null);
+  const faults = [{ start: 10, end: 20, label: 'all lanes refuse' }, { start: 15, end: 30, label: 'runtime restart' }];
+  assert.equal(phaseOf(faults, 5), 'steady');
+  assert.equal(phaseOf(faults, 16), 'all lanes refuse + runtime restart');
+  const t = tallyRequests([
+    { t: 1, kind: 'checkout', status: 201, ms: 10 }, { t: 12, kind: 'checkout', status: 201, ms: 50 },
+    { t: 12, kind: 'token', status: 201, ms: 2 }, { t: 13, kind: 'checkout', status: 0, ms: 1 }, { t: 25, kind: 'hostile', status: 502, ms: 3 },
+  ], faults);
+  assert.equal(t.total, 5);
+  assert.deepEqual(t.byKind.checkout.statuses, { 201: 2, 'no answer': 1 });
+  assert.equal(t.latency['all lanes refuse'].checkout.n, 1, 'lost answers carry no latency');
+  assert.equal(t.latency['all lanes refuse'].all.n, 2);
+  assert.equal(t.fiveXX.length, 1);
+  assert.equal(outcomeClass({ status: 201, outcome: 'queued' }), 'queued');
+  assert.equal(outcomeClass({ status: 402, code: 'card_declined' }), 'declined');
+  assert.equal(outcomeClass({ status: 402, code: 'offline_budget_exhausted' }), 'refused');
+  assert.equal(outcomeClass({ status: 409, code: 'out_of_stock' }), 'sold out');
+  assert.equal(outcomeClass({ status: 410, code: 'key_revoked' }), 'refused');
+  assert.equal(outcomeClass({ status: 0 }), 'no answer');
+});
+
+test('the report carries every invariant with its figure, the violations, latency per phase and the fault timeline', () => {
+  const d = healthy();
+  d.events[0].summary.skus[0].sold = 3;
+  const invariants = checkInvariants(d);
+  const faults = [{ start: 1, end: 2, label: 'error burst', note: 'fast 40 %' }];
+  const md = renderReport({
+    run: { started: '2025-01-01T00:00:00Z', seconds: 60, buyers: 18, events: 4 },
+    invariants, tally: tallyRequests(d.requests, faults), faults, outcomes: { approved: 7 }, findings: ['a finding'],
+  });
+  assert.match(md, /INVARIANT VIOLATED/);
+  for (const i of invariants) assert.ok(md.includes(`| ${i.name} |`), i.name);
+  assert.match(md, /\| no ticket oversold \| \*\*VIOLATED\*\* \| sold\/stock: hot 3\/2 \|/);
+  assert.match(md, /sold 3 > stock 2/);
+  assert.match(md, /\| steady \| 1 \| 30 \|/);
+  assert.match(md, /\| 1 \| 2 \| error burst \| fast 40 % \|/);
+  assert.match(md, /\| approved \| 7 \|/);
+  assert.match(md, /- a finding/);
+  assert.match(md, /!\[latency and outcomes over time\]\(chart\.svg\)/);
+  const ok = renderReport({ run: { started: 'x', seconds: 1, buyers: 1, events: 1 }, invariants: checkInvariants(healthy()), tally: tallyRequests([], []), faults: [] });
+  assert.match(ok, /all invariants held/);
+});
+
+test('the SVG chart is well formed, shades and labels each fault window, and plots latency and outcomes', () => {
+  const requests = [];
+  for (let t = 0; t < 60; t += 0.5) requests.push({ t, kind: 'checkout', status: t > 20 && t < 25 ? 0 : 201, outcome: t > 30 && t < 40 ? 'queued' : 'approved', ms: 20 + t });
+  requests.push({ t: 50, kind: 'checkout', status: 503, ms: 4000 });
+  const faults = [{ start: 20, end: 25, label: 'runtime restart' }, { start: 30, end: 40, label: 'all lanes refuse & <hang>' }];
+  const svg = renderSvg({ requests, faults, seconds: 60 });
+  assert.match(svg, /^<svg xmlns="http:\/\/www.w3.org\/2000\/svg"/);
+  assert.match(svg, /<\/svg>$/);
+  assert.equal((svg.match(/class="fault"/g) ?? []).length, 2);
+  assert.ok(svg.includes('>runtime restart<'));
+  assert.ok(svg.includes('all lanes refuse &amp; &lt;hang&gt;'), 'labels are escaped');
+  assert.equal((svg.match(/class="latency"/g) ?? []).length, 2, 'p50 and p99 lines');
+  for (const o of ['approved', 'queued', 'no answer', '5xx']) assert.ok(svg.includes(`data-outcome="${o}"`), o);
+  assert.ok(!/NaN|undefined/.test(svg), 'no NaN or undefined coordinates');
+  // the fault band sits where its time is: 20 s of 60 s across the plot
+  const x = Number(/class="fault" x="([\d.]+)"/.exec(svg)[1]);
+  assert.ok(Math.abs(x - (60 + (20 / 60) * 920)) < 1, String(x));
+  // balanced tags (a cheap well-formedness check without a parser)
+  const open = (svg.match(/<(rect|polyline|text|line)\b[^>]*[^/]>/g) ?? []).length;
+  const close = (svg.match(/<\/(rect|polyline|text|line)>/g) ?? []).length;
+  assert.equal(open, close);
+});
