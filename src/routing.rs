@@ -926,7 +926,7 @@ pub enum Mode {
     Online,
     /// Do not call an acquirer; queue the payment if the event's offline budget allows.
     QueueOffline,
-    /// Overloaded: refuse now (503 with Retry-After).
+    /// Overloaded: refuse now (429 with Retry-After).
     Reject,
 }
 

@@ -62,6 +62,19 @@ struct BeginBody {
     /// finds out whether it is a replay).
     #[serde(default)]
     hold: Option<Command>,
+    /// The rest of the checkout when it is already known (a payment to store): applied
+    /// right after a successful hold, as `/checkout/finish` would.
+    #[serde(default)]
+    then: Option<ThenFinish>,
+}
+
+/// A finish carried by `/checkout/begin`.
+#[derive(Deserialize)]
+struct ThenFinish {
+    command: Command,
+    #[serde(default)]
+    receipt: Option<Receipt>,
+    complete: Completion,
 }
 
 /// How `POST /checkout/finish` closes the idempotency record.
@@ -73,8 +86,12 @@ enum Completion {
         status_code: u16,
         body: serde_json::Value,
     },
-    /// Forget the key (a retryable failure: the client may retry at once).
-    Abandon,
+    /// Forget the key (a retryable failure: the client may retry at once), and give back
+    /// the single-use CVC the attempt spent, so the same request can be sent again.
+    Abandon {
+        #[serde(default)]
+        release_cvc: Option<String>,
+    },
 }
 
 /// `POST /checkout/finish`.
@@ -334,6 +351,7 @@ impl EventObject {
     /// record; for a new request, spends the single-use CVC and holds the stock, all in
     /// this one call. A replay or a conflict stops at the idempotency answer.
     async fn checkout_begin(&self, b: BeginBody) -> serde_json::Value {
+        let key = b.key.clone();
         let (begin, mut effects) = self.apply(
             Command::BeginIdempotent {
                 key: b.key,
@@ -357,9 +375,44 @@ impl EventObject {
                 Err(e) => out["cvc_error"] = serde_json::json!(e),
                 Ok(()) => {
                     if let Some(hold) = b.hold {
+                        let order_id = match &hold {
+                            Command::Hold { order_id, .. } => order_id.clone(),
+                            _ => String::new(),
+                        };
                         let (r, fx) = self.apply(hold, b.now_ms);
                         effects.extend(fx);
+                        let held = r.is_ok();
                         out["hold"] = result_json(r);
+                        if let (true, Some(then)) = (held, b.then) {
+                            let finished = self
+                                .checkout_finish(FinishBody {
+                                    now_ms: b.now_ms,
+                                    key: key.clone(),
+                                    command: Some(then.command),
+                                    receipt: then.receipt,
+                                    complete: then.complete,
+                                })
+                                .await;
+                            if finished.get("ok").is_none() {
+                                // Refused (e.g. the offline budget): undo the hold, free the
+                                // key and the CVC, so the buyer may simply retry.
+                                let release_cvc = b.cvc_use.as_ref().map(|u| u.use_id.clone());
+                                let undo = self
+                                    .checkout_finish(FinishBody {
+                                        now_ms: b.now_ms,
+                                        key: key.clone(),
+                                        command: Some(Command::Release {
+                                            order_id,
+                                            reason: "offline_budget".into(),
+                                        }),
+                                        receipt: None,
+                                        complete: Completion::Abandon { release_cvc },
+                                    })
+                                    .await;
+                                let _ = undo;
+                            }
+                            out["finish"] = finished;
+                        }
                     }
                 }
             }
@@ -397,7 +450,15 @@ impl EventObject {
         }
         let mut webhook = None;
         let complete = match b.complete {
-            Completion::Abandon => Command::AbandonIdempotent { key: b.key },
+            Completion::Abandon { release_cvc } => {
+                if let Some(use_id) = release_cvc {
+                    let _ = self.sql().exec(
+                        "DELETE FROM cvc_uses WHERE use_id = ?",
+                        Some(vec![use_id.as_str().into()]),
+                    );
+                }
+                Command::AbandonIdempotent { key: b.key }
+            }
             Completion::Answer {
                 status_code,
                 mut body,
@@ -758,7 +819,7 @@ impl EventObject {
         let Some(lane) = all.iter().find(|l| l.name == lane_name).or(all.first()) else {
             return unavailable;
         };
-        let card = match self
+        let (card, cvc) = match self
             .sf_key_wrapped()
             .and_then(|w| {
                 vault::unwrap_sf_key(&self.keks()?, &event_id, &w).map_err(|e| e.to_api())
@@ -786,7 +847,9 @@ impl EventObject {
                 card_number: card.number().clone(),
                 exp_month: card.exp_month,
                 exp_year: card.exp_year,
-                cvc: None,
+                // Present only when this completes an online attempt of unknown outcome:
+                // the same parameters make the acquirer replay, not charge again.
+                cvc,
                 idempotency_key: req.idempotency_key.clone(),
                 order_id: req.order_id.clone(),
                 event_id: event_id.clone(),

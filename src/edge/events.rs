@@ -725,8 +725,10 @@ fn respond_checkout(
 ) -> Result<Response, ApiError> {
     let replayed = body.get("_replayed").is_some();
     let mut body = body;
+    let mut timing = None;
     if let Some(o) = body.as_object_mut() {
         o.remove("_replayed");
+        timing = o.remove("_server_timing");
     }
     let routing = body["routing"].as_str().map(str::to_string);
     let mut r = json(status, &body)?;
@@ -740,7 +742,48 @@ fn respond_checkout(
             .set("Idempotent-Replayed", "true")
             .map_err(internal)?;
     }
+    if let Some(t) = timing.as_ref().and_then(|t| t.as_str()) {
+        r.headers_mut().set("Server-Timing", t).map_err(internal)?;
+    }
     with_cors(r, cors)
+}
+
+/// Where one checkout's time went, for its `Server-Timing` header: the calls to the event's
+/// object and to the acquirer (count and wall time; the clock advances across I/O).
+#[derive(Default)]
+struct Trace {
+    event_calls: Cell<u32>,
+    event_ms: Cell<i64>,
+    acquirer_calls: Cell<u32>,
+    acquirer_ms: Cell<i64>,
+}
+
+impl Trace {
+    fn now() -> i64 {
+        worker::Date::now().as_millis() as i64
+    }
+
+    async fn event<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        let t0 = Trace::now();
+        let out = f.await;
+        self.event_calls.set(self.event_calls.get() + 1);
+        self.event_ms.set(self.event_ms.get() + (Trace::now() - t0));
+        out
+    }
+
+    fn header(&self, total_ms: i64) -> String {
+        let plural = |n: u32| if n == 1 { "call" } else { "calls" };
+        format!(
+            "event;dur={};desc=\"{} {}\", acquirer;dur={};desc=\"{} {}\", total;dur={}",
+            self.event_ms.get(),
+            self.event_calls.get(),
+            plural(self.event_calls.get()),
+            self.acquirer_ms.get(),
+            self.acquirer_calls.get(),
+            plural(self.acquirer_calls.get()),
+            total_ms
+        )
+    }
 }
 
 /// Everything a checkout works out before touching the event's object: the quote under
@@ -767,6 +810,24 @@ async fn checkout_body(
     idem_key: Option<String>,
     raw_body: &str,
     body: CheckoutBody,
+) -> Result<(u16, serde_json::Value), ApiError> {
+    let trace = Trace::default();
+    let t0 = Trace::now();
+    let mut out = checkout_traced(env, ctx, c, idem_key, raw_body, body, &trace).await;
+    if let Ok((_, b)) = &mut out {
+        b["_server_timing"] = trace.header(Trace::now() - t0).into();
+    }
+    out
+}
+
+async fn checkout_traced(
+    env: &Env,
+    ctx: &Ctx,
+    c: &EventConfig,
+    idem_key: Option<String>,
+    raw_body: &str,
+    body: CheckoutBody,
+    tr: &Trace,
 ) -> Result<(u16, serde_json::Value), ApiError> {
     let event_id = c.event_id.as_str();
     let body_hash = hex::encode(Sha256::digest(raw_body.as_bytes()));
@@ -814,18 +875,48 @@ async fn checkout_body(
         admission_ticket: body.admission_ticket.clone(),
         charge_total: Some(p.quote.total),
     });
+    // When the plan already says "store it" (every lane slow or down), the whole checkout
+    // is one call: the object holds, stores the payment, signs the receipt and keeps the
+    // answer, or refuses and undoes it all.
+    let mut then = serde_json::Value::Null;
+    if let Ok(p) = &prep {
+        let require_online = body.mode.as_deref() == Some("require_online");
+        if p.decision.mode == Mode::QueueOffline
+            && offline_refusal(require_online, &p.bundle.bundle.offline).is_none()
+        {
+            let mut routing = p.decision.reason.clone();
+            let parts = (
+                p.bundle.as_ref(),
+                &p.quote,
+                &p.card,
+                None,
+                p.order_id.as_str(),
+                p.first_lane.as_str(),
+            );
+            if let Ok((cmd, receipt, answer)) =
+                stored_payment(env, ctx, c, parts, &mut routing, None, ctx.now_ms, tr).await
+            {
+                then = serde_json::json!({
+                    "command": cmd, "receipt": receipt,
+                    "complete": {"kind": "answer", "status_code": 201, "body": answer},
+                });
+            }
+        }
+    }
     let begin = serde_json::json!({
         "now_ms": ctx.now_ms, "key": key, "body_hash": body_hash,
         "cvc_use": prep.as_ref().ok().and_then(|p| p.cvc_use.clone()), "hold": hold,
+        "then": then,
     });
-    let (_, text) = call(
-        env,
-        event_id,
-        Method::Post,
-        "/checkout/begin",
-        Some(begin.to_string()),
-    )
-    .await?;
+    let (_, text) = tr
+        .event(call(
+            env,
+            event_id,
+            Method::Post,
+            "/checkout/begin",
+            Some(begin.to_string()),
+        ))
+        .await?;
     let begun: serde_json::Value = serde_json::from_str(&text).map_err(|_| unreadable())?;
     if let Some(d) = begun["queue_depth"].as_u64() {
         DEPTH.with(|m| {
@@ -857,25 +948,47 @@ async fn checkout_body(
         }
         _ => return Err(unreadable()),
     }
+    let spent_cvc = match (&prep, begun.get("cvc_error")) {
+        (Ok(p), None) => p
+            .cvc_use
+            .as_ref()
+            .and_then(|u| u["use_id"].as_str().map(str::to_string)),
+        _ => None,
+    };
     let failed = match (prep, begun.get("cvc_error")) {
         (Err(e), _) => e,
         (Ok(_), Some(e)) => decode_error(
             e["status"].as_u64().unwrap_or(409) as u16,
             &serde_json::json!({ "error": e }).to_string(),
         ),
-        (Ok(p), None) => match decode_result(&begun["hold"]) {
-            Ok(_) => return pay(env, ctx, c, &body, p, &key).await,
-            Err(e) => e,
+        (Ok(p), None) => match (decode_result(&begun["hold"]), begun.get("finish")) {
+            (Ok(_), None) => return pay(env, ctx, c, &body, p, &key, tr).await,
+            // Stored in the same call; or refused, and the object undid the hold and the key.
+            (Ok(_), Some(f)) => {
+                return match f.get("ok") {
+                    Some(ok) if !ok["answer"].is_null() => {
+                        super::telemetry::queued(ctx, event_id, &p.first_lane, &p.bundle, &p.quote);
+                        Ok((
+                            ok["answer"]["status_code"].as_u64().unwrap_or(201) as u16,
+                            ok["answer"]["body"].clone(),
+                        ))
+                    }
+                    _ => Err(budget_refusal(
+                        &decode_result(f).err().unwrap_or_else(unreadable),
+                    )),
+                };
+            }
+            (Err(e), _) => e,
         },
     };
     // Failed before any payment: keep the answer for replays, or forget the key when the
     // client should simply retry.
     let complete = if failed.retryable || failed.status >= 500 {
-        serde_json::json!({"kind": "abandon"})
+        serde_json::json!({"kind": "abandon", "release_cvc": spent_cvc})
     } else {
         serde_json::json!({"kind": "answer", "status_code": failed.status, "body": failed.body()})
     };
-    let _ = finish_call(env, event_id, ctx.now_ms, &key, None, None, complete).await;
+    let _ = finish_call(env, event_id, ctx.now_ms, &key, None, None, complete, tr).await;
     if failed.retryable || failed.status >= 500 {
         return Err(failed);
     }
@@ -907,6 +1020,7 @@ fn decode_result(v: &serde_json::Value) -> Result<Reply, ApiError> {
 }
 
 /// The checkout's second call; returns the stored answer (`None` when abandoned).
+#[allow(clippy::too_many_arguments)]
 async fn finish_call(
     env: &Env,
     event_id: &str,
@@ -915,18 +1029,20 @@ async fn finish_call(
     command: Option<Command>,
     receipt: Option<Receipt>,
     complete: serde_json::Value,
+    tr: &Trace,
 ) -> Result<Option<(u16, serde_json::Value)>, ApiError> {
     let body = serde_json::json!({
         "now_ms": now_ms, "key": key, "command": command, "receipt": receipt, "complete": complete,
     });
-    let (_, text) = call(
-        env,
-        event_id,
-        Method::Post,
-        "/checkout/finish",
-        Some(body.to_string()),
-    )
-    .await?;
+    let (_, text) = tr
+        .event(call(
+            env,
+            event_id,
+            Method::Post,
+            "/checkout/finish",
+            Some(body.to_string()),
+        ))
+        .await?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|_| unreadable())?;
     let Some(ok) = v.get("ok") else {
         return Err(decode_result(&v).err().unwrap_or_else(unreadable));
@@ -946,7 +1062,7 @@ pub fn with_cors(mut r: Response, origin: Option<String>) -> Result<Response, Ap
         h.set("Vary", "Origin").map_err(internal)?;
         h.set(
             "Access-Control-Expose-Headers",
-            "X-Request-Id, X-Poptill-Colo, X-Poptill-Routing, Idempotent-Replayed, Retry-After",
+            "X-Request-Id, X-Poptill-Colo, X-Poptill-Routing, Idempotent-Replayed, Retry-After, Server-Timing",
         )
         .map_err(internal)?;
     }
@@ -1060,9 +1176,14 @@ async fn pay(
     body: &CheckoutBody,
     p: Prepared,
     key: &str,
+    tr: &Trace,
 ) -> Result<(u16, serde_json::Value), ApiError> {
     let order_id = p.order_id.clone();
-    match pay_inner(env, ctx, c, body, p, key).await {
+    let cvc_use = p
+        .cvc_use
+        .as_ref()
+        .and_then(|u| u["use_id"].as_str().map(str::to_string));
+    match pay_inner(env, ctx, c, body, p, key, tr).await {
         Ok(answer) => Ok(answer),
         Err((e, released)) => {
             let now = worker::Date::now().as_millis() as i64;
@@ -1077,7 +1198,9 @@ async fn pay(
                 key,
                 release,
                 None,
-                serde_json::json!({"kind": "abandon"}),
+                // The client may retry at once with the same body: give its CVC back.
+                serde_json::json!({"kind": "abandon", "release_cvc": cvc_use}),
+                tr,
             )
             .await;
             Err(e)
@@ -1093,6 +1216,7 @@ async fn pay_inner(
     body: &CheckoutBody,
     p: Prepared,
     key: &str,
+    tr: &Trace,
 ) -> Result<(u16, serde_json::Value), (ApiError, bool)> {
     let event_id = c.event_id.as_str();
     let Prepared {
@@ -1107,6 +1231,8 @@ async fn pay_inner(
     } = p;
     let fail = |e: ApiError| (e, false);
     let mut routing = decision.reason.clone();
+    // The lane of an attempt the acquirer may have acted on without telling us.
+    let mut unknown_on: Option<String> = None;
     let answer = |status: u16, v: serde_json::Value| serde_json::json!({"kind": "answer", "status_code": status, "body": v});
     let finished = |r: Result<Option<(u16, serde_json::Value)>, ApiError>| match r {
         Ok(Some(a)) => Ok(a),
@@ -1144,6 +1270,9 @@ async fn pay_inner(
             .map_err(|e| fail(e.to_api()))?;
             IN_FLIGHT.with(|f| f.set(f.get() + 1));
             let sent = send(&call, u64::from(timeout)).await;
+            tr.acquirer_calls.set(tr.acquirer_calls.get() + 1);
+            tr.acquirer_ms
+                .set(tr.acquirer_ms.get() + (Trace::now() - now));
             IN_FLIGHT.with(|f| f.set(f.get().saturating_sub(1)));
             let done = worker::Date::now().as_millis() as i64;
             let rtt = u32::try_from((done - now).max(0)).unwrap_or(u32::MAX);
@@ -1170,6 +1299,10 @@ async fn pay_inner(
                     Ok(_) => RetryReason::ServerError,
                 }),
             };
+            // Did the acquirer perhaps act on it? A timeout or a 5xx after sending may hide a
+            // charge; a refused connection or a 429 did not reach (or was not processed).
+            let unknown_outcome = matches!(sent, Err(NoAnswer::Timeout))
+                || matches!(&sent, Ok((status, _)) if *status >= 500);
             router_with(env, |r| r.on_complete(permit, rtt, route_outcome, done)).map_err(fail)?;
             match outcome {
                 AuthorizeOutcome::Approved {
@@ -1204,6 +1337,7 @@ async fn pay_inner(
                             Some(confirm),
                             Some(receipt),
                             answer(201, body),
+                            tr,
                         )
                         .await,
                     );
@@ -1232,6 +1366,7 @@ async fn pay_inner(
                             Some(release),
                             None,
                             answer(402, body),
+                            tr,
                         )
                         .await,
                     );
@@ -1265,12 +1400,21 @@ async fn pay_inner(
                             Some(release),
                             None,
                             answer(402, body),
+                            tr,
                         )
                         .await,
                     );
                 }
                 AuthorizeOutcome::Retryable { reason, .. } => {
                     routing.push_str(&format!("; {} {}", lane.name, reason));
+                    if unknown_outcome {
+                        // Never try another lane now: that could charge the card twice.
+                        // Complete this attempt later, same lane, same idempotency key.
+                        routing
+                            .push_str(&format!("; outcome unknown, completing on {}", lane.name));
+                        unknown_on = Some(lane.name.clone());
+                        break;
+                    }
                 }
             }
         }
@@ -1281,42 +1425,23 @@ async fn pay_inner(
     let require_online = body.mode.as_deref() == Some("require_online");
     let limits = &bundle.bundle.offline;
     let now = worker::Date::now().as_millis() as i64;
-    if require_online || limits.per_transaction_cap.0 == 0 {
-        let why = if require_online {
-            "online payment required"
-        } else {
-            "this place's policy allows no offline payments"
-        };
-        return Err(fail(ApiError::new(402, "acquirer_unavailable", format!("The card acquirer is not answering right now ({why}); nothing was charged. Try again in a minute.")).retryable()));
+    if unknown_on.is_none() {
+        if let Some(refusal) = offline_refusal(require_online, limits) {
+            return Err(fail(refusal));
+        }
     }
-    let sf_key = sf_key(env, event_id, now).await.map_err(fail)?;
-    let auth_id = format!("auth_{}", &order_id[4..]);
-    let sealed = vault::seal_for_forwarding(
-        &sf_key,
-        event_id,
-        &auth_id,
-        &card,
-        random::<12>().map_err(fail)?,
+    let (queue, receipt, answer_body) = stored_payment(
+        env,
+        ctx,
+        c,
+        (&bundle, &quote, &card, cvc.as_ref(), &order_id, &first_lane),
+        &mut routing,
+        unknown_on.as_deref(),
+        now,
+        tr,
     )
-    .map_err(|e| fail(e.to_api()))?;
-    routing.push_str("; queued offline");
-    let (receipt, answer_body) = receipt_and_answer(
-        ctx, c, &bundle, &quote, &order_id, &card, ReceiptStatus::Queued, &first_lane, &routing,
-        "Accepted offline: the card acquirer is not answering, so this payment is stored securely and will be charged automatically when it is back. Your receipt shows it as queued until then.",
-    )
+    .await
     .map_err(fail)?;
-    let queue = Command::QueueAuthorization(QueueAuth {
-        auth_id: auth_id.clone(),
-        order_id: order_id.clone(),
-        amount: quote.total,
-        currency: c.currency,
-        card_fingerprint: vault::card_fingerprint(&sf_key, &card),
-        sealed_card: SealedCard(sealed),
-        idempotency_key: format!("{order_id}_queued"),
-        max_wait_ms: i64::try_from(limits.max_queue_age_secs)
-            .unwrap_or(86_400)
-            .saturating_mul(1000),
-    });
     match finish_call(
         env,
         event_id,
@@ -1325,6 +1450,7 @@ async fn pay_inner(
         Some(queue),
         Some(receipt),
         answer(201, answer_body),
+        tr,
     )
     .await
     {
@@ -1333,13 +1459,114 @@ async fn pay_inner(
             Ok(a)
         }
         Ok(None) => Err((unreadable(), true)),
-        Err(e) if e.status < 500 => {
-            let mut err = ApiError::new(402, "offline_budget_exhausted", format!("The card acquirer is not answering and this event's offline limit is reached ({}); nothing was charged. Try again in a minute.", e.message)).retryable();
-            err.message.truncate(400);
-            Err((err, false))
-        }
+        Err(e) if e.status < 500 => Err((budget_refusal(&e), false)),
         Err(e) => Err((e, false)),
     }
+}
+
+/// Why a payment may not be stored offline here, if it may not.
+fn offline_refusal(
+    require_online: bool,
+    limits: &crate::policy::OfflineLimits,
+) -> Option<ApiError> {
+    if !require_online && limits.per_transaction_cap.0 > 0 {
+        return None;
+    }
+    let why = if require_online {
+        "online payment required"
+    } else {
+        "this place's policy allows no offline payments"
+    };
+    Some(ApiError::new(402, "acquirer_unavailable", format!("The card acquirer is not answering right now ({why}); nothing was charged. Try again in a minute.")).retryable())
+}
+
+/// The finish call's parts for a stored payment: the `QueueAuthorization`, the queued
+/// receipt and the answer. `unknown_on` names the lane of an online attempt whose outcome
+/// is unknown (the payment then completes that attempt, see `QueueAuth::resolves_attempt`).
+#[allow(clippy::too_many_arguments)]
+async fn stored_payment(
+    env: &Env,
+    ctx: &Ctx,
+    c: &EventConfig,
+    (bundle, quote, card, cvc, order_id, first_lane): (
+        &LoadedBundle,
+        &Quote,
+        &crate::card::Card,
+        Option<&crate::secret::Secret<String>>,
+        &str,
+        &str,
+    ),
+    routing: &mut String,
+    unknown_on: Option<&str>,
+    now: i64,
+    tr: &Trace,
+) -> Result<(Command, Receipt, serde_json::Value), ApiError> {
+    let event_id = c.event_id.as_str();
+    let limits = &bundle.bundle.offline;
+    let resolving = unknown_on.is_some();
+    let sf_key = sf_key(env, event_id, now, tr).await?;
+    let auth_id = format!("auth_{}", order_id.trim_start_matches("ord_"));
+    // Completing an attempt repeats it exactly, so its CVC is sealed with the card until
+    // the payment is final; a payment never sent is stored without the CVC.
+    let sealed = vault::seal_for_forwarding(
+        &sf_key,
+        event_id,
+        &auth_id,
+        card,
+        if resolving { cvc } else { None },
+        random::<12>()?,
+    )
+    .map_err(|e| e.to_api())?;
+    let (message, lane, idempotency_key, max_wait_ms) = match unknown_on {
+        Some(lane) => (
+            "The card acquirer did not confirm this payment in time. It is stored securely and will be confirmed with the acquirer automatically; it is never charged twice. Your receipt shows it as queued until then.",
+            lane.to_string(),
+            format!("{order_id}_online"),
+            ledger::MAX_OFFLINE_WAIT_MS,
+        ),
+        None => {
+            routing.push_str("; queued offline");
+            (
+                "Accepted offline: the card acquirer is not answering, so this payment is stored securely and will be charged automatically when it is back. Your receipt shows it as queued until then.",
+                first_lane.to_string(),
+                format!("{order_id}_queued"),
+                i64::try_from(limits.max_queue_age_secs)
+                    .unwrap_or(86_400)
+                    .saturating_mul(1000),
+            )
+        }
+    };
+    let (receipt, answer_body) = receipt_and_answer(
+        ctx,
+        c,
+        bundle,
+        quote,
+        order_id,
+        card,
+        ReceiptStatus::Queued,
+        &lane,
+        routing,
+        message,
+    )?;
+    let queue = Command::QueueAuthorization(QueueAuth {
+        auth_id,
+        order_id: order_id.to_string(),
+        amount: quote.total,
+        currency: c.currency,
+        card_fingerprint: vault::card_fingerprint(&sf_key, card),
+        sealed_card: SealedCard(sealed),
+        idempotency_key,
+        max_wait_ms,
+        lane: Some(lane),
+        resolves_attempt: resolving,
+    });
+    Ok((queue, receipt, answer_body))
+}
+
+fn budget_refusal(e: &ApiError) -> ApiError {
+    let mut err = ApiError::new(402, "offline_budget_exhausted", format!("The card acquirer is not answering and this event's offline limit is reached ({}); nothing was charged. Try again in a minute.", e.message)).retryable();
+    err.message.truncate(400);
+    err
 }
 
 thread_local! {
@@ -1356,6 +1583,7 @@ async fn sf_key(
     env: &Env,
     event_id: &str,
     now_ms: i64,
+    tr: &Trace,
 ) -> Result<crate::secret::Secret<[u8; 32]>, ApiError> {
     let keks = {
         let cur = env_string(env, "VAULT_KEK").unwrap_or_default();
@@ -1373,7 +1601,9 @@ async fn sf_key(
             return Ok(k);
         }
     }
-    let (_, text) = call(env, event_id, Method::Get, "/sf-key", None).await?;
+    let (_, text) = tr
+        .event(call(env, event_id, Method::Get, "/sf-key", None))
+        .await?;
     let wrapped = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .and_then(|v| v["wrapped"].as_str().map(str::to_string))

@@ -46,6 +46,15 @@ pub struct QueueAuth {
     pub idempotency_key: String,
     /// After this long without a successful forward the payment expires (money lost).
     pub max_wait_ms: i64,
+    /// Forward on this lane (the order's lane becomes it).
+    #[serde(default)]
+    pub lane: Option<String>,
+    /// The payment was already sent online and its outcome is unknown (the acquirer timed
+    /// out or failed after receiving it). Forwarding repeats that request, with the same
+    /// idempotency key on the same lane, which completes it or replays its result: never a
+    /// second charge. Outside the offline budget, which is for payments never sent.
+    #[serde(default)]
+    pub resolves_attempt: bool,
 }
 
 /// Where a stored payment is.
@@ -79,6 +88,9 @@ pub struct StoredAuth {
     /// An approval arrived after the payment had expired.
     #[serde(default)]
     pub late_approval: bool,
+    /// Completes an online attempt of unknown outcome (see [`QueueAuth::resolves_attempt`]).
+    #[serde(default)]
+    pub resolves_attempt: bool,
 }
 
 /// A stored payment as replies show it: everything but the sealed card.
@@ -279,25 +291,29 @@ impl EventLedger {
             });
         }
         // The budget: checked and taken in this one call, so no interleaving can exceed it.
+        // A payment already sent online is not new offline risk and must be completed.
         let budget = &self.config.offline;
-        if q.amount > budget.per_transaction_max {
-            return Err(LedgerError::OfflineLimit(OfflineLimit::PerTransaction));
-        }
-        let exposure = self.queued_exposure();
-        if exposure
-            .checked_add(q.amount)
-            .is_none_or(|t| t > budget.aggregate_max)
-        {
-            return Err(LedgerError::OfflineLimit(OfflineLimit::Aggregate));
-        }
-        let since = now.saturating_sub(budget.per_card_window_ms);
-        let recent = self
-            .auths
-            .values()
-            .filter(|a| a.card_fingerprint == q.card_fingerprint && a.created_ms > since)
-            .count();
-        if recent >= budget.per_card_max_count as usize {
-            return Err(LedgerError::OfflineLimit(OfflineLimit::PerCard));
+        if !q.resolves_attempt {
+            if q.amount > budget.per_transaction_max {
+                return Err(LedgerError::OfflineLimit(OfflineLimit::PerTransaction));
+            }
+            let exposure = self.offline_exposure();
+            if exposure
+                .checked_add(q.amount)
+                .is_none_or(|t| t > budget.aggregate_max)
+            {
+                return Err(LedgerError::OfflineLimit(OfflineLimit::Aggregate));
+            }
+            let since = now.saturating_sub(budget.per_card_window_ms);
+            let recent = self
+                .auths
+                .values()
+                .filter(|a| !a.resolves_attempt)
+                .filter(|a| a.card_fingerprint == q.card_fingerprint && a.created_ms > since)
+                .count();
+            if recent >= budget.per_card_max_count as usize {
+                return Err(LedgerError::OfflineLimit(OfflineLimit::PerCard));
+            }
         }
         self.take_stock(&q.order_id)?;
         self.holds.remove(&q.order_id);
@@ -307,6 +323,9 @@ impl EventLedger {
             o.sold_ms = Some(now);
             o.receipt_id = Some(receipt);
             o.auth_id = Some(q.auth_id.clone());
+            if let Some(lane) = q.lane {
+                o.lane = lane;
+            }
         }
         let auth = StoredAuth {
             next_attempt_ms: now.saturating_add(backoff_ms(0, &q.auth_id, entropy)),
@@ -323,6 +342,7 @@ impl EventLedger {
             attempts: 0,
             in_flight_until: None,
             late_approval: false,
+            resolves_attempt: q.resolves_attempt,
         };
         let view = auth.view();
         self.auths.insert(q.auth_id, auth);

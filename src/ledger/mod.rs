@@ -357,6 +357,19 @@ impl EventLedger {
         )
     }
 
+    /// The part of [`EventLedger::queued_exposure`] the offline budget limits: payments
+    /// never sent to the acquirer (not those completing an online attempt of unknown
+    /// outcome).
+    pub fn offline_exposure(&self) -> MinorUnits {
+        MinorUnits(
+            self.auths
+                .values()
+                .filter(|a| a.state == AuthState::Queued && !a.resolves_attempt)
+                .map(|a| a.amount.0)
+                .sum(),
+        )
+    }
+
     /// People waiting in the queue (a routing signal).
     pub fn queue_depth(&self) -> u32 {
         self.queue.depth()
@@ -553,7 +566,7 @@ impl EventLedger {
                 _ => {}
             }
         }
-        if config.offline.aggregate_max < self.queued_exposure() {
+        if config.offline.aggregate_max < self.offline_exposure() {
             return Err(bad(
                 "offline.aggregate_max",
                 "must be at least the amount already stored",
@@ -617,7 +630,7 @@ impl EventLedger {
                 return Err(format!("{} oversold: {have:?} of {}", sku.id, sku.stock));
             }
         }
-        if self.queued_exposure() > self.config.offline.aggregate_max {
+        if self.offline_exposure() > self.config.offline.aggregate_max {
             return Err("queued exposure above aggregate_max".into());
         }
         for a in self.auths.values() {

@@ -113,6 +113,8 @@ pub(crate) fn queue_cmd(auth: &str, order: &str, amount: i64, card: &str) -> Com
         sealed_card: SealedCard(format!("sealed-{auth}-ciphertext")),
         idempotency_key: format!("idem-{auth}"),
         max_wait_ms: 60 * MIN,
+        lane: None,
+        resolves_attempt: false,
     })
 }
 
@@ -1863,4 +1865,45 @@ fn charge_total_overrides_list_prices_and_confirm_records_the_failover_lane() {
 
 fn first_sku() -> String {
     config().skus[0].id.clone()
+}
+
+#[test]
+fn a_payment_of_unknown_outcome_is_stored_outside_the_budget_on_its_lane() {
+    let mut c = config();
+    c.offline.aggregate_max = MinorUnits(1_000);
+    c.offline.per_transaction_max = MinorUnits(1_000);
+    let mut l = EventLedger::new(c, T0 - MIN).unwrap();
+    ok(&mut l, hold_cmd("o1", &[("shirt", 1)], T0 + MIN), T0);
+    // 2,000 is over both limits: refused as a new offline payment...
+    assert!(matches!(
+        err(&mut l, queue_cmd("a1", "o1", 2000, "card_x"), T0 + 1),
+        LedgerError::OfflineLimit(_)
+    ));
+    // ...but stored when it completes an online attempt whose answer was lost, on that lane
+    // and with that attempt's idempotency key.
+    let mut resolve = queue_cmd("a1", "o1", 2000, "card_x");
+    if let Command::QueueAuthorization(q) = &mut resolve {
+        q.resolves_attempt = true;
+        q.lane = Some("backup".into());
+        q.idempotency_key = "o1_online".into();
+    }
+    ok(&mut l, resolve, T0 + 2);
+    assert_eq!(l.order("o1").unwrap().lane, "backup");
+    assert_eq!(l.order("o1").unwrap().state, OrderState::Queued);
+    assert_eq!(l.queued_exposure(), MinorUnits(2000));
+    assert_eq!(l.offline_exposure(), MinorUnits::ZERO);
+    l.check_invariants().unwrap();
+    // The budget for new offline payments is untouched by it.
+    ok(&mut l, hold_cmd("o2", &[("beer", 1)], T0 + MIN), T0 + 3);
+    ok(&mut l, queue_cmd("a2", "o2", 450, "card_x"), T0 + 4);
+    let out = run(&mut l, Command::SyncNow, T0 + 5);
+    let keys: Vec<String> = out
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Forward(f) => Some(f.idempotency_key.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(keys.contains(&"o1_online".to_string()), "{keys:?}");
 }

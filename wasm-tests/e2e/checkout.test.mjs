@@ -57,6 +57,9 @@ test('approved checkout: signed receipt that verifies; tampering is caught', asy
   assert.equal(r.json.status, 'approved');
   assert.equal(r.json.last4, '4242');
   assert.ok(r.headers.get('x-poptill-routing'), 'the routing decision is explained');
+  // Two calls to the event's object (begin: idempotency + CVC + hold; finish: confirm +
+  // signed receipt + stored answer) around one acquirer call.
+  assert.match(r.headers.get('server-timing'), /event;dur=\d+;desc="2 calls", acquirer;dur=\d+;desc="1 call", total;dur=\d+/);
   assert.ok(!r.text.includes('4242424242424242'));
   const receipt = await api('GET', r.json.receipt_url);
   assert.equal(receipt.status, 200, receipt.text);
@@ -109,17 +112,54 @@ test('idempotency: same key and body replays; another body is 422', async () => 
   assert.equal(c.status, 422, c.text);
 });
 
-test('a slow lane fails over to the next lane', async () => {
+const chargesFor = (stats, orderId) =>
+  Object.fromEntries(Object.entries(stats.lanes ?? stats).map(([name, l]) => [name, (l.by_order_id ?? {})[orderId] ?? 0]));
+
+test('a refusing lane fails over to the next lane in the same checkout', async () => {
+  await healLanes();
   const id = await createEvent();
-  await laneControl('cheap', { latency_ms: { fixed: 6000 } });
-  await laneControl('fast', { latency_ms: { fixed: 6000 } });
-  // Make one lane hang and the other healthy: whichever is tried first, the payment ends approved.
-  await laneControl('cheap', { partition: 'hang' });
-  await laneControl('fast', { latency_ms: { fixed: 0 } });
+  await laneControl('cheap', { partition: 'refuse' });
   const r = await checkout(id, '4242424242424242');
   assert.equal(r.status, 201, r.text);
   assert.equal(r.json.status, 'approved');
   assert.match(r.headers.get('x-poptill-routing'), /approved on fast/);
+  assert.deepEqual(chargesFor(await simStats(), r.json.order_id), { fast: 1, cheap: 0 });
+  await healLanes();
+});
+
+test('a lane that may have charged is never retried elsewhere: completed on that lane, charged once', async () => {
+  await healLanes();
+  const id = await createEvent();
+  // Both lanes charge on arrival and answer after 4 s, past the attempt timeout: whichever
+  // lane is tried, the Worker cannot know whether the card was charged.
+  await laneControl('cheap', { latency_ms: { fixed: 4000 } });
+  await laneControl('fast', { latency_ms: { fixed: 4000 } });
+  const r = await checkout(id, '4242424242424242');
+  assert.equal(r.status, 201, r.text);
+  assert.equal(r.json.status, 'queued', r.text);
+  assert.match(r.json.message, /never charged twice/);
+  const m = /outcome unknown, completing on (\w+)/.exec(r.headers.get('x-poptill-routing'));
+  assert.ok(m, r.headers.get('x-poptill-routing'));
+  const lane = m[1];
+  const other = lane === 'fast' ? 'cheap' : 'fast';
+  let charges = chargesFor(await simStats(), r.json.order_id);
+  assert.equal(charges[lane], 1, 'the slow lane charged on arrival: ' + JSON.stringify(charges));
+  assert.equal(charges[other], 0, 'no failover to another lane after an unknown outcome');
+  await healLanes();
+  const merchantKey = (await merchant()).api_key;
+  for (let i = 0; i < 2; i++) {
+    const s = await api('POST', `/v1/admin/events/${id}/sync`, { key: merchantKey });
+    assert.equal(s.status, 200, s.text);
+  }
+  const ev = await api('GET', `/v1/admin/events/${id}`, { key: merchantKey });
+  assert.equal(ev.json.summary.queued_count, 0, JSON.stringify(ev.json.summary));
+  const stats = await simStats();
+  charges = chargesFor(stats, r.json.order_id);
+  assert.deepEqual(charges, { [lane]: 1, [other]: 0 }, 'completed by replaying the same request');
+  const lanes = stats.lanes ?? stats;
+  assert.equal(lanes[lane].by_idempotency_key[`${r.json.order_id}_online`], 1, 'executed once, replayed after');
+  const receipt = await api('GET', r.json.receipt_url);
+  assert.equal(receipt.json.receipt.status, 'forwarded');
 });
 
 test('partitioned acquirer: queued with a provisional receipt, forwarded exactly once after recovery', async () => {
@@ -175,4 +215,69 @@ test('policy prompts are enforced at checkout', async () => {
   assertError(await checkout(id, '4242424242424242', { buyer: {} }), 422, 'consent_required');
   const ok = await checkout(id, '4242424242424242', { buyer: { consent_accepted: true, email: 'b@example.org' } });
   assert.equal(ok.status, 201, ok.text);
+});
+
+test('a retryable refusal gives the single-use CVC back: the same request succeeds on retry', async () => {
+  await healLanes();
+  const id = await createEvent();
+  await laneControl('fast', { partition: 'refuse' });
+  await laneControl('cheap', { partition: 'refuse' });
+  const t = await tokenFor(id, '4242424242424242');
+  const body = {
+    items: [{ sku: 'ticket', quantity: 1 }], token: t.token, cvc_token: t.cvc_token, mode: 'require_online',
+    buyer: { email: 'ana@example.org', age_confirmed: true, consent_accepted: true },
+  };
+  const headers = { 'idempotency-key': crypto.randomUUID() };
+  const path = `/v1/events/${id}/checkout`;
+  const a = await api('POST', path, { body, headers });
+  assertError(a, 402, 'acquirer_unavailable');
+  await healLanes();
+  const b = await api('POST', path, { body, headers });
+  assert.equal(b.status, 201, b.text);
+  assert.equal(b.json.status, 'approved');
+  // Once the payment is made, the CVC is spent for good.
+  const c = await api('POST', path, { body, headers: { 'idempotency-key': crypto.randomUUID() } });
+  assertError(c, 409, 'cvc_already_used');
+});
+
+test('once every lane is known down, a checkout is stored in one call; a refusal there undoes everything', async () => {
+  const strict = await createEvent({ offline: { per_transaction_max: 2000, aggregate_max: 10_000, per_card_max_count: 1, per_card_window_ms: 3_600_000 } });
+  const id = await createEvent();
+  await laneControl('fast', { partition: 'refuse' });
+  await laneControl('cheap', { partition: 'refuse' });
+  // Failed attempts open the breakers; from then on the plan is to store at once.
+  const cards = ['5555555555554444', '4242424242424242', '2223003122003222', '378282246310005', '6011111111111117'];
+  let r;
+  for (let i = 0; i < 12; i++) {
+    r = await checkout(id, cards[i % cards.length]);
+    if (/no_healthy_lane/.test(r.headers.get('x-poptill-routing') ?? '')) break;
+  }
+  assert.match(r.headers.get('x-poptill-routing'), /no_healthy_lane; queued offline/, r.text);
+  assert.equal(r.json.status, 'queued', r.text);
+  assert.match(r.headers.get('server-timing'), /event;dur=\d+;desc="1 call", acquirer;dur=0;desc="0 calls"/);
+  assert.equal((await api('POST', '/v1/receipts/verify', { body: JSON.stringify(r.json.receipt) })).status, 200);
+  const stats = await simStats();
+  assert.deepEqual(Object.values(chargesFor(stats, r.json.order_id)), [0, 0], 'no acquirer call for it');
+
+  // The strict event allows one stored payment per card: the second is refused in the same
+  // call, and the object releases the stock, the Idempotency-Key and the CVC.
+  const first = await checkout(strict, '4242424242424242');
+  assert.match(first.headers.get('x-poptill-routing'), /no_healthy_lane/);
+  assert.equal(first.json.status, 'queued', first.text);
+  const t = await tokenFor(strict, '4242424242424242');
+  const body = {
+    items: [{ sku: 'ticket', quantity: 1 }], token: t.token, cvc_token: t.cvc_token,
+    buyer: { email: 'ana@example.org', age_confirmed: true, consent_accepted: true },
+  };
+  const headers = { 'idempotency-key': crypto.randomUUID() };
+  const refused = await api('POST', `/v1/events/${strict}/checkout`, { body, headers });
+  assertError(refused, 402, 'offline_budget_exhausted');
+  const m = await merchant();
+  const ev = await api('GET', `/v1/admin/events/${strict}`, { key: m.api_key });
+  assert.equal(ev.json.summary.active_holds, 0, JSON.stringify(ev.json.summary));
+  assert.equal(ev.json.summary.queued_count, 1);
+  await healLanes();
+  const retried = await api('POST', `/v1/events/${strict}/checkout`, { body, headers });
+  assert.equal(retried.status, 201, retried.text);
+  assert.equal(retried.json.status, 'approved');
 });
