@@ -191,10 +191,12 @@ export function checkInvariants(data) {
   {
     const bad = [];
     let matched = 0;
+    let lostRefunded = 0;
     for (const e of data.events) {
       const rep = e.reconcile?.report ?? e.reconcile;
       if (!rep || !Array.isArray(rep.matched)) { bad.push(`${e.name}: no reconciliation report`); continue; }
       matched += rep.matched.length;
+      lostRefunded += (rep.refunded_unpaid ?? []).length;
       for (const f of ['missing_at_acquirer', 'missing_at_edge', 'amount_mismatch', 'awaiting_forward']) {
         const v = rep[f] ?? [];
         const describe = (x) => {
@@ -207,7 +209,8 @@ export function checkInvariants(data) {
         if (v.length) bad.push(`${e.name}: ${f} ${v.length}: ${v.slice(0, 5).map(describe).join(', ')}`);
       }
     }
-    out.push(check('reconciliation clean', bad.length === 0, `${matched} matched, ${bad.length} discrepancies`, bad));
+    const lost = lostRefunded ? `, ${lostRefunded} charges of checkouts cut off mid-way refunded in full` : '';
+    out.push(check('reconciliation clean', bad.length === 0, `${matched} matched, ${bad.length} discrepancies${lost}`, bad));
   }
 
   // 9. Idempotent replays are consistent (same key + body: same answer; other body: refused).

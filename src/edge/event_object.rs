@@ -1036,8 +1036,10 @@ impl EventObject {
     async fn reconcile(&self) -> std::result::Result<serde_json::Value, ApiError> {
         let all = lanes(&self.env).map_err(|e| ApiError::new(503, "lanes_misconfigured", e))?;
         let mut charges = Vec::new();
+        // Which lane each charge is on (to refund a lost checkout's charge there).
+        let mut lane_of: std::collections::HashMap<String, usize> = Default::default();
         let event_id = self.event_id();
-        for lane in &all {
+        for (lane_idx, lane) in all.iter().enumerate() {
             let mut cursor: Option<String> = None;
             for _page in 0..50 {
                 let call = acquirer::build_list_charges(
@@ -1055,6 +1057,7 @@ impl EventObject {
                     if c.event_id.as_deref() != Some(event_id.as_str()) {
                         continue;
                     }
+                    lane_of.insert(c.payment_intent_id.clone(), lane_idx);
                     charges.push(AcquirerCharge {
                         id: c.payment_intent_id.clone(),
                         amount: if c.amount_received.0 > 0 {
@@ -1083,11 +1086,62 @@ impl EventObject {
                 cursor = page.next_starting_after;
             }
         }
+        // Charges of checkouts lost between the acquirer and the ledger (the Worker died
+        // after charging, or the hold lapsed first): release the order, refund the charge.
+        let lost = {
+            let guard = self.ledger.borrow();
+            let ledger = guard.as_ref().ok_or_else(|| ApiError::not_found("event"))?;
+            ledger.lost_checkouts(&charges, now())
+        };
+        let mut refunded_lost = Vec::new();
+        for l in lost {
+            if l.release {
+                let (r, fx) = self.apply(
+                    Command::Release {
+                        order_id: l.order_id.clone(),
+                        reason: "checkout_lost".into(),
+                    },
+                    now(),
+                );
+                self.run_effects(fx).await;
+                if r.is_err() {
+                    continue;
+                }
+            }
+            let Some(lane) = lane_of.get(&l.charge_id).and_then(|i| all.get(*i)) else {
+                continue;
+            };
+            let Ok(call) = acquirer::build_refund(
+                &lane.base_url,
+                &lane_secret(&self.env, lane),
+                &l.charge_id,
+                Some(l.amount),
+                &format!("lost_{}", l.charge_id),
+            ) else {
+                continue;
+            };
+            let refunded = matches!(
+                send(&call, 8_000)
+                    .await
+                    .map(|(st, body)| acquirer::parse_refund(st, &body)),
+                Ok(AcqRefund::Refunded { .. })
+            );
+            console_log!(
+                "{}",
+                serde_json::json!({"level": "warn", "msg": "lost checkout refunded", "event_id": event_id, "order_id": l.order_id, "charge_id": l.charge_id, "lane": lane.name, "amount": l.amount, "refunded": refunded})
+            );
+            if refunded {
+                if let Some(c) = charges.iter_mut().find(|c| c.id == l.charge_id) {
+                    c.refunded_amount = c.amount;
+                }
+                refunded_lost.push(serde_json::json!({"charge_id": l.charge_id, "order_id": l.order_id, "amount": l.amount}));
+            }
+        }
         let guard = self.ledger.borrow();
         let ledger = guard.as_ref().ok_or_else(|| ApiError::not_found("event"))?;
         let report = ledger.reconcile(&charges);
         Ok(
-            serde_json::json!({"event_id": event_id, "acquirer_charges": charges.len(), "report": report}),
+            serde_json::json!({"event_id": event_id, "acquirer_charges": charges.len(), "report": report, "lost_checkouts_refunded": refunded_lost}),
         )
     }
 

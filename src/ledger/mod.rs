@@ -60,7 +60,8 @@ pub use idempotency::{IdempotencyBegin, IDEMPOTENCY_IN_FLIGHT_MS, IDEMPOTENCY_RE
 pub use orders::{LineRequest, Order, OrderLine, OrderState};
 pub use queue::{QueueStatus, WaitingQueue};
 pub use report::{
-    AcquirerCharge, AmountMismatch, ChargeStatus, EventSummary, ReconReport, SkuSummary,
+    AcquirerCharge, AmountMismatch, ChargeStatus, EventSummary, LostCheckout, ReconReport,
+    SkuSummary, LOST_CHECKOUT_AFTER_MS,
 };
 pub use storage::{Delta, DeltaRow};
 pub use tracked::Tracked;

@@ -82,7 +82,26 @@ pub struct ReconReport {
     pub amount_mismatch: Vec<AmountMismatch>,
     /// Stored payments not forwarded yet, so not expected at the acquirer.
     pub awaiting_forward: Vec<String>,
+    /// Charges no paid order accounts for that were refunded in full (e.g. the charge of a
+    /// checkout that died between the acquirer and the ledger): settled, not a discrepancy.
+    #[serde(default)]
+    pub refunded_unpaid: Vec<String>,
 }
+
+/// A successful charge whose checkout was lost between the acquirer and the ledger (its
+/// Worker died, or its hold lapsed first): the shell refunds it in full, after releasing
+/// the order when it is still pending (see [`EventLedger::lost_checkouts`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostCheckout {
+    pub charge_id: String,
+    pub order_id: String,
+    pub amount: MinorUnits,
+    /// Release the order first (it is still pending in the ledger).
+    pub release: bool,
+}
+
+/// A pending order older than this has no live checkout (whose whole budget is 8 s).
+pub const LOST_CHECKOUT_AFTER_MS: i64 = 30_000;
 
 impl EventLedger {
     /// The live admin view at `now_ms`.
@@ -136,6 +155,38 @@ impl EventLedger {
     }
 
     /// Compares paid orders with the acquirer's charges for this event.
+    /// Successful, not fully refunded charges for orders of this event that the ledger
+    /// never counted as paid, whose checkout is over: the order ended unpaid (abandoned,
+    /// declined) or is still pending long after any live checkout would have finished.
+    pub fn lost_checkouts(&self, charges: &[AcquirerCharge], now_ms: i64) -> Vec<LostCheckout> {
+        let report = self.reconcile(charges);
+        report
+            .missing_at_edge
+            .iter()
+            .filter_map(|id| charges.iter().find(|c| &c.id == id))
+            .filter(|c| c.status == ChargeStatus::Succeeded && c.refunded_amount < c.amount)
+            .filter_map(|c| {
+                let o = self.orders.get(c.order_id.as_deref()?)?;
+                let release = match o.state {
+                    OrderState::Pending => {
+                        if now_ms.saturating_sub(o.created_ms) < LOST_CHECKOUT_AFTER_MS {
+                            return None;
+                        }
+                        true
+                    }
+                    OrderState::Abandoned | OrderState::Declined => false,
+                    _ => return None,
+                };
+                Some(LostCheckout {
+                    charge_id: c.id.clone(),
+                    order_id: o.order_id.clone(),
+                    amount: MinorUnits(c.amount.0 - c.refunded_amount.0),
+                    release,
+                })
+            })
+            .collect()
+    }
+
     pub fn reconcile(&self, charges: &[AcquirerCharge]) -> ReconReport {
         let mut report = ReconReport::default();
         let paid: Vec<&Order> = self
@@ -166,7 +217,11 @@ impl EventLedger {
                 paid.iter().copied().find(|o| o.order_id == oid)
             });
             let Some(o) = order else {
-                report.missing_at_edge.push(ch.id.clone());
+                if ch.refunded_amount >= ch.amount {
+                    report.refunded_unpaid.push(ch.id.clone());
+                } else {
+                    report.missing_at_edge.push(ch.id.clone());
+                }
                 continue;
             };
             if !seen.insert(o.order_id.as_str()) {

@@ -1907,3 +1907,68 @@ fn a_payment_of_unknown_outcome_is_stored_outside_the_budget_on_its_lane() {
         .collect();
     assert!(keys.contains(&"o1_online".to_string()), "{keys:?}");
 }
+
+#[test]
+fn charges_of_lost_checkouts_are_found_and_settled_once_refunded() {
+    let mut l = ledger();
+    ok(&mut l, hold_cmd("o1", &[("beer", 1)], T0 + 10 * MIN), T0);
+    ok(&mut l, hold_cmd("o2", &[("beer", 1)], T0 + MIN), T0);
+    ok(&mut l, hold_cmd("o3", &[("beer", 2)], T0 + 10 * MIN), T0);
+    ok(
+        &mut l,
+        Command::Confirm {
+            order_id: "o3".into(),
+            charge_id: "ch3".into(),
+            lane: None,
+        },
+        T0 + 1,
+    );
+    // o2's hold lapses: its checkout is over, unpaid.
+    ok(&mut l, Command::SyncNow, T0 + 2 * MIN - 60_000);
+    assert_eq!(l.order("o2").unwrap().state, OrderState::Abandoned);
+    let charge = |id: &str, order: &str, amount: i64, refunded: i64| AcquirerCharge {
+        id: id.into(),
+        amount: MinorUnits(amount),
+        currency: eur(),
+        status: ChargeStatus::Succeeded,
+        idempotency_key: None,
+        order_id: Some(order.into()),
+        refunded_amount: MinorUnits(refunded),
+    };
+    let charges = vec![
+        charge("ch1", "o1", 450, 0),
+        charge("ch2", "o2", 450, 0),
+        charge("ch3", "o3", 900, 0),
+        charge("ch9", "o_unknown", 450, 0),
+    ];
+    // o1 is pending but young: its checkout may still be running.
+    let lost = l.lost_checkouts(&charges, T0 + 10_000);
+    assert_eq!(
+        lost,
+        vec![LostCheckout {
+            charge_id: "ch2".into(),
+            order_id: "o2".into(),
+            amount: MinorUnits(450),
+            release: false
+        }]
+    );
+    // A minute later no live checkout can own o1: release it, refund its charge. A charge
+    // for an order this event never saw is left for a person to look at.
+    let lost = l.lost_checkouts(&charges, T0 + LOST_CHECKOUT_AFTER_MS + 1);
+    let ids: Vec<(&str, bool)> = lost
+        .iter()
+        .map(|x| (x.charge_id.as_str(), x.release))
+        .collect();
+    assert_eq!(ids, vec![("ch1", true), ("ch2", false)]);
+    // Once refunded in full they are settled: reconciliation is clean but for ch9.
+    let settled = vec![
+        charge("ch1", "o1", 450, 450),
+        charge("ch2", "o2", 450, 450),
+        charge("ch3", "o3", 900, 0),
+        charge("ch9", "o_unknown", 450, 0),
+    ];
+    let report = l.reconcile(&settled);
+    assert_eq!(report.refunded_unpaid, vec!["ch1", "ch2"]);
+    assert_eq!(report.missing_at_edge, vec!["ch9"]);
+    assert!(l.lost_checkouts(&settled, T0 + 10 * MIN).is_empty());
+}

@@ -2,7 +2,7 @@
 // reconciliation against the acquirer, CRM export, and the waiting room.
 import { test, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { api, assertError, createEvent, checkout, merchant, healLanes } from './helpers.mjs';
+import { api, assertError, createEvent, checkout, merchant, healLanes, SIM, simStats } from './helpers.mjs';
 
 beforeEach(healLanes);
 
@@ -83,4 +83,37 @@ test('the waiting room gives tickets and positions; a required queue gates check
   assert.equal(poll.json.admitted, true, 'the first in line is admitted at 1 per second: ' + poll.text);
   assertError(await checkout(id, '4242424242424242'), 403, 'not_admitted');
   assertError(await api('GET', `/v1/events/${id}/queue/deadbeef`), 404, 'ticket_not_found');
+});
+
+test('a charge whose checkout was lost is refunded by reconciliation, once, and the books close', async () => {
+  const id = await createEvent();
+  const m = await merchant();
+  const d = await checkout(id, '4000000000000002');
+  assert.equal(d.status, 402, d.text);
+  // As if a Worker had charged for this (unpaid) order and died before telling the ledger.
+  const form = new URLSearchParams({
+    amount: '1500', currency: 'eur', confirm: 'true', 'payment_method_types[]': 'card',
+    'payment_method_data[type]': 'card', 'payment_method_data[card][number]': '4242424242424242',
+    'payment_method_data[card][exp_month]': '12', 'payment_method_data[card][exp_year]': '2034',
+    'metadata[order_id]': d.json.order_id, 'metadata[event_id]': id,
+  });
+  const res = await fetch(`${SIM}/lanes/fast/v1/payment_intents`, {
+    method: 'POST', body: form,
+    headers: { authorization: 'Bearer sk_test_lost', 'content-type': 'application/x-www-form-urlencoded' },
+  });
+  const pi = await res.json();
+  assert.equal(pi.status, 'succeeded', JSON.stringify(pi));
+  const before = await simStats();
+  const r = await api('POST', `/v1/admin/events/${id}/reconcile`, { key: m.api_key });
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual(r.json.lost_checkouts_refunded.map((x) => x.order_id), [d.json.order_id]);
+  assert.deepEqual(r.json.report.missing_at_edge, []);
+  assert.deepEqual(r.json.report.refunded_unpaid, [pi.id]);
+  const lanes = (s) => s.lanes ?? s;
+  assert.equal(lanes(await simStats()).fast.refunds, lanes(before).fast.refunds + 1);
+  // Reconciling again refunds nothing more and stays clean.
+  const again = await api('POST', `/v1/admin/events/${id}/reconcile`, { key: m.api_key });
+  assert.deepEqual(again.json.lost_checkouts_refunded, []);
+  assert.deepEqual(again.json.report.missing_at_edge, []);
+  assert.equal(lanes(await simStats()).fast.refunds, lanes(before).fast.refunds + 1);
 });
