@@ -1126,15 +1126,25 @@ impl EventObject {
                     .map(|(st, body)| acquirer::parse_refund(st, &body)),
                 Ok(AcqRefund::Refunded { .. })
             );
-            console_log!(
-                "{}",
-                serde_json::json!({"level": "warn", "msg": "lost checkout refunded", "event_id": event_id, "order_id": l.order_id, "charge_id": l.charge_id, "lane": lane.name, "amount": l.amount, "refunded": refunded})
+            let fields = serde_json::json!({"order_id": l.order_id, "charge_id": l.charge_id, "lane": lane.name, "amount": l.amount, "refunded": refunded});
+            super::http::log(
+                "warn",
+                "lost checkout refunded",
+                None,
+                Some(&event_id),
+                fields,
             );
             if refunded {
                 if let Some(c) = charges.iter_mut().find(|c| c.id == l.charge_id) {
                     c.refunded_amount = c.amount;
                 }
                 refunded_lost.push(serde_json::json!({"charge_id": l.charge_id, "order_id": l.order_id, "amount": l.amount}));
+                let e = crate::telemetry::Event::new(crate::telemetry::Kind::Refund, now());
+                let e = e
+                    .lane(&lane.name)
+                    .amount(l.amount.0)
+                    .reason("lost_checkout");
+                super::telemetry::store_one(&self.sql(), &event_id, e);
             }
         }
         let guard = self.ledger.borrow();
