@@ -394,6 +394,63 @@ fn main() -> Res<()> {
         },
     )?);
 
+    // ---- telemetry: a PoP's batch folded into stored rows, and the metrics document
+    use poptill::telemetry::{Aggregate, Event, Kind, QueueState};
+    let batch: Vec<Event> = (0..25i64)
+        .map(|i| {
+            Event::new(Kind::CheckoutStarted, NOW + i * 100)
+                .colo("FRA")
+                .latency(20 + i * 7)
+                .converted(i % 5 != 0)
+        })
+        .collect();
+    let mut stored = Aggregate::default();
+    for m in 0..180i64 {
+        for c in ["FRA", "AMS", "CDG"] {
+            for i in 0..20i64 {
+                stored.record(
+                    &Event::new(Kind::CheckoutStarted, NOW - m * 60_000 + i)
+                        .colo(c)
+                        .latency(15 + (i * 37 + m) % 900)
+                        .converted(i % 7 != 0),
+                );
+                stored.record(
+                    &Event::new(Kind::Approved, NOW - m * 60_000 + i)
+                        .lane("fast")
+                        .latency(30 + i)
+                        .amount(1_500),
+                );
+            }
+        }
+    }
+    let stored_rows = stored.to_rows();
+    rows.push(time(
+        "telemetry_batch_fold",
+        "one 25-event batch into stored rows: aggregate it, read back the rows it touches, merge, encode them (the object's work per batch, no SQLite)",
+        scale(2_000),
+        || {
+            let b = Aggregate::from_events(&batch);
+            let keys = b.row_keys();
+            let touched = stored_rows.iter().filter(|(k, _)| keys.contains(k));
+            let mut merged = Aggregate::from_rows(touched.map(|(k, v)| (k.as_str(), v.as_str())));
+            merged.merge(&b);
+            black_box(merged.to_rows());
+            Ok(())
+        },
+    )?);
+    let lane_cfg = poptill::routing::parse_lanes(lanes)?;
+    rows.push(time(
+        "telemetry_metrics_10800",
+        "the metrics document (funnel, percentiles, series, curve, cost report) from 10,800 checkouts over 3 PoPs and 180 minutes, rows decoded first",
+        scale(50),
+        || {
+            let a = Aggregate::from_rows(stored_rows.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            let m = poptill::telemetry::metrics("evt", &a, QueueState::default(), &lane_cfg, eur, NOW);
+            black_box(serde_json::to_string(&m)?);
+            Ok(())
+        },
+    )?);
+
     // ---- ledger: an event with 1,000 confirmed orders
     let mut ledger = EventLedger::new(event_config(eur), NOW)?;
     for n in 0..1_000u64 {

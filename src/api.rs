@@ -42,6 +42,9 @@ pub enum RouteId {
     JoinQueue,
     PollQueue,
     ResetRouting,
+    EventMetrics,
+    OpsDashboard,
+    OpsDashboardJs,
     BenchCounter,
 }
 
@@ -270,6 +273,26 @@ pub const ROUTES: &[Route] = &[
         method: "POST",
         path: "/v1/admin/routing/reset",
         access: Access::Operator,
+    },
+    Route {
+        id: RouteId::EventMetrics,
+        method: "GET",
+        path: "/v1/admin/events/{id}/metrics",
+        access: Access::Merchant,
+    },
+    // The dashboard page and its script hold no data: the page asks for a key and fetches
+    // the metrics route with it.
+    Route {
+        id: RouteId::OpsDashboard,
+        method: "GET",
+        path: "/ops/events/{id}",
+        access: Access::Public,
+    },
+    Route {
+        id: RouteId::OpsDashboardJs,
+        method: "GET",
+        path: "/ops/dashboard.js",
+        access: Access::Public,
     },
     Route {
         id: RouteId::BenchCounter,

@@ -17,6 +17,11 @@ pub const FRAME_HTML: &str = include_str!("embed/frame.html");
 pub const FRAME_JS: &str = include_str!("embed/frame.js");
 /// The page a buyer's phone opens from the terminal's QR code (`/p/{session_id}`).
 pub const PAY_HTML: &str = include_str!("embed/pay.html");
+/// The operations dashboard (`/ops/events/{id}`): markup only, no data; its script is
+/// [`DASHBOARD_JS`], which asks for a key and polls the metrics route with it.
+pub const DASHBOARD_HTML: &str = include_str!("embed/dashboard.html");
+/// The dashboard's script: fetches the metrics JSON and draws inline SVG charts.
+pub const DASHBOARD_JS: &str = include_str!("embed/dashboard.js");
 
 const VERSION_BYTES: [u8; 12] = hex12(fnv1a64(CHECKOUT_JS.as_bytes()));
 
@@ -48,6 +53,7 @@ pub fn asset(path: &str) -> Option<(&'static str, &'static str, &'static str)> {
         "/v1/checkout.js" => return Some((JS, CHECKOUT_JS, CACHE_SHORT)),
         "/v1/frame" => return Some((HTML, FRAME_HTML, CACHE_NONE)),
         "/v1/frame.js" => return Some((JS, FRAME_JS, CACHE_SHORT)),
+        "/ops/dashboard.js" => return Some((JS, DASHBOARD_JS, CACHE_SHORT)),
         _ => {}
     }
     if let Some(v) = path
@@ -55,6 +61,9 @@ pub fn asset(path: &str) -> Option<(&'static str, &'static str, &'static str)> {
         .and_then(|rest| rest.strip_suffix(".js"))
     {
         return (v == CHECKOUT_VERSION).then_some((JS, CHECKOUT_JS, CACHE_IMMUTABLE));
+    }
+    if let Some(event) = path.strip_prefix("/ops/events/") {
+        return is_session_id(event).then_some((HTML, DASHBOARD_HTML, CACHE_NONE));
     }
     let session = path.strip_prefix("/p/")?;
     is_session_id(session).then_some((HTML, PAY_HTML, CACHE_NONE))
@@ -107,6 +116,14 @@ pub fn frame_csp(allowed_origins: &[String]) -> String {
          img-src 'self' data:; base-uri 'none'; form-action 'none'; \
          frame-ancestors {ancestors}"
     )
+}
+
+/// The dashboard's Content-Security-Policy: the edge's own script and API only (styles come
+/// from a constructed stylesheet, so no `'unsafe-inline'`), never framed, no forms posted.
+pub fn dashboard_csp() -> String {
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+     img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        .to_string()
 }
 
 /// The phone pay page's Content-Security-Policy: the edge's own script, frame, QR image and
@@ -249,6 +266,38 @@ mod tests {
         let pay = pay_page_csp();
         assert!(pay.contains("frame-ancestors 'none'") && pay.contains("frame-src 'self'"));
         assert!(!pay.contains("unsafe-inline"));
+    }
+
+    #[test]
+    fn dashboard_page_and_script() {
+        let (ct, body, cache) = asset("/ops/events/evt_0123abcd").unwrap();
+        assert!(ct.starts_with("text/html"));
+        assert_eq!((body, cache), (DASHBOARD_HTML, CACHE_NONE));
+        assert_eq!(asset("/ops/dashboard.js").unwrap().1, DASHBOARD_JS);
+        for bad in [
+            "/ops/events/",
+            "/ops/events/a/b",
+            "/ops/events/<x>",
+            "/ops/",
+        ] {
+            assert!(asset(bad).is_none(), "{bad}");
+        }
+        assert!(!DASHBOARD_HTML.contains("style=\""));
+        let handler = DASHBOARD_HTML.split(" on").skip(1).any(|rest| {
+            let name: String = rest.chars().take_while(char::is_ascii_lowercase).collect();
+            !name.is_empty() && rest[name.len()..].starts_with('=')
+        });
+        assert!(!handler, "no inline event handlers");
+        for chunk in DASHBOARD_HTML.split("<script").skip(1) {
+            let tag_end = chunk.find('>').unwrap();
+            assert!(chunk[..tag_end].contains("src=\"/ops/dashboard.js\""));
+        }
+        let csp = dashboard_csp();
+        assert!(csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"));
+        // The key goes in a header, never in a URL the server could log.
+        assert!(DASHBOARD_JS.contains("Authorization"));
+        assert!(!DASHBOARD_JS.contains("?key=") && !DASHBOARD_JS.contains("&key="));
+        assert!(DASHBOARD_JS.contains("sessionStorage"));
     }
 
     #[test]

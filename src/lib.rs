@@ -22,6 +22,7 @@ pub mod quote;
 pub mod receipt;
 pub mod routing;
 pub mod secret;
+pub mod telemetry;
 pub mod time;
 pub mod vault;
 pub mod webhook;

@@ -35,6 +35,8 @@ pub fn respond(path: &str, allowed_origins: &[String]) -> Result<Option<Response
         )?;
     } else if path.starts_with("/p/") {
         set("Content-Security-Policy", &embed::pay_page_csp())?;
+    } else if path.starts_with("/ops/") {
+        set("Content-Security-Policy", &embed::dashboard_csp())?;
     } else {
         // Scripts: loadable from any page, and with Subresource Integrity (needs CORS).
         set("Access-Control-Allow-Origin", "*")?;

@@ -12,7 +12,8 @@
 //! `POST /checkout/begin` and `POST /checkout/finish` (a checkout's two calls: idempotency +
 //! CVC + hold; outcome + signed receipt + stored answer),
 //! `GET /summary`, `GET /sf-key`, `PUT|GET /receipts/{id}`, `POST /reconcile`,
-//! `GET /export?format=csv|ndjson&email=0|1`.
+//! `GET /export?format=csv|ndjson&email=0|1`, `POST /telemetry` (a batch of business
+//! events from a PoP), `GET /metrics` (the stored telemetry rows and the summary).
 
 use super::acquirer_io::{lane_secret, lanes, send, NoAnswer};
 use super::http::env_string;
@@ -27,9 +28,7 @@ use crate::vault::{self, KekSet};
 use serde::Deserialize;
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use worker::{
-    console_log, durable_object, Date, DurableObject, Env, Request, Response, Result, State,
-};
+use worker::{durable_object, Date, DurableObject, Env, Request, Response, Result, State};
 
 #[durable_object]
 pub struct EventObject {
@@ -159,6 +158,7 @@ impl EventObject {
             "CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, json TEXT NOT NULL, attempts INTEGER NOT NULL, next_ms INTEGER NOT NULL)",
             None,
         )?;
+        super::telemetry::ensure_table(&sql)?;
         Ok(())
     }
 
@@ -284,10 +284,8 @@ impl EventObject {
                 // Memory is now ahead of storage: forget it and reload on the next request.
                 *self.ledger.borrow_mut() = None;
                 *self.loaded.borrow_mut() = false;
-                console_log!(
-                    "{}",
-                    serde_json::json!({"level":"error","msg":"persist failed","error": e.to_string()})
-                );
+                let error = serde_json::json!({"error": e.to_string()});
+                super::http::log("error", "persist failed", None, None, error);
                 return (
                     Err(ApiError::new(
                         503,
@@ -480,9 +478,14 @@ impl EventObject {
                         Err(e) => {
                             // The payment stands; the buyer gets an answer without a
                             // receipt rather than an error after being charged.
-                            console_log!(
-                                "{}",
-                                serde_json::json!({"level": "error", "msg": "receipt not stored", "event_id": self.event_id(), "error": e.code})
+                            let (event_id, error) =
+                                (self.event_id(), serde_json::json!({"error": e.code}));
+                            super::http::log(
+                                "error",
+                                "receipt not stored",
+                                None,
+                                Some(&event_id),
+                                error,
                             );
                         }
                     }
@@ -698,10 +701,14 @@ impl EventObject {
                     );
                 }
             }
-            console_log!(
-                "{}",
-                serde_json::json!({"level": "info", "msg": "webhook delivery", "event_id": self.event_id(), "receipts": rows.len(), "delivered": delivered})
-            );
+            let event_id = self.event_id();
+            let fields = serde_json::json!({"receipts": rows.len(), "delivered": delivered});
+            super::http::log("info", "webhook delivery", None, Some(&event_id), fields);
+            for _ in rows.iter().filter(|_| delivered) {
+                let sent =
+                    crate::telemetry::Event::new(crate::telemetry::Kind::ReceiptSent, now_ms);
+                super::telemetry::store_one(&self.sql(), &event_id, sent);
+            }
         }
         #[derive(Deserialize)]
         struct Next {
@@ -871,10 +878,20 @@ impl EventObject {
             },
             Err(NoAnswer::Timeout) | Err(NoAnswer::Network) => AcquirerResult::Unavailable,
         };
-        console_log!(
-            "{}",
-            serde_json::json!({"level":"info","msg":"forward","event_id": event_id, "auth_id": auth_id, "lane": lane.name, "attempt": req.attempt, "result": match &result { AcquirerResult::Approved { .. } => "approved", AcquirerResult::Declined { .. } => "declined", AcquirerResult::Unavailable => "unavailable" }})
-        );
+        let outcome = match &result {
+            AcquirerResult::Approved { .. } => "approved",
+            AcquirerResult::Declined { .. } => "declined",
+            _ => "unavailable",
+        };
+        let fields = serde_json::json!({"auth_id": auth_id, "lane": lane.name, "attempt": req.attempt, "result": outcome});
+        super::http::log("info", "forward", None, Some(&event_id), fields);
+        if let AcquirerResult::Declined { reason } = &result {
+            let e = crate::telemetry::Event::new(crate::telemetry::Kind::Expired, now());
+            let e = e
+                .lane(&lane.name)
+                .reason(&format!("forward_declined_{reason}"));
+            super::telemetry::store_one(&self.sql(), &event_id, e);
+        }
         Command::ForwardResult { auth_id, result }
     }
 
@@ -915,11 +932,17 @@ impl EventObject {
             },
             Err(_) => RefundOutcome::Unavailable,
         };
+        if let RefundOutcome::Succeeded { .. } = &result {
+            let e = crate::telemetry::Event::new(crate::telemetry::Kind::Refund, now());
+            let e = e.lane(&lane.name).amount(req.amount.0);
+            super::telemetry::store_one(&self.sql(), &self.event_id(), e);
+        }
         Command::RefundResult { refund_id, result }
     }
 
     /// Keeps the buyer's receipt true when a queued payment reaches its final state.
     async fn on_order_state(&self, order_id: &str, state: OrderState, now_ms: i64) {
+        self.record_final_state(order_id, state, now_ms);
         let refunded_total = self
             .ledger
             .borrow()
@@ -986,6 +1009,28 @@ impl EventObject {
                 }
             }
         }
+    }
+
+    /// Telemetry for a queued payment's end: forwarded (charged on its lane) or expired.
+    fn record_final_state(&self, order_id: &str, state: OrderState, now_ms: i64) {
+        use crate::telemetry::{Event, Kind};
+        let kind = match state {
+            OrderState::Forwarded => Kind::Forwarded,
+            OrderState::Expired => Kind::Expired,
+            _ => return,
+        };
+        let (lane, amount) = {
+            let guard = self.ledger.borrow();
+            match guard.as_ref().and_then(|l| l.order(order_id)) {
+                Some(o) => (o.lane.clone(), o.total.0),
+                None => return,
+            }
+        };
+        let mut e = Event::new(kind, now_ms).lane(&lane).amount(amount);
+        if kind == Kind::Expired {
+            e = e.reason("max_queue_age");
+        }
+        super::telemetry::store_one(&self.sql(), &self.event_id(), e);
     }
 
     async fn reconcile(&self) -> std::result::Result<serde_json::Value, ApiError> {
@@ -1081,15 +1126,25 @@ impl EventObject {
                     .map(|(st, body)| acquirer::parse_refund(st, &body)),
                 Ok(AcqRefund::Refunded { .. })
             );
-            console_log!(
-                "{}",
-                serde_json::json!({"level": "warn", "msg": "lost checkout refunded", "event_id": event_id, "order_id": l.order_id, "charge_id": l.charge_id, "lane": lane.name, "amount": l.amount, "refunded": refunded})
+            let fields = serde_json::json!({"order_id": l.order_id, "charge_id": l.charge_id, "lane": lane.name, "amount": l.amount, "refunded": refunded});
+            super::http::log(
+                "warn",
+                "lost checkout refunded",
+                None,
+                Some(&event_id),
+                fields,
             );
             if refunded {
                 if let Some(c) = charges.iter_mut().find(|c| c.id == l.charge_id) {
                     c.refunded_amount = c.amount;
                 }
                 refunded_lost.push(serde_json::json!({"charge_id": l.charge_id, "order_id": l.order_id, "amount": l.amount}));
+                let e = crate::telemetry::Event::new(crate::telemetry::Kind::Refund, now());
+                let e = e
+                    .lane(&lane.name)
+                    .amount(l.amount.0)
+                    .reason("lost_checkout");
+                super::telemetry::store_one(&self.sql(), &event_id, e);
             }
         }
         let guard = self.ledger.borrow();
@@ -1311,6 +1366,15 @@ impl EventObject {
                         .map_err(super::http::internal)?;
                 }
                 super::http::json(200, &serde_json::json!({"webhook": true}))
+            }
+            ("POST", "/telemetry") => {
+                let text = super::http::body_text(&mut req).await?;
+                super::telemetry::accept_batch(&self.sql(), &text)
+            }
+            ("GET", "/metrics") => {
+                let rows = super::telemetry::stored_rows(&self.sql())?;
+                let summary = self.ledger.borrow().as_ref().map(|l| l.summary(now()));
+                super::http::json(200, &serde_json::json!({"rows": rows, "summary": summary}))
             }
             ("GET", "/sf-key") => {
                 super::http::json(200, &serde_json::json!({"wrapped": self.sf_key_wrapped()?}))

@@ -966,10 +966,13 @@ async fn checkout_traced(
             // Stored in the same call; or refused, and the object undid the hold and the key.
             (Ok(_), Some(f)) => {
                 return match f.get("ok") {
-                    Some(ok) if !ok["answer"].is_null() => Ok((
-                        ok["answer"]["status_code"].as_u64().unwrap_or(201) as u16,
-                        ok["answer"]["body"].clone(),
-                    )),
+                    Some(ok) if !ok["answer"].is_null() => {
+                        super::telemetry::queued(ctx, event_id, &p.first_lane, &p.bundle, &p.quote);
+                        Ok((
+                            ok["answer"]["status_code"].as_u64().unwrap_or(201) as u16,
+                            ok["answer"]["body"].clone(),
+                        ))
+                    }
                     _ => Err(budget_refusal(
                         &decode_result(f).err().unwrap_or_else(unreadable),
                     )),
@@ -1306,6 +1309,7 @@ async fn pay_inner(
                     payment_intent_id, ..
                 } => {
                     routing.push_str(&format!("; approved on {}", lane.name));
+                    super::telemetry::approved(ctx, event_id, &lane.name, &bundle, &quote);
                     let (receipt, body) = receipt_and_answer(
                         ctx,
                         c,
@@ -1342,6 +1346,7 @@ async fn pay_inner(
                     reason, message, ..
                 } => {
                     routing.push_str(&format!("; declined on {}", lane.name));
+                    super::telemetry::declined(ctx, event_id, &lane.name, &bundle, reason.as_str());
                     let body = serde_json::json!({
                         "status": "declined", "order_id": order_id, "routing": routing,
                         "decline": {"code": reason.as_str(), "message": message},
@@ -1368,6 +1373,13 @@ async fn pay_inner(
                 }
                 AuthorizeOutcome::Invalid { code, .. } => {
                     routing.push_str(&format!("; {} refused the request ({code})", lane.name));
+                    super::telemetry::declined(
+                        ctx,
+                        event_id,
+                        &lane.name,
+                        &bundle,
+                        "processing_error",
+                    );
                     let msg = "The payment could not be processed. Try another card.";
                     let body = serde_json::json!({
                         "status": "declined", "order_id": order_id, "routing": routing,
@@ -1442,7 +1454,10 @@ async fn pay_inner(
     )
     .await
     {
-        Ok(Some(a)) => Ok(a),
+        Ok(Some(a)) => {
+            super::telemetry::queued(ctx, event_id, &first_lane, &bundle, &quote);
+            Ok(a)
+        }
         Ok(None) => Err((unreadable(), true)),
         Err(e) if e.status < 500 => Err((budget_refusal(&e), false)),
         Err(e) => Err((e, false)),

@@ -46,9 +46,12 @@ impl Ctx {
 
 /// Maps a platform failure (KV, Durable Object, fetch) to a retryable 503 without details.
 pub fn internal(e: worker::Error) -> ApiError {
-    console_log!(
-        "{}",
-        serde_json::json!({"level": "error", "msg": "platform error", "error": e.to_string()})
+    log(
+        "error",
+        "platform error",
+        None,
+        None,
+        serde_json::json!({"error": e.to_string()}),
     );
     ApiError::new(
         503,
@@ -114,15 +117,43 @@ pub fn preflight(path: &str) -> Result<Response, ApiError> {
         .with_headers(headers))
 }
 
-/// One structured JSON log line per request. Never includes bodies or secrets.
-pub fn log_request(ctx: &Ctx, method: &str, path: &str, status: u16, took_ms: i64) {
-    let path: String = path.chars().take(200).collect();
+/// Writes one log line: a single JSON object with `level`, `msg`, and `request_id` and
+/// `colo` when a request is being served (`ctx`), `event_id` when one is concerned, plus
+/// the fields of `extra` (an object). Callers pass codes, ids and counts only, never bodies,
+/// card data or keys; string values are cut to 200 characters and any run of 12 or more
+/// digits (which could be a card number) is masked.
+pub fn log(
+    level: &str,
+    msg: &str,
+    ctx: Option<&Ctx>,
+    event_id: Option<&str>,
+    extra: serde_json::Value,
+) {
+    let (request_id, colo) = match ctx {
+        Some(c) => (Some(c.request_id.as_str()), Some(c.colo.as_str())),
+        None => (None, None),
+    };
     console_log!(
         "{}",
-        serde_json::json!({
-            "level": "info", "msg": "request", "request_id": ctx.request_id, "colo": ctx.colo,
-            "method": method, "path": path, "status": status, "took_ms": took_ms,
-        })
+        crate::telemetry::log_line(level, msg, request_id, colo, event_id, extra)
+    );
+}
+
+/// One structured JSON log line per request. Never includes bodies or secrets.
+pub fn log_request(
+    ctx: &Ctx,
+    event_id: Option<&str>,
+    method: &str,
+    path: &str,
+    status: u16,
+    took_ms: i64,
+) {
+    log(
+        if status >= 500 { "error" } else { "info" },
+        "request",
+        Some(ctx),
+        event_id,
+        serde_json::json!({"method": method, "path": path, "status": status, "took_ms": took_ms}),
     );
 }
 

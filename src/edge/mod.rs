@@ -13,6 +13,7 @@ mod events;
 mod http;
 mod merchants;
 mod policy;
+mod telemetry;
 mod vault;
 
 use crate::api::{self, Access, RouteId};
@@ -29,7 +30,7 @@ fn start() {
 }
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _worker_ctx: Context) -> Result<Response> {
+async fn fetch(req: Request, env: Env, worker_ctx: Context) -> Result<Response> {
     let now_ms = Date::now().as_millis() as i64;
     let ctx = Ctx::new(&req, now_ms);
     let method = req.method().to_string();
@@ -46,7 +47,27 @@ async fn fetch(req: Request, env: Env, _worker_ctx: Context) -> Result<Response>
         ctx.stamp(&mut response)?;
     }
     let took = Date::now().as_millis() as i64 - now_ms;
-    http::log_request(&ctx, &method, &path, response.status_code(), took);
+    let matched = api::resolve(&method, &path).ok();
+    let event_id = matched
+        .as_ref()
+        .filter(|m| m.route.path.contains("/events/{id}"))
+        .map(|m| param(m, "id"));
+    let status = response.status_code();
+    http::log_request(&ctx, event_id, &method, &path, status, took);
+    if let (Some(m), Some(event_id)) = (&matched, event_id) {
+        let replayed = response
+            .headers()
+            .has("Idempotent-Replayed")
+            .unwrap_or(false);
+        match m.route.id {
+            RouteId::Checkout if status != 404 && !replayed => {
+                telemetry::checkout_answered(&ctx, event_id, status, took)
+            }
+            RouteId::Quote if status == 200 => telemetry::quote_shown(&ctx, event_id),
+            _ => {}
+        }
+    }
+    telemetry::flush_due(&env, &worker_ctx, now_ms + took);
     Ok(response)
 }
 
@@ -93,6 +114,7 @@ async fn handle(mut req: Request, env: &Env, ctx: &Ctx) -> std::result::Result<R
             let cors = events::cors_origin(&event, origin.as_deref(), &ctx.self_origin)?;
             let binding = vault::binding(&event.merchant_id, &body.event_id);
             let out = vault::tokenize_card(env, ctx, body.card, &binding).await?;
+            telemetry::token_issued(ctx, &body.event_id);
             events::with_cors(json(201, &out)?, cors)
         }
         RouteId::ListKeys => vault::list_keys(env, ctx).await,
@@ -181,6 +203,10 @@ async fn handle(mut req: Request, env: &Env, ctx: &Ctx) -> std::result::Result<R
         RouteId::HandoverWs => events::handover_ws(env, id(), req).await,
         RouteId::JoinQueue => events::join_queue(env, ctx, id()).await,
         RouteId::PollQueue => events::poll_queue(env, ctx, id(), param(&matched, "ticket")).await,
+        RouteId::EventMetrics => telemetry::metrics_route(env, ctx, &who, id()).await,
+        RouteId::OpsDashboard | RouteId::OpsDashboardJs => {
+            embed::respond(&path, &[])?.ok_or_else(|| ApiError::not_found("page"))
+        }
     }
 }
 

@@ -18,6 +18,10 @@ test('state survives a restart of the local runtime', async () => {
   const receipt = await api('GET', saved.approved.receipt_url);
   assert.equal(receipt.status, 200);
   assert.equal((await api('POST', '/v1/receipts/verify', { body: receipt.text })).status, 200, 'the receipt key and record survived');
+  // The event's telemetry rows survived too.
+  const m = await api('GET', `/v1/admin/events/${saved.event}/metrics`, { key: saved.merchant_key });
+  assert.equal(m.status, 200, m.text);
+  for (const k of ['checkout_started', 'approved', 'queued', 'token_issued']) assert.equal(m.json.funnel[k], saved.funnel[k], k);
 });
 
 test('the queued payment is forwarded exactly once after the restart', async () => {

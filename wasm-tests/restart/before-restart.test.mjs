@@ -4,7 +4,7 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
-import { createEvent, checkout, merchant, laneControl, healLanes } from '../e2e/helpers.mjs';
+import { api, createEvent, checkout, merchant, laneControl, healLanes } from '../e2e/helpers.mjs';
 
 const shirt = [{ sku: 'shirt', quantity: 1 }];
 before(healLanes);
@@ -17,7 +17,11 @@ test('before a restart of the local runtime: leave an approved and a queued paym
   await laneControl('cheap', { partition: 'refuse' });
   const queued = await checkout(id, '5555555555554444', { items: shirt });
   assert.equal(queued.json.status, 'queued', queued.text);
+  // Reading the metrics sends this isolate's telemetry to the event object (SQLite).
+  const key = (await merchant()).api_key;
+  const m = await api('GET', `/v1/admin/events/${id}/metrics`, { key });
+  assert.equal(m.json.funnel.checkout_started, 2, m.text);
   // The lanes stay down: the restart brings up a fresh, healthy simulator.
   const file = process.env.POPTILL_RESTART_FILE;
-  if (file) writeFileSync(file, JSON.stringify({ event: id, approved: ok.json, queued: queued.json, merchant_key: (await merchant()).api_key }));
+  if (file) writeFileSync(file, JSON.stringify({ event: id, approved: ok.json, queued: queued.json, merchant_key: key, funnel: m.json.funnel }));
 });
