@@ -65,7 +65,11 @@
 //!    as a probe (`slow_probe`, no failover; [`Router::acquire`] refuses a second one).
 //!    Why: with both lanes at p50 2 s the old plan ("fastest") sent every checkout online
 //!    and each buyer waited seconds; a stored payment answers in tens of milliseconds. One
-//!    fast probe answer brings the lane back at once (its newest sample is fast).
+//!    fast probe answer brings the lane back at once (its newest sample is fast). A lane
+//!    also counts as slow while a request has waited on it for the threshold with no fast
+//!    answer since (the first buyers after a slowdown do not all wait for the evidence),
+//!    and a probe's timeout is at most the threshold (past it, the payment is completed
+//!    later on that lane like any unknown outcome).
 //! 6. If every healthy lane's p95 is below `latency_target_p95_ms` (a lane without recent
 //!    samples counts as meeting it, so it gets measured again), order by cost for this
 //!    amount (cheapest first); otherwise order by p95 (fastest first, an unmeasured lane
@@ -500,6 +504,12 @@ impl LatencyWindow {
         self.samples.push_back((now_ms, rtt_ms));
     }
 
+    /// The newest sample still inside the window at `now_ms`, with when it was taken.
+    pub fn latest_sample(&self, now_ms: i64) -> Option<(i64, u32)> {
+        let oldest = now_ms.saturating_sub(self.window_ms);
+        self.samples.back().filter(|(t, _)| *t >= oldest).copied()
+    }
+
     /// The newest sample still inside the window at `now_ms`.
     pub fn latest(&self, now_ms: i64) -> Option<u32> {
         let oldest = now_ms.saturating_sub(self.window_ms);
@@ -880,16 +890,42 @@ impl LaneState {
     /// Slow: p95 over the window and the newest sample both at or above `threshold_ms`.
     /// The newest sample lets one fast probe bring the lane back at once, and one slow
     /// answer send it back, without waiting for the window to turn over.
-    fn is_slow(&self, now_ms: i64, threshold_ms: u32) -> bool {
-        threshold_ms > 0
-            && self
-                .latency
-                .percentiles(now_ms)
-                .is_some_and(|p| p.p95_ms >= threshold_ms)
+    ///
+    /// Also slow before any slow answer has come back: a request has been waiting on the
+    /// lane for `threshold_ms` and no answer under `threshold_ms` arrived meanwhile. When
+    /// an acquirer slows down, the first buyers would otherwise all wait for its answers.
+    fn is_slow(&self, now_ms: i64, threshold_ms: u32, stale_ms: i64) -> bool {
+        if threshold_ms == 0 {
+            return false;
+        }
+        let answered_slow = self
+            .latency
+            .percentiles(now_ms)
+            .is_some_and(|p| p.p95_ms >= threshold_ms)
             && self
                 .latency
                 .latest(now_ms)
-                .is_some_and(|l| l >= threshold_ms)
+                .is_some_and(|l| l >= threshold_ms);
+        answered_slow || self.waiting_slow(now_ms, threshold_ms, stale_ms)
+    }
+
+    /// The oldest live request has waited `threshold_ms`, with no fast answer since it left.
+    fn waiting_slow(&self, now_ms: i64, threshold_ms: u32, stale_ms: i64) -> bool {
+        let threshold = i64::from(threshold_ms);
+        let Some(oldest) = self
+            .outstanding
+            .iter()
+            .map(|(_, started)| *started)
+            .filter(|started| now_ms.saturating_sub(*started) < stale_ms)
+            .min()
+        else {
+            return false;
+        };
+        now_ms.saturating_sub(oldest) >= threshold
+            && !self
+                .latency
+                .latest_sample(now_ms)
+                .is_some_and(|(at, rtt)| at > oldest && rtt < threshold_ms)
     }
 
     /// Whether a slow-lane probe may start now: nothing in flight on the lane and no
@@ -1230,7 +1266,7 @@ impl Router {
             && candidates.iter().all(|c| {
                 self.lanes
                     .get(c.id.0)
-                    .is_some_and(|l| l.is_slow(now_ms, slow))
+                    .is_some_and(|l| l.is_slow(now_ms, slow, stale))
             })
         {
             let interval = i64::from(t.slow_probe_interval_ms);
@@ -1250,7 +1286,13 @@ impl Router {
                     lanes_in_order: vec![Attempt {
                         lane: c.id,
                         lane_name: c.name.to_string(),
-                        timeout_ms: c.timeout.min(t.checkout_budget_ms),
+                        // A probe answers the buyer within the slow threshold either way:
+                        // past it, the payment is completed later on this lane (unknown
+                        // outcome, same idempotency key), as for any timeout.
+                        timeout_ms: c
+                            .timeout
+                            .min(t.checkout_budget_ms)
+                            .min(slow.max(t.min_timeout_ms)),
                         slow_probe: true,
                     }],
                     reason: format!("slow_probe;lanes={}", c.name),
@@ -1876,6 +1918,11 @@ mod tests {
         assert_eq!(d.reason, "slow_probe;lanes=cheap");
         assert_eq!(d.lanes_in_order.len(), 1, "a probe never fails over");
         assert!(d.lanes_in_order[0].slow_probe);
+        assert!(
+            d.lanes_in_order[0].timeout_ms <= 1_000,
+            "a probe answers the buyer within the slow threshold: {:?}",
+            d.lanes_in_order[0]
+        );
         // A concurrent checkout planned before the probe took its permit sees it due too.
         let racer = r.plan(now, signals());
         let probe = r.acquire(&d.lanes_in_order[0], now).unwrap();
@@ -1918,6 +1965,43 @@ mod tests {
         feed(&mut off, cheap, 3, 2_000, Outcome::Ok, &mut t);
         feed(&mut off, pricey, 3, 2_000, Outcome::Ok, &mut t);
         assert_eq!(off.plan(t, signals()).reason, "fastest;lanes=cheap,pricey");
+    }
+
+    #[test]
+    fn requests_waiting_past_the_threshold_make_a_lane_slow_before_any_answer() {
+        let mut r = router();
+        let cheap = r.lane_id("cheap").unwrap();
+        let pricey = r.lane_id("pricey").unwrap();
+        let mut now = 0;
+        // Both lanes fast so far.
+        feed(&mut r, cheap, 3, 50, Outcome::Ok, &mut now);
+        feed(&mut r, pricey, 3, 50, Outcome::Ok, &mut now);
+        // The acquirer slows down: one request on each lane leaves and does not come back.
+        let d = r.plan(now, signals());
+        let a = r.acquire(&d.lanes_in_order[0], now).unwrap();
+        let b = r.acquire(&d.lanes_in_order[1], now).unwrap();
+        assert_eq!(r.plan(now + 999, signals()).mode, Mode::Online);
+        // After a second with no answer on either lane, checkouts are stored at once.
+        let d = r.plan(now + 1_000, signals());
+        assert_eq!(d.mode, Mode::QueueOffline, "{}", d.reason);
+        assert_eq!(d.reason, "all_lanes_slow;p95>=1000");
+        r.on_complete(a, 1_500, Outcome::Ok, now + 1_500);
+        r.on_complete(b, 1_500, Outcome::Ok, now + 1_500);
+
+        // One stuck request is not enough when a fast answer came back after it left.
+        let mut r = router();
+        let mut now = 0;
+        feed(&mut r, cheap, 3, 50, Outcome::Ok, &mut now);
+        feed(&mut r, pricey, 3, 50, Outcome::Ok, &mut now);
+        let stuck = r.try_acquire(cheap, now + 1).unwrap();
+        let stuck2 = r.try_acquire(pricey, now + 1).unwrap();
+        let quick = r.try_acquire(cheap, now + 400).unwrap();
+        r.on_complete(quick, 40, Outcome::Ok, now + 440);
+        let d = r.plan(now + 1_100, signals());
+        assert_eq!(d.mode, Mode::Online, "{}", d.reason);
+        assert_eq!(d.lanes_in_order[0].lane, cheap);
+        r.on_complete(stuck, 1_200, Outcome::Ok, now + 1_201);
+        r.on_complete(stuck2, 1_200, Outcome::Ok, now + 1_201);
     }
 
     #[test]

@@ -322,6 +322,9 @@ impl EventObject {
     async fn run_effects(&self, effects: Vec<Effect>) {
         let mut effects: VecDeque<Effect> = effects.into();
         let mut guard = 0;
+        // Once a forward finds the acquirer unreachable, the rest of this batch waits for
+        // its backoff instead of opening connection after connection to a dead lane.
+        let mut unreachable = false;
         while let Some(effect) = effects.pop_front() {
             guard += 1;
             if guard > 200 {
@@ -332,7 +335,23 @@ impl EventObject {
                     self.schedule(at_ms).await;
                     None
                 }
-                Effect::Forward(req) => Some(self.forward(req).await),
+                Effect::Forward(req) if unreachable => Some(Command::ForwardResult {
+                    auth_id: req.auth_id,
+                    result: AcquirerResult::Unavailable,
+                }),
+                Effect::Forward(req) => {
+                    let cmd = self.forward(req).await;
+                    if matches!(
+                        cmd,
+                        Command::ForwardResult {
+                            result: AcquirerResult::Unavailable,
+                            ..
+                        }
+                    ) {
+                        unreachable = true;
+                    }
+                    Some(cmd)
+                }
                 Effect::ForwardRefund(req) => Some(self.forward_refund(req).await),
                 Effect::PurgeSealed { .. } => None,
                 Effect::Notify { order_id, state } => {
