@@ -416,19 +416,17 @@ impl EventObject {
                                 // Refused (e.g. the offline budget): undo the hold, free the
                                 // key and the CVC, so the buyer may simply retry.
                                 let release_cvc = b.cvc_use.as_ref().map(|u| u.use_id.clone());
-                                let undo = self
-                                    .checkout_finish(FinishBody {
-                                        now_ms: b.now_ms,
-                                        key: key.clone(),
-                                        command: Some(Command::Release {
-                                            order_id,
-                                            reason: "offline_budget".into(),
-                                        }),
-                                        receipt: None,
-                                        complete: Completion::Abandon { release_cvc },
-                                    })
-                                    .await;
-                                let _ = undo;
+                                self.checkout_finish(FinishBody {
+                                    now_ms: b.now_ms,
+                                    key: key.clone(),
+                                    command: Some(Command::Release {
+                                        order_id,
+                                        reason: "offline_budget".into(),
+                                    }),
+                                    receipt: None,
+                                    complete: Completion::Abandon { release_cvc },
+                                })
+                                .await;
                             }
                             out["finish"] = finished;
                         }
@@ -747,9 +745,7 @@ impl EventObject {
     }
 
     fn keks(&self) -> std::result::Result<KekSet, ApiError> {
-        let current = env_string(&self.env, "VAULT_KEK").unwrap_or_default();
-        let previous = env_string(&self.env, "VAULT_KEK_PREVIOUS");
-        KekSet::parse(&current, previous.as_deref()).map_err(|e| e.to_api())
+        super::vault::keks(&self.env)
     }
 
     fn event_id(&self) -> String {

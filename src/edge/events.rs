@@ -48,7 +48,7 @@ fn stub(env: &Env, event_id: &str) -> Result<Stub, ApiError> {
 }
 
 /// One call to the event's object; its JSON errors come back as `ApiError`s.
-async fn call(
+pub(super) async fn call(
     env: &Env,
     event_id: &str,
     method: Method,
@@ -898,7 +898,7 @@ async fn checkout_traced(
             {
                 then = serde_json::json!({
                     "command": cmd, "receipt": receipt,
-                    "complete": {"kind": "answer", "status_code": 201, "body": answer},
+                    "complete": stored_answer(201, answer),
                 });
             }
         }
@@ -965,17 +965,13 @@ async fn checkout_traced(
             (Ok(_), None) => return pay(env, ctx, c, &body, p, &key, tr).await,
             // Stored in the same call; or refused, and the object undid the hold and the key.
             (Ok(_), Some(f)) => {
-                return match f.get("ok") {
-                    Some(ok) if !ok["answer"].is_null() => {
+                return match finish_answer(f) {
+                    Ok(Some(answer)) => {
                         super::telemetry::queued(ctx, event_id, &p.first_lane, &p.bundle, &p.quote);
-                        Ok((
-                            ok["answer"]["status_code"].as_u64().unwrap_or(201) as u16,
-                            ok["answer"]["body"].clone(),
-                        ))
+                        Ok(answer)
                     }
-                    _ => Err(budget_refusal(
-                        &decode_result(f).err().unwrap_or_else(unreadable),
-                    )),
+                    Ok(None) => Err(budget_refusal(&unreadable())),
+                    Err(e) => Err(budget_refusal(&e)),
                 };
             }
             (Err(e), _) => e,
@@ -986,7 +982,7 @@ async fn checkout_traced(
     let complete = if failed.retryable || failed.status >= 500 {
         serde_json::json!({"kind": "abandon", "release_cvc": spent_cvc})
     } else {
-        serde_json::json!({"kind": "answer", "status_code": failed.status, "body": failed.body()})
+        stored_answer(failed.status, failed.body())
     };
     let _ = finish_call(env, event_id, ctx.now_ms, &key, None, None, complete, tr).await;
     if failed.retryable || failed.status >= 500 {
@@ -1044,8 +1040,14 @@ async fn finish_call(
         ))
         .await?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|_| unreadable())?;
+    finish_answer(&v)
+}
+
+/// Decodes a finish result (`/checkout/finish`, or the `finish` of a one-call
+/// `/checkout/begin`): the stored answer, `None` when the key was abandoned, or the error.
+fn finish_answer(v: &serde_json::Value) -> Result<Option<(u16, serde_json::Value)>, ApiError> {
     let Some(ok) = v.get("ok") else {
-        return Err(decode_result(&v).err().unwrap_or_else(unreadable));
+        return Err(decode_result(v).err().unwrap_or_else(unreadable));
     };
     let answer = &ok["answer"];
     if answer.is_null() {
@@ -1053,6 +1055,47 @@ async fn finish_call(
     }
     let status = answer["status_code"].as_u64().unwrap_or(200) as u16;
     Ok(Some((status, answer["body"].clone())))
+}
+
+/// How a finish call closes the idempotency record: keep this answer for replays.
+fn stored_answer(status: u16, body: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"kind": "answer", "status_code": status, "body": body})
+}
+
+/// A declined payment's finish call: release the stock and keep the 402 answer.
+/// `(code, message, release_reason)`: what the buyer is told, and why the ledger releases.
+#[allow(clippy::too_many_arguments)]
+async fn finish_declined(
+    env: &Env,
+    event_id: &str,
+    now_ms: i64,
+    key: &str,
+    order_id: &str,
+    routing: &str,
+    (code, message, release_reason): (&str, &str, &str),
+    tr: &Trace,
+) -> Result<Option<(u16, serde_json::Value)>, ApiError> {
+    let body = serde_json::json!({
+        "status": "declined", "order_id": order_id, "routing": routing,
+        "decline": {"code": code, "message": message},
+        "error": {"code": code, "message": message, "retryable": false},
+        "message": message,
+    });
+    let release = Command::Release {
+        order_id: order_id.to_string(),
+        reason: release_reason.to_string(),
+    };
+    finish_call(
+        env,
+        event_id,
+        now_ms,
+        key,
+        Some(release),
+        None,
+        stored_answer(402, body),
+        tr,
+    )
+    .await
 }
 
 pub fn with_cors(mut r: Response, origin: Option<String>) -> Result<Response, ApiError> {
@@ -1233,7 +1276,6 @@ async fn pay_inner(
     let mut routing = decision.reason.clone();
     // The lane of an attempt the acquirer may have acted on without telling us.
     let mut unknown_on: Option<String> = None;
-    let answer = |status: u16, v: serde_json::Value| serde_json::json!({"kind": "answer", "status_code": status, "body": v});
     let finished = |r: Result<Option<(u16, serde_json::Value)>, ApiError>| match r {
         Ok(Some(a)) => Ok(a),
         Ok(None) => Err((unreadable(), true)),
@@ -1336,7 +1378,7 @@ async fn pay_inner(
                             key,
                             Some(confirm),
                             Some(receipt),
-                            answer(201, body),
+                            stored_answer(201, body),
                             tr,
                         )
                         .await,
@@ -1347,25 +1389,16 @@ async fn pay_inner(
                 } => {
                     routing.push_str(&format!("; declined on {}", lane.name));
                     super::telemetry::declined(ctx, event_id, &lane.name, &bundle, reason.as_str());
-                    let body = serde_json::json!({
-                        "status": "declined", "order_id": order_id, "routing": routing,
-                        "decline": {"code": reason.as_str(), "message": message},
-                        "error": {"code": reason.as_str(), "message": message, "retryable": false},
-                        "message": message,
-                    });
-                    let release = Command::Release {
-                        order_id: order_id.clone(),
-                        reason: reason.as_str().to_string(),
-                    };
+                    let code = reason.as_str();
                     return finished(
-                        finish_call(
+                        finish_declined(
                             env,
                             event_id,
                             done,
                             key,
-                            Some(release),
-                            None,
-                            answer(402, body),
+                            &order_id,
+                            &routing,
+                            (code, message, code),
                             tr,
                         )
                         .await,
@@ -1381,25 +1414,15 @@ async fn pay_inner(
                         "processing_error",
                     );
                     let msg = "The payment could not be processed. Try another card.";
-                    let body = serde_json::json!({
-                        "status": "declined", "order_id": order_id, "routing": routing,
-                        "decline": {"code": "processing_error", "message": msg},
-                        "error": {"code": "processing_error", "message": msg, "retryable": false},
-                        "message": msg,
-                    });
-                    let release = Command::Release {
-                        order_id: order_id.clone(),
-                        reason: code.clone(),
-                    };
                     return finished(
-                        finish_call(
+                        finish_declined(
                             env,
                             event_id,
                             done,
                             key,
-                            Some(release),
-                            None,
-                            answer(402, body),
+                            &order_id,
+                            &routing,
+                            ("processing_error", msg, &code),
                             tr,
                         )
                         .await,
@@ -1449,7 +1472,7 @@ async fn pay_inner(
         key,
         Some(queue),
         Some(receipt),
-        answer(201, answer_body),
+        stored_answer(201, answer_body),
         tr,
     )
     .await
@@ -1585,11 +1608,7 @@ async fn sf_key(
     now_ms: i64,
     tr: &Trace,
 ) -> Result<crate::secret::Secret<[u8; 32]>, ApiError> {
-    let keks = {
-        let cur = env_string(env, "VAULT_KEK").unwrap_or_default();
-        let prev = env_string(env, "VAULT_KEK_PREVIOUS");
-        vault::KekSet::parse(&cur, prev.as_deref()).map_err(|e| e.to_api())?
-    };
+    let keks = super::vault::keks(env)?;
     let cached = SF_KEYS.with(|m| {
         m.borrow()
             .get(event_id)

@@ -25,7 +25,7 @@ use crate::telemetry::{self, Aggregate, Event, Kind, QueueState};
 use serde::Deserialize;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use worker::{Context, Env, Headers, Method, Request, RequestInit, Response, SqlStorage};
+use worker::{Context, Env, Method, Response, SqlStorage};
 
 /// Flush when this many events are buffered in the isolate…
 pub const FLUSH_EVENTS: usize = 25;
@@ -101,7 +101,19 @@ pub fn checkout_answered(ctx: &Ctx, event_id: &str, status: u16, took_ms: i64) {
 
 /// The acquirer approved on `lane`.
 pub fn approved(ctx: &Ctx, event_id: &str, lane: &str, bundle: &LoadedBundle, quote: &Quote) {
-    let e = at(ctx, Kind::Approved);
+    converted(ctx, event_id, Kind::Approved, lane, bundle, quote);
+}
+
+/// A converted checkout (approved or stored) of `quote`'s amount on `lane`.
+fn converted(
+    ctx: &Ctx,
+    event_id: &str,
+    kind: Kind,
+    lane: &str,
+    bundle: &LoadedBundle,
+    quote: &Quote,
+) {
+    let e = at(ctx, kind);
     let took = e.at_ms - ctx.now_ms;
     record(
         event_id,
@@ -127,15 +139,7 @@ pub fn declined(ctx: &Ctx, event_id: &str, lane: &str, bundle: &LoadedBundle, re
 
 /// The payment was accepted offline, to be forwarded on `lane`.
 pub fn queued(ctx: &Ctx, event_id: &str, lane: &str, bundle: &LoadedBundle, quote: &Quote) {
-    let e = at(ctx, Kind::Queued);
-    let took = e.at_ms - ctx.now_ms;
-    record(
-        event_id,
-        e.lane(lane)
-            .revision(bundle.revision)
-            .amount(quote.total.0)
-            .latency(took),
-    );
+    converted(ctx, event_id, Kind::Queued, lane, bundle, quote);
 }
 
 // ---- flushing --------------------------------------------------------------------------
@@ -194,6 +198,8 @@ async fn send(env: &Env, event_id: &str, events: Vec<Event>) {
     }
 }
 
+/// A call to the event's object (the checkout's client, `events::call`); a refusal by the
+/// object is reported as the event being unavailable.
 async fn call(
     env: &Env,
     event_id: &str,
@@ -204,32 +210,16 @@ async fn call(
     if !crate::ledger::valid_id(event_id) {
         return Err(ApiError::not_found("event"));
     }
-    let stub = env
-        .durable_object("EVENTS")
-        .and_then(|ns| ns.get_by_name(event_id))
-        .map_err(internal)?;
-    let mut init = RequestInit::new();
-    init.with_method(method);
-    if let Some(b) = body {
-        let h = Headers::new();
-        h.set("Content-Type", "application/json")
-            .map_err(internal)?;
-        init.with_headers(h);
-        init.with_body(Some(wasm_bindgen::JsValue::from_str(&b)));
-    }
-    let req = Request::new_with_init(&format!("https://event{path}"), &init).map_err(internal)?;
-    let mut resp = stub.fetch_with_request(req).await.map_err(internal)?;
-    let status = resp.status_code();
-    let text = resp.text().await.map_err(internal)?;
-    if status >= 400 {
-        return Err(ApiError::new(
-            status,
+    match super::events::call(env, event_id, method, path, body).await {
+        Ok((_, text)) => Ok(text),
+        Err(e) if e.code == "temporarily_unavailable" => Err(e),
+        Err(e) => Err(ApiError::new(
+            e.status,
             "event_unavailable",
             "The event could not answer; try again.",
         )
-        .retryable());
+        .retryable()),
     }
-    Ok(text)
 }
 
 // ---- the metrics route -----------------------------------------------------------------

@@ -37,7 +37,9 @@ pub fn key_policy(env: &Env) -> KeyPolicy {
     }
 }
 
-fn keks(env: &Env) -> Result<KekSet, ApiError> {
+/// The vault's key-encryption keys from the secrets (`VAULT_KEK`, optional
+/// `VAULT_KEK_PREVIOUS` while rotating).
+pub(super) fn keks(env: &Env) -> Result<KekSet, ApiError> {
     let current = env_string(env, "VAULT_KEK").unwrap_or_default();
     let previous = env_string(env, "VAULT_KEK_PREVIOUS");
     KekSet::parse(&current, previous.as_deref()).map_err(|e| e.to_api())
