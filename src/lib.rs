@@ -12,6 +12,7 @@ pub mod acquirer;
 pub mod api;
 pub mod canonical;
 pub mod card;
+pub mod checkout;
 pub mod embed;
 pub mod error;
 pub mod ledger;

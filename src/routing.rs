@@ -1077,6 +1077,11 @@ impl Router {
         Router::new(lanes, tuning)
     }
 
+    /// The configured lanes' names, in configuration order.
+    pub fn lane_names(&self) -> Vec<String> {
+        self.lanes.iter().map(|l| l.config.name.clone()).collect()
+    }
+
     pub fn tuning(&self) -> &Tuning {
         &self.tuning
     }

@@ -157,3 +157,32 @@ impl EventLedger {
         self.idempotency.len()
     }
 }
+
+/// What a key's record says, without starting one (see [`EventLedger::idempotency_peek`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyPeek {
+    /// Answered: the stored response.
+    Completed(String),
+    /// A request with this key is still running.
+    InFlight,
+    /// No live record.
+    Absent,
+}
+
+impl EventLedger {
+    /// Looks a key up without recording anything: for a request that failed before it
+    /// could hold stock, which must still get a completed request's answer.
+    pub fn idempotency_peek(&self, key: &str, now_ms: i64) -> IdempotencyPeek {
+        let now = now_ms.max(self.last_now_ms);
+        match self.idempotency.get(key) {
+            Some(IdemRecord {
+                completed: Some((response, _)),
+                ..
+            }) => IdempotencyPeek::Completed(response.clone()),
+            Some(r) if now < r.started_ms.saturating_add(IDEMPOTENCY_IN_FLIGHT_MS) => {
+                IdempotencyPeek::InFlight
+            }
+            _ => IdempotencyPeek::Absent,
+        }
+    }
+}

@@ -44,7 +44,7 @@ mod tracked;
 #[cfg(test)]
 mod sim_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use config::{
     valid_id, Category, EventConfig, OfflineBudget, QueueConfig, QueueMode, Sku,
@@ -56,7 +56,10 @@ pub use forward::{
     RefundOutcome, RefundRequest, RefundRule, RefundState, SealedCard, StoredAuth, BACKOFF_BASE_MS,
     BACKOFF_MAX_MS, FORWARD_TIMEOUT_MS, MAX_FORWARDS_PER_WAKE,
 };
-pub use idempotency::{IdempotencyBegin, IDEMPOTENCY_IN_FLIGHT_MS, IDEMPOTENCY_RETENTION_MS};
+pub use idempotency::{
+    IdempotencyBegin, IdempotencyPeek, IDEMPOTENCY_IN_FLIGHT_MS, IDEMPOTENCY_RETENTION_MS,
+    MAX_RESPONSE_LEN,
+};
 pub use orders::{LineRequest, Order, OrderLine, OrderState};
 pub use queue::{QueueStatus, WaitingQueue};
 pub use report::{
@@ -145,6 +148,13 @@ pub enum Command {
         /// The lane that charged, when failover moved the payment off the held lane.
         #[serde(default)]
         lane: Option<String>,
+    },
+    /// An online attempt for this pending order is about to be sent to `lane`. Recorded
+    /// before it is sent, so a checkout that resumes after its Worker died knows on which
+    /// lane a charge may exist (and completes it there instead of trying another).
+    NoteAttempt {
+        order_id: String,
+        lane: String,
     },
     /// The acquirer declined: give the stock back.
     Release {
@@ -459,6 +469,7 @@ impl EventLedger {
                 }
                 reply
             }
+            Command::NoteAttempt { order_id, lane } => self.note_attempt(&order_id, lane, fx),
             Command::Release { order_id, reason } => self.release(&order_id, &reason, fx),
             Command::QueueAuthorization(q) => self.queue_authorization(q, now, entropy, fx),
             Command::ForwardResult { auth_id, result } => {

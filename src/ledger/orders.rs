@@ -308,6 +308,35 @@ impl EventLedger {
         Ok(())
     }
 
+    pub(crate) fn note_attempt(
+        &mut self,
+        order_id: &str,
+        lane: String,
+        fx: &mut Fx,
+    ) -> Result<Reply, LedgerError> {
+        check_id(&lane, "lane")?;
+        let order = self
+            .orders
+            .get_mut(order_id)
+            .ok_or_else(|| LedgerError::OrderNotFound(order_id.to_string()))?;
+        match order.state {
+            OrderState::Pending | OrderState::Abandoned => {
+                if order.lane != lane {
+                    order.lane = lane;
+                    fx.changed = true;
+                }
+                Ok(Reply::Order {
+                    order: order.clone(),
+                })
+            }
+            s => Err(LedgerError::InvalidTransition {
+                order_id: order_id.to_string(),
+                state: s.as_str(),
+                action: "sent to another lane",
+            }),
+        }
+    }
+
     pub(crate) fn set_order_lane(&mut self, order_id: &str, lane: String) {
         if let Some(o) = self.orders.get_mut(order_id) {
             o.lane = lane;

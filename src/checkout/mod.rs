@@ -1,0 +1,1119 @@
+//! The checkout as one pure state machine: from a validated request to the buyer's answer,
+//! with the event's object and the acquirer as inputs and outputs, no I/O, no clock.
+//!
+//! # Call order (for the Worker, the simulation and the bench alike)
+//!
+//! ```text
+//! let mut co = Checkout::new(input);             // validated request, card, quote, key
+//! loop {
+//!     match co.poll(&mut router, now) {
+//!         Step::Object(call)   => co.handle_object(result_of(call), now),
+//!         Step::SealKey        => co.handle_seal_key(the event's store-and-forward key),
+//!         Step::Authorize(a)   => co.handle_attempt(&mut router, send(a.call, a.timeout_ms), now),
+//!         Step::Done(answer)   => break answer,   // status, body, routing, telemetry
+//!     }
+//! }
+//! ```
+//!
+//! `poll` never blocks and is called again after each `handle_*`. The sequence:
+//! 1. the router plans (`Reject` answers 429 at once; a plan to store offline, when the
+//!    policy allows it, asks for the sealing key and then makes the whole checkout one
+//!    object call);
+//! 2. **begin** (object): the idempotency record, the single-use CVC, the hold. A replay,
+//!    a request in flight, a mismatch or a refused hold ends here;
+//! 3. **authorize** on the planned lanes. Each result goes through [`outcome::classify`]:
+//!    approved and declined finish; an attempt the acquirer provably did not process may
+//!    move to the next lane (after the object recorded that lane); an **unknown** outcome
+//!    never does: the payment is stored to complete that attempt later on that lane with
+//!    the same acquirer key;
+//! 4. **finish** (object): confirm, release or store, the signed receipt and the stored
+//!    answer together. After an approval or an unknown outcome the order is never released
+//!    and the key never abandoned: a failed finish is retried, and if the object stays
+//!    unreachable the buyer gets `202 pending` (a retry with the same key finds out).
+//!
+//! The order id derives from the Idempotency-Key ([`request::CheckoutKey`]): a retry
+//! after a dead Worker holds the same order and sends the acquirer the same key.
+
+pub mod object_side;
+pub mod outcome;
+pub mod protocol;
+pub mod request;
+
+#[cfg(test)]
+mod sim_tests;
+#[cfg(test)]
+mod tests;
+
+use crate::acquirer::{self, AuthorizeRequest, HttpCall};
+use crate::card::Card;
+use crate::error::ApiError;
+use crate::ledger::{
+    self, Command, EventConfig, LineRequest, Order, OrderState, QueueAuth, SealedCard,
+};
+use crate::policy::LoadedBundle;
+use crate::quote::Quote;
+use crate::receipt::{self, CardSummary, Receipt, ReceiptStatus};
+use crate::routing::{Mode, Permit, Router, RoutingDecision, Signals};
+use crate::secret::Secret;
+use crate::vault::{self, OpenedCvc};
+use outcome::{AttemptResult, Sent};
+use protocol::{
+    BeginAnswer, BeginReply, BeginRequest, Completion, CvcUse, FinishReply, FinishRequest,
+    StoredAnswer, WireError,
+};
+use request::CheckoutKey;
+use std::sync::Arc;
+
+/// How long a checkout holds stock while it talks to the acquirer.
+pub const HOLD_MS: i64 = 120_000;
+/// How many times a finish is sent before the buyer is told `pending`.
+pub const FINISH_TRIES: u8 = 3;
+/// How long a payment completing an attempt of unknown outcome may wait: inside the
+/// acquirer's 24 h idempotency window, so a late resend cannot become a second charge.
+pub const RESOLVE_WAIT_MS: i64 = 23 * 3_600_000;
+/// What `Retry-After` says on a `pending` or in-flight answer, seconds.
+pub const PENDING_RETRY_S: u32 = 2;
+
+/// Everything a checkout works out before the machine starts: validated and priced, the
+/// card detokenized and the CVC opened in this PoP. No storage was written.
+pub struct Prepared {
+    pub bundle: Arc<LoadedBundle>,
+    pub quote: Quote,
+    pub lines: Vec<LineRequest>,
+    pub buyer_email: Option<String>,
+    pub admission_ticket: Option<String>,
+    pub require_online: bool,
+    pub card: Card,
+    pub cvc: Option<OpenedCvc>,
+    /// The purchase's idempotency fingerprint ([`request::fingerprint`]).
+    pub fingerprint: String,
+}
+
+/// The machine's input.
+pub struct CheckoutInput {
+    pub event: Arc<EventConfig>,
+    pub key: CheckoutKey,
+    /// What preparing found; an error is still checked against the idempotency record
+    /// first (a completed request answers its stored answer whatever this retry holds).
+    pub prepared: Result<Prepared, ApiError>,
+    /// Each lane's API key, by the lane's `secret_name`.
+    pub secrets: Vec<(String, Secret<String>)>,
+    pub colo: String,
+    pub now_ms: i64,
+    /// Load signals for the plan (`amount_minor` and `require_online` are set here).
+    pub signals: Signals,
+    /// 12 fresh random bytes (the sealed card's nonce).
+    pub nonce: [u8; 12],
+}
+
+/// What the caller must do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Call the event's object and feed the result to [`Checkout::handle_object`].
+    Object(ObjectCall),
+    /// Get the event's store-and-forward key and feed it to [`Checkout::handle_seal_key`].
+    SealKey,
+    /// Send this request and feed what came back to [`Checkout::handle_attempt`].
+    Authorize(Authorize),
+    /// Answer the buyer.
+    Done(Answer),
+}
+
+/// One call to the event's object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ObjectCall {
+    Begin(Box<BeginRequest>),
+    Finish(Box<FinishRequest>),
+    /// One ledger command (`NoteAttempt`).
+    Command(Box<Command>),
+}
+
+/// What the object answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ObjectResult {
+    Begin(BeginAnswer),
+    Finish(FinishReply),
+    Command(Result<(), WireError>),
+}
+
+/// An authorization request to send.
+#[derive(Debug)]
+pub struct Authorize {
+    pub lane: String,
+    pub call: HttpCall,
+    pub timeout_ms: u32,
+}
+
+/// Business events for telemetry, recorded by the shell (no card data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    Approved { lane: String },
+    Declined { lane: String, reason: String },
+    Queued { lane: String },
+}
+
+/// The buyer's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: serde_json::Value,
+    /// `X-Poptill-Routing`.
+    pub routing: Option<String>,
+    pub replayed: bool,
+    pub retry_after_s: Option<u32>,
+    pub notes: Vec<Note>,
+    /// The order this answer is about, when one was held.
+    pub order_id: Option<String>,
+}
+
+impl Answer {
+    fn error(e: &ApiError) -> Answer {
+        Answer {
+            status: e.status,
+            body: e.body(),
+            routing: None,
+            replayed: false,
+            retry_after_s: e.retryable.then_some(PENDING_RETRY_S),
+            notes: Vec::new(),
+            order_id: None,
+        }
+    }
+
+    fn stored(a: StoredAnswer, replayed: bool) -> Answer {
+        let mut body = a.body;
+        if let Some(r) = a.receipt {
+            body["receipt"] = r;
+        }
+        let routing = body
+            .get("routing")
+            .and_then(|r| r.as_str())
+            .map(str::to_string);
+        let order_id = body
+            .get("order_id")
+            .and_then(|r| r.as_str())
+            .map(str::to_string);
+        Answer {
+            status: a.status,
+            retry_after_s: (a.status == 202).then_some(PENDING_RETRY_S),
+            body,
+            routing,
+            replayed,
+            notes: Vec::new(),
+            order_id,
+        }
+    }
+}
+
+/// Where the machine is.
+enum State {
+    Start,
+    /// Send this begin call.
+    SendBegin(ObjectCall),
+    /// Begin the two-call checkout.
+    BeginPlain,
+    /// Waiting for the sealing key before a one-call store.
+    SealBeforeBegin,
+    AwaitBegin,
+    /// Try planned attempt `index` next.
+    Attempt {
+        index: usize,
+    },
+    /// Waiting for the object to record the lane of attempt `index`.
+    AwaitNote {
+        index: usize,
+    },
+    AwaitAttempt {
+        index: usize,
+        permit: Permit,
+        lane: String,
+        started_ms: i64,
+    },
+    /// No lane gave a definitive answer: store the payment, or refuse.
+    Offline,
+    AwaitSeal,
+    Finish,
+    AwaitFinish,
+    Done(Answer),
+    Finished,
+}
+
+/// What a finish is for, which decides what a failed finish means.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Confirm an approval or store a payment: after a charge (or maybe one).
+    Settle,
+    /// Store a payment never sent to an acquirer: refused by the budget means "undo".
+    StoreOffline,
+    /// Release a declined order (no charge).
+    Decline,
+    /// Release the hold and forget the key (nothing was charged).
+    Undo,
+}
+
+/// One checkout in progress.
+pub struct Checkout {
+    event: Arc<EventConfig>,
+    key: CheckoutKey,
+    prepared: Option<Prepared>,
+    prepare_error: Option<ApiError>,
+    secrets: Vec<(String, Secret<String>)>,
+    colo: String,
+    started_ms: i64,
+    signals: Signals,
+    nonce: [u8; 12],
+    state: State,
+    plan: Option<RoutingDecision>,
+    routing: String,
+    first_lane: String,
+    /// The lane the object has recorded for the order (where a charge may exist).
+    recorded_lane: Option<String>,
+    /// The order already existed: only its recorded lane may be used.
+    resumed: bool,
+    /// The lane of an attempt whose outcome is unknown.
+    unknown_on: Option<String>,
+    seal_key: Option<Secret<[u8; 32]>>,
+    finish: Option<(FinishRequest, Purpose)>,
+    finish_tries: u8,
+    /// What to answer when the finish of `Purpose::Decline`/`Undo` cannot be kept.
+    fallback: Option<Answer>,
+    notes: Vec<Note>,
+}
+
+impl Checkout {
+    pub fn new(input: CheckoutInput) -> Checkout {
+        let (prepared, prepare_error) = match input.prepared {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(e)),
+        };
+        Checkout {
+            event: input.event,
+            key: input.key,
+            prepared,
+            prepare_error,
+            secrets: input.secrets,
+            colo: input.colo,
+            started_ms: input.now_ms,
+            signals: input.signals,
+            nonce: input.nonce,
+            state: State::Start,
+            plan: None,
+            routing: String::new(),
+            first_lane: String::new(),
+            recorded_lane: None,
+            resumed: false,
+            unknown_on: None,
+            seal_key: None,
+            finish: None,
+            finish_tries: 0,
+            fallback: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// The order this checkout holds.
+    pub fn order_id(&self) -> &str {
+        &self.key.order_id
+    }
+
+    /// The next step. Call again after feeding each result back.
+    pub fn poll(&mut self, router: &mut Router, now_ms: i64) -> Step {
+        loop {
+            match std::mem::replace(&mut self.state, State::Finished) {
+                State::Start => {
+                    if let Some(step) = self.start(router, now_ms) {
+                        return step;
+                    }
+                }
+                State::SealBeforeBegin => {
+                    self.state = State::SealBeforeBegin;
+                    return Step::SealKey;
+                }
+                State::SendBegin(call) => {
+                    self.state = State::AwaitBegin;
+                    return Step::Object(call);
+                }
+                State::BeginPlain => return self.begin(None),
+                State::Attempt { index } => {
+                    if let Some(step) = self.attempt(router, index, now_ms) {
+                        return step;
+                    }
+                }
+                State::Offline => {
+                    if let Some(step) = self.offline() {
+                        return step;
+                    }
+                }
+                State::Finish => {
+                    let Some((req, _)) = &self.finish else {
+                        self.state = State::Done(Answer::error(&unreadable()));
+                        continue;
+                    };
+                    let call = ObjectCall::Finish(Box::new(req.clone()));
+                    self.state = State::AwaitFinish;
+                    return Step::Object(call);
+                }
+                State::Done(mut answer) => {
+                    answer.notes.append(&mut self.notes);
+                    return Step::Done(answer);
+                }
+                State::Finished => return Step::Done(Answer::error(&unreadable())),
+                s @ (State::AwaitBegin
+                | State::AwaitNote { .. }
+                | State::AwaitAttempt { .. }
+                | State::AwaitSeal
+                | State::AwaitFinish) => {
+                    // Polled while waiting for a result: the result is lost. Nothing was
+                    // charged that a retry with the same key cannot find.
+                    self.state = s;
+                    return Step::Done(pending(&self.key.order_id, &self.routing));
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, router: &mut Router, now_ms: i64) -> Option<Step> {
+        let Some(p) = &self.prepared else {
+            let call = ObjectCall::Begin(Box::new(BeginRequest {
+                key: self.key.key.clone(),
+                fingerprint: None,
+                cvc: None,
+                hold: None,
+                then: None,
+            }));
+            self.state = State::AwaitBegin;
+            return Some(Step::Object(call));
+        };
+        let offline_cap = self
+            .event
+            .offline
+            .per_transaction_max
+            .0
+            .min(p.bundle.bundle.offline.per_transaction_cap.0);
+        let signals = Signals {
+            amount_minor: p.quote.total.0,
+            require_online: p.require_online || p.quote.total.0 > offline_cap,
+            ..self.signals
+        };
+        let plan = router.plan(now_ms, signals);
+        self.routing = plan.reason.clone();
+        if plan.mode == Mode::Reject {
+            let e = ApiError::new(
+                429,
+                "overloaded",
+                "The checkout is very busy right now; try again in a few seconds.",
+            )
+            .retryable();
+            let mut a = Answer::error(&e);
+            a.routing = Some(self.routing.clone());
+            self.state = State::Done(a);
+            return None;
+        }
+        self.first_lane = plan
+            .lanes_in_order
+            .first()
+            .map(|a| a.lane_name.clone())
+            .or_else(|| router.lane_names().first().cloned())
+            .unwrap_or_default();
+        let store_at_once = plan.mode == Mode::QueueOffline && offline_refusal(p).is_none();
+        self.plan = Some(plan);
+        if store_at_once {
+            self.state = State::SealBeforeBegin;
+            return None;
+        }
+        Some(self.begin(None))
+    }
+
+    fn hold_command(&self, p: &Prepared) -> Command {
+        Command::Hold {
+            order_id: self.key.order_id.clone(),
+            lines: p.lines.clone(),
+            expires_ms: self.started_ms + HOLD_MS,
+            buyer_email: p.buyer_email.clone(),
+            lane: self.first_lane.clone(),
+            admission_ticket: p.admission_ticket.clone(),
+            charge_total: Some(p.quote.total),
+        }
+    }
+
+    fn begin(&mut self, then: Option<FinishRequest>) -> Step {
+        let Some(p) = &self.prepared else {
+            return Step::Done(Answer::error(&unreadable()));
+        };
+        let call = ObjectCall::Begin(Box::new(BeginRequest {
+            key: self.key.key.clone(),
+            fingerprint: Some(p.fingerprint.clone()),
+            cvc: p.cvc.as_ref().map(|c| CvcUse {
+                use_id: c.use_id.clone(),
+                expires_at_ms: c.expires_at_ms,
+            }),
+            hold: Some(self.hold_command(p)),
+            then,
+        }));
+        self.state = State::AwaitBegin;
+        Step::Object(call)
+    }
+
+    fn attempt(&mut self, router: &mut Router, mut index: usize, now_ms: i64) -> Option<Step> {
+        let Some(plan) = self.plan.clone() else {
+            self.state = State::Offline;
+            return None;
+        };
+        loop {
+            let Some(attempt) = plan.lanes_in_order.get(index) else {
+                self.state = State::Offline;
+                return None;
+            };
+            // A resumed order may only be paid on the lane it was recorded on.
+            if self.resumed && self.recorded_lane.as_deref() != Some(attempt.lane_name.as_str()) {
+                index += 1;
+                continue;
+            }
+            let Some(timeout_ms) = plan.attempt_timeout_ms(index, now_ms) else {
+                self.state = State::Offline;
+                return None;
+            };
+            if self.recorded_lane.as_deref() != Some(attempt.lane_name.as_str()) {
+                // Record the lane before sending, so a resumed checkout knows where a
+                // charge may be.
+                self.state = State::AwaitNote { index };
+                return Some(Step::Object(ObjectCall::Command(Box::new(
+                    Command::NoteAttempt {
+                        order_id: self.key.order_id.clone(),
+                        lane: attempt.lane_name.clone(),
+                    },
+                ))));
+            }
+            let Some(permit) = router.acquire(attempt, now_ms) else {
+                self.routing
+                    .push_str(&format!("; {} over limit", attempt.lane_name));
+                index += 1;
+                continue;
+            };
+            let built = router
+                .lane_config(attempt.lane)
+                .cloned()
+                .ok_or(())
+                .and_then(|lane| self.build_call(&lane).map(|c| (lane, c)).map_err(|_| ()));
+            let (lane, call) = match built {
+                Ok(x) => x,
+                Err(()) => {
+                    // Nothing was sent: the lane cannot be used (its configuration).
+                    router.on_complete(
+                        permit,
+                        0,
+                        crate::routing::Outcome::Retryable(
+                            crate::routing::RetryReason::ConnectionRefused,
+                        ),
+                        now_ms,
+                    );
+                    self.routing
+                        .push_str(&format!("; {} misconfigured", attempt.lane_name));
+                    index += 1;
+                    continue;
+                }
+            };
+            self.state = State::AwaitAttempt {
+                index,
+                permit,
+                lane: lane.name.clone(),
+                started_ms: now_ms,
+            };
+            return Some(Step::Authorize(Authorize {
+                lane: lane.name,
+                call,
+                timeout_ms,
+            }));
+        }
+    }
+
+    fn build_call(&self, lane: &crate::routing::LaneConfig) -> Result<HttpCall, ApiError> {
+        let Some(p) = &self.prepared else {
+            return Err(unreadable());
+        };
+        let secret = self
+            .secrets
+            .iter()
+            .find(|(n, _)| *n == lane.secret_name)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_else(|| Secret::new(String::new()));
+        acquirer::build_authorize(
+            &lane.base_url,
+            &secret,
+            &self.authorize_request(p, format!("{}_online", self.key.order_id)),
+        )
+        .map_err(|e| e.to_api())
+    }
+
+    fn authorize_request(&self, p: &Prepared, idempotency_key: String) -> AuthorizeRequest {
+        AuthorizeRequest {
+            amount: p.quote.total,
+            currency: self.event.currency,
+            card_number: p.card.number().clone(),
+            exp_month: p.card.exp_month,
+            exp_year: p.card.exp_year,
+            cvc: p.cvc.as_ref().map(|c| c.cvc.clone()),
+            idempotency_key,
+            order_id: self.key.order_id.clone(),
+            event_id: self.event.event_id.clone(),
+            capture: true,
+        }
+    }
+
+    /// Feeds the object's answer (or the failure to reach it) back in.
+    pub fn handle_object(&mut self, result: Result<ObjectResult, ApiError>, now_ms: i64) {
+        let _ = now_ms;
+        match std::mem::replace(&mut self.state, State::Finished) {
+            State::AwaitBegin => self.on_begin(result),
+            State::AwaitNote { index } => match result {
+                Ok(ObjectResult::Command(Ok(()))) => {
+                    if let Some(a) = self.plan.as_ref().and_then(|p| p.lanes_in_order.get(index)) {
+                        self.recorded_lane = Some(a.lane_name.clone());
+                    }
+                    self.state = State::Attempt { index };
+                }
+                // Could not record the lane: do not send. Nothing was charged on it.
+                _ => {
+                    self.routing.push_str("; could not record the lane");
+                    self.undo(unreadable());
+                }
+            },
+            State::AwaitFinish => self.on_finish(result),
+            other => self.state = other,
+        }
+    }
+
+    fn on_begin(&mut self, result: Result<ObjectResult, ApiError>) {
+        let answer = match result {
+            Ok(ObjectResult::Begin(a)) => a,
+            Ok(_) => {
+                self.state = State::Done(Answer::error(&unreadable()));
+                return;
+            }
+            Err(e) => {
+                // The hold may or may not be recorded: a retry with the same key finds out.
+                let mut e = e;
+                e.retryable = true;
+                if e.status >= 500 || e.status < 400 {
+                    e.status = 503;
+                }
+                self.state = State::Done(Answer::error(&e));
+                return;
+            }
+        };
+        self.state = match answer.reply {
+            BeginReply::Replay { answer } => State::Done(Answer::stored(answer, true)),
+            BeginReply::InFlight => State::Done(Answer::error(
+                &ledger::LedgerError::IdempotencyInFlight.to_api(),
+            )),
+            BeginReply::Mismatch => State::Done(Answer::error(
+                &ledger::LedgerError::IdempotencyMismatch.to_api(),
+            )),
+            BeginReply::NoRecord => State::Done(Answer::error(
+                &self.prepare_error.clone().unwrap_or_else(unreadable),
+            )),
+            BeginReply::Refused { error } => State::Done(Answer::error(&error.to_api())),
+            BeginReply::Finished { answer } => {
+                self.notes.push(Note::Queued {
+                    lane: self.first_lane.clone(),
+                });
+                State::Done(Answer::stored(answer, false))
+            }
+            BeginReply::FinishRefused { error } => {
+                State::Done(Answer::error(&offline_refused(&error.to_api())))
+            }
+            BeginReply::Held { order, resumed } => self.on_held(order, resumed),
+        };
+    }
+
+    fn on_held(&mut self, order: Order, resumed: bool) -> State {
+        self.resumed = resumed;
+        self.recorded_lane = Some(order.lane.clone());
+        if resumed {
+            self.routing
+                .push_str(&format!("; resumed on {}", order.lane));
+            // An earlier attempt with this key may have charged on the order's lane.
+            if !matches!(order.state, OrderState::Pending | OrderState::Abandoned) {
+                return State::Done(pending(&self.key.order_id, &self.routing));
+            }
+            let planned = self.plan.as_ref().is_some_and(|p| {
+                p.mode == Mode::Online && p.lanes_in_order.iter().any(|a| a.lane_name == order.lane)
+            });
+            if !planned {
+                self.unknown_on = Some(order.lane.clone());
+                return State::Offline;
+            }
+        }
+        match self.plan.as_ref().map(|p| p.mode) {
+            Some(Mode::Online) => State::Attempt { index: 0 },
+            _ => State::Offline,
+        }
+    }
+
+    /// Feeds an attempt's result back in.
+    pub fn handle_attempt(&mut self, router: &mut Router, sent: Sent, now_ms: i64) {
+        let State::AwaitAttempt {
+            index,
+            permit,
+            lane,
+            started_ms,
+        } = std::mem::replace(&mut self.state, State::Finished)
+        else {
+            return;
+        };
+        let result = outcome::classify(&sent);
+        let rtt = u32::try_from((now_ms - started_ms).max(0)).unwrap_or(u32::MAX);
+        router.on_complete(permit, rtt, outcome::route_outcome(&sent, &result), now_ms);
+        let Some(p) = &self.prepared else {
+            self.state = State::Done(Answer::error(&unreadable()));
+            return;
+        };
+        match result {
+            AttemptResult::Approved {
+                payment_intent_id, ..
+            } => {
+                self.routing.push_str(&format!("; approved on {lane}"));
+                self.notes.push(Note::Approved { lane: lane.clone() });
+                let (receipt, body) = self.receipt_and_answer(
+                    p,
+                    ReceiptStatus::Approved,
+                    &lane,
+                    "approved",
+                    "Payment approved.",
+                );
+                self.set_finish(
+                    Some(Command::Confirm {
+                        order_id: self.key.order_id.clone(),
+                        charge_id: payment_intent_id,
+                        lane: Some(lane),
+                    }),
+                    receipt,
+                    Completion::Answer {
+                        answer: answer(201, body),
+                    },
+                    Purpose::Settle,
+                );
+            }
+            AttemptResult::Declined {
+                reason, message, ..
+            } => {
+                self.routing.push_str(&format!("; declined on {lane}"));
+                let code = reason.as_str();
+                self.notes.push(Note::Declined {
+                    lane,
+                    reason: code.to_string(),
+                });
+                let body = serde_json::json!({
+                    "status": "declined", "order_id": self.key.order_id, "routing": self.routing,
+                    "decline": {"code": code, "message": message},
+                    "error": {"code": code, "message": message, "retryable": false},
+                    "message": message,
+                });
+                self.fallback = Some(Answer::stored(answer(402, body.clone()), false));
+                self.set_finish(
+                    Some(Command::Release {
+                        order_id: self.key.order_id.clone(),
+                        reason: code.to_string(),
+                    }),
+                    None,
+                    Completion::Answer {
+                        answer: answer(402, body),
+                    },
+                    Purpose::Decline,
+                );
+            }
+            r @ (AttemptResult::NotProcessed { .. } | AttemptResult::Misconfigured { .. }) => {
+                self.routing.push_str(&format!("; {lane} {}", r.label()));
+                self.state = State::Attempt { index: index + 1 };
+            }
+            r @ AttemptResult::Unknown { .. } => {
+                // Never try another lane now: that could charge the card twice. Complete
+                // this attempt later, same lane, same idempotency key.
+                self.routing.push_str(&format!(
+                    "; {lane} {}; outcome unknown, completing on {lane}",
+                    r.label()
+                ));
+                self.unknown_on = Some(lane);
+                self.state = State::Offline;
+            }
+        }
+    }
+
+    fn set_finish(
+        &mut self,
+        command: Option<Command>,
+        receipt: Option<Receipt>,
+        complete: Completion,
+        purpose: Purpose,
+    ) {
+        self.finish = Some((
+            FinishRequest {
+                key: self.key.key.clone(),
+                command,
+                receipt,
+                complete,
+            },
+            purpose,
+        ));
+        self.finish_tries = 0;
+        self.state = State::Finish;
+    }
+
+    /// Releases the hold and forgets the key (nothing was charged), then answers `error`.
+    fn undo(&mut self, error: ApiError) {
+        self.fallback = Some(Answer::error(&error));
+        let release_cvc = self
+            .prepared
+            .as_ref()
+            .and_then(|p| p.cvc.as_ref())
+            .map(|c| c.use_id.clone());
+        self.set_finish(
+            Some(Command::Release {
+                order_id: self.key.order_id.clone(),
+                reason: error.code.to_string(),
+            }),
+            None,
+            Completion::Abandon { release_cvc },
+            Purpose::Undo,
+        );
+    }
+
+    fn offline(&mut self) -> Option<Step> {
+        let Some(p) = &self.prepared else {
+            self.state = State::Done(Answer::error(&unreadable()));
+            return None;
+        };
+        if self.unknown_on.is_none() {
+            if let Some(refusal) = offline_refusal(p) {
+                self.undo(refusal);
+                return None;
+            }
+        }
+        if self.seal_key.is_none() {
+            self.state = State::AwaitSeal;
+            return Some(Step::SealKey);
+        }
+        match self.stored_payment() {
+            Ok((finish, purpose)) => {
+                self.finish = Some((finish, purpose));
+                self.finish_tries = 0;
+                self.state = State::Finish;
+            }
+            Err(e) => self.cannot_store(e),
+        }
+        None
+    }
+
+    /// The payment cannot be stored (no sealing key, sealing failed).
+    fn cannot_store(&mut self, e: ApiError) {
+        self.routing.push_str("; could not store the payment");
+        if self.unknown_on.is_some() {
+            // It may have been charged: keep the hold and the key; reconciliation settles
+            // a charge of an order whose checkout never finished.
+            self.state = State::Done(pending(&self.key.order_id, &self.routing));
+        } else {
+            let mut e = e;
+            e.status = 503;
+            e.retryable = true;
+            self.undo(e);
+        }
+    }
+
+    /// Feeds the event's store-and-forward key back in.
+    pub fn handle_seal_key(&mut self, key: Result<Secret<[u8; 32]>, ApiError>) {
+        match std::mem::replace(&mut self.state, State::Finished) {
+            State::SealBeforeBegin => match key {
+                Ok(k) => {
+                    self.seal_key = Some(k);
+                    match self.stored_payment() {
+                        Ok((finish, _)) => match self.begin(Some(finish)) {
+                            Step::Object(call) => self.state = State::SendBegin(call),
+                            Step::Done(a) => self.state = State::Done(a),
+                            _ => self.state = State::Done(Answer::error(&unreadable())),
+                        },
+                        // Fall back to the two-call checkout.
+                        Err(_) => self.state = State::BeginPlain,
+                    }
+                }
+                Err(_) => self.state = State::BeginPlain,
+            },
+            State::AwaitSeal => match key {
+                Ok(k) => {
+                    self.seal_key = Some(k);
+                    self.state = State::Offline;
+                }
+                Err(e) => self.cannot_store(e),
+            },
+            other => self.state = other,
+        }
+    }
+
+    /// The stored payment's finish: `QueueAuthorization`, the queued receipt, the answer.
+    fn stored_payment(&self) -> Result<(FinishRequest, Purpose), ApiError> {
+        let (Some(p), Some(sf_key)) = (&self.prepared, &self.seal_key) else {
+            return Err(unreadable());
+        };
+        let resolving = self.unknown_on.is_some();
+        let order_id = &self.key.order_id;
+        let auth_id = format!("auth_{}", order_id.trim_start_matches("ord_"));
+        // Completing an attempt repeats it exactly, so its CVC is sealed with the card
+        // until the payment is final; a payment never sent is stored without the CVC.
+        let cvc = p.cvc.as_ref().map(|c| &c.cvc).filter(|_| resolving);
+        let sealed = vault::seal_for_forwarding(
+            sf_key,
+            &self.event.event_id,
+            &auth_id,
+            &p.card,
+            cvc,
+            self.nonce,
+        )
+        .map_err(|e| e.to_api())?;
+        let mut routing = self.routing.clone();
+        let (message, lane, idempotency_key, max_wait_ms) = match &self.unknown_on {
+            Some(lane) => (
+                "The card acquirer did not confirm this payment in time. It is stored securely and will be confirmed with the acquirer automatically; it is never charged twice. Your receipt shows it as queued until then.",
+                lane.clone(),
+                format!("{order_id}_online"),
+                RESOLVE_WAIT_MS,
+            ),
+            None => {
+                routing.push_str("; queued offline");
+                (
+                    "Accepted offline: the card acquirer is not answering, so this payment is stored securely and will be charged automatically when it is back. Your receipt shows it as queued until then.",
+                    self.first_lane.clone(),
+                    format!("{order_id}_queued"),
+                    i64::try_from(p.bundle.bundle.offline.max_queue_age_secs)
+                        .unwrap_or(86_400)
+                        .saturating_mul(1000)
+                        .clamp(1, ledger::MAX_OFFLINE_WAIT_MS),
+                )
+            }
+        };
+        let (receipt, mut body) =
+            self.receipt_and_answer(p, ReceiptStatus::Queued, &lane, "queued", message);
+        body["routing"] = routing.into();
+        let queue = Command::QueueAuthorization(QueueAuth {
+            auth_id,
+            order_id: order_id.clone(),
+            amount: p.quote.total,
+            currency: self.event.currency,
+            card_fingerprint: vault::card_fingerprint(sf_key, &p.card),
+            sealed_card: SealedCard(sealed),
+            idempotency_key,
+            max_wait_ms,
+            lane: Some(lane),
+            resolves_attempt: resolving,
+        });
+        let purpose = if resolving {
+            Purpose::Settle
+        } else {
+            Purpose::StoreOffline
+        };
+        Ok((
+            FinishRequest {
+                key: self.key.key.clone(),
+                command: Some(queue),
+                receipt,
+                complete: Completion::Answer {
+                    answer: answer(201, body),
+                },
+            },
+            purpose,
+        ))
+    }
+
+    fn on_finish(&mut self, result: Result<ObjectResult, ApiError>) {
+        let Some((req, purpose)) = self.finish.clone() else {
+            self.state = State::Done(Answer::error(&unreadable()));
+            return;
+        };
+        match result {
+            Ok(ObjectResult::Finish(FinishReply::Stored { answer })) => {
+                if purpose == Purpose::StoreOffline || self.unknown_on.is_some() {
+                    self.notes.push(Note::Queued {
+                        lane: self
+                            .unknown_on
+                            .clone()
+                            .unwrap_or_else(|| self.first_lane.clone()),
+                    });
+                }
+                self.state = State::Done(Answer::stored(answer, false));
+            }
+            Ok(ObjectResult::Finish(FinishReply::Abandoned)) => {
+                self.state = State::Done(
+                    self.fallback
+                        .clone()
+                        .unwrap_or_else(|| Answer::error(&unreadable())),
+                );
+            }
+            Ok(ObjectResult::Finish(FinishReply::Refused { error })) => {
+                let e = error.to_api();
+                match purpose {
+                    // The budget (or another ledger rule) refused to store it: nothing
+                    // was charged; undo and say why, keeping the ledger's own code.
+                    Purpose::StoreOffline => self.undo(offline_refused(&e)),
+                    Purpose::Settle => {
+                        if e.code == "hold_lapsed" {
+                            self.lapsed();
+                        } else {
+                            // Charged (or maybe): never release, never abandon. A retry
+                            // with the same key finds the outcome.
+                            self.routing
+                                .push_str(&format!("; finish refused ({})", e.code));
+                            self.state = State::Done(pending(&self.key.order_id, &self.routing));
+                        }
+                    }
+                    Purpose::Decline | Purpose::Undo => {
+                        self.state =
+                            State::Done(self.fallback.clone().unwrap_or_else(|| Answer::error(&e)))
+                    }
+                }
+            }
+            Ok(_) | Err(_) => {
+                self.finish_tries += 1;
+                if self.finish_tries < FINISH_TRIES {
+                    self.state = State::Finish;
+                    return;
+                }
+                self.state = match purpose {
+                    Purpose::Settle | Purpose::StoreOffline => {
+                        State::Done(pending(&self.key.order_id, &self.routing))
+                    }
+                    Purpose::Decline | Purpose::Undo => State::Done(
+                        self.fallback
+                            .clone()
+                            .unwrap_or_else(|| Answer::error(&unreadable())),
+                    ),
+                };
+            }
+        }
+        let _ = req;
+    }
+
+    /// The acquirer charged after the hold had lapsed and the stock was sold meanwhile:
+    /// keep that answer for the key; reconciliation refunds the charge.
+    fn lapsed(&mut self) {
+        let message = "Your reservation ran out before the payment was confirmed and the items are gone. The charge will be refunded automatically.";
+        let body = serde_json::json!({
+            "status": "declined", "order_id": self.key.order_id, "routing": self.routing,
+            "error": {"code": "hold_lapsed", "message": message, "retryable": false},
+            "message": message,
+        });
+        self.fallback = Some(Answer::stored(answer(409, body.clone()), false));
+        self.set_finish(
+            None,
+            None,
+            Completion::Answer {
+                answer: answer(409, body),
+            },
+            Purpose::Decline,
+        );
+    }
+
+    /// The unsigned receipt (the object numbers and signs it) and the answer around it.
+    fn receipt_and_answer(
+        &self,
+        p: &Prepared,
+        status: ReceiptStatus,
+        lane: &str,
+        state: &str,
+        message: &str,
+    ) -> (Option<Receipt>, serde_json::Value) {
+        let (lines, tax_breakdown, totals) = receipt::priced_from_quote(&p.quote);
+        let last4 = p.card.last4();
+        let receipt = receipt::Last4::parse(&last4).ok().map(|last4| Receipt {
+            id: String::new(),
+            event_id: self.event.event_id.clone(),
+            merchant_id: self.event.merchant_id.clone(),
+            order_id: self.key.order_id.clone(),
+            lines,
+            tax_breakdown,
+            totals,
+            card: CardSummary {
+                brand: p.card.brand().as_str().to_string(),
+                last4,
+            },
+            status,
+            policy_revision: p.bundle.revision.to_string(),
+            policy_hash: p.bundle.hash.clone(),
+            pop_colo: self.colo.clone(),
+            lane: lane.to_string(),
+            created_ms: self.started_ms,
+            updated_ms: self.started_ms,
+            refunded_amount: None,
+        });
+        let body = serde_json::json!({
+            "status": state, "order_id": self.key.order_id,
+            "total": p.quote.total, "currency": self.event.currency,
+            "brand": p.card.brand().as_str(), "last4": last4,
+            "policy_revision": p.bundle.revision, "policy_hash": p.bundle.hash,
+            "routing": self.routing, "message": message,
+        });
+        (receipt, body)
+    }
+}
+
+fn answer(status: u16, body: serde_json::Value) -> StoredAnswer {
+    StoredAnswer {
+        status,
+        body,
+        receipt_id: None,
+        receipt: None,
+    }
+}
+
+/// `202 pending`: the outcome is not known to the edge yet; the same request again (same
+/// Idempotency-Key) finds it out. Never a charge for the buyer to repeat.
+pub fn pending(order_id: &str, routing: &str) -> Answer {
+    let message = "Your payment is being confirmed. Do not pay again: send the same request again in a few seconds to see the result.";
+    Answer {
+        status: 202,
+        body: serde_json::json!({
+            "status": "pending", "order_id": order_id, "routing": routing, "message": message,
+            "retry_after_s": PENDING_RETRY_S,
+        }),
+        routing: Some(routing.to_string()),
+        replayed: false,
+        retry_after_s: Some(PENDING_RETRY_S),
+        notes: Vec::new(),
+        order_id: Some(order_id.to_string()),
+    }
+}
+
+/// Why a payment may not be stored offline here, if it may not.
+fn offline_refusal(p: &Prepared) -> Option<ApiError> {
+    let limits = &p.bundle.bundle.offline;
+    if !p.require_online && limits.per_transaction_cap.0 > 0 {
+        return None;
+    }
+    let why = if p.require_online {
+        "online payment required"
+    } else {
+        "this place's policy allows no offline payments"
+    };
+    Some(ApiError::new(402, "acquirer_unavailable", format!("The card acquirer is not answering right now ({why}); nothing was charged. Try again in a minute.")).retryable())
+}
+
+/// A ledger refusal to store a payment offline, as the buyer hears it: a retryable 402
+/// (like Stripe's `try_again_later`) that keeps the ledger's own code.
+fn offline_refused(e: &ApiError) -> ApiError {
+    let mut err = ApiError::with_code(
+        402,
+        e.code.to_string(),
+        format!(
+            "The card acquirer is not answering and this payment cannot be stored now ({}); nothing was charged. Try again in a minute.",
+            e.message
+        ),
+    )
+    .retryable();
+    err.message.truncate(400);
+    err
+}
+
+fn unreadable() -> ApiError {
+    ApiError::new(
+        503,
+        "temporarily_unavailable",
+        "The event could not answer; try again.",
+    )
+    .retryable()
+}

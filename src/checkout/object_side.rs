@@ -1,0 +1,427 @@
+//! What the event's Durable Object does for a checkout, as pure functions over its
+//! [`EventLedger`] and a small [`ObjectStore`] (CVC uses and signed receipts).
+//!
+//! `begin` and `finish` apply several ledger commands; the object persists the ledger
+//! **once**, after the function returns, and only then performs the effects and answers.
+//! When [`Done::discard`] is set, a later step failed after an earlier one changed the
+//! ledger in memory: the object must drop its memory and reload instead of persisting, so
+//! a finish is applied whole or not at all.
+
+use super::protocol::{
+    BeginAnswer, BeginReply, BeginRequest, Completion, FinishReply, FinishRequest, StoredAnswer,
+    WireError,
+};
+use crate::error::ApiError;
+use crate::ledger::{
+    Command, Effect, EventLedger, IdempotencyBegin, IdempotencyPeek, OrderState, Reply,
+};
+use crate::receipt::{self, ReceiptKeys};
+
+/// The object's own storage besides the ledger: single-use CVC uses and signed receipts.
+pub trait ObjectStore {
+    /// The idempotency key that spent this CVC use, if it was spent and has not expired.
+    fn cvc_spender(&mut self, use_id: &str, now_ms: i64) -> Result<Option<String>, ApiError>;
+    fn spend_cvc(&mut self, use_id: &str, key: &str, expires_at_ms: i64) -> Result<(), ApiError>;
+    fn give_back_cvc(&mut self, use_id: &str) -> Result<(), ApiError>;
+    /// A signed receipt's JSON.
+    fn receipt(&mut self, receipt_id: &str) -> Result<Option<String>, ApiError>;
+    fn store_receipt(&mut self, id: &str, order_id: &str, json: &str) -> Result<(), ApiError>;
+}
+
+/// A receipt signed and stored by this call (for the merchant's webhook).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptNote {
+    pub id: String,
+    pub status: String,
+    pub json: String,
+}
+
+/// The result of one begin or finish: the reply, the ledger's effects to perform after
+/// persisting, receipts to announce, and whether to persist or discard.
+#[derive(Debug)]
+pub struct Done<T> {
+    pub reply: T,
+    pub effects: Vec<Effect>,
+    pub receipts: Vec<ReceiptNote>,
+    /// The ledger changed: persist it before answering.
+    pub changed: bool,
+    /// A step failed after the ledger changed in memory: drop memory and reload.
+    pub discard: bool,
+    /// Problems worth a log line (codes only, never card data).
+    pub problems: Vec<&'static str>,
+}
+
+impl<T> Done<T> {
+    fn new(reply: T) -> Done<T> {
+        Done {
+            reply,
+            effects: Vec::new(),
+            receipts: Vec::new(),
+            changed: false,
+            discard: false,
+            problems: Vec::new(),
+        }
+    }
+
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Done<U> {
+        Done {
+            reply: f(self.reply),
+            effects: self.effects,
+            receipts: self.receipts,
+            changed: self.changed,
+            discard: self.discard,
+            problems: self.problems,
+        }
+    }
+
+    fn absorb<U>(&mut self, other: Done<U>) -> U {
+        self.effects.extend(other.effects);
+        self.receipts.extend(other.receipts);
+        self.changed |= other.changed;
+        self.discard |= other.discard;
+        self.problems.extend(other.problems);
+        other.reply
+    }
+}
+
+/// Everything the object side needs besides the request.
+pub struct ObjectCtx<'a> {
+    pub ledger: &'a mut EventLedger,
+    pub store: &'a mut dyn ObjectStore,
+    pub keys: &'a ReceiptKeys,
+    pub now_ms: i64,
+    pub entropy: [u8; 8],
+}
+
+impl ObjectCtx<'_> {
+    fn apply<T>(&mut self, cmd: Command, done: &mut Done<T>) -> Result<Reply, ApiError> {
+        let out = self.ledger.handle(cmd, self.now_ms, self.entropy);
+        done.effects.extend(out.effects);
+        done.changed |= out.changed;
+        out.reply.map_err(ApiError::from)
+    }
+}
+
+/// `POST /checkout/begin`.
+pub fn begin(cx: &mut ObjectCtx<'_>, req: BeginRequest) -> Done<BeginAnswer> {
+    let mut done = Done::new(BeginReply::NoRecord);
+    done.reply = begin_inner(cx, req, &mut done);
+    let depth = cx.ledger.queue_depth();
+    done.map(|reply| BeginAnswer {
+        reply,
+        queue_depth: depth,
+    })
+}
+
+fn begin_inner(
+    cx: &mut ObjectCtx<'_>,
+    req: BeginRequest,
+    done: &mut Done<BeginReply>,
+) -> BeginReply {
+    let refused = |e: ApiError| BeginReply::Refused {
+        error: WireError::from(e),
+    };
+    let Some(fingerprint) = req.fingerprint else {
+        return match cx.ledger.idempotency_peek(&req.key, cx.now_ms) {
+            IdempotencyPeek::Completed(s) => replay(cx, &s, done),
+            IdempotencyPeek::InFlight => BeginReply::InFlight,
+            IdempotencyPeek::Absent => BeginReply::NoRecord,
+        };
+    };
+    let begun = cx.apply(
+        Command::BeginIdempotent {
+            key: req.key.clone(),
+            body_hash: fingerprint,
+        },
+        done,
+    );
+    match begun {
+        Ok(Reply::Idempotency {
+            result: IdempotencyBegin::New,
+        }) => {}
+        Ok(Reply::Idempotency {
+            result: IdempotencyBegin::Replay { response },
+        }) => return replay(cx, &response, done),
+        Ok(Reply::Idempotency {
+            result: IdempotencyBegin::InFlight,
+        }) => return BeginReply::InFlight,
+        Ok(Reply::Idempotency {
+            result: IdempotencyBegin::Mismatch,
+        }) => return BeginReply::Mismatch,
+        Ok(_) => return refused(unreadable()),
+        Err(e) => return refused(e),
+    }
+    // A new request (or one taking over a dead one): spend the CVC, hold the stock. A
+    // refusal here leaves no record for the key (nothing was held, nothing to replay).
+    let forget = |cx: &mut ObjectCtx<'_>, done: &mut Done<BeginReply>, cvc: Option<&str>| {
+        if let Some(use_id) = cvc {
+            if cx.store.give_back_cvc(use_id).is_err() {
+                done.problems.push("cvc_give_back_failed");
+            }
+        }
+        let _ = cx.apply(
+            Command::AbandonIdempotent {
+                key: req.key.clone(),
+            },
+            done,
+        );
+    };
+    let mut spent: Option<&str> = None;
+    if let Some(u) = &req.cvc {
+        match cx.store.cvc_spender(&u.use_id, cx.now_ms) {
+            // Spent by this same key: an earlier attempt of this very request.
+            Ok(Some(k)) if k == req.key => {}
+            Ok(Some(_)) => {
+                forget(cx, done, None);
+                return refused(crate::vault::VaultError::CvcAlreadyUsed.to_api());
+            }
+            Ok(None) => match cx.store.spend_cvc(&u.use_id, &req.key, u.expires_at_ms) {
+                Ok(()) => spent = Some(u.use_id.as_str()),
+                Err(e) => {
+                    forget(cx, done, None);
+                    return refused(e);
+                }
+            },
+            Err(e) => {
+                forget(cx, done, None);
+                return refused(e);
+            }
+        }
+    }
+    let Some(hold) = req.hold else {
+        forget(cx, done, spent);
+        return refused(unreadable());
+    };
+    let order_id = match &hold {
+        Command::Hold { order_id, .. } => order_id.clone(),
+        _ => String::new(),
+    };
+    let resumed = cx.ledger.order(&order_id).is_some();
+    let order = match cx.apply(hold, done) {
+        Ok(Reply::Order { order }) => order,
+        Ok(_) => {
+            forget(cx, done, spent);
+            return refused(unreadable());
+        }
+        Err(e) => {
+            forget(cx, done, spent);
+            return refused(e);
+        }
+    };
+    let Some(then) = req.then else {
+        return BeginReply::Held { order, resumed };
+    };
+    let mut inner = finish(cx, then);
+    let reply = std::mem::replace(&mut inner.reply, FinishReply::Abandoned);
+    done.absorb(inner);
+    match reply {
+        FinishReply::Stored { answer } => BeginReply::Finished { answer },
+        FinishReply::Refused { error } => {
+            // Refused (the offline budget): undo the hold, the key and the CVC.
+            let _ = cx.apply(
+                Command::Release {
+                    order_id,
+                    reason: "offline_budget".into(),
+                },
+                done,
+            );
+            forget(cx, done, spent);
+            BeginReply::FinishRefused { error }
+        }
+        FinishReply::Abandoned => BeginReply::FinishRefused {
+            error: WireError::from(unreadable()),
+        },
+    }
+}
+
+/// A stored answer sent again: with its receipt as it is now, and a `pending` answer
+/// brought up to date with its order.
+fn replay(cx: &mut ObjectCtx<'_>, stored: &str, done: &mut Done<BeginReply>) -> BeginReply {
+    let Some(mut answer) = StoredAnswer::from_stored_json(stored).or_else(|| legacy(stored)) else {
+        done.problems.push("stored_answer_unreadable");
+        return BeginReply::Refused {
+            error: WireError::from(unreadable()),
+        };
+    };
+    refresh_pending(cx.ledger, &mut answer);
+    attach_receipt(cx, &mut answer, done);
+    BeginReply::Replay { answer }
+}
+
+/// Answers stored before the typed protocol: `{"status_code", "body"}`.
+fn legacy(stored: &str) -> Option<StoredAnswer> {
+    let v: serde_json::Value = serde_json::from_str(stored).ok()?;
+    let status = u16::try_from(v.get("status_code")?.as_u64()?).ok()?;
+    let mut body = v.get("body")?.clone();
+    let receipt_id = body
+        .get("receipt_id")
+        .and_then(|r| r.as_str())
+        .map(str::to_string);
+    if let Some(o) = body.as_object_mut() {
+        o.remove("receipt");
+    }
+    Some(StoredAnswer {
+        status,
+        body,
+        receipt_id,
+        receipt: None,
+    })
+}
+
+/// A `pending` answer (the outcome was not known when it was given) follows its order:
+/// once the order is paid it replays as approved, once declined as declined.
+pub fn refresh_pending(ledger: &EventLedger, answer: &mut StoredAnswer) {
+    if answer.status != 202 {
+        return;
+    }
+    let Some(order) = answer
+        .body
+        .get("order_id")
+        .and_then(|o| o.as_str())
+        .and_then(|id| ledger.order(id))
+    else {
+        return;
+    };
+    let (status, state, message) = match order.state {
+        OrderState::Approved | OrderState::Forwarded => (201, "approved", "Payment approved."),
+        OrderState::Refunded | OrderState::PartiallyRefunded => {
+            (201, "approved", "Payment approved (since refunded).")
+        }
+        OrderState::Declined => (
+            402,
+            "declined",
+            "The payment was declined. Nothing was charged; try another card.",
+        ),
+        _ => return,
+    };
+    answer.status = status;
+    answer.body["status"] = state.into();
+    answer.body["message"] = message.into();
+    if let Some(r) = &order.receipt_id {
+        let id = format!("rcpt_{r}");
+        answer.body["receipt_id"] = id.as_str().into();
+        answer.body["receipt_url"] = format!("/v1/receipts/{id}").into();
+        answer.receipt_id = Some(id);
+    }
+}
+
+fn attach_receipt<T>(cx: &mut ObjectCtx<'_>, answer: &mut StoredAnswer, done: &mut Done<T>) {
+    let Some(id) = answer.receipt_id.clone() else {
+        return;
+    };
+    match cx.store.receipt(&id) {
+        Ok(Some(json)) => answer.receipt = serde_json::from_str(&json).ok(),
+        Ok(None) => {}
+        Err(_) => done.problems.push("receipt_unreadable"),
+    }
+}
+
+/// `POST /checkout/finish`.
+pub fn finish(cx: &mut ObjectCtx<'_>, req: FinishRequest) -> Done<FinishReply> {
+    let mut done = Done::new(FinishReply::Abandoned);
+    let order_id = req.command.as_ref().and_then(|c| match c {
+        Command::Confirm { order_id, .. } | Command::Release { order_id, .. } => {
+            Some(order_id.clone())
+        }
+        Command::QueueAuthorization(q) => Some(q.order_id.clone()),
+        _ => None,
+    });
+    if let Some(cmd) = req.command {
+        if let Err(e) = cx.apply(cmd, &mut done) {
+            done.reply = FinishReply::Refused {
+                error: WireError::from(e),
+            };
+            return done;
+        }
+    }
+    match req.complete {
+        Completion::Abandon { release_cvc } => {
+            if let Some(use_id) = release_cvc {
+                if cx.store.give_back_cvc(&use_id).is_err() {
+                    done.problems.push("cvc_give_back_failed");
+                }
+            }
+            let _ = cx.apply(Command::AbandonIdempotent { key: req.key }, &mut done);
+            done.reply = FinishReply::Abandoned;
+            done
+        }
+        Completion::Answer { mut answer } => {
+            if let Some(draft) = req.receipt {
+                match sign_and_store(cx, draft, order_id.as_deref()) {
+                    Ok(note) => {
+                        answer.body["receipt_id"] = note.id.as_str().into();
+                        answer.body["receipt_url"] = format!("/v1/receipts/{}", note.id).into();
+                        answer.receipt_id = Some(note.id.clone());
+                        answer.receipt = serde_json::from_str(&note.json).ok();
+                        done.receipts.push(note);
+                    }
+                    // The payment stands; the buyer gets an answer without a receipt
+                    // rather than an error after being charged.
+                    Err(_) => done.problems.push("receipt_not_stored"),
+                }
+            }
+            let stored = match answer.to_stored_json() {
+                Ok(s) => s,
+                Err(e) => return failed(done, e),
+            };
+            if let Err(e) = cx.apply(
+                Command::CompleteIdempotent {
+                    key: req.key,
+                    response: stored,
+                },
+                &mut done,
+            ) {
+                // Never "charged but no answer kept": undo the whole finish.
+                return failed(done, e);
+            }
+            done.reply = FinishReply::Stored { answer };
+            done
+        }
+    }
+}
+
+fn failed(mut done: Done<FinishReply>, e: ApiError) -> Done<FinishReply> {
+    done.discard = true;
+    done.problems.push("answer_not_kept");
+    let mut e = e;
+    e.status = 503;
+    e.retryable = true;
+    done.reply = FinishReply::Refused {
+        error: WireError::from(e),
+    };
+    done
+}
+
+/// Signs a checkout's receipt under its order's receipt number and stores it.
+fn sign_and_store(
+    cx: &mut ObjectCtx<'_>,
+    mut draft: receipt::Receipt,
+    order_id: Option<&str>,
+) -> Result<ReceiptNote, ApiError> {
+    let order = order_id
+        .and_then(|id| cx.ledger.order(id))
+        .ok_or_else(|| ApiError::not_found("order"))?;
+    let number = order
+        .receipt_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", draft.event_id, order.order_id));
+    draft.id = format!("rcpt_{number}");
+    let signed = receipt::sign(draft, cx.keys).map_err(|e| e.to_api())?;
+    let json = signed.to_json().map_err(|e| e.to_api())?;
+    cx.store
+        .store_receipt(&signed.receipt.id, &signed.receipt.order_id, &json)?;
+    Ok(ReceiptNote {
+        id: signed.receipt.id.clone(),
+        status: signed.receipt.status.as_str().to_string(),
+        json,
+    })
+}
+
+fn unreadable() -> ApiError {
+    ApiError::new(
+        503,
+        "temporarily_unavailable",
+        "The event could not process this request; try again.",
+    )
+    .retryable()
+}

@@ -1,0 +1,993 @@
+//! Tests of the checkout machine, and the harness the simulation shares: an in-memory
+//! event object (the real [`object_side`] over a real [`EventLedger`], persisted to rows
+//! and reloadable) and a Stripe-like acquirer with one stored result per idempotency key
+//! per lane, and the faults real networks have.
+
+use super::object_side::{self, ObjectCtx, ObjectStore};
+use super::outcome::{Sent, Transport};
+use super::protocol::*;
+use super::request::{self, CheckoutBody, CheckoutKey};
+use super::*;
+use crate::ledger::{
+    AcquirerCharge, AcquirerResult, ChargeStatus, Delta, Effect, EventLedger, ForwardRequest,
+    OrderState, Sku,
+};
+use crate::money::{Currency, MinorUnits};
+use crate::receipt::ReceiptKeys;
+use crate::routing::Router;
+use std::collections::BTreeMap;
+
+pub(crate) const T0: i64 = 1_800_000_000_000;
+pub(crate) const LANES: &str = r#"[
+  {"name":"fast","connector":"stripe","base_url":"https://fast.acquirer.test","secret_name":"STRIPE_FAST","cost_per_tx_minor":10,"cost_bps":100,"region":"eu"},
+  {"name":"cheap","connector":"stripe","base_url":"https://cheap.acquirer.test","secret_name":"STRIPE_CHEAP","cost_per_tx_minor":5,"cost_bps":50,"region":"eu"}
+]"#;
+pub(crate) const APPROVE: &str = "4242424242424242";
+pub(crate) const DECLINE: &str = "4000000000000002";
+
+pub(crate) fn event(stock: u32) -> EventConfig {
+    let mut c = crate::ledger::EventConfig {
+        event_id: "evt_sim".into(),
+        merchant_id: "m_sim".into(),
+        title: "Sim night".into(),
+        jurisdiction: "DE".into(),
+        currency: Currency::parse("EUR").unwrap(),
+        start_ms: T0 - 3_600_000,
+        end_ms: T0 + 48 * 3_600_000,
+        skus: vec![
+            Sku {
+                id: "ticket".into(),
+                name: "Entry".into(),
+                category: crate::ledger::Category::Ticket,
+                price: MinorUnits(1500),
+                stock,
+            },
+            Sku {
+                id: "shirt".into(),
+                name: "T-shirt".into(),
+                category: crate::ledger::Category::Merchandise,
+                price: MinorUnits(2000),
+                stock,
+            },
+        ],
+        ..crate::ledger::tests::config()
+    };
+    c.offline.aggregate_max = MinorUnits(20_000);
+    c.offline.per_transaction_max = MinorUnits(10_000);
+    c.offline.per_card_max_count = 50;
+    c
+}
+
+pub(crate) fn bundle() -> Arc<LoadedBundle> {
+    let mut b = crate::policy::default_bundle();
+    b.bundle.offline.per_transaction_cap = MinorUnits(10_000);
+    b.bundle.offline.per_event_cap = MinorUnits(20_000);
+    b.bundle.offline.max_queue_age_secs = 86_400;
+    Arc::new(b)
+}
+
+pub(crate) fn router() -> Router {
+    Router::from_json(LANES, None).unwrap()
+}
+
+/// The object's SQL tables, in memory.
+#[derive(Default, Clone)]
+pub(crate) struct MemStore {
+    pub cvc: BTreeMap<String, (String, i64)>,
+    pub receipts: BTreeMap<String, String>,
+}
+
+impl ObjectStore for MemStore {
+    fn cvc_spender(&mut self, use_id: &str, now_ms: i64) -> Result<Option<String>, ApiError> {
+        self.cvc.retain(|_, (_, exp)| *exp >= now_ms);
+        Ok(self.cvc.get(use_id).map(|(k, _)| k.clone()))
+    }
+    fn spend_cvc(&mut self, use_id: &str, key: &str, expires_at_ms: i64) -> Result<(), ApiError> {
+        self.cvc
+            .insert(use_id.to_string(), (key.to_string(), expires_at_ms));
+        Ok(())
+    }
+    fn give_back_cvc(&mut self, use_id: &str) -> Result<(), ApiError> {
+        self.cvc.remove(use_id);
+        Ok(())
+    }
+    fn receipt(&mut self, receipt_id: &str) -> Result<Option<String>, ApiError> {
+        Ok(self.receipts.get(receipt_id).cloned())
+    }
+    fn store_receipt(&mut self, id: &str, _order_id: &str, json: &str) -> Result<(), ApiError> {
+        self.receipts.insert(id.to_string(), json.to_string());
+        Ok(())
+    }
+}
+
+/// The persisted rows of a ledger.
+#[derive(Default, Clone)]
+pub(crate) struct Rows {
+    head: String,
+    queue: Option<String>,
+    rows: BTreeMap<(&'static str, String), String>,
+}
+
+impl Rows {
+    fn apply(&mut self, d: Delta) {
+        self.head = d.head;
+        if let Some(q) = d.queue {
+            self.queue = Some(q);
+        }
+        for r in d.rows {
+            match r.data {
+                Some(data) => self.rows.insert((r.kind, r.id), data),
+                None => self.rows.remove(&(r.kind, r.id)),
+            };
+        }
+    }
+
+    fn load(&self) -> EventLedger {
+        EventLedger::from_rows(
+            &self.head,
+            self.queue.as_deref(),
+            self.rows
+                .iter()
+                .map(|((k, id), d)| (*k, id.as_str(), d.as_str())),
+        )
+        .unwrap()
+    }
+}
+
+/// How one object call goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ObjFault {
+    None,
+    /// The call never reached the object.
+    Before,
+    /// Applied and persisted, but the answer was lost.
+    After,
+}
+
+/// The event's Durable Object, in memory: the real object side over the real ledger.
+pub(crate) struct FakeObject {
+    pub ledger: EventLedger,
+    pub rows: Rows,
+    pub store: MemStore,
+    pub keys: ReceiptKeys,
+    pub sf_key: [u8; 32],
+    pub effects: Vec<Effect>,
+    pub calls: u32,
+    entropy: u64,
+}
+
+impl FakeObject {
+    pub fn new(config: EventConfig) -> FakeObject {
+        let mut ledger = EventLedger::new(config, T0 - 60_000).unwrap();
+        let mut rows = Rows::default();
+        rows.apply(ledger.take_delta().unwrap());
+        FakeObject {
+            ledger,
+            rows,
+            store: MemStore::default(),
+            keys: ReceiptKeys::parse("r1:c2ltLXJlY2VpcHQta2V5LTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDEy")
+                .unwrap(),
+            sf_key: [5u8; 32],
+            effects: Vec::new(),
+            calls: 0,
+            entropy: 1,
+        }
+    }
+
+    /// The object restarts: memory is rebuilt from what was persisted.
+    pub fn restart(&mut self) {
+        self.ledger = self.rows.load();
+    }
+
+    fn persist<T>(&mut self, done: &object_side::Done<T>) {
+        if done.discard {
+            self.restart();
+        } else if done.changed {
+            self.rows.apply(self.ledger.take_delta().unwrap());
+        }
+        self.ledger.check_invariants().unwrap();
+    }
+
+    pub fn call(
+        &mut self,
+        call: ObjectCall,
+        now_ms: i64,
+        fault: ObjFault,
+    ) -> Result<ObjectResult, ApiError> {
+        let lost = || {
+            ApiError::new(503, "temporarily_unavailable", "Network connection lost.").retryable()
+        };
+        if fault == ObjFault::Before {
+            return Err(lost());
+        }
+        self.calls += 1;
+        self.entropy = self
+            .entropy
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1);
+        let mut cx = ObjectCtx {
+            ledger: &mut self.ledger,
+            store: &mut self.store,
+            keys: &self.keys,
+            now_ms,
+            entropy: self.entropy.to_le_bytes(),
+        };
+        let result = match call {
+            ObjectCall::Begin(req) => {
+                let req = *req;
+                let done = object_side::begin(&mut cx, req);
+                self.persist(&done);
+                self.effects.extend(done.effects);
+                ObjectResult::Begin(done.reply)
+            }
+            ObjectCall::Finish(req) => {
+                let req = *req;
+                let done = object_side::finish(&mut cx, req);
+                self.persist(&done);
+                self.effects.extend(done.effects);
+                ObjectResult::Finish(done.reply)
+            }
+            ObjectCall::Command(cmd) => {
+                let cmd = *cmd;
+                let out = self.ledger.handle(cmd, now_ms, self.entropy.to_le_bytes());
+                if out.changed {
+                    self.rows.apply(self.ledger.take_delta().unwrap());
+                }
+                self.effects.extend(out.effects);
+                ObjectResult::Command(
+                    out.reply
+                        .map(|_| ())
+                        .map_err(|e| WireError::from(e.to_api())),
+                )
+            }
+        };
+        if fault == ObjFault::After {
+            return Err(lost());
+        }
+        Ok(result)
+    }
+
+    /// The alarm fires: forwards stored payments to the acquirer, feeding answers back.
+    pub fn alarm(&mut self, acq: &mut FakeAcquirer, now_ms: i64) {
+        self.effects.clear();
+        let out = self.ledger.handle(Command::Alarm, now_ms, [1; 8]);
+        if out.changed {
+            self.rows.apply(self.ledger.take_delta().unwrap());
+        }
+        let mut queue: Vec<Effect> = out.effects;
+        let mut guard = 0;
+        while let Some(e) = queue.pop() {
+            guard += 1;
+            assert!(guard < 10_000, "effects do not converge");
+            if let Effect::Forward(req) = e {
+                let lane = self
+                    .ledger
+                    .order(&req.order_id)
+                    .map(|o| o.lane.clone())
+                    .unwrap_or_default();
+                let result = acq.forward(&lane, &req, &self.sf_key, &self.ledger.config().event_id);
+                let out = self.ledger.handle(
+                    Command::ForwardResult {
+                        auth_id: req.auth_id,
+                        result,
+                    },
+                    now_ms,
+                    [2; 8],
+                );
+                if out.changed {
+                    self.rows.apply(self.ledger.take_delta().unwrap());
+                }
+                queue.extend(out.effects);
+            }
+        }
+        self.ledger.check_invariants().unwrap();
+    }
+}
+
+/// How one acquirer request goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcqFault {
+    None,
+    /// Connection refused: nothing sent.
+    Refuse,
+    /// Times out before the acquirer saw it.
+    TimeoutUnseen,
+    /// Processed, then the deadline passed.
+    ProcessThenTimeout,
+    /// Processed, then the connection was reset.
+    ProcessThenReset,
+    /// Processed; the answer is a `processing` intent.
+    Processing,
+    /// Processed; the 2xx answer is garbage.
+    Garbage,
+    /// A 500 without processing.
+    ServerError,
+    /// Processed, then a 500.
+    ProcessThen500,
+    /// 429.
+    RateLimited,
+}
+
+/// One charge the acquirer made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Charge {
+    pub lane: String,
+    pub key: String,
+    pub order_id: String,
+    pub id: String,
+    pub amount: i64,
+    pub refunded: i64,
+}
+
+/// A Stripe-like acquirer: per lane (one account each), one stored result per
+/// idempotency key, replayed for every later request with that key.
+#[derive(Default)]
+pub(crate) struct FakeAcquirer {
+    /// (lane, key) → Some(charge id) when charged, None when declined.
+    results: BTreeMap<(String, String), Option<String>>,
+    pub charges: Vec<Charge>,
+    pub requests: u32,
+    /// Lanes that refuse every connection right now.
+    pub down: Vec<String>,
+}
+
+impl FakeAcquirer {
+    fn process(
+        &mut self,
+        lane: &str,
+        key: &str,
+        order_id: &str,
+        number: &str,
+        amount: i64,
+    ) -> Option<String> {
+        if let Some(r) = self.results.get(&(lane.to_string(), key.to_string())) {
+            return r.clone();
+        }
+        let r = (number != DECLINE).then(|| format!("pi_{}", self.charges.len() + 1));
+        if let Some(id) = &r {
+            self.charges.push(Charge {
+                lane: lane.to_string(),
+                key: key.to_string(),
+                order_id: order_id.to_string(),
+                id: id.clone(),
+                amount,
+                refunded: 0,
+            });
+        }
+        self.results
+            .insert((lane.to_string(), key.to_string()), r.clone());
+        r
+    }
+
+    fn answer(r: &Option<String>, amount: i64) -> (u16, String) {
+        match r {
+            Some(id) => (
+                200,
+                format!(r#"{{"id":"{id}","object":"payment_intent","status":"succeeded","amount":{amount},"currency":"eur"}}"#),
+            ),
+            None => (
+                402,
+                r#"{"error":{"type":"card_error","code":"card_declined","decline_code":"generic_decline","message":"Your card was declined."}}"#.into(),
+            ),
+        }
+    }
+
+    /// An online authorization as sent by the checkout.
+    pub fn authorize(&mut self, lane: &str, call: &HttpCall, fault: AcqFault) -> Sent {
+        self.requests += 1;
+        if self.down.iter().any(|d| d == lane) {
+            return Err(Transport::Refused);
+        }
+        let form: BTreeMap<String, String> = form_urlencoded::parse(call.body.expose().as_bytes())
+            .into_owned()
+            .collect();
+        let key = call
+            .header("Idempotency-Key")
+            .unwrap_or_default()
+            .to_string();
+        let order = form.get("metadata[order_id]").cloned().unwrap_or_default();
+        let number = form
+            .get("payment_method_data[card][number]")
+            .cloned()
+            .unwrap_or_default();
+        let amount: i64 = form.get("amount").and_then(|a| a.parse().ok()).unwrap_or(0);
+        let run = |s: &mut FakeAcquirer| s.process(lane, &key, &order, &number, amount);
+        match fault {
+            AcqFault::None => Ok(Self::answer(&run(self), amount)),
+            AcqFault::Refuse => Err(Transport::Refused),
+            AcqFault::TimeoutUnseen => Err(Transport::Timeout),
+            AcqFault::ProcessThenTimeout => {
+                run(self);
+                Err(Transport::Timeout)
+            }
+            AcqFault::ProcessThenReset => {
+                run(self);
+                Err(Transport::Lost)
+            }
+            AcqFault::Processing => {
+                let r = run(self);
+                match r {
+                    Some(id) => Ok((
+                        200,
+                        format!(
+                            r#"{{"id":"{id}","object":"payment_intent","status":"processing","amount":{amount},"currency":"eur"}}"#
+                        ),
+                    )),
+                    None => Ok(Self::answer(&r, amount)),
+                }
+            }
+            AcqFault::Garbage => {
+                run(self);
+                Ok((200, r#"{"id":"pi_"#.into()))
+            }
+            AcqFault::ServerError => Ok((
+                500,
+                r#"{"error":{"type":"api_error","message":"x"}}"#.into(),
+            )),
+            AcqFault::ProcessThen500 => {
+                run(self);
+                Ok((
+                    500,
+                    r#"{"error":{"type":"api_error","message":"x"}}"#.into(),
+                ))
+            }
+            AcqFault::RateLimited => Ok((
+                429,
+                r#"{"error":{"type":"invalid_request_error","code":"rate_limit","message":"x"}}"#
+                    .into(),
+            )),
+        }
+    }
+
+    /// A forward of a stored payment (the object's alarm), on the order's own lane.
+    pub fn forward(
+        &mut self,
+        lane: &str,
+        req: &ForwardRequest,
+        sf_key: &[u8; 32],
+        event_id: &str,
+    ) -> AcquirerResult {
+        if self.down.iter().any(|d| d == lane) || lane.is_empty() {
+            return AcquirerResult::Unavailable;
+        }
+        let key = crate::secret::Secret::new(*sf_key);
+        let Ok((card, _)) =
+            crate::vault::open_for_forwarding(&key, event_id, &req.auth_id, &req.sealed_card.0)
+        else {
+            return AcquirerResult::Unavailable;
+        };
+        let number = card.number().expose().clone();
+        match self.process(
+            lane,
+            &req.idempotency_key,
+            &req.order_id,
+            &number,
+            req.amount.0,
+        ) {
+            Some(id) => AcquirerResult::Approved { charge_id: id },
+            None => AcquirerResult::Declined {
+                reason: "card_declined".into(),
+            },
+        }
+    }
+
+    /// Refunds a charge (reconciliation of a lost checkout), once per charge.
+    pub fn refund(&mut self, charge_id: &str, amount: i64) {
+        if let Some(c) = self.charges.iter_mut().find(|c| c.id == charge_id) {
+            c.refunded = (c.refunded + amount).min(c.amount);
+        }
+    }
+
+    /// The charges as reconciliation lists them.
+    pub fn listing(&self) -> Vec<AcquirerCharge> {
+        self.charges
+            .iter()
+            .map(|c| AcquirerCharge {
+                id: c.id.clone(),
+                amount: MinorUnits(c.amount),
+                currency: Currency::parse("EUR").unwrap(),
+                status: ChargeStatus::Succeeded,
+                idempotency_key: Some(c.key.clone()),
+                order_id: Some(c.order_id.clone()),
+                refunded_amount: MinorUnits(c.refunded),
+            })
+            .collect()
+    }
+}
+
+/// A buyer's request, made into the machine's input the way the Worker does it.
+pub(crate) fn input(
+    ev: &Arc<EventConfig>,
+    idem: &str,
+    items: &str,
+    card: &str,
+    token: &str,
+    now_ms: i64,
+) -> CheckoutInput {
+    let body: CheckoutBody = serde_json::from_str(&format!(
+        r#"{{"items":{items},"token":"{token}","buyer":{{"email":"buyer@example.com","consent_accepted":true,"age_confirmed":true}}}}"#
+    ))
+    .unwrap();
+    let key = CheckoutKey::derive(Some(idem), [0; 12]).unwrap();
+    let b = bundle();
+    let prepared = (|| {
+        let quote = request::quote_cart(ev, &b, &body.items, now_ms)?;
+        request::check_prompts(&quote, &body.buyer)?;
+        let card = Card::parse(
+            card,
+            crate::card::Expiry {
+                month: 12,
+                year: 2034,
+            },
+            None,
+            now_ms,
+        )
+        .map_err(|e| e.to_api())?;
+        let fingerprint = request::fingerprint(&body, card.number(), &[9u8; 32]);
+        Ok(Prepared {
+            bundle: b.clone(),
+            quote,
+            lines: body.lines(),
+            buyer_email: body.buyer.email.clone(),
+            admission_ticket: None,
+            require_online: body.require_online(),
+            card,
+            cvc: None,
+            fingerprint,
+        })
+    })();
+    CheckoutInput {
+        event: ev.clone(),
+        key,
+        prepared,
+        secrets: vec![
+            ("STRIPE_FAST".into(), Secret::new("sk_test_fast".into())),
+            ("STRIPE_CHEAP".into(), Secret::new("sk_test_cheap".into())),
+        ],
+        colo: "SIM".into(),
+        now_ms,
+        signals: Signals::default(),
+        nonce: [3; 12],
+    }
+}
+
+/// Drives one checkout to its answer with the given faults (first listed, first used).
+pub(crate) fn drive(
+    co: &mut Checkout,
+    router: &mut Router,
+    obj: &mut FakeObject,
+    acq: &mut FakeAcquirer,
+    now: &mut i64,
+    obj_faults: &mut Vec<ObjFault>,
+    acq_faults: &mut Vec<AcqFault>,
+) -> Answer {
+    for _ in 0..100 {
+        *now += 3;
+        match co.poll(router, *now) {
+            Step::Object(call) => {
+                let f = if obj_faults.is_empty() {
+                    ObjFault::None
+                } else {
+                    obj_faults.remove(0)
+                };
+                let r = obj.call(call, *now, f);
+                co.handle_object(r, *now);
+            }
+            Step::SealKey => co.handle_seal_key(Ok(Secret::new(obj.sf_key))),
+            Step::Authorize(a) => {
+                let f = if acq_faults.is_empty() {
+                    AcqFault::None
+                } else {
+                    acq_faults.remove(0)
+                };
+                let sent = acq.authorize(&a.lane, &a.call, f);
+                *now += 20;
+                co.handle_attempt(router, sent, *now);
+            }
+            Step::Done(a) => return a,
+        }
+    }
+    panic!("the checkout did not finish in 100 steps");
+}
+
+pub(crate) struct World {
+    pub ev: Arc<EventConfig>,
+    pub router: Router,
+    pub obj: FakeObject,
+    pub acq: FakeAcquirer,
+    pub now: i64,
+}
+
+impl World {
+    pub fn new(stock: u32) -> World {
+        let ev = Arc::new(event(stock));
+        World {
+            obj: FakeObject::new((*ev).clone()),
+            ev,
+            router: router(),
+            acq: FakeAcquirer::default(),
+            now: T0,
+        }
+    }
+
+    pub fn pay(
+        &mut self,
+        idem: &str,
+        items: &str,
+        card: &str,
+        token: &str,
+        obj: &[ObjFault],
+        acq: &[AcqFault],
+    ) -> Answer {
+        let mut co = Checkout::new(input(&self.ev, idem, items, card, token, self.now));
+        drive(
+            &mut co,
+            &mut self.router,
+            &mut self.obj,
+            &mut self.acq,
+            &mut self.now,
+            &mut obj.to_vec(),
+            &mut acq.to_vec(),
+        )
+    }
+
+    fn charges_of(&self, order_id: &str) -> usize {
+        self.acq
+            .charges
+            .iter()
+            .filter(|c| c.order_id == order_id)
+            .count()
+    }
+}
+
+const CART: &str = r#"[{"sku":"ticket","quantity":2}]"#;
+
+#[test]
+fn approved_online_with_a_signed_receipt_and_a_small_stored_answer() {
+    let mut w = World::new(10);
+    let a = w.pay("k1", CART, APPROVE, "tok_a", &[], &[]);
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.body["status"], "approved");
+    assert!(a.body["receipt"]["signature"].is_object(), "{}", a.body);
+    assert_eq!(
+        a.notes,
+        vec![Note::Approved {
+            lane: "cheap".into()
+        }]
+    );
+    let order = a.order_id.clone().unwrap();
+    assert_eq!(
+        w.obj.ledger.order(&order).unwrap().state,
+        OrderState::Approved
+    );
+    assert_eq!(w.charges_of(&order), 1);
+    // The replay answers the same, with the receipt read back from its table.
+    let r = w.pay("k1", CART, APPROVE, "tok_a", &[], &[]);
+    assert!(r.replayed);
+    assert_eq!((r.status, &r.body["order_id"]), (201, &a.body["order_id"]));
+    assert_eq!(r.body["receipt"], a.body["receipt"]);
+}
+
+#[test]
+fn a_retokenized_retry_of_the_same_cart_and_card_replays_instead_of_charging_again() {
+    let mut w = World::new(10);
+    let first = w.pay("k1", CART, APPROVE, "tok_first", &[], &[]);
+    assert_eq!(first.status, 201);
+    let again = w.pay("k1", CART, APPROVE, "tok_second", &[], &[]);
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert!(again.replayed);
+    assert_eq!(w.acq.charges.len(), 1);
+    // Another cart under the same key is a mismatch, never a charge.
+    let other = w.pay(
+        "k1",
+        r#"[{"sku":"ticket","quantity":3}]"#,
+        APPROVE,
+        "tok_x",
+        &[],
+        &[],
+    );
+    assert_eq!(other.status, 422);
+    assert_eq!(w.acq.charges.len(), 1);
+}
+
+#[test]
+fn a_lost_answer_after_processing_is_never_failed_over_to_another_lane() {
+    for fault in [
+        AcqFault::ProcessThenReset,
+        AcqFault::ProcessThenTimeout,
+        AcqFault::Processing,
+        AcqFault::Garbage,
+        AcqFault::ProcessThen500,
+    ] {
+        let mut w = World::new(10);
+        let a = w.pay("k1", CART, APPROVE, "tok", &[], &[fault]);
+        assert_eq!(w.acq.requests, 1, "{fault:?}: no second lane may be tried");
+        assert_eq!(a.status, 201, "{fault:?}: {}", a.body);
+        assert_eq!(a.body["status"], "queued", "{fault:?}");
+        let order = a.order_id.clone().unwrap();
+        let auth = w.obj.ledger.auths().find(|x| x.order_id == order).unwrap();
+        assert!(auth.resolves_attempt, "{fault:?}");
+        assert_eq!(auth.idempotency_key, format!("{order}_online"));
+        // Forwarding completes that attempt: the acquirer replays, nothing is charged twice.
+        w.now += 10 * 60_000;
+        let mut acq = std::mem::take(&mut w.acq);
+        w.obj.alarm(&mut acq, w.now);
+        w.acq = acq;
+        assert_eq!(w.charges_of(&order), 1, "{fault:?}");
+        assert_eq!(
+            w.obj.ledger.order(&order).unwrap().state,
+            OrderState::Forwarded,
+            "{fault:?}"
+        );
+    }
+}
+
+#[test]
+fn refused_connections_and_rate_limits_fail_over_after_recording_the_lane() {
+    for fault in [
+        AcqFault::Refuse,
+        AcqFault::RateLimited,
+        AcqFault::ServerError,
+    ] {
+        let mut w = World::new(10);
+        let a = w.pay("k1", CART, APPROVE, "tok", &[], &[fault]);
+        if fault == AcqFault::ServerError {
+            // A 500 may hide a charge: unknown, stored on that lane.
+            assert_eq!(a.body["status"], "queued");
+            assert_eq!(w.acq.requests, 1);
+            continue;
+        }
+        assert_eq!(a.status, 201, "{fault:?}: {}", a.body);
+        assert_eq!(a.body["status"], "approved");
+        assert_eq!(w.acq.requests, 2);
+        let order = a.order_id.unwrap();
+        assert_eq!(w.obj.ledger.order(&order).unwrap().lane, "fast");
+    }
+}
+
+#[test]
+fn a_failed_finish_after_an_approval_never_releases_and_a_retry_replays_the_charge() {
+    let mut w = World::new(10);
+    // begin ok; all three finish calls fail before reaching the object.
+    let a = w.pay(
+        "k1",
+        CART,
+        APPROVE,
+        "tok",
+        &[
+            ObjFault::None,
+            ObjFault::Before,
+            ObjFault::Before,
+            ObjFault::Before,
+        ],
+        &[],
+    );
+    assert_eq!(a.status, 202, "{}", a.body);
+    assert_eq!(a.body["status"], "pending");
+    let order = a.order_id.clone().unwrap();
+    assert_eq!(
+        w.obj.ledger.order(&order).unwrap().state,
+        OrderState::Pending
+    );
+    // While the key is in flight the retry is told so; later it takes over the same order
+    // and the acquirer replays its approval.
+    let busy = w.pay("k1", CART, APPROVE, "tok2", &[], &[]);
+    assert_eq!(busy.status, 409);
+    w.now += crate::ledger::IDEMPOTENCY_IN_FLIGHT_MS + 1;
+    let r = w.pay("k1", CART, APPROVE, "tok3", &[], &[]);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["order_id"], a.body["order_id"]);
+    assert_eq!(w.acq.charges.len(), 1);
+    assert_eq!(
+        w.obj.ledger.order(&order).unwrap().state,
+        OrderState::Approved
+    );
+}
+
+#[test]
+fn a_finish_applied_whose_answer_was_lost_is_retried_and_answers_the_stored_result() {
+    let mut w = World::new(10);
+    let a = w.pay(
+        "k1",
+        CART,
+        APPROVE,
+        "tok",
+        &[ObjFault::None, ObjFault::After],
+        &[],
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(w.acq.charges.len(), 1);
+    assert_eq!(w.obj.ledger.orders().count(), 1);
+}
+
+#[test]
+fn a_worker_that_died_after_charging_is_resumed_on_the_same_lane_and_key() {
+    let mut w = World::new(10);
+    // The cheap lane (planned first) refuses the connection; the fast lane is recorded and
+    // charges; the Worker dies before finishing.
+    let mut co = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok", w.now));
+    let mut steps = 0;
+    loop {
+        steps += 1;
+        assert!(steps < 50);
+        match co.poll(&mut w.router, w.now) {
+            Step::Object(call) => {
+                let r = w.obj.call(call, w.now, ObjFault::None);
+                co.handle_object(r, w.now);
+            }
+            Step::Authorize(a) if a.lane == "cheap" => {
+                let sent = w.acq.authorize(&a.lane, &a.call, AcqFault::Refuse);
+                co.handle_attempt(&mut w.router, sent, w.now);
+            }
+            Step::Authorize(a) => {
+                let _ = w.acq.authorize(&a.lane, &a.call, AcqFault::None);
+                break; // the Worker dies here
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(co);
+    assert_eq!(w.acq.charges.len(), 1);
+    w.now += crate::ledger::IDEMPOTENCY_IN_FLIGHT_MS + 1;
+    // The cheap lane is healthy again and would be planned first; the resumed checkout
+    // must still go to the fast lane, where the acquirer replays the charge.
+    let r = w.pay("k1", CART, APPROVE, "tok2", &[], &[]);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(w.acq.charges.len(), 1, "charged twice");
+    assert!(r.routing.unwrap().contains("resumed on fast"));
+}
+
+#[test]
+fn declines_release_the_stock_and_replay() {
+    let mut w = World::new(2);
+    let a = w.pay("k1", CART, DECLINE, "tok", &[], &[]);
+    assert_eq!(a.status, 402, "{}", a.body);
+    assert_eq!(a.body["status"], "declined");
+    assert_eq!(w.obj.ledger.available("ticket"), 2);
+    let r = w.pay("k1", CART, DECLINE, "tok", &[], &[]);
+    assert!(r.replayed);
+    assert_eq!(r.status, 402);
+}
+
+#[test]
+fn a_failed_request_before_the_hold_keeps_no_record_but_a_completed_one_still_replays() {
+    let mut w = World::new(10);
+    let bad = w.pay(
+        "k1",
+        r#"[{"sku":"nope","quantity":1}]"#,
+        APPROVE,
+        "tok",
+        &[],
+        &[],
+    );
+    assert_eq!(bad.status, 422);
+    assert_eq!(w.obj.ledger.idempotency_records(), 0);
+    let ok = w.pay("k2", CART, APPROVE, "tok", &[], &[]);
+    assert_eq!(ok.status, 201);
+    // The same key with a request that now fails to prepare (e.g. the token expired)
+    // still gets the completed answer.
+    let again = w.pay(
+        "k2",
+        r#"[{"sku":"nope","quantity":1}]"#,
+        APPROVE,
+        "tok",
+        &[],
+        &[],
+    );
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert!(again.replayed);
+}
+
+#[test]
+fn out_of_stock_keeps_no_record() {
+    let mut w = World::new(1);
+    let a = w.pay("k1", CART, APPROVE, "tok", &[], &[]);
+    assert_eq!(a.status, 409, "{}", a.body);
+    assert_eq!(w.obj.ledger.idempotency_records(), 0);
+}
+
+#[test]
+fn a_fifty_line_cart_with_long_names_replays() {
+    let mut ev = event(1000);
+    ev.skus = (0..50)
+        .map(|i| Sku {
+            id: format!("sku{i}"),
+            name: format!("{i:02} {}", "a very long item name ".repeat(9))
+                .chars()
+                .take(200)
+                .collect(),
+            category: crate::ledger::Category::Merchandise,
+            price: MinorUnits(100),
+            stock: 100,
+        })
+        .collect();
+    let mut w = World::new(10);
+    w.ev = Arc::new(ev.clone());
+    w.obj = FakeObject::new(ev);
+    let cart = serde_json::to_string(
+        &(0..50)
+            .map(|i| serde_json::json!({"sku": format!("sku{i}"), "quantity": 1}))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let a = w.pay("k1", &cart, APPROVE, "tok", &[], &[]);
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert!(
+        a.body["receipt"].to_string().len() > 8 * 1024,
+        "a big receipt"
+    );
+    let r = w.pay("k1", &cart, APPROVE, "tok", &[], &[]);
+    assert!(r.replayed, "{}", r.body);
+    assert_eq!(r.status, 201);
+    assert_eq!(r.body["receipt"], a.body["receipt"]);
+}
+
+#[test]
+fn all_lanes_down_stores_offline_in_one_call_within_the_budget() {
+    let mut w = World::new(100);
+    let mut ev = (*w.ev).clone();
+    ev.offline.aggregate_max = MinorUnits(1_000_000);
+    w.ev = Arc::new(ev.clone());
+    w.obj = FakeObject::new(ev);
+    w.acq.down = vec!["fast".into(), "cheap".into()];
+    // Teach the router that both lanes refuse (breakers open).
+    for i in 0..30 {
+        let a = w.pay(
+            &format!("warm{i}"),
+            r#"[{"sku":"shirt","quantity":1}]"#,
+            APPROVE,
+            "tok",
+            &[],
+            &[],
+        );
+        assert!(a.status < 500, "{}", a.body);
+    }
+    let calls = w.obj.calls;
+    let a = w.pay("k1", CART, APPROVE, "tok", &[], &[]);
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.body["status"], "queued");
+    assert_eq!(w.obj.calls - calls, 1, "one object call");
+    assert!(w.obj.ledger.offline_exposure() <= w.ev.offline.aggregate_max);
+}
+
+#[test]
+fn a_timeout_the_acquirer_never_saw_is_completed_later_and_charged_once() {
+    let mut w = World::new(10);
+    let a = w.pay("k1", CART, APPROVE, "tok", &[], &[AcqFault::TimeoutUnseen]);
+    assert_eq!(a.body["status"], "queued", "{}", a.body);
+    assert!(w.acq.charges.is_empty());
+    w.now += 10 * 60_000;
+    let mut acq = std::mem::take(&mut w.acq);
+    w.obj.alarm(&mut acq, w.now);
+    w.acq = acq;
+    assert_eq!(w.acq.charges.len(), 1);
+    let report = w.obj.ledger.reconcile(&w.acq.listing());
+    assert!(report.missing_at_edge.is_empty() && report.missing_at_acquirer.is_empty());
+}
+
+#[test]
+fn a_charge_whose_buyer_gave_up_is_found_by_reconciliation_and_refunded() {
+    let mut w = World::new(10);
+    // The Worker dies right after the acquirer charged; the buyer never comes back.
+    let mut co = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok", w.now));
+    loop {
+        match co.poll(&mut w.router, w.now) {
+            Step::Object(call) => {
+                let r = w.obj.call(call, w.now, ObjFault::None);
+                co.handle_object(r, w.now);
+            }
+            Step::Authorize(a) => {
+                let _ = w.acq.authorize(&a.lane, &a.call, AcqFault::None);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    w.now += crate::ledger::LOST_CHECKOUT_AFTER_MS + HOLD_MS;
+    let lost = w.obj.ledger.lost_checkouts(&w.acq.listing(), w.now);
+    assert_eq!(lost.len(), 1);
+    w.acq.refund(&lost[0].charge_id, lost[0].amount.0);
+    let report = w.obj.ledger.reconcile(&w.acq.listing());
+    assert!(report.missing_at_edge.is_empty(), "{report:?}");
+    assert_eq!(report.refunded_unpaid.len(), 1);
+}
