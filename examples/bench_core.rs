@@ -151,6 +151,7 @@ fn event_config(eur: Currency) -> EventConfig {
             aggregate_max: MinorUnits(200_000),
             per_card_max_count: 3,
             per_card_window_ms: 3_600_000,
+            unknown_max: None,
         },
         policy_revision: None,
     }

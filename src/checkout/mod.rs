@@ -167,7 +167,8 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn error(e: &ApiError) -> Answer {
+    /// An error answer (its `Retry-After` set when it is retryable).
+    pub fn error(e: &ApiError) -> Answer {
         Answer {
             status: e.status,
             body: e.body(),
@@ -308,6 +309,11 @@ impl Checkout {
             fallback: None,
             notes: Vec::new(),
         }
+    }
+
+    /// What preparing found (the quote and policy, for telemetry), if it succeeded.
+    pub fn prepared(&self) -> Option<&Prepared> {
+        self.prepared.as_ref()
     }
 
     /// The order this checkout holds.
@@ -902,6 +908,7 @@ impl Checkout {
             max_wait_ms,
             lane: Some(lane),
             resolves_attempt: resolving,
+            confirm_first: p.require_online,
         });
         let purpose = if resolving {
             Purpose::Settle
@@ -928,7 +935,8 @@ impl Checkout {
         };
         match result {
             Ok(ObjectResult::Finish(FinishReply::Stored { answer })) => {
-                if purpose == Purpose::StoreOffline || self.unknown_on.is_some() {
+                let accepted = answer.status == 201;
+                if accepted && (purpose == Purpose::StoreOffline || self.unknown_on.is_some()) {
                     self.notes.push(Note::Queued {
                         lane: self
                             .unknown_on

@@ -88,7 +88,9 @@ impl<T> Done<T> {
 pub struct ObjectCtx<'a> {
     pub ledger: &'a mut EventLedger,
     pub store: &'a mut dyn ObjectStore,
-    pub keys: &'a ReceiptKeys,
+    /// The receipt signing keys; `None` when they are not configured (receipts are then
+    /// not signed, and the payment still stands).
+    pub keys: Option<&'a ReceiptKeys>,
     pub now_ms: i64,
     pub entropy: [u8; 8],
 }
@@ -326,15 +328,28 @@ pub fn finish(cx: &mut ObjectCtx<'_>, req: FinishRequest) -> Done<FinishReply> {
         Command::QueueAuthorization(q) => Some(q.order_id.clone()),
         _ => None,
     });
+    let mut receipt = req.receipt;
+    let mut complete = req.complete;
     if let Some(cmd) = req.command {
-        if let Err(e) = cx.apply(cmd, &mut done) {
-            done.reply = FinishReply::Refused {
-                error: WireError::from(e),
-            };
-            return done;
+        match cx.apply(cmd, &mut done) {
+            Err(e) => {
+                done.reply = FinishReply::Refused {
+                    error: WireError::from(e),
+                };
+                return done;
+            }
+            // Stored but not accepted (an unknown outcome past its bound, or a buyer who
+            // asked for an online payment): the buyer hears `pending`, with no receipt yet.
+            Ok(Reply::Auth { auth }) if !auth.accepted => {
+                if let Completion::Answer { answer } = &mut complete {
+                    not_accepted(answer);
+                }
+                receipt = None;
+            }
+            Ok(_) => {}
         }
     }
-    match req.complete {
+    match complete {
         Completion::Abandon { release_cvc } => {
             if let Some(use_id) = release_cvc {
                 if cx.store.give_back_cvc(&use_id).is_err() {
@@ -346,7 +361,7 @@ pub fn finish(cx: &mut ObjectCtx<'_>, req: FinishRequest) -> Done<FinishReply> {
             done
         }
         Completion::Answer { mut answer } => {
-            if let Some(draft) = req.receipt {
+            if let Some(draft) = receipt {
                 match sign_and_store(cx, draft, order_id.as_deref()) {
                     Ok(note) => {
                         answer.body["receipt_id"] = note.id.as_str().into();
@@ -380,6 +395,14 @@ pub fn finish(cx: &mut ObjectCtx<'_>, req: FinishRequest) -> Done<FinishReply> {
     }
 }
 
+/// Turns a stored payment's answer into `202 pending`.
+fn not_accepted(answer: &mut StoredAnswer) {
+    answer.status = 202;
+    answer.body["status"] = "pending".into();
+    answer.body["message"] = "Your payment is being confirmed with the card acquirer. Do not pay again: send the same request again in a few seconds to see the result.".into();
+    answer.body["retry_after_s"] = super::PENDING_RETRY_S.into();
+}
+
 fn failed(mut done: Done<FinishReply>, e: ApiError) -> Done<FinishReply> {
     done.discard = true;
     done.problems.push("answer_not_kept");
@@ -406,7 +429,14 @@ fn sign_and_store(
         .clone()
         .unwrap_or_else(|| format!("{}-{}", draft.event_id, order.order_id));
     draft.id = format!("rcpt_{number}");
-    let signed = receipt::sign(draft, cx.keys).map_err(|e| e.to_api())?;
+    let keys = cx.keys.ok_or_else(|| {
+        ApiError::new(
+            503,
+            "receipt_keys_missing",
+            "Receipt keys are not configured.",
+        )
+    })?;
+    let signed = receipt::sign(draft, keys).map_err(|e| e.to_api())?;
     let json = signed.to_json().map_err(|e| e.to_api())?;
     cx.store
         .store_receipt(&signed.receipt.id, &signed.receipt.order_id, &json)?;

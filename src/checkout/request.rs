@@ -180,6 +180,17 @@ impl CheckoutKey {
     }
 }
 
+/// The key of [`fingerprint`], derived from the vault's current KEK (a secret the event
+/// object never holds).
+pub fn fingerprint_key(keks: &crate::vault::KekSet) -> Secret<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(keks.current.bytes()) {
+        mac.update(b"poptill-checkout-fingerprint-key-v1");
+        out.copy_from_slice(&mac.finalize().into_bytes());
+    }
+    Secret::new(out)
+}
+
 /// The idempotency fingerprint of a purchase: what the buyer asked for (cart, buyer,
 /// mode, handover, admission ticket) and the card, keyed so that a card number cannot be
 /// recovered from it. A retry that tokenized the same card again has the same

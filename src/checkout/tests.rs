@@ -208,7 +208,7 @@ impl FakeObject {
         let mut cx = ObjectCtx {
             ledger: &mut self.ledger,
             store: &mut self.store,
-            keys: &self.keys,
+            keys: Some(&self.keys),
             now_ms,
             entropy: self.entropy.to_le_bytes(),
         };
@@ -990,4 +990,59 @@ fn a_charge_whose_buyer_gave_up_is_found_by_reconciliation_and_refunded() {
     let report = w.obj.ledger.reconcile(&w.acq.listing());
     assert!(report.missing_at_edge.is_empty(), "{report:?}");
     assert_eq!(report.refunded_unpaid.len(), 1);
+}
+
+#[test]
+fn unknown_outcomes_past_their_bound_are_stored_but_the_buyer_hears_pending_until_confirmed() {
+    let mut w = World::new(100);
+    let mut ev = (*w.ev).clone();
+    ev.offline.unknown_max = Some(MinorUnits(4000));
+    w.ev = Arc::new(ev.clone());
+    w.obj = FakeObject::new(ev);
+    let a = w.pay("k1", CART, APPROVE, "t", &[], &[AcqFault::ProcessThenReset]);
+    assert_eq!((a.status, a.body["status"].as_str()), (201, Some("queued")));
+    let b = w.pay("k2", CART, APPROVE, "t", &[], &[AcqFault::ProcessThenReset]);
+    assert_eq!(b.status, 202, "{}", b.body);
+    assert_eq!(b.body["status"], "pending");
+    assert!(
+        b.body.get("receipt").is_none(),
+        "no receipt before it is confirmed"
+    );
+    assert!(w.obj.ledger.unknown_exposure() <= MinorUnits(4000));
+    // Stored all the same: forwarding completes it, and the replay then says approved.
+    w.now += 10 * 60_000;
+    let mut acq = std::mem::take(&mut w.acq);
+    w.obj.alarm(&mut acq, w.now);
+    w.acq = acq;
+    let r = w.pay("k2", CART, APPROVE, "t", &[], &[]);
+    assert!(r.replayed);
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (201, Some("approved")),
+        "{}",
+        r.body
+    );
+    assert_eq!(w.acq.charges.len(), 2);
+}
+
+#[test]
+fn a_buyer_who_asked_for_an_online_payment_hears_pending_on_an_unknown_outcome() {
+    let mut w = World::new(10);
+    let mut inp = input(&w.ev, "k1", CART, APPROVE, "t", w.now);
+    if let Ok(p) = &mut inp.prepared {
+        p.require_online = true;
+    }
+    let mut co = Checkout::new(inp);
+    let a = drive(
+        &mut co,
+        &mut w.router,
+        &mut w.obj,
+        &mut w.acq,
+        &mut w.now,
+        &mut vec![],
+        &mut vec![AcqFault::ProcessThenTimeout],
+    );
+    assert_eq!(a.status, 202, "{}", a.body);
+    assert_eq!(w.obj.ledger.auths().count(), 1, "stored to be completed");
+    assert_eq!(w.acq.requests, 1);
 }

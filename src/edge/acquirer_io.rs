@@ -12,14 +12,23 @@ use worker::{AbortController, Delay, Env, Fetch, Headers, Method, Request, Reque
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoAnswer {
     Timeout,
+    /// Nothing was sent: the request could not be built, or the connection was refused.
+    Refused,
+    /// The connection failed after the request may have left (reset, lost, body unreadable).
     Network,
+}
+
+/// Whether a failed fetch says the connection was refused before anything was sent.
+fn refused(e: &worker::Error) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    text.contains("refused") || text.contains("econnrefused")
 }
 
 /// Sends a call and waits at most `timeout_ms`; returns the status and body text.
 pub async fn send(call: &HttpCall, timeout_ms: u64) -> Result<(u16, String), NoAnswer> {
     let headers = Headers::new();
     for (k, v) in &call.headers {
-        headers.set(k, v).map_err(|_| NoAnswer::Network)?;
+        headers.set(k, v).map_err(|_| NoAnswer::Refused)?;
     }
     let mut init = RequestInit::new();
     init.with_method(if call.method.as_str() == "POST" {
@@ -31,7 +40,7 @@ pub async fn send(call: &HttpCall, timeout_ms: u64) -> Result<(u16, String), NoA
     if !call.body.expose().is_empty() {
         init.with_body(Some(JsValue::from_str(call.body.expose())));
     }
-    let req = Request::new_with_init(&call.url, &init).map_err(|_| NoAnswer::Network)?;
+    let req = Request::new_with_init(&call.url, &init).map_err(|_| NoAnswer::Refused)?;
     let controller = AbortController::default();
     let signal = controller.signal();
     let fetch = Fetch::Request(req);
@@ -39,7 +48,20 @@ pub async fn send(call: &HttpCall, timeout_ms: u64) -> Result<(u16, String), NoA
         let mut resp = fetch
             .send_with_signal(&signal)
             .await
-            .map_err(|_| NoAnswer::Network)?;
+            .map_err(|e| {
+                if refused(&e) {
+                    NoAnswer::Refused
+                } else {
+                    super::http::log(
+                        "warn",
+                        "acquirer connection lost",
+                        None,
+                        None,
+                        serde_json::json!({"error": e.to_string().chars().take(120).collect::<String>()}),
+                    );
+                    NoAnswer::Network
+                }
+            })?;
         let status = resp.status_code();
         let text = resp.text().await.map_err(|_| NoAnswer::Network)?;
         Ok::<_, NoAnswer>((status, text))

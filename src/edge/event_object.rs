@@ -18,17 +18,128 @@
 use super::acquirer_io::{lane_secret, lanes, send, NoAnswer};
 use super::http::env_string;
 use crate::acquirer::{self, AuthorizeOutcome, AuthorizeRequest, RefundOutcome as AcqRefund};
+use crate::checkout::object_side::{self, Done, ObjectCtx, ObjectStore};
+use crate::checkout::protocol::{BeginRequest, FinishRequest};
 use crate::error::ApiError;
 use crate::ledger::{
     AcquirerCharge, AcquirerResult, ChargeStatus, Command, Delta, Effect, EventConfig, EventLedger,
-    ForwardRequest, IdempotencyBegin, OrderState, RefundOutcome, RefundRequest, Reply,
+    ForwardRequest, OrderState, RefundOutcome, RefundRequest, Reply,
 };
-use crate::receipt::{self, Receipt, ReceiptKeys, SignedReceipt, StatusChange};
+use crate::receipt::{self, ReceiptKeys, SignedReceipt, StatusChange};
 use crate::vault::{self, KekSet};
 use serde::Deserialize;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use worker::{durable_object, Date, DurableObject, Env, Request, Response, Result, State};
+
+/// The object's CVC uses and receipts in SQLite, for `crate::checkout::object_side`.
+struct SqlStore<'a> {
+    sql: &'a worker::SqlStorage,
+}
+
+#[derive(Deserialize)]
+struct KeyRow {
+    idem_key: String,
+}
+
+#[derive(Deserialize)]
+struct JsonRow {
+    json: String,
+}
+
+impl ObjectStore for SqlStore<'_> {
+    fn cvc_spender(
+        &mut self,
+        use_id: &str,
+        now_ms: i64,
+    ) -> std::result::Result<Option<String>, ApiError> {
+        let sql = self.sql;
+        sql.exec(
+            "DELETE FROM cvc_spent WHERE expires_ms < ?",
+            Some(vec![(now_ms as f64).into()]),
+        )
+        .map_err(super::http::internal)?;
+        let rows: Vec<KeyRow> = sql
+            .exec(
+                "SELECT idem_key FROM cvc_spent WHERE use_id = ?",
+                Some(vec![use_id.into()]),
+            )
+            .and_then(|c| c.to_array())
+            .map_err(super::http::internal)?;
+        if let Some(r) = rows.into_iter().next() {
+            return Ok(Some(r.idem_key));
+        }
+        // Spent before the checkout machine kept the spender (the older table).
+        #[derive(Deserialize)]
+        struct N {
+            n: i64,
+        }
+        let old: Vec<N> = sql
+            .exec(
+                "SELECT COUNT(*) AS n FROM cvc_uses WHERE use_id = ? AND expires_ms >= ?",
+                Some(vec![use_id.into(), (now_ms as f64).into()]),
+            )
+            .and_then(|c| c.to_array())
+            .map_err(super::http::internal)?;
+        Ok((old.first().map(|r| r.n).unwrap_or(0) > 0).then(String::new))
+    }
+
+    fn spend_cvc(
+        &mut self,
+        use_id: &str,
+        key: &str,
+        expires_at_ms: i64,
+    ) -> std::result::Result<(), ApiError> {
+        self.sql
+            .exec(
+                "INSERT OR REPLACE INTO cvc_spent (use_id, idem_key, expires_ms) VALUES (?, ?, ?)",
+                Some(vec![
+                    use_id.into(),
+                    key.into(),
+                    (expires_at_ms as f64).into(),
+                ]),
+            )
+            .map_err(super::http::internal)?;
+        Ok(())
+    }
+
+    fn give_back_cvc(&mut self, use_id: &str) -> std::result::Result<(), ApiError> {
+        self.sql
+            .exec(
+                "DELETE FROM cvc_spent WHERE use_id = ?",
+                Some(vec![use_id.into()]),
+            )
+            .map_err(super::http::internal)?;
+        Ok(())
+    }
+
+    fn receipt(&mut self, receipt_id: &str) -> std::result::Result<Option<String>, ApiError> {
+        let rows: Vec<JsonRow> = self
+            .sql
+            .exec(
+                "SELECT json FROM receipts WHERE id = ?",
+                Some(vec![receipt_id.into()]),
+            )
+            .and_then(|c| c.to_array())
+            .map_err(super::http::internal)?;
+        Ok(rows.into_iter().next().map(|r| r.json))
+    }
+
+    fn store_receipt(
+        &mut self,
+        id: &str,
+        order_id: &str,
+        json: &str,
+    ) -> std::result::Result<(), ApiError> {
+        self.sql
+            .exec(
+                "INSERT OR REPLACE INTO receipts (id, order_id, json) VALUES (?, ?, ?)",
+                Some(vec![id.into(), order_id.into(), json.into()]),
+            )
+            .map_err(super::http::internal)?;
+        Ok(())
+    }
+}
 
 #[durable_object]
 pub struct EventObject {
@@ -42,69 +153,6 @@ pub struct EventObject {
 struct CmdBody {
     now_ms: i64,
     commands: Vec<Command>,
-}
-
-#[derive(Deserialize)]
-struct CvcUse {
-    use_id: String,
-    expires_at_ms: i64,
-}
-
-/// `POST /checkout/begin`.
-#[derive(Deserialize)]
-struct BeginBody {
-    now_ms: i64,
-    key: String,
-    body_hash: String,
-    #[serde(default)]
-    cvc_use: Option<CvcUse>,
-    /// A `Hold` command, absent when the request failed before it (the call then only
-    /// finds out whether it is a replay).
-    #[serde(default)]
-    hold: Option<Command>,
-    /// The rest of the checkout when it is already known (a payment to store): applied
-    /// right after a successful hold, as `/checkout/finish` would.
-    #[serde(default)]
-    then: Option<ThenFinish>,
-}
-
-/// A finish carried by `/checkout/begin`.
-#[derive(Deserialize)]
-struct ThenFinish {
-    command: Command,
-    #[serde(default)]
-    receipt: Option<Receipt>,
-    complete: Completion,
-}
-
-/// How `POST /checkout/finish` closes the idempotency record.
-#[derive(Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum Completion {
-    /// Store this answer for replays.
-    Answer {
-        status_code: u16,
-        body: serde_json::Value,
-    },
-    /// Forget the key (a retryable failure: the client may retry at once), and give back
-    /// the single-use CVC the attempt spent, so the same request can be sent again.
-    Abandon {
-        #[serde(default)]
-        release_cvc: Option<String>,
-    },
-}
-
-/// `POST /checkout/finish`.
-#[derive(Deserialize)]
-struct FinishBody {
-    now_ms: i64,
-    key: String,
-    #[serde(default)]
-    command: Option<Command>,
-    /// The unsigned receipt (its id is set here from the order's receipt number).
-    #[serde(default)]
-    receipt: Option<Receipt>,
-    complete: Completion,
 }
 
 /// One command's result on the wire: `{"ok": reply}` or `{"error": .., "status": ..}`.
@@ -148,6 +196,10 @@ impl EventObject {
         )?;
         sql.exec(
             "CREATE TABLE IF NOT EXISTS cvc_uses (use_id TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL)",
+            None,
+        )?;
+        sql.exec(
+            "CREATE TABLE IF NOT EXISTS cvc_spent (use_id TEXT PRIMARY KEY, idem_key TEXT NOT NULL, expires_ms INTEGER NOT NULL)",
             None,
         )?;
         sql.exec(
@@ -366,195 +418,66 @@ impl EventObject {
         }
     }
 
-    /// `POST /checkout/begin`: the first of a checkout's two calls. Starts the idempotency
-    /// record; for a new request, spends the single-use CVC and holds the stock, all in
-    /// this one call. A replay or a conflict stops at the idempotency answer.
-    async fn checkout_begin(&self, b: BeginBody) -> serde_json::Value {
-        let key = b.key.clone();
-        let (begin, mut effects) = self.apply(
-            Command::BeginIdempotent {
-                key: b.key,
-                body_hash: b.body_hash,
-            },
-            b.now_ms,
-        );
-        let is_new = matches!(
-            begin,
-            Ok(Reply::Idempotency {
-                result: IdempotencyBegin::New
-            })
-        );
-        let mut out = serde_json::json!({"begin": result_json(begin)});
-        if is_new {
-            let cvc = match &b.cvc_use {
-                Some(u) => self.use_cvc(&u.use_id, u.expires_at_ms, b.now_ms),
-                None => Ok(()),
-            };
-            match cvc {
-                Err(e) => out["cvc_error"] = serde_json::json!(e),
-                Ok(()) => {
-                    if let Some(hold) = b.hold {
-                        let order_id = match &hold {
-                            Command::Hold { order_id, .. } => order_id.clone(),
-                            _ => String::new(),
-                        };
-                        let (r, fx) = self.apply(hold, b.now_ms);
-                        effects.extend(fx);
-                        let held = r.is_ok();
-                        out["hold"] = result_json(r);
-                        if let (true, Some(then)) = (held, b.then) {
-                            let finished = self
-                                .checkout_finish(FinishBody {
-                                    now_ms: b.now_ms,
-                                    key: key.clone(),
-                                    command: Some(then.command),
-                                    receipt: then.receipt,
-                                    complete: then.complete,
-                                })
-                                .await;
-                            if finished.get("ok").is_none() {
-                                // Refused (e.g. the offline budget): undo the hold, free the
-                                // key and the CVC, so the buyer may simply retry.
-                                let release_cvc = b.cvc_use.as_ref().map(|u| u.use_id.clone());
-                                self.checkout_finish(FinishBody {
-                                    now_ms: b.now_ms,
-                                    key: key.clone(),
-                                    command: Some(Command::Release {
-                                        order_id,
-                                        reason: "offline_budget".into(),
-                                    }),
-                                    receipt: None,
-                                    complete: Completion::Abandon { release_cvc },
-                                })
-                                .await;
-                            }
-                            out["finish"] = finished;
-                        }
-                    }
-                }
-            }
-        }
-        self.run_effects(effects).await;
-        out["queue_depth"] = self.queue_depth().into();
-        out
-    }
-
-    /// `POST /checkout/finish`: the second call. Applies the outcome (`Confirm`,
-    /// `QueueAuthorization` or `Release`), signs and stores the receipt under the order's
-    /// receipt number, puts it in the answer, and completes (or abandons) the idempotency
-    /// record, so the stored answer and the ledger never disagree. A refused command
-    /// (e.g. the offline budget is spent) comes back as `error` and completes nothing.
-    async fn checkout_finish(&self, b: FinishBody) -> serde_json::Value {
-        let mut effects = Vec::new();
-        let mut reply = serde_json::Value::Null;
-        let order_id = b.command.as_ref().and_then(|c| match c {
-            Command::Confirm { order_id, .. } | Command::Release { order_id, .. } => {
-                Some(order_id.clone())
-            }
-            Command::QueueAuthorization(q) => Some(q.order_id.clone()),
-            _ => None,
-        });
-        if let Some(cmd) = b.command {
-            let (r, fx) = self.apply(cmd, b.now_ms);
-            effects.extend(fx);
-            match r {
-                Ok(r) => reply = serde_json::json!(r),
-                Err(e) => {
-                    self.run_effects(effects).await;
-                    return result_json(Err(e));
-                }
-            }
-        }
-        let mut webhook = None;
-        let complete = match b.complete {
-            Completion::Abandon { release_cvc } => {
-                if let Some(use_id) = release_cvc {
-                    let _ = self.sql().exec(
-                        "DELETE FROM cvc_uses WHERE use_id = ?",
-                        Some(vec![use_id.as_str().into()]),
-                    );
-                }
-                Command::AbandonIdempotent { key: b.key }
-            }
-            Completion::Answer {
-                status_code,
-                mut body,
-            } => {
-                if let Some(receipt) = b.receipt {
-                    match self.sign_and_store(receipt, order_id.as_deref()) {
-                        Ok((id, signed, json)) => {
-                            body["receipt_id"] = id.as_str().into();
-                            body["receipt_url"] = format!("/v1/receipts/{id}").into();
-                            body["receipt"] = serde_json::json!(signed);
-                            let status = serde_json::to_value(signed.receipt.status)
-                                .ok()
-                                .and_then(|v| v.as_str().map(str::to_string))
-                                .unwrap_or_default();
-                            webhook = Some((id, status, json));
-                        }
-                        Err(e) => {
-                            // The payment stands; the buyer gets an answer without a
-                            // receipt rather than an error after being charged.
-                            let (event_id, error) =
-                                (self.event_id(), serde_json::json!({"error": e.code}));
-                            super::http::log(
-                                "error",
-                                "receipt not stored",
-                                None,
-                                Some(&event_id),
-                                error,
-                            );
-                        }
-                    }
-                }
-                let response = serde_json::json!({"status_code": status_code, "body": body});
-                let stored = response.to_string();
-                let (_, fx) = self.apply(
-                    Command::CompleteIdempotent {
-                        key: b.key,
-                        response: stored,
-                    },
-                    b.now_ms,
-                );
-                effects.extend(fx);
-                reply = serde_json::json!({"reply": reply, "answer": response});
-                if let Some((id, status, json)) = &webhook {
-                    self.enqueue_webhook(id, status, json).await;
-                }
-                self.run_effects(effects).await;
-                return serde_json::json!({"ok": reply});
-            }
-        };
-        let (_, fx) = self.apply(complete, b.now_ms);
-        effects.extend(fx);
-        self.run_effects(effects).await;
-        serde_json::json!({"ok": {"reply": reply, "answer": null}})
-    }
-
-    /// Signs a checkout's receipt under its order's receipt number and stores it.
-    fn sign_and_store(
+    /// The object's half of a checkout (`crate::checkout::object_side`): applied in
+    /// memory, persisted once, then its webhooks and effects. Uses the object's own clock.
+    async fn checkout_step<T>(
         &self,
-        mut receipt: Receipt,
-        order_id: Option<&str>,
-    ) -> std::result::Result<(String, SignedReceipt, String), ApiError> {
-        let number = {
-            let guard = self.ledger.borrow();
-            let order = guard
-                .as_ref()
-                .and_then(|l| order_id.and_then(|id| l.order(id)))
-                .ok_or_else(|| ApiError::not_found("order"))?;
-            order
-                .receipt_id
-                .clone()
-                .unwrap_or_else(|| format!("{}-{}", receipt.event_id, order.order_id))
+        run: impl FnOnce(&mut ObjectCtx<'_>) -> Done<T>,
+    ) -> std::result::Result<T, ApiError> {
+        let keys =
+            ReceiptKeys::parse(&env_string(&self.env, "RECEIPT_KEY").unwrap_or_default()).ok();
+        let sql = self.sql();
+        let mut store = SqlStore { sql: &sql };
+        let mut entropy = [0u8; 8];
+        let _ = getrandom::getrandom(&mut entropy);
+        let done = {
+            let mut guard = self.ledger.borrow_mut();
+            let Some(ledger) = guard.as_mut() else {
+                return Err(ApiError::not_found("event"));
+            };
+            let mut cx = ObjectCtx {
+                ledger,
+                store: &mut store,
+                keys: keys.as_ref(),
+                now_ms: now(),
+                entropy,
+            };
+            run(&mut cx)
         };
-        receipt.id = format!("rcpt_{number}");
-        let keys = ReceiptKeys::parse(&env_string(&self.env, "RECEIPT_KEY").unwrap_or_default())
-            .map_err(|e| e.to_api())?;
-        let signed = receipt::sign(receipt, &keys).map_err(|e| e.to_api())?;
-        let json = signed.to_json().map_err(|e| e.to_api())?;
-        self.store_receipt(&signed, &json)?;
-        Ok((signed.receipt.id.clone(), signed, json))
+        let event_id = self.event_id();
+        for p in &done.problems {
+            super::http::log(
+                "error",
+                "checkout step",
+                None,
+                Some(&event_id),
+                serde_json::json!({"problem": p}),
+            );
+        }
+        let saved = if done.discard {
+            Err(())
+        } else if done.changed {
+            self.persist().map_err(|_| ())
+        } else {
+            Ok(())
+        };
+        if saved.is_err() {
+            // Memory is ahead of storage (or a step failed part way): forget it and reload.
+            *self.ledger.borrow_mut() = None;
+            *self.loaded.borrow_mut() = false;
+            let _ = self.load();
+            return Err(ApiError::new(
+                503,
+                "temporarily_unavailable",
+                "The event could not be saved; try again.",
+            )
+            .retryable());
+        }
+        for r in &done.receipts {
+            self.enqueue_webhook(&r.id, &r.status, &r.json).await;
+        }
+        self.run_effects(done.effects).await;
+        Ok(done.reply)
     }
 
     fn store_receipt(
@@ -572,41 +495,6 @@ impl EventObject {
                 ]),
             )
             .map_err(super::http::internal)?;
-        Ok(())
-    }
-
-    /// Spends a single-use CVC token (`cvc_already_used` the second time).
-    fn use_cvc(
-        &self,
-        use_id: &str,
-        expires_at_ms: i64,
-        now_ms: i64,
-    ) -> std::result::Result<(), ApiError> {
-        let sql = self.sql();
-        sql.exec(
-            "DELETE FROM cvc_uses WHERE expires_ms < ?",
-            Some(vec![(now_ms as f64).into()]),
-        )
-        .map_err(super::http::internal)?;
-        #[derive(Deserialize)]
-        struct N {
-            n: i64,
-        }
-        let seen: Vec<N> = sql
-            .exec(
-                "SELECT COUNT(*) AS n FROM cvc_uses WHERE use_id = ?",
-                Some(vec![use_id.into()]),
-            )
-            .and_then(|c| c.to_array())
-            .map_err(super::http::internal)?;
-        if seen.first().map(|r| r.n).unwrap_or(0) > 0 {
-            return Err(crate::vault::VaultError::CvcAlreadyUsed.to_api());
-        }
-        sql.exec(
-            "INSERT INTO cvc_uses (use_id, expires_ms) VALUES (?, ?)",
-            Some(vec![use_id.into(), (expires_at_ms as f64).into()]),
-        )
-        .map_err(super::http::internal)?;
         Ok(())
     }
 
@@ -891,7 +779,9 @@ impl EventObject {
                 } => AcquirerResult::Unavailable,
                 AuthorizeOutcome::Invalid { code, .. } => AcquirerResult::Declined { reason: code },
             },
-            Err(NoAnswer::Timeout) | Err(NoAnswer::Network) => AcquirerResult::Unavailable,
+            Err(NoAnswer::Timeout) | Err(NoAnswer::Network) | Err(NoAnswer::Refused) => {
+                AcquirerResult::Unavailable
+            }
         };
         let outcome = match &result {
             AcquirerResult::Approved { .. } => "approved",
@@ -1213,10 +1103,16 @@ impl EventObject {
         let rest = path.trim_start_matches("/handover/");
         let (sid, op) = rest.split_once('/').unwrap_or((rest, ""));
         let now_ms = now();
+        // Read any body first: from loading the session to saving it there is no await, so
+        // two claims cannot both see it open.
+        let body: serde_json::Value = if method == "POST" || method == "PUT" {
+            super::http::body_json(&mut req).await?
+        } else {
+            serde_json::Value::Null
+        };
         if method == "PUT" && op.is_empty() {
-            let v: serde_json::Value = super::http::body_json(&mut req).await?;
-            self.save_session(sid, &v)?;
-            return super::http::json(201, &v);
+            self.save_session(sid, &body)?;
+            return super::http::json(201, &body);
         }
         let mut session = self
             .load_session(sid)?
@@ -1235,12 +1131,16 @@ impl EventObject {
                 Response::from_websocket(pair.client).map_err(super::http::internal)
             }
             ("POST", "claim") => {
-                let order: serde_json::Value = super::http::body_json(&mut req).await?;
+                let order = &body;
                 let status = session["status"].as_str().unwrap_or("");
                 let stale_claim = status == "paying"
                     && session["claimed_ms"].as_i64().unwrap_or(0) + 180_000 < now_ms;
+                // The same checkout (same key) again: it continues, or replays its answer.
+                let same =
+                    order["order_key"].is_string() && session["order_key"] == order["order_key"];
                 match status {
                     "open" => {}
+                    "paying" | "paid" if same => return super::http::json(200, &session),
                     "paying" if stale_claim => {}
                     "paid" => {
                         return Err(ApiError::new(
@@ -1271,7 +1171,6 @@ impl EventObject {
                 super::http::json(200, &session)
             }
             ("POST", "settle") => {
-                let body: serde_json::Value = super::http::body_json(&mut req).await?;
                 let paid = body["paid"].as_bool().unwrap_or(false);
                 session["status"] = if paid { "paid" } else { "open" }.into();
                 if paid {
@@ -1336,24 +1235,15 @@ impl EventObject {
                 let s = self.ledger.borrow().as_ref().map(|l| l.summary(now()));
                 super::http::json(200, &s)
             }
-            ("POST", "/cvc-use") => {
-                #[derive(Deserialize)]
-                struct U {
-                    use_id: String,
-                    expires_at_ms: i64,
-                    now_ms: i64,
-                }
-                let u: U = super::http::body_json(&mut req).await?;
-                self.use_cvc(&u.use_id, u.expires_at_ms, u.now_ms)?;
-                super::http::json(201, &serde_json::json!({"used": true}))
-            }
             ("POST", "/checkout/begin") => {
-                let b: BeginBody = super::http::body_json(&mut req).await?;
-                super::http::json(200, &self.checkout_begin(b).await)
+                let b: BeginRequest = super::http::body_json(&mut req).await?;
+                let a = self.checkout_step(|cx| object_side::begin(cx, b)).await?;
+                super::http::json(200, &a)
             }
             ("POST", "/checkout/finish") => {
-                let b: FinishBody = super::http::body_json(&mut req).await?;
-                super::http::json(200, &self.checkout_finish(b).await)
+                let b: FinishRequest = super::http::body_json(&mut req).await?;
+                let a = self.checkout_step(|cx| object_side::finish(cx, b)).await?;
+                super::http::json(200, &a)
             }
             ("GET", p) if p.starts_with("/order/") => {
                 let id = p.trim_start_matches("/order/");

@@ -2,37 +2,31 @@
 //! public routes (event card, quote, checkout) and receipts. Everything that must not be
 //! lost or happen twice goes through the event's Durable Object (`event_object.rs`).
 
-use super::acquirer_io::{lane_secret, send, NoAnswer};
 use super::http::{env_string, internal, json, random, Ctx};
 use super::merchants::Principal;
-use crate::acquirer::{self, AuthorizeOutcome, AuthorizeRequest};
+use crate::checkout::request::{policy_category, quote_cart, CartItem};
+use crate::checkout::Answer;
 use crate::error::ApiError;
 use crate::ledger::{
-    self, Category as SkuCategory, Command, EventConfig, IdempotencyBegin, LineRequest,
-    OfflineBudget, Order, QueueAuth, QueueConfig, QueueMode, Reply, SealedCard, Sku,
+    self, Command, EventConfig, OfflineBudget, Order, QueueConfig, QueueMode, Reply, Sku,
 };
 use crate::money::{Currency, MinorUnits};
 use crate::policy::{BuyerField, Category as PolicyCategory, LoadedBundle};
-use crate::quote::{self, Quote, QuoteItem};
-use crate::receipt::{self, CardSummary, Receipt, ReceiptKeys, ReceiptStatus};
-use crate::routing::{Mode, Outcome as RouteOutcome, RetryReason, Router, Signals};
-use crate::vault;
+use crate::receipt::{self, ReceiptKeys};
+use crate::routing::Router;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Stub};
 
 /// How long an isolate trusts a cached event configuration.
 const CONFIG_TTL_MS: i64 = 5_000;
-/// How long a checkout holds stock while it talks to the acquirer.
-const HOLD_MS: i64 = 120_000;
 
 thread_local! {
     static CONFIGS: RefCell<HashMap<String, (Arc<EventConfig>, i64)>> = RefCell::new(HashMap::new());
     static ROUTER: RefCell<Option<(String, Router)>> = const { RefCell::new(None) };
-    static IN_FLIGHT: Cell<u32> = const { Cell::new(0) };
     static DEPTH: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
 }
 
@@ -147,7 +141,12 @@ async fn commands(
     Ok((results, r.queue_depth))
 }
 
-async fn one(env: &Env, event_id: &str, now_ms: i64, cmd: Command) -> Result<Reply, ApiError> {
+pub(super) async fn one(
+    env: &Env,
+    event_id: &str,
+    now_ms: i64,
+    cmd: Command,
+) -> Result<Reply, ApiError> {
     let (mut results, _) = commands(env, event_id, now_ms, vec![cmd]).await?;
     results.pop().unwrap_or_else(|| {
         Err(ApiError::new(503, "temporarily_unavailable", "No reply from the event.").retryable())
@@ -259,6 +258,7 @@ pub async fn create(
         aggregate_max: limits.per_event_cap,
         per_card_max_count: 3,
         per_card_window_ms: 3_600_000,
+        unknown_max: None,
     });
     if offline.per_transaction_max > limits.per_transaction_cap
         || offline.aggregate_max > limits.per_event_cap
@@ -476,15 +476,7 @@ pub async fn refund(
 
 // ------------------------------------------------------------------ public routes
 
-fn policy_category(c: SkuCategory) -> PolicyCategory {
-    match c {
-        SkuCategory::Ticket => PolicyCategory::Admission,
-        SkuCategory::Merchandise => PolicyCategory::Merchandise,
-        SkuCategory::FoodDrink => PolicyCategory::FoodAndDrink,
-    }
-}
-
-async fn bundle_of(env: &Env, c: &EventConfig, now_ms: i64) -> Arc<LoadedBundle> {
+pub(super) async fn bundle_of(env: &Env, c: &EventConfig, now_ms: i64) -> Arc<LoadedBundle> {
     let pin = c.policy_revision.as_deref().and_then(|r| r.parse().ok());
     super::policy::bundle_for(env, &c.jurisdiction, pin, now_ms).await
 }
@@ -544,47 +536,10 @@ pub async fn public(env: &Env, ctx: &Ctx, event_id: &str) -> Result<Response, Ap
     )
 }
 
-#[derive(Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct CartItem {
-    sku: String,
-    quantity: u32,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuoteBody {
     items: Vec<CartItem>,
-}
-
-fn quote_for(
-    c: &EventConfig,
-    bundle: &LoadedBundle,
-    items: &[CartItem],
-    now_ms: i64,
-) -> Result<Quote, ApiError> {
-    let mut q = Vec::with_capacity(items.len());
-    for i in items {
-        let sku = c.skus.iter().find(|s| s.id == i.sku).ok_or_else(|| {
-            ApiError::new(
-                422,
-                "unknown_sku",
-                format!(
-                    "This event sells no item {:?}.",
-                    i.sku.chars().take(40).collect::<String>()
-                ),
-            )
-        })?;
-        q.push(QuoteItem {
-            sku: sku.id.clone(),
-            name: sku.name.clone(),
-            category: policy_category(sku.category),
-            unit_price: sku.price,
-            quantity: i.quantity,
-            age_restricted: false,
-        });
-    }
-    quote::quote_in(&q, bundle, Some(c.currency), now_ms).map_err(|e| e.to_api())
 }
 
 /// `POST /v1/events/{id}/quote`.
@@ -596,41 +551,10 @@ pub async fn quote_route(
 ) -> Result<Response, ApiError> {
     let c = config(env, event_id, ctx.now_ms).await?;
     let bundle = bundle_of(env, &c, ctx.now_ms).await;
-    json(200, &quote_for(&c, &bundle, &body.items, ctx.now_ms)?)
+    json(200, &quote_cart(&c, &bundle, &body.items, ctx.now_ms)?)
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct Buyer {
-    #[serde(default)]
-    email: Option<String>,
-    #[serde(default)]
-    age_confirmed: bool,
-    #[serde(default)]
-    consent_accepted: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckoutBody {
-    items: Vec<CartItem>,
-    token: String,
-    #[serde(default)]
-    cvc_token: Option<String>,
-    #[serde(default)]
-    buyer: Buyer,
-    #[serde(default)]
-    admission_ticket: Option<String>,
-    /// `prefer_online` (default: queue offline when the acquirer is unavailable) or
-    /// `require_online` (never queue).
-    #[serde(default)]
-    mode: Option<String>,
-    /// Pays a staff terminal's handover session (its items win over `items`).
-    #[serde(default)]
-    handover_session: Option<String>,
-}
-
-fn router_with<R>(env: &Env, f: impl FnOnce(&mut Router) -> R) -> Result<R, ApiError> {
+pub(super) fn router_with<R>(env: &Env, f: impl FnOnce(&mut Router) -> R) -> Result<R, ApiError> {
     let lanes = env_string(env, "LANES").unwrap_or_else(|| "[]".into());
     let tuning = env_string(env, "ROUTING_TUNING");
     let key = format!("{lanes}|{}", tuning.as_deref().unwrap_or(""));
@@ -671,433 +595,6 @@ pub fn reset_routing(env: &Env, ctx: &Ctx) -> Result<Response, ApiError> {
     routing_snapshot(env, ctx)
 }
 
-/// `POST /v1/events/{id}/checkout`: validate, quote, hold, authorize (or queue), receipt.
-pub async fn checkout(
-    env: &Env,
-    ctx: &Ctx,
-    event_id: &str,
-    idem_key: Option<String>,
-    origin: Option<String>,
-    raw_body: String,
-) -> Result<Response, ApiError> {
-    let c = config(env, event_id, ctx.now_ms).await?;
-    let cors = cors_origin(&c, origin.as_deref(), &ctx.self_origin)?;
-    let mut body: CheckoutBody = super::http::parse_json_body(&raw_body)?;
-    if let Some(sid) = body.handover_session.clone() {
-        let session = handover_session(env, &sid).await?;
-        if session["event_id"].as_str() != Some(event_id) {
-            return Err(ApiError::not_found("handover session"));
-        }
-        body.items = serde_json::from_value(session["items"].clone()).unwrap_or_default();
-        let claim = serde_json::json!({"order_key": idem_key.clone()}).to_string();
-        call(
-            env,
-            event_id,
-            Method::Post,
-            &format!("/handover/{sid}/claim"),
-            Some(claim),
-        )
-        .await?;
-        let result = checkout_body(env, ctx, &c, idem_key, &raw_body, body).await;
-        let settle = match &result {
-            Ok((status, v)) if *status < 300 => {
-                serde_json::json!({"paid": true, "receipt_url": v["receipt_url"], "payment_status": v["status"], "order_id": v["order_id"]})
-            }
-            _ => serde_json::json!({"paid": false}),
-        };
-        call(
-            env,
-            event_id,
-            Method::Post,
-            &format!("/handover/{sid}/settle"),
-            Some(settle.to_string()),
-        )
-        .await?;
-        return respond_checkout(result?, cors);
-    }
-    let result = checkout_body(env, ctx, &c, idem_key, &raw_body, body).await?;
-    respond_checkout(result, cors)
-}
-
-fn respond_checkout(
-    (status, body): (u16, serde_json::Value),
-    cors: Option<String>,
-) -> Result<Response, ApiError> {
-    let replayed = body.get("_replayed").is_some();
-    let mut body = body;
-    let mut timing = None;
-    if let Some(o) = body.as_object_mut() {
-        o.remove("_replayed");
-        timing = o.remove("_server_timing");
-    }
-    let routing = body["routing"].as_str().map(str::to_string);
-    let mut r = json(status, &body)?;
-    if let Some(reason) = routing {
-        r.headers_mut()
-            .set("X-Poptill-Routing", &reason)
-            .map_err(internal)?;
-    }
-    if replayed {
-        r.headers_mut()
-            .set("Idempotent-Replayed", "true")
-            .map_err(internal)?;
-    }
-    if let Some(t) = timing.as_ref().and_then(|t| t.as_str()) {
-        r.headers_mut().set("Server-Timing", t).map_err(internal)?;
-    }
-    with_cors(r, cors)
-}
-
-/// Where one checkout's time went, for its `Server-Timing` header: the calls to the event's
-/// object and to the acquirer (count and wall time; the clock advances across I/O).
-#[derive(Default)]
-struct Trace {
-    event_calls: Cell<u32>,
-    event_ms: Cell<i64>,
-    acquirer_calls: Cell<u32>,
-    acquirer_ms: Cell<i64>,
-}
-
-impl Trace {
-    fn now() -> i64 {
-        worker::Date::now().as_millis() as i64
-    }
-
-    async fn event<T>(&self, f: impl std::future::Future<Output = T>) -> T {
-        let t0 = Trace::now();
-        let out = f.await;
-        self.event_calls.set(self.event_calls.get() + 1);
-        self.event_ms.set(self.event_ms.get() + (Trace::now() - t0));
-        out
-    }
-
-    fn header(&self, total_ms: i64) -> String {
-        let plural = |n: u32| if n == 1 { "call" } else { "calls" };
-        format!(
-            "event;dur={};desc=\"{} {}\", acquirer;dur={};desc=\"{} {}\", total;dur={}",
-            self.event_ms.get(),
-            self.event_calls.get(),
-            plural(self.event_calls.get()),
-            self.acquirer_ms.get(),
-            self.acquirer_calls.get(),
-            plural(self.acquirer_calls.get()),
-            total_ms
-        )
-    }
-}
-
-/// Everything a checkout works out before touching the event's object: the quote under
-/// the policy, the buyer's answers to its prompts, the card (detokenized in this PoP), the
-/// single-use CVC, and the routing plan.
-struct Prepared {
-    bundle: Arc<LoadedBundle>,
-    quote: Quote,
-    card: crate::card::Card,
-    cvc: Option<crate::secret::Secret<String>>,
-    cvc_use: Option<serde_json::Value>,
-    order_id: String,
-    decision: crate::routing::RoutingDecision,
-    first_lane: String,
-}
-
-/// The checkout: two calls to the event's object whatever happens (`/checkout/begin`:
-/// idempotency, CVC, stock hold; `/checkout/finish`: outcome, signed receipt, stored
-/// answer), with the acquirer in between.
-async fn checkout_body(
-    env: &Env,
-    ctx: &Ctx,
-    c: &EventConfig,
-    idem_key: Option<String>,
-    raw_body: &str,
-    body: CheckoutBody,
-) -> Result<(u16, serde_json::Value), ApiError> {
-    let trace = Trace::default();
-    let t0 = Trace::now();
-    let mut out = checkout_traced(env, ctx, c, idem_key, raw_body, body, &trace).await;
-    if let Ok((_, b)) = &mut out {
-        b["_server_timing"] = trace.header(Trace::now() - t0).into();
-    }
-    out
-}
-
-async fn checkout_traced(
-    env: &Env,
-    ctx: &Ctx,
-    c: &EventConfig,
-    idem_key: Option<String>,
-    raw_body: &str,
-    body: CheckoutBody,
-    tr: &Trace,
-) -> Result<(u16, serde_json::Value), ApiError> {
-    let event_id = c.event_id.as_str();
-    let body_hash = hex::encode(Sha256::digest(raw_body.as_bytes()));
-    let idem_key = match idem_key {
-        Some(k) if !k.is_empty() && k.len() <= 200 && k.chars().all(|ch| ch.is_ascii_graphic()) => {
-            k
-        }
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_idempotency_key",
-                "Idempotency-Key is 1 to 200 printable ASCII characters.",
-            ))
-        }
-        None => format!("auto_{}", hex::encode(random::<12>()?)),
-    };
-    let key = format!(
-        "co_{}",
-        &hex::encode(Sha256::digest(idem_key.as_bytes()))[..32]
-    );
-    let prep = prepare(env, ctx, c, &body).await;
-    if let Ok(p) = &prep {
-        if p.decision.mode == Mode::Reject {
-            // Shed before any storage work; a retry with the same key is answered normally.
-            return Err(ApiError::new(
-                429,
-                "overloaded",
-                "The checkout is very busy right now; try again in a few seconds.",
-            )
-            .retryable());
-        }
-    }
-    let hold = prep.as_ref().ok().map(|p| Command::Hold {
-        order_id: p.order_id.clone(),
-        lines: body
-            .items
-            .iter()
-            .map(|i| LineRequest {
-                sku: i.sku.clone(),
-                qty: i.quantity,
-            })
-            .collect(),
-        expires_ms: ctx.now_ms + HOLD_MS,
-        buyer_email: body.buyer.email.clone(),
-        lane: p.first_lane.clone(),
-        admission_ticket: body.admission_ticket.clone(),
-        charge_total: Some(p.quote.total),
-    });
-    // When the plan already says "store it" (every lane slow or down), the whole checkout
-    // is one call: the object holds, stores the payment, signs the receipt and keeps the
-    // answer, or refuses and undoes it all.
-    let mut then = serde_json::Value::Null;
-    if let Ok(p) = &prep {
-        let require_online = body.mode.as_deref() == Some("require_online");
-        if p.decision.mode == Mode::QueueOffline
-            && offline_refusal(require_online, &p.bundle.bundle.offline).is_none()
-        {
-            let mut routing = p.decision.reason.clone();
-            let parts = (
-                p.bundle.as_ref(),
-                &p.quote,
-                &p.card,
-                None,
-                p.order_id.as_str(),
-                p.first_lane.as_str(),
-            );
-            if let Ok((cmd, receipt, answer)) =
-                stored_payment(env, ctx, c, parts, &mut routing, None, ctx.now_ms, tr).await
-            {
-                then = serde_json::json!({
-                    "command": cmd, "receipt": receipt,
-                    "complete": stored_answer(201, answer),
-                });
-            }
-        }
-    }
-    let begin = serde_json::json!({
-        "now_ms": ctx.now_ms, "key": key, "body_hash": body_hash,
-        "cvc_use": prep.as_ref().ok().and_then(|p| p.cvc_use.clone()), "hold": hold,
-        "then": then,
-    });
-    let (_, text) = tr
-        .event(call(
-            env,
-            event_id,
-            Method::Post,
-            "/checkout/begin",
-            Some(begin.to_string()),
-        ))
-        .await?;
-    let begun: serde_json::Value = serde_json::from_str(&text).map_err(|_| unreadable())?;
-    if let Some(d) = begun["queue_depth"].as_u64() {
-        DEPTH.with(|m| {
-            m.borrow_mut()
-                .insert(event_id.to_string(), u32::try_from(d).unwrap_or(u32::MAX))
-        });
-    }
-    match decode_result(&begun["begin"])? {
-        Reply::Idempotency {
-            result: IdempotencyBegin::New,
-        } => {}
-        Reply::Idempotency {
-            result: IdempotencyBegin::Replay { response },
-        } => {
-            let stored: serde_json::Value = serde_json::from_str(&response).unwrap_or_default();
-            let status = stored["status_code"].as_u64().unwrap_or(200) as u16;
-            let mut b = stored["body"].clone();
-            b["_replayed"] = true.into();
-            return Ok((status, b));
-        }
-        Reply::Idempotency { result } => {
-            return Err(result.as_error().unwrap_or_else(|| {
-                ApiError::new(
-                    409,
-                    "idempotency_conflict",
-                    "This Idempotency-Key is in use.",
-                )
-            }));
-        }
-        _ => return Err(unreadable()),
-    }
-    let spent_cvc = match (&prep, begun.get("cvc_error")) {
-        (Ok(p), None) => p
-            .cvc_use
-            .as_ref()
-            .and_then(|u| u["use_id"].as_str().map(str::to_string)),
-        _ => None,
-    };
-    let failed = match (prep, begun.get("cvc_error")) {
-        (Err(e), _) => e,
-        (Ok(_), Some(e)) => decode_error(
-            e["status"].as_u64().unwrap_or(409) as u16,
-            &serde_json::json!({ "error": e }).to_string(),
-        ),
-        (Ok(p), None) => match (decode_result(&begun["hold"]), begun.get("finish")) {
-            (Ok(_), None) => return pay(env, ctx, c, &body, p, &key, tr).await,
-            // Stored in the same call; or refused, and the object undid the hold and the key.
-            (Ok(_), Some(f)) => {
-                return match finish_answer(f) {
-                    Ok(Some(answer)) => {
-                        super::telemetry::queued(ctx, event_id, &p.first_lane, &p.bundle, &p.quote);
-                        Ok(answer)
-                    }
-                    Ok(None) => Err(budget_refusal(&unreadable())),
-                    Err(e) => Err(budget_refusal(&e)),
-                };
-            }
-            (Err(e), _) => e,
-        },
-    };
-    // Failed before any payment: keep the answer for replays, or forget the key when the
-    // client should simply retry.
-    let complete = if failed.retryable || failed.status >= 500 {
-        serde_json::json!({"kind": "abandon", "release_cvc": spent_cvc})
-    } else {
-        stored_answer(failed.status, failed.body())
-    };
-    let _ = finish_call(env, event_id, ctx.now_ms, &key, None, None, complete, tr).await;
-    if failed.retryable || failed.status >= 500 {
-        return Err(failed);
-    }
-    Ok((failed.status, failed.body()))
-}
-
-fn unreadable() -> ApiError {
-    ApiError::new(
-        503,
-        "temporarily_unavailable",
-        "The event answered unreadably.",
-    )
-    .retryable()
-}
-
-/// Decodes one `{"ok": reply}` / `{"error": .., "status": ..}` result from the object.
-fn decode_result(v: &serde_json::Value) -> Result<Reply, ApiError> {
-    if let Some(ok) = v.get("ok") {
-        serde_json::from_value::<Reply>(ok.clone()).map_err(|_| unreadable())
-    } else if v.get("error").is_some() {
-        let status = v.get("status").and_then(|s| s.as_u64()).unwrap_or(400) as u16;
-        Err(decode_error(
-            status,
-            &serde_json::json!({"error": v.get("error")}).to_string(),
-        ))
-    } else {
-        Err(unreadable())
-    }
-}
-
-/// The checkout's second call; returns the stored answer (`None` when abandoned).
-#[allow(clippy::too_many_arguments)]
-async fn finish_call(
-    env: &Env,
-    event_id: &str,
-    now_ms: i64,
-    key: &str,
-    command: Option<Command>,
-    receipt: Option<Receipt>,
-    complete: serde_json::Value,
-    tr: &Trace,
-) -> Result<Option<(u16, serde_json::Value)>, ApiError> {
-    let body = serde_json::json!({
-        "now_ms": now_ms, "key": key, "command": command, "receipt": receipt, "complete": complete,
-    });
-    let (_, text) = tr
-        .event(call(
-            env,
-            event_id,
-            Method::Post,
-            "/checkout/finish",
-            Some(body.to_string()),
-        ))
-        .await?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|_| unreadable())?;
-    finish_answer(&v)
-}
-
-/// Decodes a finish result (`/checkout/finish`, or the `finish` of a one-call
-/// `/checkout/begin`): the stored answer, `None` when the key was abandoned, or the error.
-fn finish_answer(v: &serde_json::Value) -> Result<Option<(u16, serde_json::Value)>, ApiError> {
-    let Some(ok) = v.get("ok") else {
-        return Err(decode_result(v).err().unwrap_or_else(unreadable));
-    };
-    let answer = &ok["answer"];
-    if answer.is_null() {
-        return Ok(None);
-    }
-    let status = answer["status_code"].as_u64().unwrap_or(200) as u16;
-    Ok(Some((status, answer["body"].clone())))
-}
-
-/// How a finish call closes the idempotency record: keep this answer for replays.
-fn stored_answer(status: u16, body: serde_json::Value) -> serde_json::Value {
-    serde_json::json!({"kind": "answer", "status_code": status, "body": body})
-}
-
-/// A declined payment's finish call: release the stock and keep the 402 answer.
-/// `(code, message, release_reason)`: what the buyer is told, and why the ledger releases.
-#[allow(clippy::too_many_arguments)]
-async fn finish_declined(
-    env: &Env,
-    event_id: &str,
-    now_ms: i64,
-    key: &str,
-    order_id: &str,
-    routing: &str,
-    (code, message, release_reason): (&str, &str, &str),
-    tr: &Trace,
-) -> Result<Option<(u16, serde_json::Value)>, ApiError> {
-    let body = serde_json::json!({
-        "status": "declined", "order_id": order_id, "routing": routing,
-        "decline": {"code": code, "message": message},
-        "error": {"code": code, "message": message, "retryable": false},
-        "message": message,
-    });
-    let release = Command::Release {
-        order_id: order_id.to_string(),
-        reason: release_reason.to_string(),
-    };
-    finish_call(
-        env,
-        event_id,
-        now_ms,
-        key,
-        Some(release),
-        None,
-        stored_answer(402, body),
-        tr,
-    )
-    .await
-}
-
 pub fn with_cors(mut r: Response, origin: Option<String>) -> Result<Response, ApiError> {
     if let Some(o) = origin {
         let h = r.headers_mut();
@@ -1112,529 +609,6 @@ pub fn with_cors(mut r: Response, origin: Option<String>) -> Result<Response, Ap
     Ok(r)
 }
 
-/// Quote, prompts, card and CVC, routing plan: no storage writes.
-async fn prepare(
-    env: &Env,
-    ctx: &Ctx,
-    c: &EventConfig,
-    body: &CheckoutBody,
-) -> Result<Prepared, ApiError> {
-    let event_id = c.event_id.as_str();
-    let bundle = bundle_of(env, c, ctx.now_ms).await;
-    let quote = quote_for(c, &bundle, &body.items, ctx.now_ms)?;
-    let prompts = &quote.prompts;
-    if let Some(gate) = &prompts.age_gate {
-        if !body.buyer.age_confirmed {
-            return Err(ApiError::new(
-                422,
-                "age_confirmation_required",
-                format!(
-                    "The buyer must confirm being at least {} years old.",
-                    gate.min_age
-                ),
-            ));
-        }
-    }
-    if !prompts.consent.is_empty() && !body.buyer.consent_accepted {
-        return Err(ApiError::new(
-            422,
-            "consent_required",
-            "The buyer must accept the consent text shown at checkout.",
-        ));
-    }
-    if prompts.buyer_fields.contains(&BuyerField::Email)
-        && body.buyer.email.as_deref().unwrap_or("").is_empty()
-    {
-        return Err(ApiError::new(
-            422,
-            "email_required",
-            "An e-mail address is needed here for the receipt.",
-        ));
-    }
-    let binding = super::vault::binding(&c.merchant_id, event_id);
-    let card = super::vault::detokenize(env, &body.token, &binding, ctx.now_ms).await?;
-    let (cvc, cvc_use) = match &body.cvc_token {
-        Some(cvt) => {
-            let key = super::vault::key_for_token(env, cvt, ctx.now_ms).await?;
-            let opened =
-                vault::detokenize_cvc(cvt, &body.token, &binding, |_| key.as_ref(), ctx.now_ms)
-                    .map_err(|e| e.to_api())?;
-            let use_body =
-                serde_json::json!({"use_id": opened.use_id, "expires_at_ms": opened.expires_at_ms});
-            (Some(opened.cvc), Some(use_body))
-        }
-        None => (None, None),
-    };
-    let order_id = format!("ord_{}", hex::encode(random::<8>()?));
-    let depth_probe = DEPTH.with(|d| d.borrow().get(event_id).copied().unwrap_or(0));
-    let in_flight = IN_FLIGHT.with(|f| f.get());
-    let decision = router_with(env, |r| {
-        r.plan(
-            ctx.now_ms,
-            Signals {
-                queue_depth: depth_probe,
-                requests_in_flight: in_flight,
-                amount_minor: quote.total.0,
-                require_online: body.mode.as_deref() == Some("require_online")
-                    || quote.total.0
-                        > c.offline
-                            .per_transaction_max
-                            .0
-                            .min(bundle.bundle.offline.per_transaction_cap.0),
-            },
-        )
-    })?;
-    let first_lane = decision
-        .lanes_in_order
-        .first()
-        .map(|a| a.lane_name.clone())
-        .unwrap_or_else(|| {
-            router_with(env, |r| {
-                r.snapshot(ctx.now_ms)
-                    .lanes
-                    .first()
-                    .map(|l| l.name.clone())
-                    .unwrap_or_default()
-            })
-            .unwrap_or_default()
-        });
-    Ok(Prepared {
-        bundle,
-        quote,
-        card,
-        cvc,
-        cvc_use,
-        order_id,
-        decision,
-        first_lane,
-    })
-}
-
-/// After the hold: authorize on the planned lanes, or queue offline, and finish. Any
-/// failure here releases the stock and frees the idempotency key.
-async fn pay(
-    env: &Env,
-    ctx: &Ctx,
-    c: &EventConfig,
-    body: &CheckoutBody,
-    p: Prepared,
-    key: &str,
-    tr: &Trace,
-) -> Result<(u16, serde_json::Value), ApiError> {
-    let order_id = p.order_id.clone();
-    let cvc_use = p
-        .cvc_use
-        .as_ref()
-        .and_then(|u| u["use_id"].as_str().map(str::to_string));
-    match pay_inner(env, ctx, c, body, p, key, tr).await {
-        Ok(answer) => Ok(answer),
-        Err((e, released)) => {
-            let now = worker::Date::now().as_millis() as i64;
-            let release = (!released).then(|| Command::Release {
-                order_id,
-                reason: e.code.to_string(),
-            });
-            let _ = finish_call(
-                env,
-                &c.event_id,
-                now,
-                key,
-                release,
-                None,
-                // The client may retry at once with the same body: give its CVC back.
-                serde_json::json!({"kind": "abandon", "release_cvc": cvc_use}),
-                tr,
-            )
-            .await;
-            Err(e)
-        }
-    }
-}
-
-/// `Err((error, stock_already_released))`.
-async fn pay_inner(
-    env: &Env,
-    ctx: &Ctx,
-    c: &EventConfig,
-    body: &CheckoutBody,
-    p: Prepared,
-    key: &str,
-    tr: &Trace,
-) -> Result<(u16, serde_json::Value), (ApiError, bool)> {
-    let event_id = c.event_id.as_str();
-    let Prepared {
-        bundle,
-        quote,
-        card,
-        cvc,
-        order_id,
-        decision,
-        first_lane,
-        ..
-    } = p;
-    let fail = |e: ApiError| (e, false);
-    let mut routing = decision.reason.clone();
-    // The lane of an attempt the acquirer may have acted on without telling us.
-    let mut unknown_on: Option<String> = None;
-    let finished = |r: Result<Option<(u16, serde_json::Value)>, ApiError>| match r {
-        Ok(Some(a)) => Ok(a),
-        Ok(None) => Err((unreadable(), true)),
-        Err(e) => Err((e, false)),
-    };
-    if decision.mode == Mode::Online {
-        for (i, attempt) in decision.lanes_in_order.iter().enumerate() {
-            let now = worker::Date::now().as_millis() as i64;
-            let Some(timeout) = decision.attempt_timeout_ms(i, now) else {
-                break;
-            };
-            let Some(permit) = router_with(env, |r| r.acquire(attempt, now)).map_err(fail)? else {
-                routing.push_str(&format!("; {} over limit", attempt.lane_name));
-                continue;
-            };
-            let lane = router_with(env, |r| r.lane_config(attempt.lane).cloned()).map_err(fail)?;
-            let Some(lane) = lane else { continue };
-            let call = acquirer::build_authorize(
-                &lane.base_url,
-                &lane_secret(env, &lane),
-                &AuthorizeRequest {
-                    amount: quote.total,
-                    currency: c.currency,
-                    card_number: card.number().clone(),
-                    exp_month: card.exp_month,
-                    exp_year: card.exp_year,
-                    cvc: cvc.clone(),
-                    idempotency_key: format!("{order_id}_online"),
-                    order_id: order_id.clone(),
-                    event_id: event_id.to_string(),
-                    capture: true,
-                },
-            )
-            .map_err(|e| fail(e.to_api()))?;
-            IN_FLIGHT.with(|f| f.set(f.get() + 1));
-            let sent = send(&call, u64::from(timeout)).await;
-            tr.acquirer_calls.set(tr.acquirer_calls.get() + 1);
-            tr.acquirer_ms
-                .set(tr.acquirer_ms.get() + (Trace::now() - now));
-            IN_FLIGHT.with(|f| f.set(f.get().saturating_sub(1)));
-            let done = worker::Date::now().as_millis() as i64;
-            let rtt = u32::try_from((done - now).max(0)).unwrap_or(u32::MAX);
-            let outcome = match &sent {
-                Ok((status, text)) => acquirer::parse_authorize(*status, text),
-                Err(NoAnswer::Timeout) => AuthorizeOutcome::Retryable {
-                    reason: "timeout".into(),
-                    new_attempt: false,
-                },
-                Err(NoAnswer::Network) => AuthorizeOutcome::Retryable {
-                    reason: "connection refused".into(),
-                    new_attempt: false,
-                },
-            };
-            let route_outcome = match &outcome {
-                AuthorizeOutcome::Approved { .. } => RouteOutcome::Ok,
-                AuthorizeOutcome::Declined { .. } | AuthorizeOutcome::Invalid { .. } => {
-                    RouteOutcome::Declined
-                }
-                AuthorizeOutcome::Retryable { .. } => RouteOutcome::Retryable(match sent {
-                    Err(NoAnswer::Timeout) => RetryReason::Timeout,
-                    Err(NoAnswer::Network) => RetryReason::ConnectionRefused,
-                    Ok((429, _)) => RetryReason::RateLimited,
-                    Ok(_) => RetryReason::ServerError,
-                }),
-            };
-            // Did the acquirer perhaps act on it? A timeout or a 5xx after sending may hide a
-            // charge; a refused connection or a 429 did not reach (or was not processed).
-            let unknown_outcome = matches!(sent, Err(NoAnswer::Timeout))
-                || matches!(&sent, Ok((status, _)) if *status >= 500);
-            router_with(env, |r| r.on_complete(permit, rtt, route_outcome, done)).map_err(fail)?;
-            match outcome {
-                AuthorizeOutcome::Approved {
-                    payment_intent_id, ..
-                } => {
-                    routing.push_str(&format!("; approved on {}", lane.name));
-                    super::telemetry::approved(ctx, event_id, &lane.name, &bundle, &quote);
-                    let (receipt, body) = receipt_and_answer(
-                        ctx,
-                        c,
-                        &bundle,
-                        &quote,
-                        &order_id,
-                        &card,
-                        ReceiptStatus::Approved,
-                        &lane.name,
-                        &routing,
-                        "Payment approved.",
-                    )
-                    .map_err(fail)?;
-                    let confirm = Command::Confirm {
-                        order_id: order_id.clone(),
-                        charge_id: payment_intent_id,
-                        lane: Some(lane.name.clone()),
-                    };
-                    return finished(
-                        finish_call(
-                            env,
-                            event_id,
-                            done,
-                            key,
-                            Some(confirm),
-                            Some(receipt),
-                            stored_answer(201, body),
-                            tr,
-                        )
-                        .await,
-                    );
-                }
-                AuthorizeOutcome::Declined {
-                    reason, message, ..
-                } => {
-                    routing.push_str(&format!("; declined on {}", lane.name));
-                    super::telemetry::declined(ctx, event_id, &lane.name, &bundle, reason.as_str());
-                    let code = reason.as_str();
-                    return finished(
-                        finish_declined(
-                            env,
-                            event_id,
-                            done,
-                            key,
-                            &order_id,
-                            &routing,
-                            (code, message, code),
-                            tr,
-                        )
-                        .await,
-                    );
-                }
-                AuthorizeOutcome::Invalid { code, .. } => {
-                    routing.push_str(&format!("; {} refused the request ({code})", lane.name));
-                    super::telemetry::declined(
-                        ctx,
-                        event_id,
-                        &lane.name,
-                        &bundle,
-                        "processing_error",
-                    );
-                    let msg = "The payment could not be processed. Try another card.";
-                    return finished(
-                        finish_declined(
-                            env,
-                            event_id,
-                            done,
-                            key,
-                            &order_id,
-                            &routing,
-                            ("processing_error", msg, &code),
-                            tr,
-                        )
-                        .await,
-                    );
-                }
-                AuthorizeOutcome::Retryable { reason, .. } => {
-                    routing.push_str(&format!("; {} {}", lane.name, reason));
-                    if unknown_outcome {
-                        // Never try another lane now: that could charge the card twice.
-                        // Complete this attempt later, same lane, same idempotency key.
-                        routing
-                            .push_str(&format!("; outcome unknown, completing on {}", lane.name));
-                        unknown_on = Some(lane.name.clone());
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    // Offline: the acquirer is unavailable (or the plan said so). Queue within the budget.
-    // Both refusals are 402s with `retryable: true`, like Stripe's `try_again_later`: the
-    // edge is healthy, the payment could not be made now, nothing was charged.
-    let require_online = body.mode.as_deref() == Some("require_online");
-    let limits = &bundle.bundle.offline;
-    let now = worker::Date::now().as_millis() as i64;
-    if unknown_on.is_none() {
-        if let Some(refusal) = offline_refusal(require_online, limits) {
-            return Err(fail(refusal));
-        }
-    }
-    let (queue, receipt, answer_body) = stored_payment(
-        env,
-        ctx,
-        c,
-        (&bundle, &quote, &card, cvc.as_ref(), &order_id, &first_lane),
-        &mut routing,
-        unknown_on.as_deref(),
-        now,
-        tr,
-    )
-    .await
-    .map_err(fail)?;
-    match finish_call(
-        env,
-        event_id,
-        now,
-        key,
-        Some(queue),
-        Some(receipt),
-        stored_answer(201, answer_body),
-        tr,
-    )
-    .await
-    {
-        Ok(Some(a)) => {
-            super::telemetry::queued(ctx, event_id, &first_lane, &bundle, &quote);
-            Ok(a)
-        }
-        Ok(None) => Err((unreadable(), true)),
-        Err(e) if e.status < 500 => Err((budget_refusal(&e), false)),
-        Err(e) => Err((e, false)),
-    }
-}
-
-/// Why a payment may not be stored offline here, if it may not.
-fn offline_refusal(
-    require_online: bool,
-    limits: &crate::policy::OfflineLimits,
-) -> Option<ApiError> {
-    if !require_online && limits.per_transaction_cap.0 > 0 {
-        return None;
-    }
-    let why = if require_online {
-        "online payment required"
-    } else {
-        "this place's policy allows no offline payments"
-    };
-    Some(ApiError::new(402, "acquirer_unavailable", format!("The card acquirer is not answering right now ({why}); nothing was charged. Try again in a minute.")).retryable())
-}
-
-/// The finish call's parts for a stored payment: the `QueueAuthorization`, the queued
-/// receipt and the answer. `unknown_on` names the lane of an online attempt whose outcome
-/// is unknown (the payment then completes that attempt, see `QueueAuth::resolves_attempt`).
-#[allow(clippy::too_many_arguments)]
-async fn stored_payment(
-    env: &Env,
-    ctx: &Ctx,
-    c: &EventConfig,
-    (bundle, quote, card, cvc, order_id, first_lane): (
-        &LoadedBundle,
-        &Quote,
-        &crate::card::Card,
-        Option<&crate::secret::Secret<String>>,
-        &str,
-        &str,
-    ),
-    routing: &mut String,
-    unknown_on: Option<&str>,
-    now: i64,
-    tr: &Trace,
-) -> Result<(Command, Receipt, serde_json::Value), ApiError> {
-    let event_id = c.event_id.as_str();
-    let limits = &bundle.bundle.offline;
-    let resolving = unknown_on.is_some();
-    let sf_key = sf_key(env, event_id, now, tr).await?;
-    let auth_id = format!("auth_{}", order_id.trim_start_matches("ord_"));
-    // Completing an attempt repeats it exactly, so its CVC is sealed with the card until
-    // the payment is final; a payment never sent is stored without the CVC.
-    let sealed = vault::seal_for_forwarding(
-        &sf_key,
-        event_id,
-        &auth_id,
-        card,
-        if resolving { cvc } else { None },
-        random::<12>()?,
-    )
-    .map_err(|e| e.to_api())?;
-    let (message, lane, idempotency_key, max_wait_ms) = match unknown_on {
-        Some(lane) => (
-            "The card acquirer did not confirm this payment in time. It is stored securely and will be confirmed with the acquirer automatically; it is never charged twice. Your receipt shows it as queued until then.",
-            lane.to_string(),
-            format!("{order_id}_online"),
-            ledger::MAX_OFFLINE_WAIT_MS,
-        ),
-        None => {
-            routing.push_str("; queued offline");
-            (
-                "Accepted offline: the card acquirer is not answering, so this payment is stored securely and will be charged automatically when it is back. Your receipt shows it as queued until then.",
-                first_lane.to_string(),
-                format!("{order_id}_queued"),
-                i64::try_from(limits.max_queue_age_secs)
-                    .unwrap_or(86_400)
-                    .saturating_mul(1000),
-            )
-        }
-    };
-    let (receipt, answer_body) = receipt_and_answer(
-        ctx,
-        c,
-        bundle,
-        quote,
-        order_id,
-        card,
-        ReceiptStatus::Queued,
-        &lane,
-        routing,
-        message,
-    )?;
-    let queue = Command::QueueAuthorization(QueueAuth {
-        auth_id,
-        order_id: order_id.to_string(),
-        amount: quote.total,
-        currency: c.currency,
-        card_fingerprint: vault::card_fingerprint(&sf_key, card),
-        sealed_card: SealedCard(sealed),
-        idempotency_key,
-        max_wait_ms,
-        lane: Some(lane),
-        resolves_attempt: resolving,
-    });
-    Ok((queue, receipt, answer_body))
-}
-
-fn budget_refusal(e: &ApiError) -> ApiError {
-    let mut err = ApiError::new(402, "offline_budget_exhausted", format!("The card acquirer is not answering and this event's offline limit is reached ({}); nothing was charged. Try again in a minute.", e.message)).retryable();
-    err.message.truncate(400);
-    err
-}
-
-thread_local! {
-    /// Each event's store-and-forward key, wrapped by the KEK, as its object keeps it.
-    static SF_KEYS: RefCell<HashMap<String, (String, i64)>> = RefCell::new(HashMap::new());
-}
-
-/// How long an isolate keeps an event's wrapped store-and-forward key.
-const SF_KEY_TTL_MS: i64 = 60_000;
-
-/// The event's store-and-forward key, unwrapped with the KEK (the wrapped form is cached
-/// per isolate, so a queued checkout does not cost a third call to the object).
-async fn sf_key(
-    env: &Env,
-    event_id: &str,
-    now_ms: i64,
-    tr: &Trace,
-) -> Result<crate::secret::Secret<[u8; 32]>, ApiError> {
-    let keks = super::vault::keks(env)?;
-    let cached = SF_KEYS.with(|m| {
-        m.borrow()
-            .get(event_id)
-            .filter(|(_, at)| now_ms - at < SF_KEY_TTL_MS)
-            .map(|(w, _)| w.clone())
-    });
-    if let Some(wrapped) = cached {
-        if let Ok(k) = vault::unwrap_sf_key(&keks, event_id, &wrapped) {
-            return Ok(k);
-        }
-    }
-    let (_, text) = tr
-        .event(call(env, event_id, Method::Get, "/sf-key", None))
-        .await?;
-    let wrapped = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v["wrapped"].as_str().map(str::to_string))
-        .unwrap_or_default();
-    let key = vault::unwrap_sf_key(&keks, event_id, &wrapped).map_err(|e| e.to_api())?;
-    SF_KEYS.with(|m| {
-        m.borrow_mut()
-            .insert(event_id.to_string(), (wrapped, now_ms))
-    });
-    Ok(key)
-}
-
 async fn fetch_order(env: &Env, event_id: &str, order_id: &str) -> Result<Order, ApiError> {
     let (_, text) = call(
         env,
@@ -1646,56 +620,6 @@ async fn fetch_order(env: &Env, event_id: &str, order_id: &str) -> Result<Order,
     .await?;
     serde_json::from_str(&text)
         .map_err(|_| ApiError::new(503, "temporarily_unavailable", "Order unreadable.").retryable())
-}
-
-/// The unsigned receipt (the object numbers and signs it) and the answer around it.
-#[allow(clippy::too_many_arguments)]
-fn receipt_and_answer(
-    ctx: &Ctx,
-    c: &EventConfig,
-    bundle: &LoadedBundle,
-    quote: &Quote,
-    order_id: &str,
-    card: &crate::card::Card,
-    status: ReceiptStatus,
-    lane: &str,
-    routing: &str,
-    message: &str,
-) -> Result<(Receipt, serde_json::Value), ApiError> {
-    let (lines, tax_breakdown, totals) = receipt::priced_from_quote(quote);
-    let receipt = Receipt {
-        id: String::new(),
-        event_id: c.event_id.clone(),
-        merchant_id: c.merchant_id.clone(),
-        order_id: order_id.to_string(),
-        lines,
-        tax_breakdown,
-        totals,
-        card: CardSummary {
-            brand: card.brand().as_str().to_string(),
-            last4: receipt::Last4::parse(&card.last4()).map_err(|e| e.to_api())?,
-        },
-        status,
-        policy_revision: bundle.revision.to_string(),
-        policy_hash: bundle.hash.clone(),
-        pop_colo: ctx.colo.clone(),
-        lane: lane.to_string(),
-        created_ms: ctx.now_ms,
-        updated_ms: ctx.now_ms,
-        refunded_amount: None,
-    };
-    let state = match status {
-        ReceiptStatus::Queued => "queued",
-        _ => "approved",
-    };
-    Ok((
-        receipt,
-        serde_json::json!({
-            "status": state, "order_id": order_id,
-            "total": quote.total, "currency": c.currency, "brand": card.brand().as_str(), "last4": card.last4(),
-            "policy_revision": bundle.revision, "policy_hash": bundle.hash, "routing": routing, "message": message,
-        }),
-    ))
 }
 
 // ------------------------------------------------------------------ receipts
@@ -1809,7 +733,7 @@ pub async fn create_handover(
     let c = config(env, event_id, ctx.now_ms).await?;
     let cors = cors_origin(&c, origin.as_deref(), &ctx.self_origin)?;
     let bundle = bundle_of(env, &c, ctx.now_ms).await;
-    let quote = quote_for(&c, &bundle, &body.items, ctx.now_ms)?;
+    let quote = quote_cart(&c, &bundle, &body.items, ctx.now_ms)?;
     let sid = format!("hs_{}_{}", hex::encode(random::<8>()?), event_id);
     let items: Vec<serde_json::Value> = body
         .items
@@ -1922,4 +846,81 @@ pub async fn poll_queue(
         )
         .await?,
     )
+}
+
+// ------------------------------------------------------------------ isolate signals
+
+/// The waiting room's depth as the event's object last reported it to this isolate.
+pub(super) fn queue_depth(event_id: &str) -> u32 {
+    DEPTH.with(|d| d.borrow().get(event_id).copied().unwrap_or(0))
+}
+
+/// Most events whose waiting-room depth an isolate remembers.
+const DEPTH_MAX: usize = 1024;
+
+pub(super) fn set_queue_depth(event_id: &str, depth: u32) {
+    DEPTH.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.len() >= DEPTH_MAX && !d.contains_key(event_id) {
+            d.clear();
+        }
+        d.insert(event_id.to_string(), depth);
+    });
+}
+
+// ------------------------------------------------------------------ handover and checkout
+
+/// Claims a till's handover session for the checkout with record key `key` and returns
+/// its items. A retry of the same checkout (same key) may claim again, also once the sale
+/// is paid, so that it gets its stored answer.
+pub(super) async fn claim_handover(
+    env: &Env,
+    event_id: &str,
+    sid: &str,
+    key: &str,
+) -> Result<Vec<CartItem>, ApiError> {
+    let session = handover_session(env, sid).await?;
+    if session["event_id"].as_str() != Some(event_id) {
+        return Err(ApiError::not_found("handover session"));
+    }
+    let items: Vec<CartItem> = serde_json::from_value(session["items"].clone())
+        .map_err(|_| ApiError::not_found("handover session"))?;
+    let claim = serde_json::json!({"order_key": key}).to_string();
+    call(
+        env,
+        event_id,
+        Method::Post,
+        &format!("/handover/{sid}/claim"),
+        Some(claim),
+    )
+    .await?;
+    Ok(items)
+}
+
+/// Tells the session how its checkout ended: paid (an accepted payment) or open again
+/// (nothing was charged). An outcome still unknown (`202 pending`) leaves it claimed.
+pub(super) async fn settle_handover(
+    env: &Env,
+    event_id: &str,
+    sid: &str,
+    answer: &Answer,
+) -> Result<(), ApiError> {
+    let b = &answer.body;
+    let settle = match answer.status {
+        201 | 200 => serde_json::json!({
+            "paid": true, "receipt_url": b["receipt_url"], "payment_status": b["status"], "order_id": b["order_id"],
+        }),
+        // Unknown yet, or a retry the same checkout may make (it can claim again).
+        _ if answer.status == 202 || answer.retry_after_s.is_some() => return Ok(()),
+        _ => serde_json::json!({"paid": false}),
+    };
+    call(
+        env,
+        event_id,
+        Method::Post,
+        &format!("/handover/{sid}/settle"),
+        Some(settle.to_string()),
+    )
+    .await?;
+    Ok(())
 }

@@ -4,6 +4,7 @@ use crate::error::ApiError;
 use worker::{console_log, Env, Headers, Request, Response};
 
 /// What every handler knows about the request it serves.
+#[derive(Clone)]
 pub struct Ctx {
     /// This edge's own origin (`https://poptill.example`), as the request reached it.
     pub self_origin: String,

@@ -6,6 +6,7 @@
 //! and `X-Poptill-Colo`, and one structured JSON log line is written per request.
 
 mod acquirer_io;
+mod checkout;
 mod counter_object;
 mod embed;
 mod event_object;
@@ -36,7 +37,7 @@ async fn fetch(req: Request, env: Env, worker_ctx: Context) -> Result<Response> 
     let method = req.method().to_string();
     let path = req.path();
     let origin = req.headers().get("Origin").ok().flatten();
-    let outcome = handle(req, &env, &ctx).await;
+    let outcome = handle(req, &env, &ctx, &worker_ctx).await;
     let mut response = match outcome {
         Ok(r) => r,
         Err(e) => http::error_response(&e)?,
@@ -71,7 +72,12 @@ async fn fetch(req: Request, env: Env, worker_ctx: Context) -> Result<Response> 
     Ok(response)
 }
 
-async fn handle(mut req: Request, env: &Env, ctx: &Ctx) -> std::result::Result<Response, ApiError> {
+async fn handle(
+    mut req: Request,
+    env: &Env,
+    ctx: &Ctx,
+    worker_ctx: &Context,
+) -> std::result::Result<Response, ApiError> {
     let method = req.method().to_string();
     let path = req.path();
     if method == "OPTIONS" {
@@ -167,7 +173,7 @@ async fn handle(mut req: Request, env: &Env, ctx: &Ctx) -> std::result::Result<R
             let idem = header("Idempotency-Key");
             let origin = header("Origin");
             let body = http::body_text(&mut req).await?;
-            events::checkout(env, ctx, id(), idem, origin, body).await
+            checkout::route(env, ctx, worker_ctx, id(), idem, origin, body).await
         }
         RouteId::GetReceipt => {
             let html = header("Accept")

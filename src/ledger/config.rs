@@ -65,6 +65,17 @@ pub struct OfflineBudget {
     /// Most stored payments for one card within `per_card_window_ms`.
     pub per_card_max_count: u32,
     pub per_card_window_ms: i64,
+    /// Largest total of accepted payments whose online attempt has an unknown outcome
+    /// (completed later on their lane); `None`: the same as `aggregate_max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_max: Option<MinorUnits>,
+}
+
+impl OfflineBudget {
+    /// The bound on accepted payments of unknown outcome.
+    pub fn unknown_bound(&self) -> MinorUnits {
+        self.unknown_max.unwrap_or(self.aggregate_max)
+    }
 }
 
 /// Everything the ledger needs to know about one event.

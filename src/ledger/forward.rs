@@ -55,6 +55,14 @@ pub struct QueueAuth {
     /// second charge. Outside the offline budget, which is for payments never sent.
     #[serde(default)]
     pub resolves_attempt: bool,
+    /// The buyer must not be told "accepted" before the acquirer confirms (they asked for
+    /// an online payment): a resolving payment is then stored but not accepted.
+    #[serde(default)]
+    pub confirm_first: bool,
+}
+
+fn accepted_by_default() -> bool {
+    true
 }
 
 /// Where a stored payment is.
@@ -91,6 +99,11 @@ pub struct StoredAuth {
     /// Completes an online attempt of unknown outcome (see [`QueueAuth::resolves_attempt`]).
     #[serde(default)]
     pub resolves_attempt: bool,
+    /// Whether the buyer was told the payment is accepted (and may have the goods). A
+    /// resolving payment past the event's unknown-outcome bound, or one whose buyer asked
+    /// for an online payment, is stored but not accepted: the buyer hears `pending`.
+    #[serde(default = "accepted_by_default")]
+    pub accepted: bool,
 }
 
 /// A stored payment as replies show it: everything but the sealed card.
@@ -106,6 +119,8 @@ pub struct AuthView {
     pub attempts: u32,
     pub next_attempt_ms: i64,
     pub late_approval: bool,
+    #[serde(default = "accepted_by_default")]
+    pub accepted: bool,
 }
 
 impl StoredAuth {
@@ -122,6 +137,7 @@ impl StoredAuth {
             attempts: self.attempts,
             next_attempt_ms: self.next_attempt_ms,
             late_approval: self.late_approval,
+            accepted: self.accepted,
         }
     }
 }
@@ -291,8 +307,15 @@ impl EventLedger {
             });
         }
         // The budget: checked and taken in this one call, so no interleaving can exceed it.
-        // A payment already sent online is not new offline risk and must be completed.
+        // A payment already sent online must be completed whatever the budget says; it
+        // counts against the unknown-outcome bound, and past it is stored, not accepted.
         let budget = &self.config.offline;
+        let accepted = !q.resolves_attempt
+            || (!q.confirm_first
+                && self
+                    .unknown_exposure()
+                    .checked_add(q.amount)
+                    .is_some_and(|t| t <= budget.unknown_bound()));
         if !q.resolves_attempt {
             if q.amount > budget.per_transaction_max {
                 return Err(LedgerError::OfflineLimit(OfflineLimit::PerTransaction));
@@ -343,6 +366,7 @@ impl EventLedger {
             in_flight_until: None,
             late_approval: false,
             resolves_attempt: q.resolves_attempt,
+            accepted,
         };
         let view = auth.view();
         self.auths.insert(q.auth_id, auth);

@@ -381,6 +381,18 @@ impl EventLedger {
         )
     }
 
+    /// Accepted payments completing an online attempt of unknown outcome, not yet final:
+    /// limited by [`OfflineBudget::unknown_bound`].
+    pub fn unknown_exposure(&self) -> MinorUnits {
+        MinorUnits(
+            self.auths
+                .values()
+                .filter(|a| a.state == AuthState::Queued && a.resolves_attempt && a.accepted)
+                .map(|a| a.amount.0)
+                .sum(),
+        )
+    }
+
     /// People waiting in the queue (a routing signal).
     pub fn queue_depth(&self) -> u32 {
         self.queue.depth()
@@ -644,6 +656,9 @@ impl EventLedger {
         }
         if self.offline_exposure() > self.config.offline.aggregate_max {
             return Err("queued exposure above aggregate_max".into());
+        }
+        if self.unknown_exposure() > self.config.offline.unknown_bound() {
+            return Err("unknown-outcome exposure above its bound".into());
         }
         for a in self.auths.values() {
             if a.state != AuthState::Queued && a.sealed_card.is_some() {

@@ -303,6 +303,7 @@ impl Sim {
                 max_wait_ms: (10 + self.rng.below(50) as i64) * MIN,
                 lane: None,
                 resolves_attempt: true,
+                confirm_first: false,
             });
             // Never refused for budget reasons: the payment may already be made.
             let r = self.call_maybe_twice(cmd);
@@ -342,6 +343,7 @@ impl Sim {
                 max_wait_ms: (10 + self.rng.below(50) as i64) * MIN,
                 lane: None,
                 resolves_attempt: false,
+                confirm_first: false,
             });
             if self.call_maybe_twice(cmd).is_err() {
                 // Over budget: the shell declines the sale.

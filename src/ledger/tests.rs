@@ -60,6 +60,7 @@ pub(crate) fn config() -> EventConfig {
             aggregate_max: MinorUnits(10_000),
             per_card_max_count: 2,
             per_card_window_ms: 60 * MIN,
+            unknown_max: None,
         },
         policy_revision: Some("rev-7".into()),
     }
@@ -115,6 +116,7 @@ pub(crate) fn queue_cmd(auth: &str, order: &str, amount: i64, card: &str) -> Com
         max_wait_ms: 60 * MIN,
         lane: None,
         resolves_attempt: false,
+        confirm_first: false,
     })
 }
 

@@ -1,0 +1,360 @@
+//! `POST /v1/events/{id}/checkout`: decodes the request, gathers what the checkout machine
+//! needs (the event, its policy, the card and CVC opened in this PoP), drives
+//! [`crate::checkout::Checkout`] through its steps (object calls, acquirer calls, the
+//! sealing key) and encodes its answer. Every decision is the machine's; this file only
+//! performs I/O. The steps run under `wait_until`, so a buyer whose connection drops does
+//! not cut a payment off between the acquirer and the ledger.
+
+use super::acquirer_io::{send, NoAnswer};
+use super::events::{self, call, cors_origin, router_with, with_cors};
+use super::http::{internal, json, random, Ctx};
+use crate::checkout::outcome::{Sent, Transport};
+use crate::checkout::protocol::{BeginAnswer, FinishReply, WireError};
+use crate::checkout::request::{self, CheckoutBody, CheckoutKey};
+use crate::checkout::{
+    Answer, Checkout, CheckoutInput, Note, ObjectCall, ObjectResult, Prepared, Step,
+};
+use crate::error::ApiError;
+use crate::ledger::EventConfig;
+use crate::routing::Signals;
+use crate::secret::Secret;
+use crate::vault;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use worker::{Context, Env, Method, Response};
+
+thread_local! {
+    /// Acquirer requests in flight in this isolate (a routing signal).
+    static IN_FLIGHT: Cell<u32> = const { Cell::new(0) };
+    /// Each event's store-and-forward key, wrapped by the KEK, as its object keeps it.
+    static SF_KEYS: RefCell<HashMap<String, (String, i64)>> = RefCell::new(HashMap::new());
+}
+
+/// How long an isolate keeps an event's wrapped store-and-forward key.
+const SF_KEY_TTL_MS: i64 = 60_000;
+/// Most events whose wrapped key an isolate keeps.
+const SF_KEYS_MAX: usize = 256;
+
+fn now_ms() -> i64 {
+    worker::Date::now().as_millis() as i64
+}
+
+/// Counts an acquirer request in flight; a cancelled checkout gives its count back too.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        IN_FLIGHT.with(|f| f.set(f.get().saturating_add(1)));
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.with(|f| f.set(f.get().saturating_sub(1)));
+    }
+}
+
+/// Where one checkout's time went, for its `Server-Timing` header.
+#[derive(Default)]
+struct Trace {
+    event_calls: Cell<u32>,
+    event_ms: Cell<i64>,
+    acquirer_calls: Cell<u32>,
+    acquirer_ms: Cell<i64>,
+}
+
+impl Trace {
+    fn header(&self, total_ms: i64) -> String {
+        let plural = |n: u32| if n == 1 { "call" } else { "calls" };
+        format!(
+            "event;dur={};desc=\"{} {}\", acquirer;dur={};desc=\"{} {}\", total;dur={}",
+            self.event_ms.get(),
+            self.event_calls.get(),
+            plural(self.event_calls.get()),
+            self.acquirer_ms.get(),
+            self.acquirer_calls.get(),
+            plural(self.acquirer_calls.get()),
+            total_ms
+        )
+    }
+
+    fn event(&self, since: i64) {
+        self.event_calls.set(self.event_calls.get() + 1);
+        self.event_ms.set(self.event_ms.get() + (now_ms() - since));
+    }
+}
+
+/// The checkout route.
+pub async fn route(
+    env: &Env,
+    ctx: &Ctx,
+    worker_ctx: &Context,
+    event_id: &str,
+    idem_key: Option<String>,
+    origin: Option<String>,
+    raw_body: String,
+) -> Result<Response, ApiError> {
+    let c = events::config(env, event_id, ctx.now_ms).await?;
+    let cors = cors_origin(&c, origin.as_deref(), &ctx.self_origin)?;
+    let mut body: CheckoutBody = super::http::parse_json_body(&raw_body)?;
+    let key = CheckoutKey::derive(idem_key.as_deref(), random::<12>()?)?;
+    let handover = body.handover_session.clone();
+    if let Some(sid) = &handover {
+        body.items = events::claim_handover(env, event_id, sid, &key.key).await?;
+    }
+    let prepared = prepare(env, ctx, &c, &body).await;
+    let input = CheckoutInput {
+        event: c.clone(),
+        key,
+        prepared,
+        secrets: lane_secrets(env),
+        colo: ctx.colo.clone(),
+        now_ms: ctx.now_ms,
+        signals: Signals {
+            queue_depth: events::queue_depth(event_id),
+            requests_in_flight: IN_FLIGHT.with(|f| f.get()),
+            ..Signals::default()
+        },
+        nonce: random::<12>()?,
+    };
+    let co = Checkout::new(input);
+    // Run the machine under wait_until: the answer comes back through a channel, and the
+    // steps go on if the buyer's connection drops.
+    let (tx, rx) = futures_channel::oneshot::channel::<(Answer, String)>();
+    let (env2, ctx2, event2) = (env.clone(), ctx.clone(), event_id.to_string());
+    worker_ctx.wait_until(async move {
+        let trace = Rc::new(Trace::default());
+        let answer = drive(&env2, &ctx2, &event2, co, &trace).await;
+        let timing = trace.header(now_ms() - ctx2.now_ms);
+        let _ = tx.send((answer, timing));
+    });
+    let (answer, timing) = rx.await.map_err(|_| {
+        ApiError::new(
+            503,
+            "temporarily_unavailable",
+            "The checkout was interrupted; send the same request again.",
+        )
+        .retryable()
+    })?;
+    if let Some(sid) = &handover {
+        events::settle_handover(env, event_id, sid, &answer).await?;
+    }
+    respond(answer, &timing, cors)
+}
+
+/// Drives the machine to its answer; records its telemetry.
+async fn drive(env: &Env, ctx: &Ctx, event_id: &str, mut co: Checkout, trace: &Trace) -> Answer {
+    for _ in 0..64 {
+        let step = match router_with(env, |r| co.poll(r, now_ms())) {
+            Ok(s) => s,
+            Err(e) => return Answer::error(&e),
+        };
+        match step {
+            Step::Object(call) => {
+                let t0 = now_ms();
+                let r = object_call(env, event_id, call).await;
+                trace.event(t0);
+                co.handle_object(r, now_ms());
+            }
+            Step::SealKey => {
+                let k = sf_key(env, event_id, now_ms(), trace).await;
+                co.handle_seal_key(k);
+            }
+            Step::Authorize(a) => {
+                let t0 = now_ms();
+                let sent = {
+                    let _in_flight = InFlight::enter();
+                    transport(send(&a.call, u64::from(a.timeout_ms)).await)
+                };
+                let done = now_ms();
+                trace.acquirer_calls.set(trace.acquirer_calls.get() + 1);
+                trace.acquirer_ms.set(trace.acquirer_ms.get() + (done - t0));
+                if let Err(e) = router_with(env, |r| co.handle_attempt(r, sent, done)) {
+                    return Answer::error(&e);
+                }
+            }
+            Step::Done(answer) => {
+                record(ctx, event_id, &co, &answer);
+                return answer;
+            }
+        }
+    }
+    crate::checkout::pending(co.order_id(), "")
+}
+
+/// The transport result in the machine's terms.
+fn transport(r: Result<(u16, String), NoAnswer>) -> Sent {
+    r.map_err(|e| match e {
+        NoAnswer::Timeout => Transport::Timeout,
+        NoAnswer::Refused => Transport::Refused,
+        NoAnswer::Network => Transport::Lost,
+    })
+}
+
+fn record(ctx: &Ctx, event_id: &str, co: &Checkout, answer: &Answer) {
+    let Some(p) = co.prepared() else {
+        return;
+    };
+    for n in &answer.notes {
+        match n {
+            Note::Approved { lane } => {
+                super::telemetry::approved(ctx, event_id, lane, &p.bundle, &p.quote)
+            }
+            Note::Declined { lane, reason } => {
+                super::telemetry::declined(ctx, event_id, lane, &p.bundle, reason)
+            }
+            Note::Queued { lane } => {
+                super::telemetry::queued(ctx, event_id, lane, &p.bundle, &p.quote)
+            }
+        }
+    }
+}
+
+/// One call to the event's object in the machine's terms.
+async fn object_call(env: &Env, event_id: &str, req: ObjectCall) -> Result<ObjectResult, ApiError> {
+    let unreadable = || {
+        ApiError::new(
+            503,
+            "temporarily_unavailable",
+            "The event answered unreadably.",
+        )
+        .retryable()
+    };
+    match req {
+        ObjectCall::Begin(b) => {
+            let body = serde_json::to_string(&*b).map_err(|_| unreadable())?;
+            let (_, text) =
+                call(env, event_id, Method::Post, "/checkout/begin", Some(body)).await?;
+            let a: BeginAnswer = serde_json::from_str(&text).map_err(|_| unreadable())?;
+            events::set_queue_depth(event_id, a.queue_depth);
+            Ok(ObjectResult::Begin(a))
+        }
+        ObjectCall::Finish(f) => {
+            let body = serde_json::to_string(&*f).map_err(|_| unreadable())?;
+            let (_, text) =
+                call(env, event_id, Method::Post, "/checkout/finish", Some(body)).await?;
+            let r: FinishReply = serde_json::from_str(&text).map_err(|_| unreadable())?;
+            Ok(ObjectResult::Finish(r))
+        }
+        ObjectCall::Command(cmd) => match events::one(env, event_id, now_ms(), *cmd).await {
+            Ok(_) => Ok(ObjectResult::Command(Ok(()))),
+            // The ledger refused it (a 4xx that is not "try again"): a typed refusal.
+            Err(e) if e.status < 500 && !e.retryable => {
+                Ok(ObjectResult::Command(Err(WireError::from(e))))
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Quote, prompts, card and CVC, fingerprint: no storage writes.
+async fn prepare(
+    env: &Env,
+    ctx: &Ctx,
+    c: &EventConfig,
+    body: &CheckoutBody,
+) -> Result<Prepared, ApiError> {
+    let event_id = c.event_id.as_str();
+    let bundle = events::bundle_of(env, c, ctx.now_ms).await;
+    let quote = request::quote_cart(c, &bundle, &body.items, ctx.now_ms)?;
+    request::check_prompts(&quote, &body.buyer)?;
+    let binding = super::vault::binding(&c.merchant_id, event_id);
+    let card = super::vault::detokenize(env, &body.token, &binding, ctx.now_ms).await?;
+    let cvc = match &body.cvc_token {
+        Some(cvt) => {
+            let key = super::vault::key_for_token(env, cvt, ctx.now_ms).await?;
+            Some(
+                vault::detokenize_cvc(cvt, &body.token, &binding, |_| key.as_ref(), ctx.now_ms)
+                    .map_err(|e| e.to_api())?,
+            )
+        }
+        None => None,
+    };
+    let keks = super::vault::keks(env)?;
+    let fingerprint = request::fingerprint(
+        body,
+        card.number(),
+        request::fingerprint_key(&keks).expose(),
+    );
+    Ok(Prepared {
+        bundle,
+        quote,
+        lines: body.lines(),
+        buyer_email: body.buyer.email.clone(),
+        admission_ticket: body.admission_ticket.clone(),
+        require_online: body.require_online(),
+        card,
+        cvc,
+        fingerprint,
+    })
+}
+
+/// Each lane's API key, by its secret's name.
+fn lane_secrets(env: &Env) -> Vec<(String, Secret<String>)> {
+    super::acquirer_io::lanes(env)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|l| {
+            let s = super::acquirer_io::lane_secret(env, &l);
+            (l.secret_name, s)
+        })
+        .collect()
+}
+
+/// The event's store-and-forward key, unwrapped with the KEK (the wrapped form is cached
+/// per isolate, so a stored checkout does not cost an extra call to the object).
+async fn sf_key(
+    env: &Env,
+    event_id: &str,
+    now: i64,
+    trace: &Trace,
+) -> Result<Secret<[u8; 32]>, ApiError> {
+    let keks = super::vault::keks(env)?;
+    let cached = SF_KEYS.with(|m| {
+        m.borrow()
+            .get(event_id)
+            .filter(|(_, at)| now - at < SF_KEY_TTL_MS)
+            .map(|(w, _)| w.clone())
+    });
+    if let Some(wrapped) = cached {
+        if let Ok(k) = vault::unwrap_sf_key(&keks, event_id, &wrapped) {
+            return Ok(k);
+        }
+    }
+    let t0 = now_ms();
+    let (_, text) = call(env, event_id, Method::Get, "/sf-key", None).await?;
+    trace.event(t0);
+    let wrapped = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["wrapped"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let key = vault::unwrap_sf_key(&keks, event_id, &wrapped).map_err(|e| e.to_api())?;
+    SF_KEYS.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= SF_KEYS_MAX {
+            m.retain(|_, (_, at)| now - *at < SF_KEY_TTL_MS);
+        }
+        if m.len() < SF_KEYS_MAX {
+            m.insert(event_id.to_string(), (wrapped, now));
+        }
+    });
+    Ok(key)
+}
+
+fn respond(answer: Answer, timing: &str, cors: Option<String>) -> Result<Response, ApiError> {
+    let mut r = json(answer.status, &answer.body)?;
+    let h = r.headers_mut();
+    if let Some(reason) = &answer.routing {
+        h.set("X-Poptill-Routing", reason).map_err(internal)?;
+    }
+    if answer.replayed {
+        h.set("Idempotent-Replayed", "true").map_err(internal)?;
+    }
+    if let Some(s) = answer.retry_after_s {
+        h.set("Retry-After", &s.to_string()).map_err(internal)?;
+    }
+    h.set("Server-Timing", timing).map_err(internal)?;
+    with_cors(r, cors)
+}
