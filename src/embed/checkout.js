@@ -250,6 +250,7 @@
     else if (d.type === 'poptill:height' && d.height > 0) frame.style.height = Math.min(d.height, 600) + 'px';
     else if (d.type === 'poptill:submit') pay();
     else if (d.type === 'poptill:result') onResult(d);
+    else if (d.type === 'poptill:status') say(d.message);
   });
 
   function pay() {
@@ -285,7 +286,8 @@
   function onResult(d) {
     setBusy(false);
     if (d.code === 'handover_expired') return showSession({ status: 'expired' });
-    if (d.status === 'invalid' || d.status === 'error') return say(d.message || t.error, true);
+    // 'pending': the frame could not learn the outcome yet; its message says not to pay again.
+    if (/^(invalid|error|pending)$/.test(d.status)) return say(d.message || t.error, d.status !== 'pending');
     const ok = d.status === 'approved';
     const q = d.status === 'queued';
     say(ok ? t.approved : q ? t.queued : `${t.declined}. ${d.message || ''}`, !ok && !q);

@@ -15,6 +15,9 @@
       badNumber: 'Check the card number.', badExp: 'Enter a valid expiry date (MM/YY).',
       badCvc: 'Enter the 3 or 4 digit security code.', blocked: 'This checkout is not available on this website.',
       network: 'No connection to the payment service. Please try again.',
+      checking: 'Checking your last payment…', confirming: 'Confirming your payment…',
+      unknown: 'We could not confirm your payment yet. Press Pay to check again; this will not start a second payment.',
+      pending: 'Your payment is being confirmed. Please do not pay again; pressing Pay only checks this payment.',
     },
     de: {
       title: 'Kartendaten', number: 'Kartennummer', exp: 'Gültig bis (MM/JJ)', cvc: 'Prüfnummer',
@@ -22,6 +25,9 @@
       badNumber: 'Bitte die Kartennummer prüfen.', badExp: 'Bitte ein gültiges Ablaufdatum eingeben (MM/JJ).',
       badCvc: 'Bitte die 3- oder 4-stellige Prüfnummer eingeben.', blocked: 'Dieser Checkout ist auf dieser Website nicht verfügbar.',
       network: 'Keine Verbindung zum Zahlungsdienst. Bitte erneut versuchen.',
+      checking: 'Ihre letzte Zahlung wird geprüft…', confirming: 'Ihre Zahlung wird bestätigt…',
+      unknown: 'Ihre Zahlung ist noch nicht bestätigt. Drücken Sie erneut auf „Bezahlen“, um sie zu prüfen; dabei wird nicht noch einmal bezahlt.',
+      pending: 'Ihre Zahlung wird noch bestätigt. Bitte nicht erneut bezahlen; „Bezahlen“ prüft jetzt nur diese Zahlung.',
     },
     fr: {
       title: 'Données de carte', number: 'Numéro de carte', exp: "Date d'expiration (MM/AA)", cvc: 'Cryptogramme',
@@ -29,6 +35,9 @@
       badNumber: 'Vérifiez le numéro de carte.', badExp: "Saisissez une date d'expiration valide (MM/AA).",
       badCvc: 'Saisissez le cryptogramme à 3 ou 4 chiffres.', blocked: "Ce paiement n'est pas disponible sur ce site.",
       network: 'Pas de connexion au service de paiement. Réessayez.',
+      checking: 'Vérification de votre dernier paiement…', confirming: 'Confirmation de votre paiement…',
+      unknown: "Votre paiement n'est pas encore confirmé. Appuyez de nouveau sur Payer pour le vérifier ; aucun second paiement ne sera lancé.",
+      pending: 'Votre paiement est en cours de confirmation. Ne payez pas une seconde fois ; le bouton Payer vérifie seulement ce paiement.',
     },
     es: {
       title: 'Datos de la tarjeta', number: 'Número de tarjeta', exp: 'Caducidad (MM/AA)', cvc: 'Código de seguridad',
@@ -36,6 +45,9 @@
       badNumber: 'Revise el número de tarjeta.', badExp: 'Introduzca una fecha de caducidad válida (MM/AA).',
       badCvc: 'Introduzca el código de seguridad de 3 o 4 dígitos.', blocked: 'Este pago no está disponible en este sitio web.',
       network: 'Sin conexión con el servicio de pago. Inténtelo de nuevo.',
+      checking: 'Comprobando su último pago…', confirming: 'Confirmando su pago…',
+      unknown: 'Aún no hemos podido confirmar su pago. Pulse Pagar de nuevo para comprobarlo; no se iniciará un segundo pago.',
+      pending: 'Su pago se está confirmando. No pague de nuevo; el botón Pagar solo comprueba este pago.',
     },
     nl: {
       title: 'Kaartgegevens', number: 'Kaartnummer', exp: 'Vervaldatum (MM/JJ)', cvc: 'Beveiligingscode',
@@ -43,6 +55,9 @@
       badNumber: 'Controleer het kaartnummer.', badExp: 'Vul een geldige vervaldatum in (MM/JJ).',
       badCvc: 'Vul de beveiligingscode van 3 of 4 cijfers in.', blocked: 'Deze betaling is niet beschikbaar op deze website.',
       network: 'Geen verbinding met de betaaldienst. Probeer het opnieuw.',
+      checking: 'Uw laatste betaling wordt gecontroleerd…', confirming: 'Uw betaling wordt bevestigd…',
+      unknown: 'Uw betaling is nog niet bevestigd. Druk opnieuw op Betalen om dit te controleren; er wordt geen tweede betaling gestart.',
+      pending: 'Uw betaling wordt nog bevestigd. Betaal niet opnieuw; de knop Betalen controleert alleen deze betaling.',
     },
     ja: {
       title: 'カード情報', number: 'カード番号', exp: '有効期限 (MM/YY)', cvc: 'セキュリティコード',
@@ -50,6 +65,9 @@
       badNumber: 'カード番号を確認してください。', badExp: '有効な有効期限を入力してください (MM/YY)。',
       badCvc: '3桁または4桁のセキュリティコードを入力してください。', blocked: 'このサイトではこの決済を利用できません。',
       network: '決済サービスに接続できません。もう一度お試しください。',
+      checking: '前回の支払いを確認しています…', confirming: '支払いを確定しています…',
+      unknown: '支払いをまだ確認できていません。もう一度「支払う」を押すと確認します。新たな支払いは発生しません。',
+      pending: '支払いを確定中です。もう一度支払わないでください。「支払う」を押してもこの支払いの確認のみ行います。',
     },
   };
   let t = T.en;
@@ -58,7 +76,10 @@
   const fields = { number: $('number'), exp: $('exp'), cvc: $('cvc') };
   let allowed = false;
   let busy = false;
-  let pendingKey = null; // kept only when the outcome of the last attempt is unknown
+  // One buyer intent: an Idempotency-Key and the exact request body (with its token pair)
+  // it was first sent with. While the outcome is unknown every retry is that same request;
+  // only a definitive answer (approved, queued, declined, a refusal to act on) ends it.
+  let intent = null;
 
   const sheet = `
 :root{color-scheme:light;font:16px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1c1f24}
@@ -157,49 +178,70 @@ input[readonly]{background:#f3f4f6}
   async function call(path, body, headers = {}) {
     let res;
     try {
-      res = await fetch(path, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body), credentials: 'omit', cache: 'no-store' });
+      res = await fetch(path, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body, credentials: 'omit', cache: 'no-store' });
     } catch {
       return { network: true, json: {} };
     }
     const json = await res.json().catch(() => ({}));
-    return { status: res.status, ok: res.ok, json };
+    return { status: res.status, ok: res.ok, json, wait: res.headers.get('retry-after') };
   }
 
   const lock = (on) => { busy = on; for (const f of Object.values(fields)) f.readOnly = on; form.setAttribute('aria-busy', String(on)); };
 
+  const say = (message) => post({ type: 'poptill:status', message });
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
   async function pay(d) {
     if (busy) return;
-    const { card, errors } = readCard();
-    for (const k of Object.keys(fields)) fieldError(k, errors[k]);
-    const bad = Object.keys(fields).find((k) => errors[k]);
-    if (bad) {
-      fields[bad].focus();
-      post({ type: 'poptill:result', status: 'invalid', message: errors[bad] });
-      return;
+    const fail = (message, retryable, code, status = 'error') => { lock(false); post({ type: 'poptill:result', status, message, retryable: !!retryable, code: code || '' }); };
+    if (intent) {
+      // The last payment's outcome is unknown: ask again with the same request, whatever
+      // was typed or chosen since, so it can never become a second payment.
+      lock(true);
+      say(t.checking);
+    } else {
+      const { card, errors } = readCard();
+      for (const k of Object.keys(fields)) fieldError(k, errors[k]);
+      const bad = Object.keys(fields).find((k) => errors[k]);
+      if (bad) {
+        fields[bad].focus();
+        post({ type: 'poptill:result', status: 'invalid', message: errors[bad] });
+        return;
+      }
+      lock(true);
+      const tok = await call('/v1/tokens', JSON.stringify({ event_id: EVENT, card }));
+      card.number = card.cvc = ''; // drop our copies as soon as the vault has them
+      if (tok.network) return fail(t.network, true);
+      if (!tok.ok) {
+        const code = tok.json.error?.code || '';
+        const field = /number/.test(code) ? 'number' : /expir|expired/.test(code) ? 'exp' : /cvc/.test(code) ? 'cvc' : '';
+        if (field) { fieldError(field, tok.json.error.message); fields[field].focus(); }
+        return fail(tok.json.error?.message || t.network, tok.json.error?.retryable);
+      }
+      const { token, cvc_token, brand, last4 } = tok.json;
+      const body = { items: d.items, token, cvc_token, buyer: d.buyer || {} };
+      if (d.handover_session) body.handover_session = d.handover_session;
+      intent = { key: uuid(), body: JSON.stringify(body), brand, last4 };
     }
-    lock(true);
-    const fail = (message, retryable, code) => { lock(false); post({ type: 'poptill:result', status: 'error', message, retryable: !!retryable, code: code || '' }); };
-    const tok = await call('/v1/tokens', { event_id: EVENT, card });
-    card.number = card.cvc = ''; // drop our copies as soon as the vault has them
-    if (tok.network) return fail(t.network, true);
-    if (!tok.ok) {
-      const code = tok.json.error?.code || '';
-      const field = /number/.test(code) ? 'number' : /expir|expired/.test(code) ? 'exp' : /cvc/.test(code) ? 'cvc' : '';
-      if (field) { fieldError(field, tok.json.error.message); fields[field].focus(); }
-      return fail(tok.json.error?.message || t.network, tok.json.error?.retryable);
+    const { key, brand, last4 } = intent;
+    let j;
+    // Until a definitive answer the outcome is unknown (no answer, 5xx, 409, 429, 202
+    // pending, a retryable error). When the edge says when to ask again (Retry-After), the
+    // frame does so a few times by itself; otherwise the buyer's next press asks again.
+    for (let n = 0; ; n++) {
+      const res = await call(`/v1/events/${encodeURIComponent(EVENT)}/checkout`, intent.body, { 'idempotency-key': key });
+      j = res.json;
+      const e = j.error;
+      const pending = j.status === 'pending';
+      if (/^(approved|queued|declined)$/.test(j.status) || (!pending && e && !e.retryable && res.status < 500 && res.status !== 429 && !/^idempotency_/.test(e.code))) break;
+      if (res.network || !(pending || res.wait) || n >= 5) {
+        return pending ? fail(t.pending, true, 'payment_pending', 'pending') : fail(t.unknown, true, e?.code || 'outcome_unknown');
+      }
+      say(pending ? t.confirming : t.checking);
+      await sleep(Math.min(Math.max(+res.wait || 2, 1), 10) * 1000);
     }
-    const { token, cvc_token, brand, last4 } = tok.json;
-    pendingKey = pendingKey || uuid();
-    const body = { items: d.items, token, cvc_token, buyer: d.buyer || {} };
-    if (d.handover_session) body.handover_session = d.handover_session;
-    const res = await call(`/v1/events/${encodeURIComponent(EVENT)}/checkout`, body, { 'idempotency-key': pendingKey });
-    if (res.network) return fail(t.network, true);
-    const j = res.json;
-    if (!j.status) {
-      if (!j.error?.retryable) pendingKey = null;
-      return fail(j.error?.message || t.network, j.error?.retryable, j.error?.code);
-    }
-    pendingKey = null;
+    intent = null; // a definitive answer: the next payment is a new intent
+    if (!j.status) return fail(j.error.message, false, j.error.code);
     lock(false);
     if (j.status === 'approved' || j.status === 'queued') {
       form.reset();
