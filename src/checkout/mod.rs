@@ -56,7 +56,7 @@ use crate::receipt::{self, CardSummary, Receipt, ReceiptStatus};
 use crate::routing::{Mode, Permit, Router, RoutingDecision, Signals};
 use crate::secret::Secret;
 use crate::vault::{self, OpenedCvc};
-use outcome::{AttemptResult, Sent};
+use outcome::{AttemptResult, Sent, Transport};
 use protocol::{
     BeginAnswer, BeginReply, BeginRequest, Completion, CvcUse, FinishReply, FinishRequest,
     StoredAnswer, WireError,
@@ -272,6 +272,8 @@ pub struct Checkout {
     resumed: bool,
     /// The lane of an attempt whose outcome is unknown.
     unknown_on: Option<String>,
+    /// A lost connection was already sent again once.
+    resent: bool,
     seal_key: Option<Secret<[u8; 32]>>,
     finish: Option<(FinishRequest, Purpose)>,
     finish_tries: u8,
@@ -303,6 +305,7 @@ impl Checkout {
             recorded_lane: None,
             resumed: false,
             unknown_on: None,
+            resent: false,
             seal_key: None,
             finish: None,
             finish_tries: 0,
@@ -727,18 +730,26 @@ impl Checkout {
                     Purpose::Decline,
                 );
             }
-            r @ (AttemptResult::NotProcessed { .. } | AttemptResult::Misconfigured { .. }) => {
+            r @ (AttemptResult::NotProcessed { .. } | AttemptResult::Misconfigured { .. })
+                if self.unknown_on.is_none() =>
+            {
                 self.routing.push_str(&format!("; {lane} {}", r.label()));
                 self.state = State::Attempt { index: index + 1 };
             }
-            r @ AttemptResult::Unknown { .. } => {
-                // Never try another lane now: that could charge the card twice. Complete
-                // this attempt later, same lane, same idempotency key.
-                self.routing.push_str(&format!(
-                    "; {lane} {}; outcome unknown, completing on {lane}",
-                    r.label()
-                ));
-                self.unknown_on = Some(lane);
+            r => {
+                // Never try another lane now: that could charge the card twice. A lost
+                // connection is sent once more at once, same lane and key (the acquirer
+                // replays or charges once); otherwise the attempt is completed later.
+                self.routing.push_str(&format!("; {lane} {}", r.label()));
+                self.unknown_on = Some(lane.clone());
+                if sent == Err(Transport::Lost) && !self.resent {
+                    self.resent = true;
+                    self.routing.push_str(", sending again");
+                    self.state = State::Attempt { index };
+                    return;
+                }
+                self.routing
+                    .push_str(&format!("; outcome unknown, completing on {lane}"));
                 self.state = State::Offline;
             }
         }

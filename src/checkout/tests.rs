@@ -327,6 +327,8 @@ pub(crate) struct FakeAcquirer {
     results: BTreeMap<(String, String), Option<String>>,
     pub charges: Vec<Charge>,
     pub requests: u32,
+    /// The lane of every online request, in order.
+    pub lanes_seen: Vec<String>,
     /// Lanes that refuse every connection right now.
     pub down: Vec<String>,
 }
@@ -375,8 +377,9 @@ impl FakeAcquirer {
     /// An online authorization as sent by the checkout.
     pub fn authorize(&mut self, lane: &str, call: &HttpCall, fault: AcqFault) -> Sent {
         self.requests += 1;
+        self.lanes_seen.push(lane.to_string());
         if self.down.iter().any(|d| d == lane) {
-            return Err(Transport::Refused);
+            return Err(Transport::Lost);
         }
         let form: BTreeMap<String, String> = form_urlencoded::parse(call.body.expose().as_bytes())
             .into_owned()
@@ -693,7 +696,6 @@ fn a_retokenized_retry_of_the_same_cart_and_card_replays_instead_of_charging_aga
 #[test]
 fn a_lost_answer_after_processing_is_never_failed_over_to_another_lane() {
     for fault in [
-        AcqFault::ProcessThenReset,
         AcqFault::ProcessThenTimeout,
         AcqFault::Processing,
         AcqFault::Garbage,
@@ -999,9 +1001,23 @@ fn unknown_outcomes_past_their_bound_are_stored_but_the_buyer_hears_pending_unti
     ev.offline.unknown_max = Some(MinorUnits(4000));
     w.ev = Arc::new(ev.clone());
     w.obj = FakeObject::new(ev);
-    let a = w.pay("k1", CART, APPROVE, "t", &[], &[AcqFault::ProcessThenReset]);
+    let a = w.pay(
+        "k1",
+        CART,
+        APPROVE,
+        "t",
+        &[],
+        &[AcqFault::ProcessThenTimeout],
+    );
     assert_eq!((a.status, a.body["status"].as_str()), (201, Some("queued")));
-    let b = w.pay("k2", CART, APPROVE, "t", &[], &[AcqFault::ProcessThenReset]);
+    let b = w.pay(
+        "k2",
+        CART,
+        APPROVE,
+        "t",
+        &[],
+        &[AcqFault::ProcessThenTimeout],
+    );
     assert_eq!(b.status, 202, "{}", b.body);
     assert_eq!(b.body["status"], "pending");
     assert!(
@@ -1045,4 +1061,49 @@ fn a_buyer_who_asked_for_an_online_payment_hears_pending_on_an_unknown_outcome()
     assert_eq!(a.status, 202, "{}", a.body);
     assert_eq!(w.obj.ledger.auths().count(), 1, "stored to be completed");
     assert_eq!(w.acq.requests, 1);
+}
+
+#[test]
+fn a_lost_connection_is_sent_again_on_the_same_lane_and_the_acquirer_replays() {
+    let mut w = World::new(10);
+    let a = w.pay("k1", CART, APPROVE, "t", &[], &[AcqFault::ProcessThenReset]);
+    assert_eq!(
+        (a.status, a.body["status"].as_str()),
+        (201, Some("approved")),
+        "{}",
+        a.body
+    );
+    assert_eq!(
+        w.acq.lanes_seen,
+        vec!["cheap".to_string(), "cheap".to_string()]
+    );
+    assert_eq!(w.acq.charges.len(), 1);
+    // Lost twice: stored to complete on that lane, never sent elsewhere.
+    let mut w = World::new(10);
+    let b = w.pay(
+        "k1",
+        CART,
+        APPROVE,
+        "t",
+        &[],
+        &[AcqFault::ProcessThenReset, AcqFault::ProcessThenReset],
+    );
+    assert_eq!(b.body["status"], "queued", "{}", b.body);
+    assert!(w.acq.lanes_seen.iter().all(|l| l == "cheap"));
+    // A 429 on the resend does not make the first attempt's outcome any less unknown.
+    let mut w = World::new(10);
+    let c = w.pay(
+        "k1",
+        CART,
+        APPROVE,
+        "t",
+        &[],
+        &[AcqFault::ProcessThenReset, AcqFault::RateLimited],
+    );
+    assert_eq!(c.body["status"], "queued", "{}", c.body);
+    assert!(
+        w.acq.lanes_seen.iter().all(|l| l == "cheap"),
+        "{:?}",
+        w.acq.lanes_seen
+    );
 }

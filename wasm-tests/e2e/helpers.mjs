@@ -48,6 +48,20 @@ export async function healLanes() {
   assert.equal(r.status, 200, r.text);
 }
 
+/** Takes both lanes down (connections dropped) and makes checkouts on a warm-up event until
+ * this isolate's router knows it (breakers open: `no_healthy_lane`). The warm-up payments
+ * have an unknown outcome at first and are completed on their lane later. */
+export async function lanesKnownDown() {
+  await laneControl('fast', { partition: 'refuse' });
+  await laneControl('cheap', { partition: 'refuse' });
+  const warm = await createEvent({ offline: { per_transaction_max: 2000, aggregate_max: 100_000, per_card_max_count: 50, per_card_window_ms: 3_600_000 } });
+  for (let i = 0; i < 16; i++) {
+    const r = await checkout(warm, '5555555555554444');
+    if (/no_healthy_lane/.test(r.headers.get('x-poptill-routing') ?? '')) return;
+  }
+  throw new Error('the router never planned around the dropped lanes');
+}
+
 let merchantCache;
 export async function merchant() {
   if (!merchantCache) {
