@@ -640,6 +640,8 @@ impl Checkout {
         if resumed {
             self.routing
                 .push_str(&format!("; resumed on {}", order.lane));
+            // Whatever happens now, that earlier attempt's outcome is unknown.
+            self.unknown_on = Some(order.lane.clone());
             // An earlier attempt with this key may have charged on the order's lane.
             if !matches!(order.state, OrderState::Pending | OrderState::Abandoned) {
                 return State::Done(pending(&self.key.order_id, &self.routing));
@@ -775,7 +777,7 @@ impl Checkout {
         self.state = State::Finish;
     }
 
-    /// Releases the hold and forgets the key (nothing was charged), then answers `error`.
+    /// Forgets the order and the key (nothing was sent anywhere), then answers `error`.
     fn undo(&mut self, error: ApiError) {
         self.fallback = Some(Answer::error(&error));
         let release_cvc = self
@@ -784,9 +786,8 @@ impl Checkout {
             .and_then(|p| p.cvc.as_ref())
             .map(|c| c.use_id.clone());
         self.set_finish(
-            Some(Command::Release {
+            Some(Command::Forget {
                 order_id: self.key.order_id.clone(),
-                reason: error.code.to_string(),
             }),
             None,
             Completion::Abandon { release_cvc },

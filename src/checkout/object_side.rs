@@ -220,13 +220,7 @@ fn begin_inner(
         FinishReply::Stored { answer } => BeginReply::Finished { answer },
         FinishReply::Refused { error } => {
             // Refused (the offline budget): undo the hold, the key and the CVC.
-            let _ = cx.apply(
-                Command::Release {
-                    order_id,
-                    reason: "offline_budget".into(),
-                },
-                done,
-            );
+            let _ = cx.apply(Command::Forget { order_id }, done);
             forget(cx, done, spent);
             BeginReply::FinishRefused { error }
         }

@@ -1107,3 +1107,47 @@ fn a_lost_connection_is_sent_again_on_the_same_lane_and_the_acquirer_replays() {
         w.acq.lanes_seen
     );
 }
+
+#[test]
+fn a_refusal_before_anything_was_sent_frees_the_key_and_the_order_for_the_same_retry() {
+    let mut w = World::new(2);
+    let online = |w: &World| {
+        let mut inp = input(&w.ev, "k1", CART, APPROVE, "t", w.now);
+        if let Ok(p) = &mut inp.prepared {
+            p.require_online = true;
+        }
+        Checkout::new(inp)
+    };
+    let mut co = online(&w);
+    let a = drive(
+        &mut co,
+        &mut w.router,
+        &mut w.obj,
+        &mut w.acq,
+        &mut w.now,
+        &mut vec![],
+        &mut vec![AcqFault::RateLimited, AcqFault::RateLimited],
+    );
+    assert_eq!(a.status, 402, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "acquirer_unavailable");
+    assert_eq!(w.obj.ledger.available("ticket"), 2);
+    assert_eq!(w.obj.ledger.orders().count(), 0);
+    assert_eq!(w.obj.ledger.idempotency_records(), 0);
+    let mut co = online(&w);
+    let b = drive(
+        &mut co,
+        &mut w.router,
+        &mut w.obj,
+        &mut w.acq,
+        &mut w.now,
+        &mut vec![],
+        &mut vec![],
+    );
+    assert_eq!(
+        (b.status, b.body["status"].as_str()),
+        (201, Some("approved")),
+        "{}",
+        b.body
+    );
+    assert_eq!(w.acq.charges.len(), 1);
+}

@@ -156,6 +156,12 @@ pub enum Command {
         order_id: String,
         lane: String,
     },
+    /// A checkout that never sent its payment anywhere is given up (the buyer may retry
+    /// with the same Idempotency-Key): the pending order is removed and its stock freed, so
+    /// the retry holds it afresh. Refused for an order with a charge or a stored payment.
+    Forget {
+        order_id: String,
+    },
     /// The acquirer declined: give the stock back.
     Release {
         order_id: String,
@@ -483,6 +489,7 @@ impl EventLedger {
             }
             Command::NoteAttempt { order_id, lane } => self.note_attempt(&order_id, lane, fx),
             Command::Release { order_id, reason } => self.release(&order_id, &reason, fx),
+            Command::Forget { order_id } => self.forget(&order_id, fx),
             Command::QueueAuthorization(q) => self.queue_authorization(q, now, entropy, fx),
             Command::ForwardResult { auth_id, result } => {
                 self.forward_result(&auth_id, result, now, entropy, fx)

@@ -389,6 +389,34 @@ impl EventLedger {
         Ok(Reply::Order { order })
     }
 
+    pub(crate) fn forget(&mut self, order_id: &str, fx: &mut Fx) -> Result<Reply, LedgerError> {
+        let Some(order) = self.orders.get(order_id) else {
+            return Ok(Reply::Done);
+        };
+        let state = order.state;
+        if order.charge_id.is_some()
+            || order.auth_id.is_some()
+            || !matches!(state, OrderState::Pending | OrderState::Abandoned)
+        {
+            return Err(LedgerError::InvalidTransition {
+                order_id: order_id.to_string(),
+                state: state.as_str(),
+                action: "forgotten",
+            });
+        }
+        if state == OrderState::Pending {
+            for l in &order.lines {
+                if let Some(c) = self.counts.get_mut(&l.sku) {
+                    c.held = c.held.saturating_sub(l.qty);
+                }
+            }
+            self.holds.remove(order_id);
+        }
+        self.orders.remove(order_id);
+        fx.changed = true;
+        Ok(Reply::Done)
+    }
+
     pub(crate) fn release(
         &mut self,
         order_id: &str,

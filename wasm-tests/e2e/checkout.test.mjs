@@ -252,6 +252,9 @@ test('once every lane is known down, a checkout is stored in one call; a refusal
   const id = await createEvent();
   // Failed attempts open the breakers; from then on the plan is to store at once.
   await lanesKnownDown();
+  // The first stored payment of an event also fetches the event's sealing key (then cached).
+  const warm = await checkout(id, '5555555555554444');
+  assert.equal(warm.json.status, 'queued', warm.text);
   const r = await checkout(id, '4242424242424242');
   assert.match(r.headers.get('x-poptill-routing'), /no_healthy_lane; queued offline/, r.text);
   assert.equal(r.json.status, 'queued', r.text);
