@@ -88,7 +88,7 @@ const restartWindows = []; // {start, end}
 const findings = [];
 const noteFinding = (f) => { if (!findings.includes(f)) { findings.push(f); log('finding:', f); } };
 
-async function call(kind, method, url, { body, key, headers = {}, timeoutMs = 30_000, final = false } = {}) {
+async function call(kind, method, url, { body, key, headers = {}, timeoutMs = 30_000, final = false, cut = false } = {}) {
   if (!final && requests.length >= opt.maxRequests) { budgetExhausted = true; stopping = true; }
   const h = { ...headers };
   if (key) h.authorization = `Bearer ${key}`;
@@ -115,6 +115,8 @@ async function call(kind, method, url, { body, key, headers = {}, timeoutMs = 30
   } catch (e) {
     rec.ms = performance.now() - start;
     rec.err = String(e?.cause?.code ?? e?.name ?? e);
+    // A buyer's flaky network cutting its own request is not a lost connection of the Worker.
+    if (cut && e?.name === 'TimeoutError') { rec.cut = true; rec.err = `cut by the buyer's network after ${timeoutMs.toFixed(0)} ms`; }
     requests.push(rec);
     return { status: 0, error: rec.err, json: undefined, text: '', headers: new Headers() };
   }
@@ -208,7 +210,10 @@ async function waitInQueue(ev) {
 const intents = []; // {id, email, event, style, items, history: [text], outcome}
 function newIntent(ev, style, items) {
   const id = `b${String(intents.length + 1).padStart(5, '0')}`;
-  const it = { id, email: `${id}-${runSeed}@chaos.example.org`, event: ev.name, style, items, history: [], outcome: null, keys: new Map(), tokens: 0 };
+  // A quarter of the buyers are on a flaky network that cuts half of their checkout requests
+  // part way (the answer is lost; the Worker may or may not have finished).
+  const flaky = style !== 'canary' && rand() < 0.25;
+  const it = { id, email: `${id}-${runSeed}@chaos.example.org`, event: ev.name, style: flaky ? `${style}, flaky network` : style, items, history: [], outcome: null, keys: new Map(), tokens: 0, flaky };
   intents.push(it);
   return it;
 }
@@ -225,7 +230,8 @@ const answerText = (r) => (r.status === 0 ? `no answer (${r.error})` : `${r.stat
 /** One checkout POST of a buyer intent, noted in its history (keys and tokens numbered). */
 async function postCheckout(ev, it, key, body) {
   if (!it.keys.has(key)) it.keys.set(key, `k${it.keys.size + 1}`);
-  const r = await api('checkout', 'POST', `/v1/events/${ev.id}/checkout`, { body: wire(body), headers: { 'idempotency-key': key } });
+  const cut = it.flaky && rand() < 0.5;
+  const r = await api('checkout', 'POST', `/v1/events/${ev.id}/checkout`, { body: wire(body), headers: { 'idempotency-key': key }, ...(cut ? { timeoutMs: Math.round(300 + rand() * 1700), cut } : {}) });
   if (it.history.length < 24) it.history.push(`${elapsed().toFixed(1)}s ${it.keys.get(key)}/t${body.tokenNo ?? '?'} → ${answerText(r)}`);
   return r;
 }
@@ -541,8 +547,9 @@ async function schedule(D) {
   await windowed(0.40, 0.47, 'all lanes refuse', 'both lanes refuse connections', () => setLanes({ partition: 'refuse' }));
   await windowed(0.48, 0.55, 'all lanes hang', 'both lanes hold requests', () => setLanes({ partition: 'hang' }));
   if (!(await at(0.58))) return;
-  // The acquirer's answers that come after it charged run alongside the runtime restart, the
-  // vault and the policy faults (which do not touch the lanes), in short bursts.
+  await restartRuntime();
+  // The acquirer's answers that come after it charged run in short bursts alongside the
+  // vault and the policy faults (which do not touch the lanes).
   const after = answerBursts(at);
   try {
     await lateFaults(at);
@@ -551,9 +558,8 @@ async function schedule(D) {
   }
 }
 
-/** The runtime restart, the vault key rotation and revocation, the policy push and rollback. */
+/** The vault key rotation and revocation, the policy push and rollback. */
 async function lateFaults(at) {
-  await restartRuntime();
   if (!(await at(0.68))) return;
   {
     const before = await admin('vault', 'GET', '/v1/admin/keys');
@@ -619,9 +625,9 @@ async function answerBursts(at) {
     await setLanes(HEALTHY);
     endFault(f);
   };
-  await burst(0.61, 0.66, 'processed, then reset', 'charged, then the connection reset: fast 50 % before the answer, cheap 50 % mid-body',
+  await burst(0.69, 0.74, 'processed, then reset', 'charged, then the connection reset: fast 50 % before the answer, cheap 50 % mid-body',
     { fast: { reset_rate: 0.5, reset_point: 'before_response' }, cheap: { reset_rate: 0.5, reset_point: 'mid_body' } });
-  await burst(0.73, 0.78, 'processing intents', 'both lanes answer 50 % of new payment intents "processing", settling 1.5 s later',
+  await burst(0.78, 0.83, 'processing intents', 'both lanes answer 50 % of new payment intents "processing", settling 1.5 s later',
     { processing_rate: 0.5, processing_ms: 1500 });
   await burst(0.88, 0.93, 'malformed 2xx', 'charged, then a 200 that is not JSON: fast 50 % garbage, cheap 50 % truncated',
     { fast: { malformed_rate: 0.5, malformed_body: 'garbage' }, cheap: { malformed_rate: 0.5, malformed_body: 'truncated' } });
@@ -678,6 +684,26 @@ function diagnoseDoubleCharges(simStats, charges) {
   for (const [pattern, p] of Object.entries(patterns)) {
     findings.push(`${p.n} orders charged more than once with acquirer keys ${pattern} (e.g. ${p.example}); first charge during: ${Object.entries(p.phases).map(([k, n]) => `${k} ${n}`).join(', ')}`);
   }
+}
+
+/** For orders still queued at the end: their payment intents at the acquirer, and the fault window each was made in. */
+function diagnoseLeftQueued(evData, charges) {
+  const byOrder = {};
+  for (const [id, c] of Object.entries(charges)) if (c.order_id) (byOrder[c.order_id] ??= []).push({ id, ...c });
+  const lines = [];
+  const phases = {};
+  for (const e of evData) {
+    for (const r of e.exportRows.filter((x) => x.state === 'queued')) {
+      const pis = byOrder[r.order_id] ?? [];
+      for (const c of pis) {
+        const t = c.created - T0 / 1000;
+        const ph = faults.filter((f) => t >= f.start - 1 && t < (f.end ?? Infinity) + 1).map((f) => f.label).join(' + ') || 'steady';
+        phases[ph] = (phases[ph] ?? 0) + 1;
+      }
+      if (lines.length < 8) lines.push(`${e.name} ${r.order_id}: ${pis.length ? pis.map((c) => `${c.id} ${c.status} on ${c.lane} (key ${c.key}, made at ${(c.created - T0 / 1000).toFixed(0)} s)`).join(', ') : 'no payment intent'}`);
+    }
+  }
+  if (lines.length) findings.push(`orders still queued after recovery and their payment intents at the acquirer (made during: ${Object.entries(phases).map(([k, v]) => `${k} ${v}`).join(', ')}): ${lines.join('; ')}`);
 }
 
 /** Sums up the buyer intents charged more than once: by buyer style and by the fault phase of each extra charge. */
@@ -773,9 +799,10 @@ async function finish(loadSeconds) {
   if (pending.length) findings.push(`${pending.length} orders in the ledgers are neither final nor abandoned after recovery (none of them was answered 201): ${pending.slice(0, 6).join(', ')}`);
 
   diagnoseDoubleCharges(simStats, charges);
+  diagnoseLeftQueued(evData, charges);
   const unexpectedNoAnswer = requests
     // a request in flight when the runtime stopped loses its answer then, whenever it started
-    .filter((r) => r.status === 0 && !restartWindows.some((w) => r.t + r.ms / 1000 >= w.start - 0.5 && r.t <= w.end))
+    .filter((r) => r.status === 0 && !r.cut && !restartWindows.some((w) => r.t + r.ms / 1000 >= w.start - 0.5 && r.t <= w.end))
     .map((r) => `${r.kind} ${r.path} at ${r.t.toFixed(1)} s: ${r.err}`);
   const scan = scanFiles([opt.state, opt.logs]);
   const data = {
@@ -802,7 +829,7 @@ async function finish(loadSeconds) {
   const svg = renderSvg({ requests, faults, seconds: Math.ceil(loadSeconds) + 5, bucket: loadSeconds > 240 ? 5 : 1 });
   fs.writeFileSync(path.join(opt.out, 'chart.svg'), svg);
   fs.writeFileSync(path.join(opt.out, 'report.md'), renderReport({ run, invariants, tally, faults, outcomes, findings }));
-  fs.writeFileSync(path.join(opt.out, 'results.json'), JSON.stringify({ run, invariants, intents: data.intents, byKind: tally.byKind, latency: tally.latency, faults, outcomes, findings, events: evData.map((e) => ({ id: e.id, name: e.name, summary: e.summary, reconcile: e.reconcile })) }, null, 2));
+  fs.writeFileSync(path.join(opt.out, 'results.json'), JSON.stringify({ run, invariants, intents: data.intents, charges, sim: simStats, byKind: tally.byKind, latency: tally.latency, faults, outcomes, findings, events: evData.map((e) => ({ id: e.id, name: e.name, summary: e.summary, reconcile: e.reconcile })) }, null, 2));
   process.stdout.write(`\npoptill chaos: ${tally.total} requests in ${loadSeconds.toFixed(0)} s of load, seed ${runSeed}\n`);
   for (const i of invariants) {
     process.stdout.write(`  ${i.ok ? 'ok  ' : 'FAIL'}  ${i.name}: ${i.figure}\n${i.ok ? '' : i.details.map((d) => `          ${d}\n`).join('')}`);
