@@ -23,6 +23,8 @@
 // say what happened, some buyers retry with the same Idempotency-Key and identical body (the
 // fixed card frame), some behave like the card frame before the fix (tokenize again and
 // press Pay under the same key, drop the key after a refusal, press again), others give up.
+// A quarter of the buyers are on a flaky network that cuts half of their checkout requests
+// part way (the buyer loses the answer; these are not counted as lost connections).
 // Loopback only: --url and --sim must be http://127.0.0.1:PORT.
 
 import fs from 'node:fs';
