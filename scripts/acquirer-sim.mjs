@@ -34,10 +34,29 @@
 //        client gets the 500/503 (a lost response: a retry with the same key replays it).
 //        partition "refuse" destroys the connection at once; "hang" holds requests until the
 //        partition is lifted (then they are served) or the client gives up.
+//                               {reset_rate: 0..1, reset_point: "before_response" | "mid_body"}
+//        processed, then reset: the API runs (a charge is made and its answer stored under
+//        the idempotency key) and the connection is then reset, before any byte of the
+//        answer ("before_response", default) or after the status line, the headers (with the
+//        full Content-Length) and half of the body ("mid_body").
+//                               {processing_rate: 0..1, processing_ms: 0..120000 (2000)}
+//        a confirmed PaymentIntent answers 200 with status "processing" (its charge
+//        "pending"); processing_ms after it was handled it takes the card's real outcome
+//        (succeeded, requires_capture, or requires_payment_method with last_payment_error),
+//        which GET /v1/payment_intents/{id} and the lists show. A replay with the same
+//        Idempotency-Key still answers the stored "processing" answer, as Stripe does.
+//                               {malformed_rate: 0..1, malformed_body: "garbage" | "truncated"}
+//        a 2xx answer of the API (its charge made, its real answer stored under the key) is
+//        sent as a 200 whose body is not JSON ("garbage", default: a proxy's HTML page) or
+//        the real JSON cut in half with a matching Content-Length ("truncated").
+//        Reset and malformed apply to requests that reached the API (replays included); all
+//        rates default to 0, and a rate of 0 draws nothing from the seeded PRNG.
 //   GET  /control/lanes/{lane}, GET /control/lanes
 //   GET  /control/stats   per lane: requests, charges_created, charges_succeeded, declines,
-//                         captures, refunds, amounts, faults, by_idempotency_key {key: distinct
-//                         charges}, by_order_id {order_id: successful charges}
+//                         captures, refunds, amounts, faults (5xx of error_rate), resets,
+//                         malformed, processing (answers of each of those modes),
+//                         by_idempotency_key {key: distinct charges}, by_order_id {order_id:
+//                         successful charges} (a processing charge counts once it succeeds)
 //   POST /control/reset   forgets all charges, refunds, keys, stats and lane settings.
 // A request is handled when it arrives and its answer is sent after the sampled latency, so a
 // client that times out may still have charged the card (as in the real world).
@@ -248,7 +267,18 @@ function newId(prefix) {
 }
 
 function defaultConfig() {
-  return { latency_ms: null, error_rate: 0, error_mode: "before", partition: "none" };
+  return {
+    latency_ms: null,
+    error_rate: 0,
+    error_mode: "before",
+    partition: "none",
+    reset_rate: 0,
+    reset_point: "before_response",
+    processing_rate: 0,
+    processing_ms: 2000,
+    malformed_rate: 0,
+    malformed_body: "garbage",
+  };
 }
 
 function newLane(name) {
@@ -273,6 +303,9 @@ function newLane(name) {
       amount_captured: 0,
       amount_refunded: 0,
       faults: 0,
+      resets: 0,
+      malformed: 0,
+      processing: 0,
       idempotent_replays: 0,
       by_idempotency_key: {},
       by_order_id: {},
@@ -316,7 +349,7 @@ function publicIntent(lane, pi, expand) {
   return out;
 }
 
-function createPaymentIntent(lane, params, idemKey) {
+function createPaymentIntent(lane, params, idemKey, processing) {
   const amount = parseAmount(params.amount, "amount");
   const currency = params.currency;
   if (typeof currency !== "string" || currency === "")
@@ -390,7 +423,6 @@ function createPaymentIntent(lane, params, idemKey) {
   const pmId = newId("pm");
   pi.payment_method = pmId;
   const chId = newId("ch");
-  const declined = card.decline;
   const charge = {
     id: chId,
     object: "charge",
@@ -400,26 +432,50 @@ function createPaymentIntent(lane, params, idemKey) {
     captured: false,
     created: now(),
     currency: pi.currency,
-    failure_code: declined ? declined.code : null,
-    failure_message: declined ? declined.message : null,
+    failure_code: null,
+    failure_message: null,
     livemode: false,
     metadata,
-    outcome: declined
-      ? { network_status: "declined_by_network", reason: declined.decline_code, type: declined.decline_code === "fraudulent" ? "blocked" : "issuer_declined", seller_message: "The bank did not return any further details with this decline." }
-      : { network_status: "approved_by_network", reason: null, type: "authorized", seller_message: "Payment complete." },
-    paid: !declined,
+    outcome: null,
+    paid: false,
     payment_intent: id,
     payment_method: pmId,
     payment_method_details: { type: "card", card: { brand: card.brand, last4: card.last4, exp_month: card.exp_month, exp_year: card.exp_year } },
     refunded: false,
-    status: declined ? "failed" : "succeeded",
+    status: "pending",
   };
   lane.charges.set(chId, charge);
   lane.chargeOrder.push(chId);
   pi.latest_charge = chId;
 
+  if (processing) {
+    // The answer says "processing"; the card's real outcome comes later.
+    lane.stats.processing += 1;
+    pi.status = "processing";
+    processing.after(() => settleCharge(lane, pi, charge, card, captureMethod));
+    return { status: 200, body: publicIntent(lane, pi) };
+  }
+  const err = settleCharge(lane, pi, charge, card, captureMethod);
+  if (err) throw err;
+  return { status: 200, body: publicIntent(lane, pi) };
+}
+
+// Gives a charge attempt the card's outcome (at once, or when a "processing" intent ends).
+// Returns the 402 card_error a synchronous answer throws for a decline, or null.
+function settleCharge(lane, pi, charge, card, captureMethod) {
+  const declined = card.decline;
+  const { amount } = pi;
+  charge.failure_code = declined ? declined.code : null;
+  charge.failure_message = declined ? declined.message : null;
+  charge.outcome = declined
+    ? { network_status: "declined_by_network", reason: declined.decline_code, type: declined.decline_code === "fraudulent" ? "blocked" : "issuer_declined", seller_message: "The bank did not return any further details with this decline." }
+    : { network_status: "approved_by_network", reason: null, type: "authorized", seller_message: "Payment complete." };
+  charge.paid = !declined;
+  charge.status = declined ? "failed" : "succeeded";
+
   if (declined) {
     lane.stats.declines += 1;
+    const pmId = pi.payment_method;
     pi.status = "requires_payment_method";
     pi.payment_method = null;
     pi.last_payment_error = {
@@ -427,19 +483,19 @@ function createPaymentIntent(lane, params, idemKey) {
       code: declined.code,
       decline_code: declined.decline_code,
       message: declined.message,
-      charge: chId,
+      charge: charge.id,
       doc_url: `https://stripe.com/docs/error-codes/${declined.code.replace(/_/g, "-")}`,
       payment_method: { id: pmId, object: "payment_method", type: "card", card: { brand: card.brand, last4: card.last4, exp_month: card.exp_month, exp_year: card.exp_year } },
     };
     const err = new StripeError(402, "card_error", declined.message, {
       code: declined.code,
       decline_code: declined.decline_code,
-      charge: chId,
+      charge: charge.id,
       doc_url: pi.last_payment_error.doc_url,
       payment_intent: publicIntent(lane, pi),
     });
     err.stored = true; // declines are stored for idempotent replay
-    throw err;
+    return err;
   }
 
   lane.stats.charges_succeeded += 1;
@@ -454,7 +510,7 @@ function createPaymentIntent(lane, params, idemKey) {
     charge.amount_captured = amount;
     lane.stats.amount_captured += amount;
   }
-  return { status: 200, body: publicIntent(lane, pi) };
+  return null;
 }
 
 function getIntent(lane, id) {
@@ -581,12 +637,12 @@ function expandList(query) {
   return Array.isArray(e) ? e : typeof e === "string" ? [e] : [];
 }
 
-function routeStripe(lane, method, path, params, query, idemKey) {
+function routeStripe(lane, method, path, params, query, idemKey, processing = null) {
   const seg = path.split("/").filter(Boolean); // ["v1", ...]
   if (seg[0] !== "v1") throw new StripeError(404, "invalid_request_error", `Unrecognized request URL (${method}: ${path}).`);
   const [, res, id, action] = seg;
   if (res === "payment_intents") {
-    if (method === "POST" && seg.length === 2) return createPaymentIntent(lane, params, idemKey);
+    if (method === "POST" && seg.length === 2) return createPaymentIntent(lane, params, idemKey, processing);
     if (method === "GET" && seg.length === 2) {
       const expand = expandList(query).includes("data.latest_charge");
       return list("/v1/payment_intents", lane.intentOrder, (i) => lane.intents.get(i), query, "payment_intent", (pi) => publicIntent(lane, pi, expand));
@@ -653,6 +709,30 @@ export function createSimulator(opts) {
       ...headers,
     });
     res.end(text);
+  }
+
+  // A transport fault on an answer the API produced: the charge (if any) is made and the real
+  // answer is stored under the idempotency key; the client gets a reset or a broken body.
+  function sendBroken(lane, req, res, status, body, headers, fault) {
+    if (res.writableEnded || res.destroyed) return;
+    const text = JSON.stringify(body, null, 2);
+    const common = { "Content-Type": "application/json", "Request-Id": newId("req"), ...headers };
+    const reset = () => (typeof req.socket.resetAndDestroy === "function" ? req.socket.resetAndDestroy() : req.socket.destroy());
+    if (fault === "before_response") return reset();
+    if (fault === "mid_body") {
+      const bytes = Buffer.from(text);
+      res.writeHead(status, { ...common, "Content-Length": bytes.length });
+      // The client has the status line and headers; the body stops part way (a plain close,
+      // so what was sent is not discarded by a reset).
+      res.write(bytes.subarray(0, Math.floor(bytes.length / 2)), () => req.socket.destroy());
+      return;
+    }
+    const broken =
+      fault === "truncated"
+        ? Buffer.from(text).subarray(0, Math.floor(Buffer.byteLength(text) / 2))
+        : Buffer.from("<html><head><title>200 OK</title></head><body><p>The upstream answer could not be relayed.</p></body></html>\n");
+    res.writeHead(200, { ...common, "Content-Length": broken.length });
+    res.end(broken);
   }
 
   function later(ms, fn) {
@@ -723,6 +803,18 @@ export function createSimulator(opts) {
       } else if (k === "partition") {
         if (!["none", "refuse", "hang"].includes(v)) return 'partition must be "none", "refuse" or "hang".';
         next.partition = v;
+      } else if (k === "reset_rate" || k === "processing_rate" || k === "malformed_rate") {
+        if (typeof v !== "number" || !(v >= 0 && v <= 1)) return `${k} must be a number from 0 to 1.`;
+        next[k] = v;
+      } else if (k === "reset_point") {
+        if (v !== "before_response" && v !== "mid_body") return 'reset_point must be "before_response" or "mid_body".';
+        next.reset_point = v;
+      } else if (k === "processing_ms") {
+        if (!Number.isInteger(v) || v < 0 || v > 120_000) return "processing_ms must be an integer from 0 to 120000.";
+        next.processing_ms = v;
+      } else if (k === "malformed_body") {
+        if (v !== "garbage" && v !== "truncated") return 'malformed_body must be "garbage" or "truncated".';
+        next.malformed_body = v;
       } else return `Unknown setting ${k}.`;
     }
     lane.config = next;
@@ -742,6 +834,25 @@ export function createSimulator(opts) {
         log(`${lane.name} ${req.method} ${path} -> ${status}`);
         send(res, status, body, { ...baseHeaders, ...headers });
       });
+    // An answer of the API itself (fresh or replayed), which the lane's transport faults
+    // (reset, malformed 2xx) may break on its way to the client.
+    const answer = (status, body, headers = {}) => {
+      const c = lane.config;
+      let broken = null;
+      if (c.reset_rate > 0 && rng() < c.reset_rate) {
+        lane.stats.resets += 1;
+        broken = c.reset_point;
+      } else if (status >= 200 && status < 300 && c.malformed_rate > 0 && rng() < c.malformed_rate) {
+        lane.stats.malformed += 1;
+        broken = c.malformed_body;
+      }
+      if (!broken) return reply(status, body, headers);
+      return later(delay, () => {
+        const what = broken === "garbage" || broken === "truncated" ? `sent as a malformed 200 (${broken})` : `reset (${broken})`;
+        log(`${lane.name} ${req.method} ${path} -> ${status}, then ${what}`);
+        sendBroken(lane, req, res, status, body, { ...baseHeaders, ...headers }, broken);
+      });
+    };
 
     let fault = null;
     if (lane.config.error_rate > 0 && rng() < lane.config.error_rate) {
@@ -789,14 +900,31 @@ export function createSimulator(opts) {
           });
         lane.stats.idempotent_replays += 1;
         if (fault) return reply(fault.status, fault.body);
-        return reply(stored.status, stored.body, { "Idempotent-Replayed": "true" });
+        return answer(stored.status, stored.body, { "Idempotent-Replayed": "true" });
       }
+    }
+
+    // A new confirmed PaymentIntent may answer "processing" and settle later.
+    let processing = null;
+    if (req.method === "POST" && /^\/v1\/payment_intents\/?$/.test(path) && lane.config.processing_rate > 0 && rng() < lane.config.processing_rate) {
+      const ms = lane.config.processing_ms;
+      processing = {
+        after: (fn) => {
+          const t = setTimeout(() => {
+            timers.delete(t);
+            fn();
+            log(`${lane.name} processing payment intent settled after ${ms} ms`);
+          }, ms);
+          timers.add(t);
+        },
+      };
     }
 
     let result;
     try {
-      result = routeStripe(lane, req.method, path, params, query, idemKey);
-      if (fp) lane.idempotency.set(idemKey, { fp, status: result.status, body: result.body });
+      result = routeStripe(lane, req.method, path, params, query, idemKey, processing);
+      // Stripe keeps the first answer per key as it was sent, whatever the object becomes.
+      if (fp) lane.idempotency.set(idemKey, { fp, status: result.status, body: structuredClone(result.body) });
     } catch (e) {
       if (!(e instanceof StripeError)) {
         process.stderr.write(`acquirer-sim: internal error: ${e && e.stack}\n`);
@@ -804,11 +932,11 @@ export function createSimulator(opts) {
       }
       // Stripe stores the outcome of requests that reached the API (declines included), not
       // parameter validation failures.
-      if (fp && (e.stored || e.status === 402)) lane.idempotency.set(idemKey, { fp, status: e.status, body: e.body });
+      if (fp && (e.stored || e.status === 402)) lane.idempotency.set(idemKey, { fp, status: e.status, body: structuredClone(e.body) });
       result = { status: e.status, body: e.body };
     }
     if (fault) return reply(fault.status, fault.body);
-    return reply(result.status, result.body);
+    return answer(result.status, result.body);
   }
 
   function handleLane(lane, req, res, path, query, bodyText) {

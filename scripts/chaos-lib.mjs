@@ -7,6 +7,8 @@
 export const FINAL_STATES = new Set(['approved', 'forwarded', 'declined', 'expired', 'refunded', 'partially_refunded']);
 /** Final states in which the acquirer holds exactly one successful charge for the order. */
 export const CHARGED_STATES = new Set(['approved', 'forwarded', 'refunded', 'partially_refunded']);
+/** Payment intent statuses in which the acquirer holds (or may still make) a charge. */
+export const CHARGE_STATUSES = new Set(['succeeded', 'requires_capture', 'processing']);
 /** Test card numbers the suite uses: none may appear in state or logs. */
 export const TEST_PANS = [
   '4242424242424242', '5555555555554444', '378282246310005', '4000000000000002',
@@ -63,7 +65,60 @@ export function tallyRequests(requests, faults) {
   return { total: requests.length, byKind, latency, fiveXX };
 }
 
-const check = (name, ok, figure, details = []) => ({ name, ok, figure, details: details.slice(0, 20), more: Math.max(0, details.length - 20) });
+const check = (name, ok, figure, details = [], notes = []) => ({ name, ok, figure, details: details.slice(0, 20), more: Math.max(0, details.length - 20), notes: notes.slice(0, 40) });
+
+const money = (minor, currency) => `${(minor / 100).toFixed(2)} ${(currency ?? '').toUpperCase()}`.trim();
+
+/**
+ * Maps every charge the acquirer ever made (refunded ones included) to the order it paid for
+ * (its `metadata.order_id`, looked up in the merchant exports) and through the order's buyer
+ * e-mail to the buyer intent that made it. A charge is *held* when its order is in a charged
+ * state with exactly this charge; any other charge must have been refunded in full (the
+ * lost checkouts that reconciliation refunds). Returns:
+ *   charged: [charge], byIntent: Map(intent id -> {intent, charges}),
+ *   unknownOrder / noBuyer / stranger: charges whose order is not in any export, whose order
+ *   has no buyer e-mail, or whose e-mail is no intent's,
+ *   held / refundedUnheld / unheld: charges held by their order, not held but refunded in
+ *   full, and not held and not refunded (money taken for nothing).
+ * Each charge: {id, lane, order_id, key, status, amount, currency, refunded, event, state,
+ * lostRefund (the reconciliation's lost-checkout refund of it, or null)}.
+ */
+export function attributeCharges(data) {
+  const rows = new Map();
+  for (const e of data.events ?? []) for (const r of e.exportRows ?? []) rows.set(r.order_id, { ...r, event: e.name });
+  const lost = new Map();
+  for (const e of data.events ?? []) for (const l of e.reconcile?.lost_checkouts_refunded ?? []) lost.set(l.charge_id, l);
+  const byEmail = new Map((data.intents ?? []).map((it) => [it.email, it]));
+  const out = { charged: [], byIntent: new Map(), unknownOrder: [], noBuyer: [], stranger: [], held: [], refundedUnheld: [], unheld: [] };
+  const ids = Object.keys(data.charges ?? {}).sort((a, b) => (data.charges[a].created ?? 0) - (data.charges[b].created ?? 0));
+  for (const id of ids) {
+    const c = data.charges[id];
+    if (!CHARGE_STATUSES.has(c.status)) continue;
+    const row = c.order_id ? rows.get(c.order_id) : undefined;
+    const ch = { id, ...c, refunded: c.refunded ?? 0, event: row?.event ?? null, state: row?.state ?? null, lostRefund: lost.get(id) ?? null };
+    out.charged.push(ch);
+    if (row && CHARGED_STATES.has(row.state) && row.charge_id === id) out.held.push(ch);
+    else if (ch.refunded >= ch.amount) out.refundedUnheld.push(ch);
+    else out.unheld.push(ch);
+    if (!row) { out.unknownOrder.push(ch); continue; }
+    if (!row.buyer_email) { out.noBuyer.push(ch); continue; }
+    const it = byEmail.get(row.buyer_email);
+    if (!it) { out.stranger.push(ch); continue; }
+    if (!out.byIntent.has(it.id)) out.byIntent.set(it.id, { intent: it, charges: [] });
+    out.byIntent.get(it.id).charges.push(ch);
+  }
+  return out;
+}
+
+/** One charge in a sentence: id, lane, order, its ledger state and any refund. */
+export function describeCharge(ch) {
+  const state = ch.state ?? 'unknown to the ledger';
+  const refund = ch.lostRefund
+    ? `, refunded ${money(ch.lostRefund.amount ?? ch.refunded, ch.currency)} by reconciliation as a lost checkout`
+    : ch.refunded > 0 ? `, refunded ${money(ch.refunded, ch.currency)}` : '';
+  const st = ch.status === 'succeeded' ? '' : ` ${ch.status}`;
+  return `${ch.id}${st} on ${ch.lane} for order ${ch.order_id ?? '(none)'} (${state}; acquirer key ${ch.key ?? '?'})${refund}`;
+}
 
 /** Sums a per-lane simulator stats map (by_idempotency_key or by_order_id) over lanes. */
 export function sumOverLanes(simStats, field) {
@@ -86,7 +141,12 @@ export function sumOverLanes(simStats, field) {
  *   requests: [{t, kind, status, code, path}],
  *   panics: [line], leaks: [{pan, file}], filesScanned: n,
  *   replays: {checked, mismatches: [text]}, unexpectedNoAnswer: [text],
- *   charges: {payment_intent_id: {lane, order_id}} (optional, to describe discrepancies),
+ *   charges: {payment_intent_id: {lane, order_id, key, status, amount, currency, refunded, created}}:
+ *            every payment intent the acquirer ever made (refunded ones included),
+ *   intents: [{id, email, event, style, items, history, outcome}]: every buyer intent of the
+ *            run (one simulated buyer and one cart, with its own e-mail address),
+ *   (exportRows carry charge_id and buyer_email; reconcile carries lost_checkouts_refunded:
+ *    [{charge_id, order_id, amount}])
  * }
  */
 export function checkInvariants(data) {
@@ -122,6 +182,50 @@ export function checkInvariants(data) {
     const charges = Object.values(byOrder).reduce((a, b) => a + b, 0);
     out.push(check('no payment charged twice', bad.length === 0,
       `${charges} successful charges for ${Object.keys(byOrder).length} orders, ${Object.keys(byKey).length} acquirer idempotency keys, max ${Math.max(0, ...Object.values(byOrder))} per order`, bad));
+  }
+
+  // 2b. At most one charge per buyer intent, counted from every charge the acquirer ever made
+  //     (refunded ones too): a retry that became a second order is a double charge, even
+  //     when reconciliation later refunded one of the two.
+  const att = attributeCharges(data);
+  {
+    const bad = [];
+    if (!data.charges) bad.push("the acquirer's charge list is missing");
+    if (!(data.intents ?? []).length) bad.push('no buyer intent was recorded');
+    let doubles = 0, extra = 0, extraAmount = 0, max = 0;
+    const currency = att.charged[0]?.currency;
+    for (const { intent: it, charges } of att.byIntent.values()) {
+      max = Math.max(max, charges.length);
+      if (charges.length < 2) continue;
+      doubles += 1;
+      extra += charges.length - 1;
+      extraAmount += charges.slice(1).reduce((n, c) => n + c.amount, 0);
+      const cart = (it.items ?? []).map((l) => `${l.quantity}×${l.sku}`).join(' + ');
+      const total = charges.reduce((n, c) => n + c.amount, 0);
+      const orders = new Set(charges.map((c) => c.order_id)).size;
+      bad.push(`buyer ${it.id} (${it.style}, ${it.event}, ${cart}, ${it.email}): ${charges.length} charges on ${orders} order${orders > 1 ? 's' : ''}, ${money(total, charges[0].currency)} in all: ${charges.map(describeCharge).join('; ')}${it.outcome ? `; the buyer ended with: ${it.outcome}` : ''}${it.history?.length ? `; checkout requests: ${it.history.join(', ')}` : ''}`);
+    }
+    for (const c of att.noBuyer) bad.push(`charge ${describeCharge(c)}: its order has no buyer e-mail in the export, so no buyer intent can be counted`);
+    for (const c of att.stranger) bad.push(`charge ${describeCharge(c)}: its order's buyer e-mail is no buyer intent of this run`);
+    const charged = att.byIntent.size;
+    out.push(check('at most one charge per buyer intent', bad.length === 0,
+      `${att.charged.length} charges for ${charged} of ${(data.intents ?? []).length} buyer intents, max ${max} per intent; ${doubles} intents charged more than once (${extra} extra charges, ${money(extraAmount, currency)})`, bad));
+  }
+
+  // 2c. Every charge is held by its order in the ledger, or was refunded in full (the lost
+  //     checkouts that reconciliation refunds, listed separately with their figure).
+  {
+    const bad = att.unheld.map((c) => `charge ${describeCharge(c)}: no order holds it and it is not refunded`);
+    const lostAmount = att.refundedUnheld.reduce((n, c) => n + c.amount, 0);
+    const byRecon = att.refundedUnheld.filter((c) => c.lostRefund).length;
+    const currency = att.charged[0]?.currency;
+    const notes = att.refundedUnheld.map((c) => {
+      const buyer = [...att.byIntent.values()].find((b) => b.charges.includes(c));
+      return `lost checkout refunded: ${describeCharge(c)}${buyer ? `, buyer ${buyer.intent.id} (${buyer.intent.style}, ${buyer.charges.length} charge${buyer.charges.length > 1 ? 's' : ''})` : ''}`;
+    });
+    out.push(check('every charge held by its order or refunded as a lost checkout', bad.length === 0,
+      `${att.held.length} charges held by their orders; ${att.refundedUnheld.length} charges of lost checkouts refunded in full (${byRecon} by the final reconciliation), ${money(lostAmount, currency)}; ${att.unheld.length} charges no order holds (${att.unknownOrder.length} for orders unknown to the ledger)`,
+      bad, notes));
   }
 
   // 3. Every accepted checkout in exactly one final state, matching the acquirer.
@@ -247,6 +351,10 @@ export function renderReport({ run, invariants, tally, faults, outcomes = {}, fi
     L.push('', `### ${i.name}: violated`, '');
     for (const d of i.details) L.push(`- ${d}`);
     if (i.more) L.push(`- … and ${i.more} more`);
+  }
+  for (const i of invariants.filter((x) => x.notes?.length)) {
+    L.push('', `### ${i.name}: noted`, '');
+    for (const n of i.notes) L.push(`- ${n}`);
   }
   L.push('', '## Buyer outcomes', '', '| outcome | count |', '| --- | --- |');
   for (const [k, n] of Object.entries(outcomes).sort((a, b) => b[1] - a[1])) L.push(`| ${k} | ${n} |`);

@@ -8,23 +8,30 @@
 // Drives concurrent buyers across four events (a hot event pushed hard on one Durable
 // Object, a sell-out behind a required waiting queue, two ordinary markets), injects faults
 // on a schedule scaled to N seconds (acquirer slowdown, error bursts, a partition of one lane
-// and of all lanes, refusing then hanging, a restart of the local runtime, a vault data-key
-// rotation and revocation, a policy push and rollback) while a mischief loop sends
-// duplicated and replayed checkouts and hostile input throughout. Then it heals the
+// and of all lanes, refusing then hanging, a restart of the local runtime, short bursts of
+// answers lost after the acquirer charged: processed then reset, "processing" intents,
+// malformed 2xx; a vault data-key rotation and revocation, a policy push and rollback) while
+// a mischief loop sends duplicated and replayed checkouts and hostile input throughout.
+// Every buyer intent (one buyer, one cart) has its own e-mail address, so each charge the
+// acquirer ever made is counted against the buyer it charged. Then it heals the
 // acquirer, forces every event to sync, waits for forwarding, checks the invariants
 // (scripts/chaos-lib.mjs), writes report.md, chart.svg and results.json to --out, prints
 // each invariant with its figure, and exits 1 when one is violated.
 //
 // The runtime restart is asked of scripts/chaos (which owns the processes): the driver
-// writes CTL/restart.request and waits for CTL/restart.done. Buyers treat a lost connection
-// as an unknown outcome and retry with the same Idempotency-Key and body.
+// writes CTL/restart.request and waits for CTL/restart.done. After an answer that does not
+// say what happened, some buyers retry with the same Idempotency-Key and identical body (the
+// fixed card frame), some behave like the card frame before the fix (tokenize again and
+// press Pay under the same key, drop the key after a refusal, press again), others give up.
+// A quarter of the buyers are on a flaky network that cuts half of their checkout requests
+// part way (the buyer loses the answer; these are not counted as lost connections).
 // Loopback only: --url and --sim must be http://127.0.0.1:PORT.
 
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { checkInvariants, tallyRequests, renderReport, renderSvg, TEST_PANS, PANIC_PATTERNS, FINAL_STATES } from './chaos-lib.mjs';
+import { checkInvariants, attributeCharges, tallyRequests, renderReport, renderSvg, TEST_PANS, PANIC_PATTERNS, FINAL_STATES } from './chaos-lib.mjs';
 
 // ------------------------------------------------------------------------- arguments
 
@@ -83,7 +90,7 @@ const restartWindows = []; // {start, end}
 const findings = [];
 const noteFinding = (f) => { if (!findings.includes(f)) { findings.push(f); log('finding:', f); } };
 
-async function call(kind, method, url, { body, key, headers = {}, timeoutMs = 30_000, final = false } = {}) {
+async function call(kind, method, url, { body, key, headers = {}, timeoutMs = 30_000, final = false, cut = false } = {}) {
   if (!final && requests.length >= opt.maxRequests) { budgetExhausted = true; stopping = true; }
   const h = { ...headers };
   if (key) h.authorization = `Bearer ${key}`;
@@ -110,6 +117,8 @@ async function call(kind, method, url, { body, key, headers = {}, timeoutMs = 30
   } catch (e) {
     rec.ms = performance.now() - start;
     rec.err = String(e?.cause?.code ?? e?.name ?? e);
+    // A buyer's flaky network cutting its own request is not a lost connection of the Worker.
+    if (cut && e?.name === 'TimeoutError') { rec.cut = true; rec.err = `cut by the buyer's network after ${timeoutMs.toFixed(0)} ms`; }
     requests.push(rec);
     return { status: 0, error: rec.err, json: undefined, text: '', headers: new Headers() };
   }
@@ -197,13 +206,47 @@ async function waitInQueue(ev) {
   return null;
 }
 
+// Each buyer intent (one simulated buyer wanting one cart) has its own e-mail address, which
+// the ledger records on every order it makes; the end of the run maps every charge the
+// acquirer made (metadata[order_id]) through the merchant export to its buyer intent.
+const intents = []; // {id, email, event, style, items, history: [text], outcome}
+function newIntent(ev, style, items) {
+  const id = `b${String(intents.length + 1).padStart(5, '0')}`;
+  // A quarter of the buyers are on a flaky network that cuts half of their checkout requests
+  // part way (the answer is lost; the Worker may or may not have finished).
+  const flaky = style !== 'canary' && rand() < 0.25;
+  const it = { id, email: `${id}-${runSeed}@chaos.example.org`, event: ev.name, style: flaky ? `${style}, flaky network` : style, items, history: [], outcome: null, keys: new Map(), tokens: 0, flaky };
+  intents.push(it);
+  return it;
+}
+const buyerOf = (it) => ({ ...BUYER, email: it.email });
+/** How a buyer's client behaves after an answer it cannot read: weights out of 100. */
+const STYLES = [['same body', 45], ['frame-like', 35], ['gives up', 20]];
+function pickStyle() {
+  let r = rand() * 100;
+  for (const [s, w] of STYLES) { if (r < w) return s; r -= w; }
+  return STYLES[0][0];
+}
+const answerText = (r) => (r.status === 0 ? `no answer (${r.error})` : `${r.status} ${r.json?.status ?? r.json?.error?.code ?? ''}${r.json?.order_id ? ` ${r.json.order_id}` : ''}`.trim());
+
+/** One checkout POST of a buyer intent, noted in its history (keys and tokens numbered). */
+async function postCheckout(ev, it, key, body) {
+  if (!it.keys.has(key)) it.keys.set(key, `k${it.keys.size + 1}`);
+  const cut = it.flaky && rand() < 0.5;
+  const r = await api('checkout', 'POST', `/v1/events/${ev.id}/checkout`, { body: wire(body), headers: { 'idempotency-key': key }, ...(cut ? { timeoutMs: Math.round(300 + rand() * 1700), cut } : {}) });
+  if (it.history.length < 24) it.history.push(`${elapsed().toFixed(1)}s ${it.keys.get(key)}/t${body.tokenNo ?? '?'} → ${answerText(r)}`);
+  return r;
+}
+/** The request body without the driver's own bookkeeping. */
+const wire = (body) => { const { tokenNo, ...rest } = body; return rest; };
+
 /** POST a checkout until it has a definite answer: same key and body on every retry. */
-async function checkoutDefinite(ev, key, body) {
+async function checkoutDefinite(ev, key, body, it = null) {
   const deadline = Date.now() + 150_000;
   let sawUnknown = false, sawRetryable = false, attempts = 0;
   for (;;) {
     attempts += 1;
-    const r = await api('checkout', 'POST', `/v1/events/${ev.id}/checkout`, { body, headers: { 'idempotency-key': key } });
+    const r = it ? await postCheckout(ev, it, key, body) : await api('checkout', 'POST', `/v1/events/${ev.id}/checkout`, { body, headers: { 'idempotency-key': key } });
     const code = r.json?.error?.code;
     if (Date.now() > deadline) return { ...r, attempts, sawUnknown, sawRetryable, gaveUp: true };
     if (r.status === 0) { sawUnknown = true; await sleep(400 + rand() * 1200); continue; }
@@ -216,45 +259,102 @@ async function checkoutDefinite(ev, key, body) {
   }
 }
 
+/** A definite answer (201, or 402 with a declined status) ends an intent: record it. */
+function settled(ev, it, r, key, body) {
+  if (r.status === 201) {
+    const st = r.json.status;
+    accepted.set(r.json.order_id, { event: ev.name, order_id: r.json.order_id, status: st, key, body: wire(body), httpStatus: r.status, receipt_url: r.json.receipt_url, intent: it.id });
+    it.outcome = st;
+    return st;
+  }
+  if (r.status === 402 && r.json?.status === 'declined') {
+    declined.push({ event: ev.name, order_id: r.json.order_id, intent: it.id });
+    it.outcome = 'declined';
+    return 'declined';
+  }
+  return null;
+}
+
+async function freshBody(ev, it, number, withCvc, ticket) {
+  const t = await tokenize(ev, number);
+  if (!t) return null;
+  it.tokens += 1;
+  const body = { items: it.items, token: t.token, buyer: buyerOf(it), tokenNo: it.tokens };
+  if (withCvc) body.cvc_token = t.cvc_token;
+  if (ticket) body.admission_ticket = ticket;
+  return body;
+}
+
+/**
+ * A buyer behind the card frame as it was before the fix (src/embed/frame.js at a917f3e):
+ * every press of Pay tokenizes the card again; the Idempotency-Key is kept only after a
+ * lost or retryable answer (so the next press sends a new body under the old key) and is
+ * dropped after any other refusal (422 idempotency_mismatch, 409 cvc_already_used), after
+ * which the buyer presses Pay again with a new key. A person presses at most five times.
+ */
+async function frameBuyer(ev, it, number, ticket) {
+  let pendingKey = null;
+  for (let press = 1; press <= 5; press++) {
+    if (press > 1) await sleep(800 + rand() * 1700);
+    if (stopping && press > 2) break;
+    const body = await freshBody(ev, it, number, true, ticket);
+    if (!body) { it.history.push(`press ${press}: could not tokenize`); continue; }
+    pendingKey ??= crypto.randomUUID();
+    const key = pendingKey;
+    const r = await postCheckout(ev, it, key, body);
+    const done = settled(ev, it, r, key, body);
+    if (done) { bump(`frame-like: ${done}${press > 1 ? ` (press ${press})` : ''}`); return; }
+    if (r.status === 0) continue; // the frame's network error: key kept
+    const err = r.json?.error ?? {};
+    if (!err.retryable) pendingKey = null;
+    if (err.retryable || ['idempotency_mismatch', 'cvc_already_used', 'idempotency_in_flight'].includes(err.code) || r.status >= 500) continue;
+    it.outcome = `refused ${r.status} ${err.code ?? ''}`.trim();
+    bump(`frame-like: ${it.outcome}`);
+    return;
+  }
+  it.outcome ??= 'gave up pressing Pay';
+  bump(`frame-like: ${it.outcome}`);
+}
+
 async function buyOnce(ev) {
+  const style = pickStyle();
+  const it = newIntent(ev, style, ev.items());
   let ticket = null;
   if (ev.queue) {
     ticket = await waitInQueue(ev);
-    if (!ticket) { bump('gave up in the waiting queue'); return; }
+    if (!ticket) { it.outcome = 'gave up in the waiting queue'; bump('gave up in the waiting queue'); return; }
   }
+  if (style === 'frame-like') return frameBuyer(ev, it, pickCard(), ticket);
   for (let round = 0; round < 3; round++) {
     const number = pickCard();
     const withCvc = rand() < 0.5;
-    const t = await tokenize(ev, number);
-    if (!t) { bump('could not tokenize'); return; }
     // Some buyers hesitate between entering the card and paying (a key rotation or
     // revocation can happen in between).
+    const body = await freshBody(ev, it, number, withCvc, ticket);
+    if (!body) { it.outcome = 'could not tokenize'; bump('could not tokenize'); return; }
     if (rand() < 0.15) await sleep(1000 + rand() * 3000);
-    const body = { items: ev.items(), token: t.token, buyer: BUYER };
-    if (withCvc) body.cvc_token = t.cvc_token;
-    if (ticket) body.admission_ticket = ticket;
     const key = crypto.randomUUID();
-    const r = await checkoutDefinite(ev, key, body);
+    let r;
+    if (style === 'gives up') {
+      // One press; an answer that does not say what happened ends the intent.
+      r = await postCheckout(ev, it, key, body);
+      const unknown = r.status === 0 || r.status >= 500 || (r.status !== 201 && r.json?.error?.retryable);
+      if (unknown) { it.outcome = `gave up after ${answerText(r)}`; bump(`gave up after ${r.status === 0 ? 'a lost answer' : `a ${r.status}`}`); return; }
+    } else r = await checkoutDefinite(ev, key, body, it);
     const code = r.json?.error?.code;
-    if (r.gaveUp) { bump('gave up (no definite answer in 150 s)'); return; }
-    if (r.status === 201) {
-      const st = r.json.status;
-      accepted.set(r.json.order_id, { event: ev.name, order_id: r.json.order_id, status: st, key, body, httpStatus: r.status, receipt_url: r.json.receipt_url });
-      bump(`${st}${r.sawUnknown ? ' (after a lost answer)' : ''}`);
-      return;
-    }
-    if (r.status === 402 && r.json?.status === 'declined') {
-      declined.push({ event: ev.name, order_id: r.json.order_id });
-      bump(`declined ${r.json.decline?.code}`);
-      return;
-    }
+    if (r.gaveUp) { it.outcome = 'gave up (no definite answer in 150 s)'; bump('gave up (no definite answer in 150 s)'); return; }
+    const done = settled(ev, it, r, key, body);
+    if (done === 'declined') { bump(`declined ${r.json.decline?.code}`); return; }
+    if (done) { bump(`${done}${r.sawUnknown ? ' (after a lost answer)' : ''}`); return; }
     if (code === 'key_revoked' || code === 'token_expired') { bump(`${code}: tokenized again`); continue; }
     if (code === 'cvc_already_used' && (r.sawRetryable || r.sawUnknown)) {
       noteFinding('A checkout retried with the same Idempotency-Key and body after a retryable refusal (or a lost answer) is refused 409 cvc_already_used: the first attempt spent the single-use CVC token (POST /cvc-use in checkout_inner runs before the hold) and AbandonIdempotent does not give it back, so the prescribed retry cannot succeed without asking the buyer for the CVC again.');
       bump('cvc_already_used after a retryable answer');
+      it.outcome = 'cvc_already_used after a retryable answer';
       return;
     }
-    bump(`refused ${r.status} ${code ?? ''}`.trim());
+    it.outcome = `refused ${r.status} ${code ?? ''}`.trim();
+    bump(it.outcome);
     return;
   }
 }
@@ -330,7 +430,8 @@ async function mischiefLoop() {
       // duplicate in flight: the same new checkout sent twice at once
       const t = await tokenize(ev, '4242424242424242');
       if (t) {
-        const body = { items: [{ sku: 'ticket', quantity: 1 }], token: t.token, cvc_token: t.cvc_token, buyer: BUYER };
+        const it = newIntent(ev, 'duplicate in flight', [{ sku: 'ticket', quantity: 1 }]);
+        const body = { items: it.items, token: t.token, cvc_token: t.cvc_token, buyer: buyerOf(it) };
         const key = crypto.randomUUID();
         const [x, y] = await Promise.all([0, 1].map(() => api('duplicate', 'POST', `/v1/events/${ev.id}/checkout`, { body, headers: { 'idempotency-key': key } })));
         const ok = [x, y].filter((r) => r.status === 201);
@@ -340,11 +441,12 @@ async function mischiefLoop() {
           if (ids.size > 1) replays.mismatches.push(`one key, two orders: ${[...ids].join(' ')}`);
           for (const r of [x, y]) if (r.status === 409 && !['idempotency_in_flight'].includes(r.json?.error?.code)) replays.mismatches.push(`duplicate answered 409 ${r.json?.error?.code}`);
         }
-        for (const r of ok) accepted.set(r.json.order_id, { event: ev.name, order_id: r.json.order_id, status: r.json.status, key, body, httpStatus: 201 });
+        it.history.push(`${elapsed().toFixed(1)}s k1/t1 twice at once → ${answerText(x)}; ${answerText(y)}`);
+        for (const r of ok) accepted.set(r.json.order_id, { event: ev.name, order_id: r.json.order_id, status: r.json.status, key, body, httpStatus: 201, intent: it.id });
         // settle it: whoever lost the race retries until the answer is definite
-        const fin = await checkoutDefinite(ev, key, body);
-        if (fin.status === 201) accepted.set(fin.json.order_id, { event: ev.name, order_id: fin.json.order_id, status: fin.json.status, key, body, httpStatus: 201 });
-        if (fin.status === 402 && fin.json?.status === 'declined') declined.push({ event: ev.name, order_id: fin.json.order_id });
+        const fin = await checkoutDefinite(ev, key, body, it);
+        settled(ev, it, fin, key, body);
+        it.outcome ??= `refused ${fin.status} ${fin.json?.error?.code ?? ''}`.trim();
       }
     } else {
       const cases = hostileCases(pick(events));
@@ -393,7 +495,7 @@ async function opsLoop() {
 
 const faults = []; // {start, end, label, note}
 const lanes = ['fast', 'cheap'];
-const HEALTHY = { partition: 'none', error_rate: 0, error_mode: 'before', latency_ms: { p50: 15, p95: 60 } };
+const HEALTHY = { partition: 'none', error_rate: 0, error_mode: 'before', reset_rate: 0, processing_rate: 0, malformed_rate: 0, latency_ms: { p50: 15, p95: 60 } };
 async function setLanes(settings) { for (const l of lanes) await sim('POST', `/control/lanes/${l}`, settings[l] ?? settings); }
 
 function startFault(label, note) { const f = { start: elapsed(), end: null, label, note }; faults.push(f); log(`fault: ${label}${note ? ` (${note})` : ''}`); return f; }
@@ -448,6 +550,18 @@ async function schedule(D) {
   await windowed(0.48, 0.55, 'all lanes hang', 'both lanes hold requests', () => setLanes({ partition: 'hang' }));
   if (!(await at(0.58))) return;
   await restartRuntime();
+  // The acquirer's answers that come after it charged run in short bursts alongside the
+  // vault and the policy faults (which do not touch the lanes).
+  const after = answerBursts(at);
+  try {
+    await lateFaults(at);
+  } finally {
+    await after;
+  }
+}
+
+/** The vault key rotation and revocation, the policy push and rollback. */
+async function lateFaults(at) {
   if (!(await at(0.68))) return;
   {
     const before = await admin('vault', 'GET', '/v1/admin/keys');
@@ -463,11 +577,14 @@ async function schedule(D) {
     const v = await admin('vault', 'POST', `/v1/admin/keys/${before.json?.current}/revoke`);
     g.note = `revoke ${before.json?.current}: ${v.status}`;
     if (canary) {
-      const c = await api('canary', 'POST', `/v1/events/${events[0].id}/checkout`, { body: { items: [{ sku: 'ticket', quantity: 1 }], token: canary.token, buyer: BUYER }, headers: { 'idempotency-key': crypto.randomUUID() } });
+      const it = newIntent(events[0], 'canary', [{ sku: 'ticket', quantity: 1 }]);
+      const c = await api('canary', 'POST', `/v1/events/${events[0].id}/checkout`, { body: { items: it.items, token: canary.token, buyer: buyerOf(it) }, headers: { 'idempotency-key': crypto.randomUUID() } });
+      it.history.push(`canary → ${answerText(c)}`);
+      it.outcome = answerText(c);
       shredding.checked = true;
       shredding.answer = `${c.status} ${c.json?.error?.code ?? c.json?.status ?? ''}`.trim();
       g.note += `; a token of the revoked key then answered ${shredding.answer}`;
-      if (c.status === 201) accepted.set(c.json.order_id, { event: events[0].name, order_id: c.json.order_id, status: c.json.status, key: 'canary', body: {}, httpStatus: 201 });
+      if (c.status === 201) accepted.set(c.json.order_id, { event: events[0].name, order_id: c.json.order_id, status: c.json.status, key: 'canary', body: {}, httpStatus: 201, intent: it.id });
     }
     await sleep(1500);
     endFault(g);
@@ -500,9 +617,30 @@ async function schedule(D) {
   }
 }
 
+/** Bursts of the failures that happen after the acquirer charged: each loses or hides the outcome. */
+async function answerBursts(at) {
+  const burst = async (from, to, label, note, settings) => {
+    if (!(await at(from))) return;
+    const f = startFault(label, note);
+    await setLanes(settings);
+    await at(to);
+    await setLanes(HEALTHY);
+    endFault(f);
+  };
+  await burst(0.69, 0.74, 'processed, then reset', 'charged, then the connection reset: fast 50 % before the answer, cheap 50 % mid-body',
+    { fast: { reset_rate: 0.5, reset_point: 'before_response' }, cheap: { reset_rate: 0.5, reset_point: 'mid_body' } });
+  await burst(0.78, 0.83, 'processing intents', 'both lanes answer 50 % of new payment intents "processing", settling 1.5 s later',
+    { processing_rate: 0.5, processing_ms: 1500 });
+  await burst(0.88, 0.93, 'malformed 2xx', 'charged, then a 200 that is not JSON: fast 50 % garbage, cheap 50 % truncated',
+    { fast: { malformed_rate: 0.5, malformed_body: 'garbage' }, cheap: { malformed_rate: 0.5, malformed_body: 'truncated' } });
+}
+
 // ------------------------------------------------------------------------- the end
 
-/** Every payment intent at the simulator: id -> {lane, order_id, status, amount}. */
+/**
+ * Every payment intent the simulator ever made (refunded ones included): id -> {lane,
+ * order_id, key (the acquirer idempotency key), status, amount, refunded, created}.
+ */
 async function chargeList() {
   const out = {};
   for (const lane of lanes) {
@@ -511,7 +649,12 @@ async function chargeList() {
       const q = `limit=100&expand[]=data.latest_charge${after ? `&starting_after=${after}` : ''}`;
       const res = await fetch(`${opt.sim}/lanes/${lane}/v1/payment_intents?${q}`, { headers: { authorization: 'Bearer sk_test_chaos' }, signal: AbortSignal.timeout(10_000) });
       const body = await res.json();
-      for (const pi of body.data ?? []) out[pi.id] = { lane, order_id: pi.metadata?.order_id ?? null, status: pi.status, amount: pi.amount, created: pi.created };
+      for (const pi of body.data ?? []) {
+        out[pi.id] = {
+          lane, order_id: pi.metadata?.order_id ?? null, key: pi.metadata?.idempotency_key ?? null, status: pi.status,
+          amount: pi.amount, currency: pi.currency, refunded: pi.latest_charge?.amount_refunded ?? 0, created: pi.created,
+        };
+      }
       if (!body.has_more || !body.data?.length) break;
       after = body.data[body.data.length - 1].id;
     }
@@ -543,6 +686,49 @@ function diagnoseDoubleCharges(simStats, charges) {
   for (const [pattern, p] of Object.entries(patterns)) {
     findings.push(`${p.n} orders charged more than once with acquirer keys ${pattern} (e.g. ${p.example}); first charge during: ${Object.entries(p.phases).map(([k, n]) => `${k} ${n}`).join(', ')}`);
   }
+}
+
+/** For orders still queued at the end: their payment intents at the acquirer, and the fault window each was made in. */
+function diagnoseLeftQueued(evData, charges) {
+  const byOrder = {};
+  for (const [id, c] of Object.entries(charges)) if (c.order_id) (byOrder[c.order_id] ??= []).push({ id, ...c });
+  const lines = [];
+  const phases = {};
+  for (const e of evData) {
+    for (const r of e.exportRows.filter((x) => x.state === 'queued')) {
+      const pis = byOrder[r.order_id] ?? [];
+      for (const c of pis) {
+        const t = c.created - T0 / 1000;
+        const ph = faults.filter((f) => t >= f.start - 1 && t < (f.end ?? Infinity) + 1).map((f) => f.label).join(' + ') || 'steady';
+        phases[ph] = (phases[ph] ?? 0) + 1;
+      }
+      if (lines.length < 8) lines.push(`${e.name} ${r.order_id}: ${pis.length ? pis.map((c) => `${c.id} ${c.status} on ${c.lane} (key ${c.key}, made at ${(c.created - T0 / 1000).toFixed(0)} s)`).join(', ') : 'no payment intent'}`);
+    }
+  }
+  if (lines.length) findings.push(`orders still queued after recovery and their payment intents at the acquirer (made during: ${Object.entries(phases).map(([k, v]) => `${k} ${v}`).join(', ')}): ${lines.join('; ')}`);
+}
+
+/** Sums up the buyer intents charged more than once: by buyer style and by the fault phase of each extra charge. */
+function diagnoseBuyerDoubles(data) {
+  const att = attributeCharges(data);
+  const styles = {};
+  const phases = {};
+  let n = 0;
+  for (const { intent, charges } of att.byIntent.values()) {
+    if (charges.length < 2) continue;
+    n += 1;
+    styles[intent.style] = (styles[intent.style] ?? 0) + 1;
+    for (const c of charges.slice(1)) {
+      const t = c.created - T0 / 1000;
+      const ph = faults.filter((f) => t >= f.start - 1 && t < (f.end ?? Infinity) + 3).map((f) => f.label).join(' + ') || 'steady';
+      phases[ph] = (phases[ph] ?? 0) + 1;
+    }
+  }
+  const list = (o) => Object.entries(o).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ');
+  if (n) findings.push(`${n} buyer intents charged more than once; by buyer style: ${list(styles)}; extra charges made during: ${list(phases)}`);
+  const intentsByStyle = {};
+  for (const it of data.intents) intentsByStyle[it.style] = (intentsByStyle[it.style] ?? 0) + 1;
+  findings.push(`buyer intents by style: ${list(intentsByStyle)}`);
 }
 
 function scanFiles(dirs) {
@@ -596,31 +782,38 @@ async function finish(loadSeconds) {
     const wait = (lastRestart + 31) * 1000 - (Date.now() - T0);
     if (wait > 0) { log(`waiting ${Math.ceil(wait / 1000)} s so checkouts cut off by the restart can be swept`); await sleep(wait); }
   }
-  const simStats = await sim('GET', '/control/stats');
-  const charges = await chargeList();
   const evData = [];
   for (const ev of events) {
     const rec = await api('final', 'POST', `/v1/admin/events/${ev.id}/reconcile`, { key: merchantKey, final: true });
+    // The merchant's export carries each order's buyer e-mail (every policy here collects it).
     const ex = await api('final', 'GET', `/v1/admin/events/${ev.id}/export?format=ndjson`, { key: merchantKey, final: true });
     const exportRows = ex.status === 200 ? ex.text.split('\n').filter(Boolean).map((l) => JSON.parse(l)) : [];
+    if (ex.status !== 200) findings.push(`the export of ${ev.name} answered ${ex.status}: ${ex.text.slice(0, 200)}`);
     evData.push({ id: ev.id, name: ev.name, summary: summaries.get(ev.id), reconcile: rec.json, exportRows });
   }
+  // Read after reconciliation, so the refunds it made are in the figures; the list holds every
+  // payment intent ever made, refunded or not.
+  const simStats = await sim('GET', '/control/stats');
+  const charges = await chargeList();
   const states = {};
   for (const e of evData) for (const r of e.exportRows) states[r.state] = (states[r.state] ?? 0) + 1;
   const pending = evData.flatMap((e) => e.exportRows.filter((r) => !FINAL_STATES.has(r.state) && r.state !== 'abandoned').map((r) => `${e.name} ${r.order_id} ${r.state}`));
   if (pending.length) findings.push(`${pending.length} orders in the ledgers are neither final nor abandoned after recovery (none of them was answered 201): ${pending.slice(0, 6).join(', ')}`);
 
   diagnoseDoubleCharges(simStats, charges);
+  diagnoseLeftQueued(evData, charges);
   const unexpectedNoAnswer = requests
     // a request in flight when the runtime stopped loses its answer then, whenever it started
-    .filter((r) => r.status === 0 && !restartWindows.some((w) => r.t + r.ms / 1000 >= w.start - 0.5 && r.t <= w.end))
+    .filter((r) => r.status === 0 && !r.cut && !restartWindows.some((w) => r.t + r.ms / 1000 >= w.start - 0.5 && r.t <= w.end))
     .map((r) => `${r.kind} ${r.path} at ${r.t.toFixed(1)} s: ${r.err}`);
   const scan = scanFiles([opt.state, opt.logs]);
   const data = {
     events: evData, sim: simStats, accepted: [...accepted.values()], declined, requests,
+    intents: intents.map(({ keys, tokens, ...it }) => it),
     charges, panics: panicLines(opt.logs), leaks: scan.leaks, filesScanned: scan.filesScanned, replays, unexpectedNoAnswer,
   };
   const invariants = checkInvariants(data);
+  diagnoseBuyerDoubles(data);
   invariants.push({
     name: 'hostile input refused with a 4xx that echoes no card number', ok: hostile.sent > 0 && hostile.unexpected.length === 0,
     figure: `${hostile.sent} hostile requests, ${hostile.unexpected.length} unexpected answers`, details: hostile.unexpected.slice(0, 20), more: 0,
@@ -638,9 +831,12 @@ async function finish(loadSeconds) {
   const svg = renderSvg({ requests, faults, seconds: Math.ceil(loadSeconds) + 5, bucket: loadSeconds > 240 ? 5 : 1 });
   fs.writeFileSync(path.join(opt.out, 'chart.svg'), svg);
   fs.writeFileSync(path.join(opt.out, 'report.md'), renderReport({ run, invariants, tally, faults, outcomes, findings }));
-  fs.writeFileSync(path.join(opt.out, 'results.json'), JSON.stringify({ run, invariants, byKind: tally.byKind, latency: tally.latency, faults, outcomes, findings, events: evData.map((e) => ({ id: e.id, name: e.name, summary: e.summary, reconcile: e.reconcile })) }, null, 2));
+  fs.writeFileSync(path.join(opt.out, 'results.json'), JSON.stringify({ run, invariants, intents: data.intents, charges, sim: simStats, byKind: tally.byKind, latency: tally.latency, faults, outcomes, findings, events: evData.map((e) => ({ id: e.id, name: e.name, summary: e.summary, reconcile: e.reconcile })) }, null, 2));
   process.stdout.write(`\npoptill chaos: ${tally.total} requests in ${loadSeconds.toFixed(0)} s of load, seed ${runSeed}\n`);
-  for (const i of invariants) process.stdout.write(`  ${i.ok ? 'ok  ' : 'FAIL'}  ${i.name}: ${i.figure}\n${i.ok ? '' : i.details.map((d) => `          ${d}\n`).join('')}`);
+  for (const i of invariants) {
+    process.stdout.write(`  ${i.ok ? 'ok  ' : 'FAIL'}  ${i.name}: ${i.figure}\n${i.ok ? '' : i.details.map((d) => `          ${d}\n`).join('')}`);
+    for (const n of (i.notes ?? []).slice(0, 10)) process.stdout.write(`          note: ${n}\n`);
+  }
   for (const f of findings) process.stdout.write(`  note  ${f}\n`);
   const checkouts = Object.entries(tally.latency).map(([ph, v]) => `${ph} p50 ${v.checkout.p50?.toFixed(0)} p95 ${v.checkout.p95?.toFixed(0)} p99 ${v.checkout.p99?.toFixed(0)} ms (n ${v.checkout.n})`);
   process.stdout.write(`  checkout latency: ${checkouts.join('; ')}\n  report: ${path.join(opt.out, 'report.md')}\n`);

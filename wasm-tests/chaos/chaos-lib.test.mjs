@@ -12,12 +12,23 @@ function healthy() {
       id: 'evt_a', name: 'hot',
       summary: { skus: [{ sku: 'ticket', stock: 2, sold: 2 }], queued_count: 0 },
       exportRows: [
-        { order_id: 'ord_1', state: 'approved', lines: [{ sku: 'ticket', qty: 1 }] },
-        { order_id: 'ord_2', state: 'forwarded', lines: [{ sku: 'ticket', qty: 1 }] },
-        { order_id: 'ord_3', state: 'declined', lines: [{ sku: 'ticket', qty: 1 }] },
+        { order_id: 'ord_1', state: 'approved', charge_id: 'pi_1', buyer_email: 'b00001@x.org', lines: [{ sku: 'ticket', qty: 1 }] },
+        { order_id: 'ord_2', state: 'forwarded', charge_id: 'pi_2', buyer_email: 'b00002@x.org', lines: [{ sku: 'ticket', qty: 1 }] },
+        { order_id: 'ord_3', state: 'declined', charge_id: null, buyer_email: 'b00003@x.org', lines: [{ sku: 'ticket', qty: 1 }] },
       ],
-      reconcile: { report: { matched: [['ord_1', 'pi_1'], ['ord_2', 'pi_2']], missing_at_acquirer: [], missing_at_edge: [], amount_mismatch: [], awaiting_forward: [] } },
+      reconcile: { report: { matched: [['ord_1', 'pi_1'], ['ord_2', 'pi_2']], missing_at_acquirer: [], missing_at_edge: [], amount_mismatch: [], awaiting_forward: [] }, lost_checkouts_refunded: [] },
     }],
+    charges: {
+      pi_1: { lane: 'fast', order_id: 'ord_1', key: 'ord_1_online', status: 'succeeded', amount: 1500, currency: 'eur', refunded: 0, created: 1 },
+      pi_2: { lane: 'cheap', order_id: 'ord_2', key: 'ord_2_queued', status: 'succeeded', amount: 1500, currency: 'eur', refunded: 0, created: 2 },
+      pi_3: { lane: 'fast', order_id: 'ord_3', key: 'ord_3_online', status: 'requires_payment_method', amount: 1500, currency: 'eur', refunded: 0, created: 3 },
+    },
+    intents: [
+      { id: 'b00001', email: 'b00001@x.org', event: 'hot', style: 'frame-like', items: [{ sku: 'ticket', quantity: 1 }], history: [], outcome: 'approved' },
+      { id: 'b00002', email: 'b00002@x.org', event: 'hot', style: 'same body', items: [{ sku: 'ticket', quantity: 1 }], history: [], outcome: 'queued' },
+      { id: 'b00003', email: 'b00003@x.org', event: 'hot', style: 'gives up', items: [{ sku: 'ticket', quantity: 1 }], history: [], outcome: 'declined' },
+      { id: 'b00004', email: 'b00004@x.org', event: 'hot', style: 'gives up', items: [{ sku: 'ticket', quantity: 1 }], history: [], outcome: 'gave up after no answer' },
+    ],
     sim: { lanes: {
       fast: { by_idempotency_key: { ord_1_online: 1, ord_3_online: 1 }, by_order_id: { ord_1: 1 } },
       cheap: { by_idempotency_key: { ord_2_queued: 1 }, by_order_id: { ord_2: 1 } },
@@ -41,7 +52,7 @@ function expectOnlyBroken(data, prefix) {
 
 test('a healthy run holds every invariant, each with a figure', () => {
   const inv = checkInvariants(healthy());
-  assert.equal(inv.length, 10);
+  assert.equal(inv.length, 12);
   for (const i of inv) {
     assert.equal(i.ok, true, `${i.name}: ${i.details.join('; ')}`);
     assert.ok(i.figure.length > 5, i.name);
@@ -67,6 +78,92 @@ test('charged twice: one acquirer key on two lanes, or two charges for one order
   assert.ok(c.details.some((x) => /order ord_1: 2 successful charges/.test(x)));
   // the same order is then also out of step with the acquirer
   assert.equal(byName(checkInvariants(d), 'every accepted').ok, false);
+});
+
+/** The frame's double charge: buyer b00001's first press charged ord_4, whose checkout was
+ *  lost (the ledger released it); a later press with a new key became ord_1 and charged again. */
+function frameDoubleCharge({ refundedByReconciliation = true } = {}) {
+  const d = healthy();
+  d.events[0].exportRows.push({ order_id: 'ord_4', state: 'declined', charge_id: null, buyer_email: 'b00001@x.org', lines: [{ sku: 'ticket', qty: 1 }] });
+  d.charges.pi_4 = { lane: 'cheap', order_id: 'ord_4', key: 'ord_4_online', status: 'succeeded', amount: 1500, currency: 'eur', refunded: refundedByReconciliation ? 1500 : 0, created: 0 };
+  if (refundedByReconciliation) {
+    d.events[0].reconcile.report.refunded_unpaid = ['pi_4'];
+    d.events[0].reconcile.lost_checkouts_refunded = [{ charge_id: 'pi_4', order_id: 'ord_4', amount: 1500 }];
+  } else d.events[0].reconcile.report.missing_at_edge = ['pi_4'];
+  d.intents[0].history = ['1.0s k1/t1 → no answer (UND_ERR_SOCKET)', '3.1s k1/t2 → 422 idempotency_mismatch', '5.0s k2/t3 → 201 approved ord_1'];
+  return d;
+}
+
+test('one charge per buyer intent holds, with its figure', () => {
+  const inv = checkInvariants(healthy());
+  const one = byName(inv, 'at most one charge per buyer intent');
+  assert.equal(one.ok, true, one.details.join('\n'));
+  assert.match(one.figure, /^2 charges for 2 of 4 buyer intents, max 1 per intent; 0 intents charged more than once/);
+  const held = byName(inv, 'every charge held by its order');
+  assert.equal(held.ok, true, held.details.join('\n'));
+  assert.match(held.figure, /^2 charges held by their orders; 0 charges of lost checkouts refunded/);
+});
+
+test('a double charge on two order ids for one buyer is caught, even when reconciliation refunded one of them', () => {
+  const d = frameDoubleCharge();
+  const inv = checkInvariants(d);
+  // The per-order count cannot see it, and the books are clean.
+  assert.equal(byName(inv, 'no payment charged twice').ok, true);
+  assert.equal(byName(inv, 'reconciliation clean').ok, true);
+  const one = byName(inv, 'at most one charge per buyer intent');
+  assert.equal(one.ok, false);
+  assert.match(one.figure, /3 charges for 2 of 4 buyer intents, max 2 per intent; 1 intents charged more than once \(1 extra charges, 15\.00 EUR\)/);
+  assert.equal(one.details.length, 1);
+  const line = one.details[0];
+  assert.match(line, /^buyer b00001 \(frame-like, hot, 1×ticket, b00001@x\.org\): 2 charges on 2 orders, 30\.00 EUR in all/);
+  assert.match(line, /pi_4 on cheap for order ord_4 \(declined; acquirer key ord_4_online\), refunded 15\.00 EUR by reconciliation as a lost checkout/);
+  assert.match(line, /pi_1 on fast for order ord_1 \(approved; acquirer key ord_1_online\)/);
+  assert.match(line, /k1\/t2 → 422 idempotency_mismatch/);
+  // The refunded lost checkout is noted separately with its figure.
+  const held = byName(inv, 'every charge held by its order');
+  assert.equal(held.ok, true, held.details.join('\n'));
+  assert.match(held.figure, /1 charges of lost checkouts refunded in full \(1 by the final reconciliation\), 15\.00 EUR/);
+  assert.match(held.notes[0], /^lost checkout refunded: pi_4 .* buyer b00001 \(frame-like, 2 charges\)/);
+  const md = renderReport({ run: { started: 'x', seconds: 1, buyers: 1, events: 1 }, invariants: inv, tally: tallyRequests([], []), faults: [] });
+  assert.match(md, /### at most one charge per buyer intent: violated\n\n- buyer b00001/);
+  assert.match(md, /### every charge held by its order or refunded as a lost checkout: noted\n\n- lost checkout refunded: pi_4/);
+});
+
+test('a charge no order holds and nobody refunded is caught, as is one for an order the ledger does not know', () => {
+  let d = frameDoubleCharge({ refundedByReconciliation: false });
+  let held = expectOnlyBroken(d, 'every charge held by its order');
+  assert.match(held.details[0], /^charge pi_4 on cheap for order ord_4 \(declined; .*\): no order holds it and it is not refunded/);
+  assert.equal(byName(checkInvariants(d), 'at most one charge per buyer intent').ok, false);
+  d = healthy();
+  d.charges.pi_9 = { lane: 'fast', order_id: 'ord_nowhere', key: 'ord_nowhere_online', status: 'succeeded', amount: 1200, currency: 'eur', refunded: 0, created: 9 };
+  held = expectOnlyBroken(d, 'every charge held by its order');
+  assert.match(held.details[0], /pi_9 on fast for order ord_nowhere \(unknown to the ledger;/);
+  assert.match(held.figure, /1 charges no order holds \(1 for orders unknown to the ledger\)/);
+  // A second charge on the same order (failed over to another lane) is not held either.
+  d = healthy();
+  d.charges.pi_5 = { lane: 'cheap', order_id: 'ord_1', key: 'ord_1_online', status: 'succeeded', amount: 1500, currency: 'eur', refunded: 0, created: 5 };
+  const inv = checkInvariants(d);
+  assert.equal(byName(inv, 'every charge held by its order').ok, false);
+  assert.match(byName(inv, 'at most one charge per buyer intent').details[0], /^buyer b00001 .*: 2 charges on 1 order,/);
+});
+
+test('a processing charge counts; a charge whose order has no buyer e-mail, or no intents at all, fails', () => {
+  let d = healthy();
+  d.events[0].exportRows.push({ order_id: 'ord_6', state: 'declined', charge_id: null, buyer_email: 'b00002@x.org', lines: [] });
+  d.charges.pi_6 = { lane: 'fast', order_id: 'ord_6', key: 'ord_6_online', status: 'processing', amount: 1500, currency: 'eur', refunded: 0, created: 6 };
+  assert.match(expectOnlyBroken(d, 'at most one charge per buyer intent').details[0], /^buyer b00002 .*pi_6 processing on fast/);
+  d = healthy();
+  delete d.events[0].exportRows[0].buyer_email;
+  assert.match(expectOnlyBroken(d, 'at most one charge per buyer intent').details[0], /pi_1 .*no buyer e-mail in the export/);
+  d = healthy();
+  d.events[0].exportRows[0].buyer_email = 'someone@else.org';
+  assert.match(expectOnlyBroken(d, 'at most one charge per buyer intent').details[0], /is no buyer intent of this run/);
+  d = healthy();
+  d.intents = [];
+  assert.match(expectOnlyBroken(d, 'at most one charge per buyer intent').details.join(), /no buyer intent was recorded/);
+  d = healthy();
+  delete d.charges;
+  assert.match(expectOnlyBroken(d, 'at most one charge per buyer intent').details.join(), /charge list is missing/);
 });
 
 test('final states: missing, duplicated, pending or queued orders, and states that disagree with the acquirer', () => {

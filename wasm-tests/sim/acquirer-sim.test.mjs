@@ -403,3 +403,169 @@ test("accepts the exact body src/acquirer.rs builds (kept equal to its test fixt
   assert.deepEqual(pi.metadata, { order_id: "ord 1&x=y/é", event_id: "ev[1]+%", idempotency_key: "ord_1_1" });
   assert.deepEqual((await stats()).fast.by_order_id, { "ord 1&x=y/é": 1 });
 });
+
+// ---- Failure modes after the API ran: processed then reset, processing intents, malformed 2xx
+
+/** A raw POST whose answer the test reads itself (the body may be cut or not JSON). */
+function rawPost(lane, form, idem) {
+  const headers = { Authorization: `Bearer ${KEY}` };
+  if (idem) headers["Idempotency-Key"] = idem;
+  return fetch(`${sim.base}/lanes/${lane}/v1/payment_intents`, { method: "POST", headers, body: new URLSearchParams(form) });
+}
+
+async function intents(lane) {
+  return (await call(lane, "GET", "/v1/payment_intents?limit=100&expand[]=data.latest_charge")).body.data;
+}
+
+test("the new modes default to off and refuse bad values", async () => {
+  const cfg = await (await fetch(`${sim.base}/control/lanes/fast`)).json();
+  assert.deepEqual(
+    { ...cfg, latency_ms: undefined },
+    {
+      latency_ms: undefined, error_rate: 0, error_mode: "before", partition: "none",
+      reset_rate: 0, reset_point: "before_response", processing_rate: 0, processing_ms: 2000, malformed_rate: 0, malformed_body: "garbage",
+    },
+  );
+  for (const bad of [{ reset_rate: 1.5 }, { reset_point: "later" }, { processing_rate: -1 }, { processing_ms: 1.5 }, { processing_ms: 200_000 }, { malformed_rate: "1" }, { malformed_body: "html" }]) {
+    const r = await fetch(`${sim.base}/control/lanes/fast`, { method: "POST", body: JSON.stringify(bad) });
+    assert.equal(r.status, 400, JSON.stringify(bad));
+    assert.equal((await r.json()).error.type, "invalid_request_error");
+  }
+});
+
+test("processed, then reset before the answer: the card is charged, the client sees a reset, the same key replays", async () => {
+  await control("fast", { reset_rate: 1 });
+  await assert.rejects(rawPost("fast", cardForm("4242424242424242"), "reset-1").then((r) => r.text()), TypeError);
+  let s = (await stats()).fast;
+  assert.equal(s.resets, 1);
+  assert.equal(s.charges_created, 1);
+  assert.equal(s.charges_succeeded, 1, "the charge was made although no answer came");
+  assert.deepEqual(s.by_order_id, { ord_1: 1 });
+  await control("fast", { reset_rate: 0 });
+  const [pi] = await intents("fast");
+  assert.equal(pi.status, "succeeded");
+  assert.equal(pi.latest_charge.status, "succeeded");
+  // The stored answer of the key is the real one.
+  const again = await call("fast", "POST", "/v1/payment_intents", { form: cardForm("4242424242424242"), idem: "reset-1" });
+  assert.equal(again.status, 200);
+  assert.equal(again.headers.get("idempotent-replayed"), "true");
+  assert.equal(again.body.id, pi.id);
+  assert.equal(again.body.status, "succeeded");
+  s = (await stats()).fast;
+  assert.equal(s.charges_created, 1);
+  assert.equal(s.by_idempotency_key["reset-1"], 1);
+  // Replays and other requests that reached the API are reset too.
+  await control("fast", { reset_rate: 1 });
+  await assert.rejects(call("fast", "POST", "/v1/payment_intents", { form: cardForm("4242424242424242"), idem: "reset-1" }), TypeError);
+  await assert.rejects(call("fast", "GET", "/v1/payment_intents"), TypeError);
+  assert.equal((await stats()).fast.charges_created, 1);
+  const other = await call("cheap", "GET", "/v1/payment_intents");
+  assert.equal(other.status, 200, "other lanes are unaffected");
+});
+
+test("processed, then reset part way through the body: status and headers arrive, the body read fails", async () => {
+  await control("cheap", { reset_rate: 1, reset_point: "mid_body" });
+  const res = await rawPost("cheap", cardForm("5555555555554444"), "mid-1");
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get("content-type"), "application/json");
+  assert.equal(res.headers.get("idempotency-key"), "mid-1");
+  assert.ok(Number(res.headers.get("content-length")) > 100);
+  await assert.rejects(res.text(), TypeError);
+  const s = (await stats()).cheap;
+  assert.equal(s.resets, 1);
+  assert.equal(s.charges_succeeded, 1);
+  // A decline is reset the same way (a 402 the client never reads).
+  const d = await rawPost("cheap", cardForm("4000000000000002", { "metadata[order_id]": "ord_2" }), "mid-2");
+  assert.equal(d.status, 402);
+  await assert.rejects(d.text(), TypeError);
+  assert.equal((await stats()).cheap.declines, 1);
+});
+
+test("processing: 200 with a processing intent that later takes the card's outcome; a replay answers the stored processing answer", async () => {
+  await control("fast", { processing_rate: 1, processing_ms: 300 });
+  const ok = await call("fast", "POST", "/v1/payment_intents", { form: cardForm("4242424242424242"), idem: "proc-ok" });
+  const no = await call("fast", "POST", "/v1/payment_intents", { form: cardForm("4000000000009995", { "metadata[order_id]": "ord_2" }), idem: "proc-no" });
+  const man = await call("fast", "POST", "/v1/payment_intents", { form: cardForm("4242424242424242", { capture_method: "manual", "metadata[order_id]": "ord_3" }), idem: "proc-man" });
+  for (const r of [ok, no, man]) {
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.body.object, "payment_intent");
+    assert.equal(r.body.status, "processing");
+    assert.equal(r.body.amount_received, 0);
+    assert.match(r.body.latest_charge, /^ch_/);
+    assert.equal(r.body.last_payment_error, null);
+  }
+  const now = await call("fast", "GET", `/v1/payment_intents/${ok.body.id}?expand[]=latest_charge`);
+  assert.equal(now.body.status, "processing");
+  assert.equal(now.body.latest_charge.status, "pending");
+  assert.equal(now.body.latest_charge.paid, false);
+  let s = (await stats()).fast;
+  assert.equal(s.processing, 3);
+  assert.equal(s.charges_created, 3);
+  assert.equal(s.charges_succeeded, 0, "nothing has succeeded yet");
+  assert.deepEqual(s.by_order_id, {});
+  // A capture or refund of a processing intent is refused as at Stripe.
+  assert.equal((await call("fast", "POST", "/v1/refunds", { form: { payment_intent: ok.body.id } })).body.error.code, "charge_not_refundable");
+
+  await new Promise((r) => setTimeout(r, 450));
+  const done = await call("fast", "GET", `/v1/payment_intents/${ok.body.id}?expand[]=latest_charge`);
+  assert.equal(done.body.status, "succeeded");
+  assert.equal(done.body.amount_received, 1250);
+  assert.equal(done.body.latest_charge.status, "succeeded");
+  assert.equal(done.body.latest_charge.captured, true);
+  const failed = await call("fast", "GET", `/v1/payment_intents/${no.body.id}`);
+  assert.equal(failed.body.status, "requires_payment_method");
+  assert.equal(failed.body.last_payment_error.type, "card_error");
+  assert.equal(failed.body.last_payment_error.decline_code, "insufficient_funds");
+  assert.equal((await call("fast", "GET", `/v1/payment_intents/${man.body.id}`)).body.status, "requires_capture");
+  const listed = Object.fromEntries((await intents("fast")).map((p) => [p.id, p.status]));
+  assert.deepEqual(listed, { [ok.body.id]: "succeeded", [no.body.id]: "requires_payment_method", [man.body.id]: "requires_capture" });
+  s = (await stats()).fast;
+  assert.equal(s.charges_succeeded, 2);
+  assert.equal(s.declines, 1);
+  assert.deepEqual(s.by_order_id, { ord_1: 1, ord_3: 1 });
+
+  // Stripe saved the first answer per key: replays still say processing, and charge nothing.
+  await control("fast", { processing_rate: 0 });
+  for (const [r, form] of [[ok, cardForm("4242424242424242")], [no, cardForm("4000000000009995", { "metadata[order_id]": "ord_2" })]]) {
+    const rep = await call("fast", "POST", "/v1/payment_intents", { form, idem: r === ok ? "proc-ok" : "proc-no" });
+    assert.equal(rep.status, 200);
+    assert.equal(rep.headers.get("idempotent-replayed"), "true");
+    assert.equal(rep.text, r.text, "the replay is the stored answer byte for byte");
+  }
+  assert.equal((await stats()).fast.charges_created, 3);
+});
+
+test("malformed 2xx: the card is charged and the answer is a 200 that is not JSON, or cut in half; the key replays the real answer", async () => {
+  await control("fast", { malformed_rate: 1 });
+  const g = await rawPost("fast", cardForm("4242424242424242"), "mal-g");
+  assert.equal(g.status, 200);
+  const gText = await g.text();
+  assert.equal(Number(g.headers.get("content-length")), Buffer.byteLength(gText));
+  assert.throws(() => JSON.parse(gText), SyntaxError);
+  assert.ok(!gText.includes("4242424242424242"));
+
+  await control("fast", { malformed_body: "truncated" });
+  const t = await rawPost("fast", cardForm("4242424242424242", { "metadata[order_id]": "ord_2" }), "mal-t");
+  assert.equal(t.status, 200);
+  const tText = await t.text();
+  assert.equal(Number(t.headers.get("content-length")), Buffer.byteLength(tText), "the body read itself succeeds");
+  assert.throws(() => JSON.parse(tText), SyntaxError);
+  assert.ok(tText.startsWith("{"));
+  // Only 2xx answers are mangled: a decline arrives intact.
+  const d = await call("fast", "POST", "/v1/payment_intents", { form: cardForm("4000000000000002", { "metadata[order_id]": "ord_3" }) });
+  assert.equal(d.status, 402);
+  assert.equal(d.body.error.code, "card_declined");
+
+  let s = (await stats()).fast;
+  assert.equal(s.malformed, 2);
+  assert.equal(s.charges_succeeded, 2, "both malformed answers charged the card");
+  assert.deepEqual(s.by_order_id, { ord_1: 1, ord_2: 1 });
+  await control("fast", { malformed_rate: 0 });
+  const rep = await call("fast", "POST", "/v1/payment_intents", { form: cardForm("4242424242424242", { "metadata[order_id]": "ord_2" }), idem: "mal-t" });
+  assert.equal(rep.status, 200);
+  assert.equal(rep.headers.get("idempotent-replayed"), "true");
+  assert.equal(rep.body.status, "succeeded");
+  assert.ok(rep.text.startsWith(tText), "the truncated body was the first half of the real answer");
+  s = (await stats()).fast;
+  assert.equal(s.charges_created, 3);
+});
