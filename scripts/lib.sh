@@ -131,9 +131,13 @@ WORKER_PID=""
 start_worker() {
   local port="$1" state="$2" log="$3"
   cd "$ROOT"
+  # Each stack gets its own inspector port (wrangler's default 9229 would keep a second
+  # stack on the same machine from starting), unless the caller chose one.
+  local -a inspector=()
+  [[ " ${WORKER_VARS[*]-} " == *" --inspector-port "* ]] || inspector=(--inspector-port "$(free_port)")
   env CLOUDFLARE_CF_FETCH_ENABLED=false WRANGLER_SEND_METRICS=false CI=1 \
     setsid wrangler dev --ip 127.0.0.1 --port "$port" --persist-to "$state" \
-      --show-interactive-dev-session=false --log-level log ${WORKER_VARS[@]+"${WORKER_VARS[@]}"} \
+      --show-interactive-dev-session=false --log-level log ${inspector[@]+"${inspector[@]}"} ${WORKER_VARS[@]+"${WORKER_VARS[@]}"} \
       >"$log" 2>&1 < /dev/null &
   WORKER_PID=$!
   STACK_PIDS+=("$WORKER_PID")

@@ -93,6 +93,8 @@ pub struct Prepared {
 pub struct CheckoutInput {
     pub event: Arc<EventConfig>,
     pub key: CheckoutKey,
+    /// [`request::cart_fingerprint`] of the request.
+    pub cart: String,
     /// What preparing found; an error is still checked against the idempotency record
     /// first (a completed request answers its stored answer whatever this retry holds).
     pub prepared: Result<Prepared, ApiError>,
@@ -255,6 +257,7 @@ enum Purpose {
 pub struct Checkout {
     event: Arc<EventConfig>,
     key: CheckoutKey,
+    cart: String,
     prepared: Option<Prepared>,
     prepare_error: Option<ApiError>,
     secrets: Vec<(String, Secret<String>)>,
@@ -291,6 +294,7 @@ impl Checkout {
         Checkout {
             event: input.event,
             key: input.key,
+            cart: input.cart,
             prepared,
             prepare_error,
             secrets: input.secrets,
@@ -385,6 +389,7 @@ impl Checkout {
             let call = ObjectCall::Begin(Box::new(BeginRequest {
                 key: self.key.key.clone(),
                 fingerprint: None,
+                cart: self.cart.clone(),
                 cvc: None,
                 hold: None,
                 then: None,
@@ -451,6 +456,7 @@ impl Checkout {
         let call = ObjectCall::Begin(Box::new(BeginRequest {
             key: self.key.key.clone(),
             fingerprint: Some(p.fingerprint.clone()),
+            cart: self.cart.clone(),
             cvc: p.cvc.as_ref().map(|c| CvcUse {
                 use_id: c.use_id.clone(),
                 expires_at_ms: c.expires_at_ms,

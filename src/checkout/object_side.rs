@@ -125,7 +125,11 @@ fn begin_inner(
     };
     let Some(fingerprint) = req.fingerprint else {
         return match cx.ledger.idempotency_peek(&req.key, cx.now_ms) {
-            IdempotencyPeek::Completed(s) => replay(cx, &s, done),
+            IdempotencyPeek::Completed {
+                response,
+                body_hash,
+            } if super::request::same_cart(&body_hash, &req.cart) => replay(cx, &response, done),
+            IdempotencyPeek::Completed { .. } => BeginReply::Mismatch,
             IdempotencyPeek::InFlight => BeginReply::InFlight,
             IdempotencyPeek::Absent => BeginReply::NoRecord,
         };

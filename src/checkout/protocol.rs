@@ -20,9 +20,13 @@ pub struct CvcUse {
 pub struct BeginRequest {
     /// The idempotency record's key (`co_…`, derived from the buyer's Idempotency-Key).
     pub key: String,
-    /// What the buyer asked for, as a hash (see `checkout::fingerprint`). `None`: the
-    /// request failed before it could hold anything; only look the key up.
+    /// What the buyer asked for and the card, as a hash (`checkout::request::fingerprint`).
+    /// `None`: the request failed before it could hold anything; only look the key up,
+    /// matching `cart`.
     pub fingerprint: Option<String>,
+    /// The card-free part of the fingerprint (`checkout::request::cart_fingerprint`).
+    #[serde(default)]
+    pub cart: String,
     #[serde(default)]
     pub cvc: Option<CvcUse>,
     /// The `Hold` command (with an order id derived from the key).

@@ -191,27 +191,51 @@ pub fn fingerprint_key(keks: &crate::vault::KekSet) -> Secret<[u8; 32]> {
     Secret::new(out)
 }
 
-/// The idempotency fingerprint of a purchase: what the buyer asked for (cart, buyer,
-/// mode, handover, admission ticket) and the card, keyed so that a card number cannot be
-/// recovered from it. A retry that tokenized the same card again has the same
-/// fingerprint; another cart or another card has another.
-pub fn fingerprint(body: &CheckoutBody, card_number: &Secret<String>, key: &[u8; 32]) -> String {
-    let intent = serde_json::json!({
+fn intent(body: &CheckoutBody) -> String {
+    serde_json::json!({
         "items": body.items,
         "buyer": body.buyer,
         "mode": body.mode,
         "handover": body.handover_session,
         "ticket": body.admission_ticket,
-    });
+    })
+    .to_string()
+}
+
+/// The card-free part of [`fingerprint`]: what the buyer asked for (cart, buyer, mode,
+/// handover, admission ticket). A retry whose card token can no longer be opened is still
+/// matched against it, so it gets the completed answer only for the same purchase.
+pub fn cart_fingerprint(body: &CheckoutBody) -> String {
+    let h = Sha256::digest(format!("poptill-cart-v1\n{}", intent(body)).as_bytes());
+    hex::encode(&h[..16])
+}
+
+/// The idempotency fingerprint of a purchase, `fp_<cart>.<cart and card>`: what the buyer
+/// asked for and the card, the card part keyed so that a card number cannot be recovered
+/// from it. A retry that tokenized the same card again has the same fingerprint; another
+/// cart or another card has another.
+pub fn fingerprint(body: &CheckoutBody, card_number: &Secret<String>, key: &[u8; 32]) -> String {
+    let cart = cart_fingerprint(body);
     let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
         Ok(m) => m,
         Err(_) => return String::new(),
     };
     mac.update(b"poptill-checkout-fingerprint-v1\n");
-    mac.update(intent.to_string().as_bytes());
+    mac.update(intent(body).as_bytes());
     mac.update(b"\n");
     mac.update(card_number.expose().as_bytes());
-    format!("fp_{}", hex::encode(&mac.finalize().into_bytes()[..24]))
+    format!(
+        "fp_{cart}.{}",
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    )
+}
+
+/// Whether a recorded fingerprint is for this cart (see [`cart_fingerprint`]).
+pub fn same_cart(recorded: &str, cart: &str) -> bool {
+    recorded
+        .strip_prefix("fp_")
+        .and_then(|r| r.split_once('.'))
+        .is_some_and(|(c, _)| c == cart)
 }
 
 #[cfg(test)]
@@ -267,5 +291,11 @@ mod tests {
             fingerprint(&body(items, "tok_first"), &card, &[8u8; 32])
         );
         assert!(!first.contains("4242"));
+        let cart = cart_fingerprint(&body(items, "tok_z"));
+        assert!(same_cart(&first, &cart));
+        assert!(!same_cart(
+            &first,
+            &cart_fingerprint(&body(r#"[{"sku":"ga","quantity":3}]"#, "t"))
+        ));
     }
 }

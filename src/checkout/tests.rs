@@ -542,6 +542,7 @@ pub(crate) fn input(
     CheckoutInput {
         event: ev.clone(),
         key,
+        cart: request::cart_fingerprint(&body),
         prepared,
         secrets: vec![
             ("STRIPE_FAST".into(), Secret::new("sk_test_fast".into())),
@@ -866,9 +867,13 @@ fn a_failed_request_before_the_hold_keeps_no_record_but_a_completed_one_still_re
     assert_eq!(w.obj.ledger.idempotency_records(), 0);
     let ok = w.pay("k2", CART, APPROVE, "tok", &[], &[]);
     assert_eq!(ok.status, 201);
-    // The same key with a request that now fails to prepare (e.g. the token expired)
-    // still gets the completed answer.
-    let again = w.pay(
+    // The same purchase under the same key, in a request that now fails to prepare (its
+    // card token can no longer be opened), still gets the completed answer...
+    let again = w.pay("k2", CART, "4242", "tok", &[], &[]);
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert!(again.replayed);
+    // ...but another purchase under that key does not.
+    let other = w.pay(
         "k2",
         r#"[{"sku":"nope","quantity":1}]"#,
         APPROVE,
@@ -876,8 +881,8 @@ fn a_failed_request_before_the_hold_keeps_no_record_but_a_completed_one_still_re
         &[],
         &[],
     );
-    assert_eq!(again.status, 201, "{}", again.body);
-    assert!(again.replayed);
+    assert_eq!(other.status, 422, "{}", other.body);
+    assert_eq!(other.body["error"]["code"], "idempotency_mismatch");
 }
 
 #[test]

@@ -108,6 +108,7 @@ pub async fn route(
     let input = CheckoutInput {
         event: c.clone(),
         key,
+        cart: request::cart_fingerprint(&body),
         prepared,
         secrets: lane_secrets(env),
         colo: ctx.colo.clone(),

@@ -161,8 +161,8 @@ impl EventLedger {
 /// What a key's record says, without starting one (see [`EventLedger::idempotency_peek`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotencyPeek {
-    /// Answered: the stored response.
-    Completed(String),
+    /// Answered: the stored response, and the fingerprint it was recorded with.
+    Completed { response: String, body_hash: String },
     /// A request with this key is still running.
     InFlight,
     /// No live record.
@@ -177,8 +177,12 @@ impl EventLedger {
         match self.idempotency.get(key) {
             Some(IdemRecord {
                 completed: Some((response, _)),
+                body_hash,
                 ..
-            }) => IdempotencyPeek::Completed(response.clone()),
+            }) => IdempotencyPeek::Completed {
+                response: response.clone(),
+                body_hash: body_hash.clone(),
+            },
             Some(r) if now < r.started_ms.saturating_add(IDEMPOTENCY_IN_FLIGHT_MS) => {
                 IdempotencyPeek::InFlight
             }
