@@ -396,8 +396,9 @@ impl EventObject {
 
     /// Performs effects in order (forwards, refunds, receipt updates), feeding the acquirer's
     /// answers back in, then sets the alarm for whatever is still waiting
-    /// (`EventLedger::next_deadline`): always, so no cap on this loop can leave queued work
-    /// without a wake-up.
+    /// (`EventLedger::next_deadline`) after every run with effects, so no cap on this loop can
+    /// leave queued work without a wake-up. (A command that moves the deadline, or finds it
+    /// overdue, always has a `SetAlarm` effect; one with no effects left the deadline alone.)
     async fn run_effects(&self, effects: Vec<Effect>) {
         if effects.is_empty() {
             return;
