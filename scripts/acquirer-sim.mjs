@@ -58,6 +58,9 @@
 //                         by_idempotency_key {key: distinct charges}, by_order_id {order_id:
 //                         successful charges} (a processing charge counts once it succeeds)
 //   POST /control/reset   forgets all charges, refunds, keys, stats and lane settings.
+//   POST /control/lanes/{lane}/misroute  {status: 300..599 | null}: every API request on the
+//        lane gets that status with a web server's HTML page and is not processed (a lane
+//        base_url that points at the wrong place); null lifts it.
 // A request is handled when it arrives and its answer is sent after the sampled latency, so a
 // client that times out may still have charged the card (as in the real world).
 // Latency: log-normal with median p50 and 95th percentile p95, from a seedable PRNG (--seed).
@@ -765,6 +768,20 @@ export function createSimulator(opts) {
       for (const [name, lane] of lanes) out[name] = lane.config;
       return json(200, { lanes: out });
     }
+    if (req.method === "POST" && seg[1] === "lanes" && seg.length === 4 && seg[3] === "misroute") {
+      const lane = laneFor(seg[2]);
+      if (!lane) return json(404, { error: { type: "invalid_request_error", message: `No lane named ${seg[2]}.` } });
+      let status;
+      try {
+        status = JSON.parse(bodyText || "{}").status ?? null;
+      } catch {
+        return json(400, { error: { type: "invalid_request_error", message: "The body is not valid JSON." } });
+      }
+      if (status !== null && !(Number.isInteger(status) && status >= 300 && status <= 599))
+        return json(400, { error: { type: "invalid_request_error", message: "status must be null or an integer from 300 to 599." } });
+      lane.misroute = status;
+      return json(200, { misroute: status });
+    }
     if (seg[1] === "lanes" && seg.length === 3) {
       const lane = laneFor(seg[2]);
       if (!lane) return json(404, { error: { type: "invalid_request_error", message: `No lane named ${seg[2]}.` } });
@@ -940,6 +957,12 @@ export function createSimulator(opts) {
   }
 
   function handleLane(lane, req, res, path, query, bodyText) {
+    if (lane.misroute) {
+      log(`${lane.name} ${req.method} ${path} -> ${lane.misroute} (misroute)`);
+      const page = `<html><head><title>${lane.misroute}</title></head><body><h1>${lane.misroute}</h1></body></html>\n`;
+      res.writeHead(lane.misroute, { "Content-Type": "text/html", "Content-Length": Buffer.byteLength(page) });
+      return res.end(page);
+    }
     const p = lane.config.partition;
     if (p === "refuse") {
       log(`${lane.name} ${req.method} ${path} -> refused`);

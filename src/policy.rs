@@ -763,8 +763,10 @@ fn check_retention(days: u32, p: &mut Vec<Problem>) {
     }
 }
 
-/// The longest a queued offline authorization may wait: 7 days.
-pub const MAX_QUEUE_AGE_SECS: u64 = 7 * 24 * 3600;
+/// The longest a queued offline authorization may wait: the ledger's own limit for a stored
+/// payment (`crate::ledger::MAX_OFFLINE_WAIT_MS`, 72 hours), so every valid policy can be
+/// stored.
+pub const MAX_QUEUE_AGE_SECS: u64 = (crate::ledger::MAX_OFFLINE_WAIT_MS / 1000) as u64;
 
 fn check_offline(o: &OfflineLimits, p: &mut Vec<Problem>) {
     if o.per_transaction_cap.0 < 0 {
@@ -785,10 +787,13 @@ fn check_offline(o: &OfflineLimits, p: &mut Vec<Problem>) {
             "must not exceed offline.per_event_cap",
         ));
     }
-    if o.max_queue_age_secs > MAX_QUEUE_AGE_SECS {
+    if !(1..=MAX_QUEUE_AGE_SECS).contains(&o.max_queue_age_secs) {
         p.push(Problem::new(
             "offline.max_queue_age_secs",
-            format!("must be at most {MAX_QUEUE_AGE_SECS} (7 days)"),
+            format!(
+                "must be between 1 and {MAX_QUEUE_AGE_SECS} seconds ({} hours)",
+                MAX_QUEUE_AGE_SECS / 3600
+            ),
         ));
     }
 }
@@ -1531,7 +1536,7 @@ pub fn hard_coded_default() -> LoadedBundle {
         offline: OfflineLimits {
             per_transaction_cap: MinorUnits(0),
             per_event_cap: MinorUnits(0),
-            max_queue_age_secs: 0,
+            max_queue_age_secs: 3600,
         },
     };
     let hash = serde_json::to_value(&bundle)

@@ -17,20 +17,22 @@
 
 use super::acquirer_io::{lane_secret, lanes, send, NoAnswer};
 use super::http::env_string;
-use crate::acquirer::{self, AuthorizeOutcome, AuthorizeRequest, RefundOutcome as AcqRefund};
+use crate::acquirer::{self, AuthorizeRequest, RefundOutcome as AcqRefund};
 use crate::checkout::object_side::{self, Done, ObjectCtx, ObjectStore};
 use crate::checkout::protocol::{BeginRequest, FinishRequest};
 use crate::error::ApiError;
 use crate::ledger::{
-    AcquirerCharge, AcquirerResult, ChargeStatus, Command, Delta, Effect, EventConfig, EventLedger,
-    ForwardRequest, OrderState, RefundOutcome, RefundRequest, Reply,
+    forward_outcome, refund_outcome, AcquirerCharge, AcquirerResult, Alert, ChargeStatus, Command,
+    Delta, Effect, EventConfig, EventLedger, ForwardAttempt, ForwardRequest, OrderState,
+    RefundAttempt, RefundOutcome, RefundRequest, Reply, Transport,
 };
 use crate::receipt::{self, ReceiptKeys, SignedReceipt, StatusChange};
 use crate::vault::{self, KekSet};
 use serde::Deserialize;
 use std::cell::RefCell;
-use std::collections::VecDeque;
-use worker::{durable_object, Date, DurableObject, Env, Request, Response, Result, State};
+use std::collections::{BTreeSet, VecDeque};
+use wasm_bindgen::{closure::Closure, JsCast, JsValue};
+use worker::{durable_object, js_sys, Date, DurableObject, Env, Request, Response, Result, State};
 
 /// The object's CVC uses and receipts in SQLite, for `crate::checkout::object_side`.
 struct SqlStore<'a> {
@@ -145,6 +147,9 @@ impl ObjectStore for SqlStore<'_> {
 pub struct EventObject {
     state: State,
     env: Env,
+    /// The JavaScript `DurableObjectStorage`, for `transactionSync` (which workers-rs 0.8.7
+    /// does not wrap).
+    storage_js: Option<JsValue>,
     ledger: RefCell<Option<EventLedger>>,
     loaded: RefCell<bool>,
 }
@@ -165,6 +170,25 @@ fn result_json(r: std::result::Result<Reply, ApiError>) -> serde_json::Value {
 
 fn now() -> i64 {
     Date::now().as_millis() as i64
+}
+
+/// At most this many acquirer calls per run of effects (a guard against a loop of
+/// follow-ups; the ledger already caps forwards per wake at 25). Forwards past it are fed
+/// back as not sent, so they back off and the alarm stays armed.
+const MAX_CALLS_PER_RUN: usize = 200;
+
+/// What `send` saw, for the outcome rule. `fetch` rejecting does not say whether the
+/// request left (a refused connection and a reset look the same), and a body that failed
+/// to read came after the status: both are an unknown outcome, never "not sent".
+fn transport(answer: &std::result::Result<(u16, String), NoAnswer>) -> Transport<'_> {
+    match answer {
+        Ok((status, body)) => Transport::Answered {
+            status: *status,
+            body,
+        },
+        Err(NoAnswer::Refused) => Transport::NotSent,
+        Err(NoAnswer::Timeout) | Err(NoAnswer::Network) => Transport::NoAnswer,
+    }
 }
 
 fn reply_json(status: u16, v: &serde_json::Value) -> Result<Response> {
@@ -273,7 +297,7 @@ impl EventObject {
         Ok(())
     }
 
-    /// Writes what changed since the last save (all in one implicit transaction: no await).
+    /// Writes what changed since the last save, in one SQLite transaction.
     fn persist(&self) -> Result<()> {
         let delta = match self.ledger.borrow_mut().as_mut() {
             Some(l) => l
@@ -284,35 +308,86 @@ impl EventObject {
         self.write_delta(delta)
     }
 
+    /// Writes a delta (head, waiting room, rows) inside the storage's `transactionSync`: all
+    /// of it or, when any statement fails, none of it. A head written without its order row
+    /// would hold stock for ever.
     fn write_delta(&self, delta: Delta) -> Result<()> {
+        let fault = self.injected_fault("persist_order_row");
         let sql = self.sql();
-        sql.exec(
-            "INSERT OR REPLACE INTO ledger_head (k, v) VALUES ('head', ?)",
-            Some(vec![delta.head.as_str().into()]),
-        )?;
-        if let Some(q) = &delta.queue {
+        let write = move || -> Result<()> {
             sql.exec(
-                "INSERT OR REPLACE INTO ledger_head (k, v) VALUES ('queue', ?)",
-                Some(vec![q.as_str().into()]),
+                "INSERT OR REPLACE INTO ledger_head (k, v) VALUES ('head', ?)",
+                Some(vec![delta.head.as_str().into()]),
             )?;
+            if let Some(q) = &delta.queue {
+                sql.exec(
+                    "INSERT OR REPLACE INTO ledger_head (k, v) VALUES ('queue', ?)",
+                    Some(vec![q.as_str().into()]),
+                )?;
+            }
+            for r in &delta.rows {
+                if fault && r.kind == "order" {
+                    return Err(worker::Error::RustError(
+                        "injected fault: order row not written".into(),
+                    ));
+                }
+                match &r.data {
+                    Some(data) => sql.exec(
+                        "INSERT OR REPLACE INTO ledger_rows (kind, id, data) VALUES (?, ?, ?)",
+                        Some(vec![
+                            r.kind.into(),
+                            r.id.as_str().into(),
+                            data.as_str().into(),
+                        ]),
+                    )?,
+                    None => sql.exec(
+                        "DELETE FROM ledger_rows WHERE kind = ? AND id = ?",
+                        Some(vec![r.kind.into(), r.id.as_str().into()]),
+                    )?,
+                };
+            }
+            Ok(())
+        };
+        self.transaction_sync(write)
+    }
+
+    /// Runs `f` inside `ctx.storage.transactionSync`: its SQL statements commit together, or
+    /// roll back together when it fails.
+    fn transaction_sync(&self, f: impl FnOnce() -> Result<()> + 'static) -> Result<()> {
+        let missing = || worker::Error::RustError("storage.transactionSync unavailable".into());
+        let storage = self.storage_js.as_ref().ok_or_else(missing)?;
+        let func = js_sys::Reflect::get(storage, &JsValue::from_str("transactionSync"))
+            .map_err(worker::Error::from)?
+            .dyn_into::<js_sys::Function>()
+            .map_err(|_| missing())?;
+        let body = Closure::once(move || -> std::result::Result<JsValue, JsValue> {
+            // An error thrown out of the callback is what makes SQLite roll back.
+            f().map(|()| JsValue::UNDEFINED)
+                .map_err(|e| JsValue::from(js_sys::Error::new(&e.to_string())))
+        });
+        func.call1(storage, body.as_ref()).map(|_| ()).map_err(|e| {
+            let message = e
+                .dyn_ref::<js_sys::Error>()
+                .map(|e| String::from(e.message()))
+                .unwrap_or_else(|| "transaction failed".into());
+            worker::Error::RustError(message)
+        })
+    }
+
+    /// Test-only fault injection, for local runs only (`POPTILL_ENV` = `local`): an event
+    /// whose title contains `[fault:<name>]` has that fault. `persist_order_row` fails every
+    /// write of an order row after the head was written (the e2e test of the ledger's
+    /// transaction). Never on in staging or production.
+    fn injected_fault(&self, name: &str) -> bool {
+        if env_string(&self.env, "POPTILL_ENV").as_deref() != Some("local") {
+            return false;
         }
-        for r in &delta.rows {
-            match &r.data {
-                Some(data) => sql.exec(
-                    "INSERT OR REPLACE INTO ledger_rows (kind, id, data) VALUES (?, ?, ?)",
-                    Some(vec![
-                        r.kind.into(),
-                        r.id.as_str().into(),
-                        data.as_str().into(),
-                    ]),
-                )?,
-                None => sql.exec(
-                    "DELETE FROM ledger_rows WHERE kind = ? AND id = ?",
-                    Some(vec![r.kind.into(), r.id.as_str().into()]),
-                )?,
-            };
-        }
-        Ok(())
+        let marker = format!("[fault:{name}]");
+        self.ledger
+            .try_borrow()
+            .ok()
+            .and_then(|g| g.as_ref().map(|l| l.config().title.contains(&marker)))
+            .unwrap_or(false)
     }
 
     /// Applies one command atomically: handle, persist if changed. Returns the reply and
@@ -333,10 +408,13 @@ impl EventObject {
         };
         if outcome.changed {
             if let Err(e) = self.persist() {
-                // Memory is now ahead of storage: forget it and reload on the next request.
+                // The transaction rolled back: memory is ahead of storage. Drop it and
+                // read storage again now, so the rest of this request works on the state
+                // as saved (not "event not found").
                 *self.ledger.borrow_mut() = None;
                 *self.loaded.borrow_mut() = false;
-                let error = serde_json::json!({"error": e.to_string()});
+                let reloaded = self.load().map_err(|e| e.to_string()).err();
+                let error = serde_json::json!({"error": e.to_string(), "reload_error": reloaded});
                 super::http::log("error", "persist failed", None, None, error);
                 return (
                     Err(ApiError::new(
@@ -369,52 +447,67 @@ impl EventObject {
         replies
     }
 
-    /// Performs effects in order (alarm, forwards, refunds, receipt updates), feeding the
-    /// acquirer's answers back in as commands.
+    /// Performs effects in order (forwards, refunds, receipt updates), feeding the acquirer's
+    /// answers back in, then sets the alarm for whatever is still waiting
+    /// (`EventLedger::next_deadline`) after every run with effects, so no cap on this loop can
+    /// leave queued work without a wake-up. (A command that moves the deadline, or finds it
+    /// overdue, always has a `SetAlarm` effect; one with no effects left the deadline alone.)
     async fn run_effects(&self, effects: Vec<Effect>) {
+        if effects.is_empty() {
+            return;
+        }
         let mut effects: VecDeque<Effect> = effects.into();
-        let mut guard = 0;
-        // Once a forward finds the acquirer unreachable, the rest of this batch waits for
-        // its backoff instead of opening connection after connection to a dead lane.
-        let mut unreachable = false;
+        // Acquirer calls made by this run. The ledger caps forwards per wake; this only stops
+        // a loop of follow-ups. Effects that make no call never count.
+        let mut calls = 0usize;
+        // Lanes found down in this run: their other forwards wait for their backoff instead
+        // of opening connection after connection. Other lanes go on.
+        let mut down: BTreeSet<String> = BTreeSet::new();
         while let Some(effect) = effects.pop_front() {
-            guard += 1;
-            if guard > 200 {
-                break;
-            }
             let follow_up = match effect {
-                Effect::SetAlarm { at_ms } => {
-                    self.schedule(at_ms).await;
-                    None
-                }
-                Effect::Forward(req) if unreachable => Some(Command::ForwardResult {
-                    auth_id: req.auth_id,
-                    result: AcquirerResult::Unavailable,
-                }),
-                Effect::Forward(req) => {
-                    let cmd = self.forward(req).await;
-                    if matches!(
-                        cmd,
-                        Command::ForwardResult {
-                            result: AcquirerResult::Unavailable,
-                            ..
-                        }
-                    ) {
-                        unreachable = true;
-                    }
-                    Some(cmd)
-                }
-                Effect::ForwardRefund(req) => Some(self.forward_refund(req).await),
-                Effect::PurgeSealed { .. } => None,
+                // The alarm is set once, below, from the deadline after everything ran.
+                Effect::SetAlarm { .. } | Effect::PurgeSealed { .. } => None,
                 Effect::Notify { order_id, state } => {
                     self.on_order_state(&order_id, state, now()).await;
                     None
+                }
+                Effect::Forward(req) if calls >= MAX_CALLS_PER_RUN => {
+                    Some(Command::ForwardResult {
+                        auth_id: req.auth_id,
+                        result: AcquirerResult::NotCharged,
+                    })
+                }
+                Effect::ForwardRefund(req) if calls >= MAX_CALLS_PER_RUN => {
+                    Some(Command::RefundResult {
+                        refund_id: req.refund_id,
+                        result: RefundOutcome::Unavailable,
+                    })
+                }
+                Effect::Forward(req) => {
+                    let (cmd, sent, lane_down) = self.forward(req, &down).await;
+                    calls += usize::from(sent);
+                    down.extend(lane_down);
+                    Some(cmd)
+                }
+                Effect::ForwardRefund(req) => {
+                    let (cmd, sent, lane_down) = self.forward_refund(req, &down).await;
+                    calls += usize::from(sent);
+                    down.extend(lane_down);
+                    Some(cmd)
                 }
             };
             if let Some(cmd) = follow_up {
                 let (_, fx) = self.apply(cmd, now());
                 effects.extend(fx);
             }
+        }
+        let next = self
+            .ledger
+            .borrow()
+            .as_ref()
+            .and_then(|l| l.next_deadline());
+        if let Some(at_ms) = next {
+            self.schedule(at_ms).await;
         }
     }
 
@@ -697,152 +790,164 @@ impl EventObject {
         Ok(wrapped)
     }
 
-    /// Sends one stored authorization to its lane and turns the answer into a command.
-    async fn forward(&self, req: ForwardRequest) -> Command {
-        let auth_id = req.auth_id.clone();
-        let unavailable = Command::ForwardResult {
-            auth_id: auth_id.clone(),
-            result: AcquirerResult::Unavailable,
-        };
-        let (lane_name, event_id) = {
-            let guard = self.ledger.borrow();
-            match guard.as_ref() {
-                Some(l) => (
-                    l.order(&req.order_id)
-                        .map(|o| o.lane.clone())
-                        .unwrap_or_default(),
-                    l.config().event_id.clone(),
-                ),
-                None => return unavailable,
-            }
-        };
-        let Ok(all) = lanes(&self.env) else {
-            return unavailable;
-        };
-        let Some(lane) = all.iter().find(|l| l.name == lane_name).or(all.first()) else {
-            return unavailable;
-        };
-        let (card, cvc) = match self
-            .sf_key_wrapped()
-            .and_then(|w| {
-                vault::unwrap_sf_key(&self.keks()?, &event_id, &w).map_err(|e| e.to_api())
-            })
-            .and_then(|k| {
-                vault::open_for_forwarding(&k, &event_id, &auth_id, &req.sealed_card.0)
-                    .map_err(|e| e.to_api())
-            }) {
-            Ok(c) => c,
-            Err(_) => {
-                return Command::ForwardResult {
-                    auth_id,
-                    result: AcquirerResult::Declined {
-                        reason: "sealed_card_unreadable".into(),
-                    },
-                }
-            }
-        };
-        let call = acquirer::build_authorize(
-            &lane.base_url,
-            &lane_secret(&self.env, lane),
-            &AuthorizeRequest {
-                amount: req.amount,
-                currency: req.currency,
-                card_number: card.number().clone(),
-                exp_month: card.exp_month,
-                exp_year: card.exp_year,
-                // Present only when this completes an online attempt of unknown outcome:
-                // the same parameters make the acquirer replay, not charge again.
-                cvc,
-                idempotency_key: req.idempotency_key.clone(),
-                order_id: req.order_id.clone(),
-                event_id: event_id.clone(),
-                capture: true,
-            },
-        );
-        drop(card);
-        let Ok(call) = call else { return unavailable };
-        let result = match send(&call, 8_000).await {
-            Ok((status, body)) => match acquirer::parse_authorize(status, &body) {
-                AuthorizeOutcome::Approved {
-                    payment_intent_id, ..
-                } => AcquirerResult::Approved {
-                    charge_id: payment_intent_id,
-                },
-                AuthorizeOutcome::Declined { reason, .. } => AcquirerResult::Declined {
-                    reason: reason.as_str().to_string(),
-                },
-                AuthorizeOutcome::Retryable { .. } => AcquirerResult::Unavailable,
-                // Our own request was refused (key, configuration): not the buyer's fault,
-                // so keep the payment queued and retry after the operator fixes it.
-                AuthorizeOutcome::Invalid {
-                    status: 401 | 403, ..
-                } => AcquirerResult::Unavailable,
-                AuthorizeOutcome::Invalid { code, .. } => AcquirerResult::Declined { reason: code },
-            },
-            Err(NoAnswer::Timeout) | Err(NoAnswer::Network) | Err(NoAnswer::Refused) => {
-                AcquirerResult::Unavailable
-            }
-        };
-        let outcome = match &result {
-            AcquirerResult::Approved { .. } => "approved",
-            AcquirerResult::Declined { .. } => "declined",
-            _ => "unavailable",
-        };
-        let fields = serde_json::json!({"auth_id": auth_id, "lane": lane.name, "attempt": req.attempt, "result": outcome});
-        super::http::log("info", "forward", None, Some(&event_id), fields);
-        if let AcquirerResult::Declined { reason } = &result {
-            let e = crate::telemetry::Event::new(crate::telemetry::Kind::Expired, now());
-            let e = e
-                .lane(&lane.name)
-                .reason(&format!("forward_declined_{reason}"));
-            super::telemetry::store_one(&self.sql(), &event_id, e);
-        }
-        Command::ForwardResult { auth_id, result }
-    }
-
-    async fn forward_refund(&self, req: RefundRequest) -> Command {
-        let refund_id = req.refund_id.clone();
-        let unavailable = Command::RefundResult {
-            refund_id: refund_id.clone(),
-            result: RefundOutcome::Unavailable,
-        };
-        let lane_name = self
+    /// The order's own lane, never another: another lane is another acquirer account, where
+    /// the payment's idempotency key means nothing (a resolving payment would be charged
+    /// twice, a refund would fail). `None` when `LANES` no longer names it.
+    fn order_lane(&self, order_id: &str) -> Option<crate::routing::LaneConfig> {
+        let name = self
             .ledger
             .borrow()
             .as_ref()
-            .and_then(|l| l.order(&req.order_id).map(|o| o.lane.clone()))
-            .unwrap_or_default();
-        let Ok(all) = lanes(&self.env) else {
-            return unavailable;
-        };
-        let Some(lane) = all.iter().find(|l| l.name == lane_name).or(all.first()) else {
-            return unavailable;
-        };
-        let Ok(call) = acquirer::build_refund(
-            &lane.base_url,
-            &lane_secret(&self.env, lane),
-            &req.charge_id,
-            Some(req.amount),
-            &req.idempotency_key,
-        ) else {
-            return unavailable;
-        };
-        let result = match send(&call, 8_000).await {
-            Ok((status, body)) => match acquirer::parse_refund(status, &body) {
-                AcqRefund::Refunded { refund_id: rid, .. } => RefundOutcome::Succeeded {
-                    acquirer_refund_id: rid,
-                },
-                AcqRefund::Refused { code, .. } => RefundOutcome::Failed { reason: code },
-                AcqRefund::Retryable { .. } => RefundOutcome::Unavailable,
+            .and_then(|l| l.order(order_id).map(|o| o.lane.clone()))?;
+        lanes(&self.env).ok()?.into_iter().find(|l| l.name == name)
+    }
+
+    /// Logs what the operator must fix (a lane gone, a KEK missing, a lane URL or key that
+    /// the acquirer refuses): the payment or refund waits meanwhile.
+    fn alert(&self, what: &str, id: &str, lane: Option<&str>, alert: &Alert) {
+        let fields = serde_json::json!({
+            "id": id, "lane": lane, "alert": alert.code, "detail": alert.detail,
+        });
+        super::http::log("error", what, None, Some(&self.event_id()), fields);
+    }
+
+    /// Opens a stored payment's sealed card with the event's store-and-forward key.
+    fn open_sealed(
+        &self,
+        req: &ForwardRequest,
+        event_id: &str,
+    ) -> std::result::Result<(crate::card::Card, Option<crate::secret::Secret<String>>), ApiError>
+    {
+        let wrapped = self.sf_key_wrapped()?;
+        let key =
+            vault::unwrap_sf_key(&self.keks()?, event_id, &wrapped).map_err(|e| e.to_api())?;
+        vault::open_for_forwarding(&key, event_id, &req.auth_id, &req.sealed_card.0)
+            .map_err(|e| e.to_api())
+    }
+
+    /// Sends one stored authorization to its order's lane and turns what happened into a
+    /// `ForwardResult` (`crate::ledger::forward_outcome`). Also says whether a request was
+    /// sent and which lane is down, if any. A lane already down in this run is not called.
+    async fn forward(
+        &self,
+        req: ForwardRequest,
+        down: &BTreeSet<String>,
+    ) -> (Command, bool, Option<String>) {
+        let auth_id = req.auth_id.clone();
+        let event_id = self.event_id();
+        let lane = self.order_lane(&req.order_id);
+        let mut sent = false;
+        let verdict = match &lane {
+            None => forward_outcome(ForwardAttempt::LaneUnknown),
+            Some(l) if down.contains(&l.name) => {
+                forward_outcome(ForwardAttempt::Sent(Transport::NotSent))
+            }
+            Some(l) => match self.open_sealed(&req, &event_id) {
+                Err(_) => forward_outcome(ForwardAttempt::CardUnreadable),
+                Ok((card, cvc)) => {
+                    let call = acquirer::build_authorize(
+                        &l.base_url,
+                        &lane_secret(&self.env, l),
+                        &AuthorizeRequest {
+                            amount: req.amount,
+                            currency: req.currency,
+                            card_number: card.number().clone(),
+                            exp_month: card.exp_month,
+                            exp_year: card.exp_year,
+                            // Present only when this completes an online attempt of unknown
+                            // outcome: the same parameters make the acquirer replay, not
+                            // charge again.
+                            cvc,
+                            idempotency_key: req.idempotency_key.clone(),
+                            order_id: req.order_id.clone(),
+                            event_id: event_id.clone(),
+                            capture: true,
+                        },
+                    );
+                    drop(card);
+                    match call {
+                        Err(_) => forward_outcome(ForwardAttempt::CallInvalid),
+                        Ok(call) => {
+                            sent = true;
+                            let answer = send(&call, 8_000).await;
+                            forward_outcome(ForwardAttempt::Sent(transport(&answer)))
+                        }
+                    }
+                }
             },
-            Err(_) => RefundOutcome::Unavailable,
         };
-        if let RefundOutcome::Succeeded { .. } = &result {
+        let lane_name = lane.as_ref().map(|l| l.name.as_str());
+        if let Some(a) = &verdict.alert {
+            self.alert("forward waits for the operator", &auth_id, lane_name, a);
+        }
+        let outcome = match &verdict.result {
+            AcquirerResult::Approved { .. } => "approved",
+            AcquirerResult::Declined { .. } => "declined",
+            AcquirerResult::Unavailable => "unknown",
+            AcquirerResult::NotCharged => "not_charged",
+        };
+        let fields = serde_json::json!({"auth_id": auth_id, "lane": lane_name, "attempt": req.attempt, "result": outcome, "sent": sent});
+        super::http::log("info", "forward", None, Some(&event_id), fields);
+        if let (AcquirerResult::Declined { reason }, Some(l)) = (&verdict.result, &lane) {
+            let e = crate::telemetry::Event::new(crate::telemetry::Kind::Expired, now());
+            let e = e
+                .lane(&l.name)
+                .reason(&format!("forward_declined_{reason}"));
+            super::telemetry::store_one(&self.sql(), &event_id, e);
+        }
+        let lane_down = lane.filter(|_| verdict.lane_down).map(|l| l.name);
+        let cmd = Command::ForwardResult {
+            auth_id,
+            result: verdict.result,
+        };
+        (cmd, sent, lane_down)
+    }
+
+    /// Sends one refund to its order's lane (never another) and turns what happened into a
+    /// `RefundResult` (`crate::ledger::refund_outcome`).
+    async fn forward_refund(
+        &self,
+        req: RefundRequest,
+        down: &BTreeSet<String>,
+    ) -> (Command, bool, Option<String>) {
+        let refund_id = req.refund_id.clone();
+        let lane = self.order_lane(&req.order_id);
+        let mut sent = false;
+        let verdict = match &lane {
+            None => refund_outcome(RefundAttempt::LaneUnknown),
+            Some(l) if down.contains(&l.name) => {
+                refund_outcome(RefundAttempt::Sent(Transport::NotSent))
+            }
+            Some(l) => match acquirer::build_refund(
+                &l.base_url,
+                &lane_secret(&self.env, l),
+                &req.charge_id,
+                Some(req.amount),
+                &req.idempotency_key,
+            ) {
+                Err(_) => refund_outcome(RefundAttempt::CallInvalid),
+                Ok(call) => {
+                    sent = true;
+                    let answer = send(&call, 8_000).await;
+                    refund_outcome(RefundAttempt::Sent(transport(&answer)))
+                }
+            },
+        };
+        let lane_name = lane.as_ref().map(|l| l.name.as_str());
+        if let Some(a) = &verdict.alert {
+            self.alert("refund waits for the operator", &refund_id, lane_name, a);
+        }
+        if let (RefundOutcome::Succeeded { .. }, Some(l)) = (&verdict.result, &lane) {
             let e = crate::telemetry::Event::new(crate::telemetry::Kind::Refund, now());
-            let e = e.lane(&lane.name).amount(req.amount.0);
+            let e = e.lane(&l.name).amount(req.amount.0);
             super::telemetry::store_one(&self.sql(), &self.event_id(), e);
         }
-        Command::RefundResult { refund_id, result }
+        let lane_down = lane.filter(|_| verdict.lane_down).map(|l| l.name);
+        let cmd = Command::RefundResult {
+            refund_id,
+            result: verdict.result,
+        };
+        (cmd, sent, lane_down)
     }
 
     /// Keeps the buyer's receipt true when a queued payment reaches its final state.
@@ -924,16 +1029,25 @@ impl EventObject {
             OrderState::Expired => Kind::Expired,
             _ => return,
         };
-        let (lane, amount) = {
+        let (lane, amount, key_window) = {
             let guard = self.ledger.borrow();
-            match guard.as_ref().and_then(|l| l.order(order_id)) {
-                Some(o) => (o.lane.clone(), o.total.0),
-                None => return,
-            }
+            let Some(l) = guard.as_ref() else { return };
+            let Some(o) = l.order(order_id) else { return };
+            let key_window = o
+                .auth_id
+                .as_deref()
+                .and_then(|a| l.auth(a))
+                .is_some_and(|a| a.ends_at_key_window());
+            (o.lane.clone(), o.total.0, key_window)
         };
         let mut e = Event::new(kind, now_ms).lane(&lane).amount(amount);
         if kind == Kind::Expired {
-            e = e.reason("max_queue_age");
+            // Past the acquirer key's window the outcome is left to reconciliation.
+            e = e.reason(if key_window {
+                "key_window"
+            } else {
+                "max_queue_age"
+            });
         }
         super::telemetry::store_one(&self.sql(), &self.event_id(), e);
     }
@@ -1347,9 +1461,12 @@ impl EventObject {
 
 impl DurableObject for EventObject {
     fn new(state: State, env: Env) -> Self {
+        let raw = state._inner();
+        let storage_js = raw.storage().ok().map(JsValue::from);
         EventObject {
-            state,
+            state: State::from(raw),
             env,
+            storage_js,
             ledger: RefCell::new(None),
             loaded: RefCell::new(false),
         }

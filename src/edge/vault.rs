@@ -74,11 +74,7 @@ async fn write_record(env: &Env, record: &KeyRecord, now_ms: i64) -> Result<(), 
 /// Makes a new data key for this PoP, stores it and points the PoP's pointer at it.
 async fn rotate(env: &Env, ctx: &Ctx) -> Result<DataKey, ApiError> {
     let keks = keks(env)?;
-    let kid = format!(
-        "dk_{}_{}",
-        ctx.colo.to_ascii_lowercase(),
-        hex::encode(random::<8>()?)
-    );
+    let kid = vault::new_kid(&ctx.colo, ctx.now_ms, random::<8>()?);
     let (record, key) = new_key_record(
         &kid,
         random::<32>()?,
@@ -133,6 +129,8 @@ async fn current_key(env: &Env, ctx: &Ctx) -> Result<DataKey, ApiError> {
 }
 
 /// The data key for a token's kid, from the cache or KV; `None` when the record is gone.
+/// A key made moments ago that KV has not brought here yet is a retryable 503, not a gone
+/// key (`vault::missing_key_error`).
 #[allow(dead_code)] // used by checkout
 pub async fn key_for_token(
     env: &Env,
@@ -144,7 +142,10 @@ pub async fn key_for_token(
         return Ok(Some(k));
     }
     let Some(record) = read_record(env, &kid).await? else {
-        return Ok(None);
+        return match vault::missing_key_error(&kid, now_ms) {
+            vault::VaultError::TokenExpired => Ok(None),
+            not_yet => Err(not_yet.to_api()),
+        };
     };
     let key = unwrap_key(&record, &keks(env)?).map_err(|e| e.to_api())?;
     CACHE.with(|c| c.borrow_mut().insert(key.clone(), now_ms));

@@ -19,6 +19,12 @@ pub const FORWARD_TIMEOUT_MS: i64 = 30_000;
 pub const MAX_FORWARDS_PER_WAKE: usize = 25;
 /// Largest sealed card blob accepted.
 pub const MAX_SEALED_LEN: usize = 8_192;
+/// How long after the first request under a stored payment's acquirer idempotency key that
+/// may have reached the acquirer the payment may still be forwarded with that key. Stripe
+/// keeps a key for 24 hours; after that a resend is a new charge. Past this window a
+/// payment whose outcome is still unknown stops and expires, and reconciliation settles it
+/// from the acquirer's own records (a charge found there is a late approval).
+pub const KEY_WINDOW_MS: i64 = 23 * 3_600_000;
 
 /// The card as sealed (encrypted) by the vault: opaque ciphertext, never a card number.
 /// Its `Debug` is masked so it never lands in a log.
@@ -104,6 +110,11 @@ pub struct StoredAuth {
     /// for an online payment, is stored but not accepted: the buyer hears `pending`.
     #[serde(default = "accepted_by_default")]
     pub accepted: bool,
+    /// When a request under `idempotency_key` first may have reached the acquirer (the
+    /// online attempt for a resolving payment; else the first forward whose outcome was
+    /// unknown). The payment is forwarded only within [`KEY_WINDOW_MS`] of it.
+    #[serde(default)]
+    pub key_sent_ms: Option<i64>,
 }
 
 /// A stored payment as replies show it: everything but the sealed card.
@@ -124,6 +135,26 @@ pub struct AuthView {
 }
 
 impl StoredAuth {
+    /// When the payment stops being forwarded: its own expiry, or the end of its acquirer
+    /// key's window, whichever comes first.
+    pub fn deadline_ms(&self) -> i64 {
+        match self.key_sent_ms {
+            Some(t) => self.expires_at_ms.min(t.saturating_add(KEY_WINDOW_MS)),
+            None => self.expires_at_ms,
+        }
+    }
+
+    /// Whether the payment expired (or will) at the end of its key window rather than at
+    /// its own expiry.
+    pub fn ends_at_key_window(&self) -> bool {
+        self.deadline_ms() < self.expires_at_ms
+    }
+
+    /// Notes that a request under the key may have reached the acquirer at `sent_ms`.
+    fn key_sent(&mut self, sent_ms: i64) {
+        self.key_sent_ms = Some(self.key_sent_ms.map_or(sent_ms, |t| t.min(sent_ms)));
+    }
+
     /// The reply form, without the sealed card.
     pub fn view(&self) -> AuthView {
         AuthView {
@@ -132,7 +163,7 @@ impl StoredAuth {
             amount: self.amount,
             currency: self.currency,
             created_ms: self.created_ms,
-            expires_at_ms: self.expires_at_ms,
+            expires_at_ms: self.deadline_ms(),
             state: self.state.clone(),
             attempts: self.attempts,
             next_attempt_ms: self.next_attempt_ms,
@@ -164,8 +195,15 @@ pub enum AcquirerResult {
     Declined {
         reason: String,
     },
-    /// Unreachable, timed out or 5xx: try again later.
+    /// The outcome is unknown: the request may have reached the acquirer (a timeout, a
+    /// reset, a 5xx, a `processing` intent, an unreadable answer). Retried later with the
+    /// same key; starts the key's window ([`KEY_WINDOW_MS`]) if it had not started.
     Unavailable,
+    /// This attempt provably charged nothing: it was never sent (lane unknown, sealed card
+    /// unreadable, connection refused) or the acquirer refused it before charging (401/403,
+    /// 404, 400, 429, a temporary issuer failure). Retried later; the payment keeps its
+    /// card until it expires. See `super::forward_outcome`.
+    NotCharged,
 }
 
 /// What the event's refund policy says, as the shell got it from the policy module.
@@ -367,6 +405,8 @@ impl EventLedger {
             late_approval: false,
             resolves_attempt: q.resolves_attempt,
             accepted,
+            // The online attempt was just sent under this key.
+            key_sent_ms: q.resolves_attempt.then_some(now),
         };
         let view = auth.view();
         self.auths.insert(q.auth_id, auth);
@@ -434,9 +474,19 @@ impl EventLedger {
                 let reason = reason.chars().take(200).collect();
                 self.finish_auth(auth_id, AuthState::Declined { reason }, fx);
             }
-            (AuthState::Queued, AcquirerResult::Unavailable) => {
+            (
+                AuthState::Queued,
+                result @ (AcquirerResult::Unavailable | AcquirerResult::NotCharged),
+            ) => {
                 let attempts = a.attempts;
                 if let Some(a) = self.auths.get_mut(auth_id) {
+                    if result == AcquirerResult::Unavailable {
+                        // Sent when the forward went out (or now, if its window was lost).
+                        let sent = a
+                            .in_flight_until
+                            .map_or(now, |t| t.saturating_sub(FORWARD_TIMEOUT_MS));
+                        a.key_sent(sent);
+                    }
                     a.in_flight_until = None;
                     a.next_attempt_ms = now.saturating_add(backoff_ms(attempts, auth_id, entropy));
                 }
@@ -446,7 +496,7 @@ impl EventLedger {
             (AuthState::Forwarded { charge_id: have }, AcquirerResult::Approved { charge_id })
                 if *have == charge_id => {}
             (AuthState::Declined { .. }, AcquirerResult::Declined { .. }) => {}
-            (_, AcquirerResult::Unavailable) => {}
+            (_, AcquirerResult::Unavailable | AcquirerResult::NotCharged) => {}
             (AuthState::Expired, AcquirerResult::Declined { .. }) => {}
             // The acquirer charged after we gave up: the money is real, so record it.
             (AuthState::Expired, AcquirerResult::Approved { charge_id }) => {
@@ -476,7 +526,7 @@ impl EventLedger {
             .filter(|(_, a)| a.state == AuthState::Queued)
             .filter(|(_, a)| {
                 a.in_flight_until.is_some_and(|t| t <= now)
-                    || (a.in_flight_until.is_none() && now >= a.expires_at_ms)
+                    || (a.in_flight_until.is_none() && now >= a.deadline_ms())
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -484,12 +534,14 @@ impl EventLedger {
             let Some(a) = self.auths.get_mut(&key) else {
                 continue;
             };
-            if a.in_flight_until.is_some_and(|t| t <= now) {
+            if let Some(t) = a.in_flight_until.filter(|t| *t <= now) {
+                // A forward that never answered may have reached the acquirer.
+                a.key_sent(t.saturating_sub(FORWARD_TIMEOUT_MS));
                 a.in_flight_until = None;
                 fx.changed = true;
             }
             // Never expire while a forward is out: its answer may be an approval.
-            if a.in_flight_until.is_none() && now >= a.expires_at_ms {
+            if a.in_flight_until.is_none() && now >= a.deadline_ms() {
                 expired.push(a.auth_id.clone());
             }
         }
@@ -524,7 +576,7 @@ impl EventLedger {
             .filter(|(_, a)| {
                 a.state == AuthState::Queued
                     && a.in_flight_until.is_none()
-                    && now < a.expires_at_ms
+                    && now < a.deadline_ms()
                     && (force || a.next_attempt_ms <= now)
             })
             .map(|(k, _)| k.clone())

@@ -34,6 +34,7 @@
 mod config;
 mod error;
 mod forward;
+mod forward_outcome;
 mod idempotency;
 mod orders;
 mod queue;
@@ -41,6 +42,8 @@ mod report;
 mod storage;
 mod tracked;
 
+#[cfg(test)]
+mod forward_tests;
 #[cfg(test)]
 mod sim_tests;
 #[cfg(test)]
@@ -54,7 +57,11 @@ pub use error::{LedgerError, OfflineLimit};
 pub use forward::{
     backoff_ms, AcquirerResult, AuthState, AuthView, ForwardRequest, QueueAuth, Refund,
     RefundOutcome, RefundRequest, RefundRule, RefundState, SealedCard, StoredAuth, BACKOFF_BASE_MS,
-    BACKOFF_MAX_MS, FORWARD_TIMEOUT_MS, MAX_FORWARDS_PER_WAKE,
+    BACKOFF_MAX_MS, FORWARD_TIMEOUT_MS, KEY_WINDOW_MS, MAX_FORWARDS_PER_WAKE,
+};
+pub use forward_outcome::{
+    forward_outcome, refund_outcome, Alert, ForwardAttempt, ForwardVerdict, RefundAttempt,
+    RefundVerdict, Transport,
 };
 pub use idempotency::{
     IdempotencyBegin, IdempotencyPeek, IDEMPOTENCY_IN_FLIGHT_MS, IDEMPOTENCY_RETENTION_MS,
@@ -417,7 +424,7 @@ impl EventLedger {
             .filter(|a| a.state == AuthState::Queued)
             .map(|a| match a.in_flight_until {
                 Some(t) => t,
-                None => a.next_attempt_ms.min(a.expires_at_ms),
+                None => a.next_attempt_ms.min(a.deadline_ms()),
             });
         let refunds = self.refunds.values().filter_map(|r| match r.state {
             RefundState::Queued => Some(r.next_attempt_ms),

@@ -690,3 +690,37 @@ fn schema_json_matches_the_bundle_types() {
     let r = std::panic::catch_unwind(|| check_against_schema(&schema, &schema, &v, "DE", &mut 0));
     assert!(r.is_err());
 }
+
+#[test]
+fn max_queue_age_is_one_second_to_the_ledgers_longest_wait() {
+    assert_eq!(
+        MAX_QUEUE_AGE_SECS as i64 * 1000,
+        crate::ledger::MAX_OFFLINE_WAIT_MS
+    );
+    let problems_at = |secs: u64| {
+        let mut v = file_value("DE");
+        v["offline"]["max_queue_age_secs"] = secs.into();
+        match validate_value(&v) {
+            Ok(_) => vec![],
+            Err(problems) => problems.into_iter().map(|p| p.path).collect::<Vec<_>>(),
+        }
+    };
+    for ok in [1, 86_400, 259_200] {
+        assert!(problems_at(ok).is_empty(), "{ok}");
+    }
+    // 0 (no time at all) and anything the ledger would refuse to store (72 h + 1 s, 7 days).
+    for bad in [0, 259_201, 604_800] {
+        assert_eq!(
+            problems_at(bad),
+            vec!["offline.max_queue_age_secs"],
+            "{bad}"
+        );
+    }
+    // The schema says the same.
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(policy_dir().join("schema.json")).unwrap())
+            .unwrap();
+    let age = &schema["properties"]["offline"]["properties"]["max_queue_age_secs"];
+    assert_eq!(age["minimum"], 1);
+    assert_eq!(age["maximum"], MAX_QUEUE_AGE_SECS);
+}

@@ -14,6 +14,10 @@ pub enum VaultError {
     TokenExpired,
     /// The token's data key was revoked.
     KeyRevoked,
+    /// The token's data key is not in KV yet: it was made moments ago (in another PoP, most
+    /// likely) and KV has not propagated it here. Retryable; see
+    /// [`super::missing_key_error`].
+    KeyNotYetVisible,
     /// A single-use CVC token was presented a second time.
     CvcAlreadyUsed,
     /// The card data sealed in a token no longer passes validation (should not happen).
@@ -39,6 +43,7 @@ impl VaultError {
             VaultError::InvalidToken => "invalid_token",
             VaultError::TokenExpired => "token_expired",
             VaultError::KeyRevoked => "key_revoked",
+            VaultError::KeyNotYetVisible => "temporarily_unavailable",
             VaultError::CvcAlreadyUsed => "cvc_already_used",
             VaultError::Card(e) => e.code(),
             VaultError::KekMisconfigured { .. }
@@ -66,6 +71,12 @@ impl VaultError {
                 "key_revoked",
                 "The card token can no longer be used; please enter the card again.",
             ),
+            VaultError::KeyNotYetVisible => ApiError::new(
+                503,
+                "temporarily_unavailable",
+                "The card was just entered at another location and is not readable here yet; please try again in a few seconds.",
+            )
+            .retryable(),
             VaultError::CvcAlreadyUsed => ApiError::new(
                 409,
                 "cvc_already_used",

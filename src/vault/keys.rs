@@ -26,6 +26,63 @@ pub fn valid_kid(kid: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// How long a data key just written to KV may stay invisible in other locations: KV
+/// documents up to about 60 seconds, with margin.
+pub const KV_PROPAGATION_MS: i64 = 90_000;
+
+/// A new data key's id: `dk_<colo>_<created unix seconds>_<16 hex>`. The creation time is
+/// readable so that a PoP which cannot find the key yet can tell a fresh key (KV has not
+/// propagated it: retry) from one that is gone (the token expired). `colo` is lower-cased
+/// and cut to its letters and digits.
+pub fn new_kid(colo: &str, created_ms: i64, random: [u8; 8]) -> String {
+    let colo: String = colo
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(16)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let secs = created_ms.max(0) / 1000;
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("dk_{colo}_{secs}_{hex}")
+}
+
+/// The creation time a kid made by [`new_kid`] carries; `None` for other kids (the older
+/// `dk_<colo>_<hex>` form among them).
+pub fn kid_created_ms(kid: &str) -> Option<i64> {
+    let mut parts = kid.split('_');
+    let (Some("dk"), Some(_colo), Some(secs), Some(hex), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) || hex.len() != 16 {
+        return None;
+    }
+    secs.parse::<i64>().ok()?.checked_mul(1000)
+}
+
+/// What a token read answers when its key's record is not in KV. A key made less than
+/// [`KV_PROPAGATION_MS`] ago (or stamped a little in the future, by a PoP whose clock runs
+/// ahead) may simply not have reached this location yet: [`VaultError::KeyNotYetVisible`]
+/// (503 `temporarily_unavailable`, retryable), which the checkout does not store as the
+/// request's answer. Any other miss means the record is gone (its key expired, so every
+/// token under it has too): `token_expired` (410).
+pub fn missing_key_error(kid: &str, now_ms: i64) -> VaultError {
+    match kid_created_ms(kid) {
+        Some(created)
+            if created > now_ms.saturating_sub(KV_PROPAGATION_MS)
+                && created <= now_ms.saturating_add(5 * 60_000) =>
+        {
+            VaultError::KeyNotYetVisible
+        }
+        _ => VaultError::TokenExpired,
+    }
+}
+
 /// How often a PoP starts a new data key, and how long an old key keeps opening tokens
 /// after that. A token minted with ttl <= `grace_ms` is never shredded before its own
 /// expiry.
@@ -545,5 +602,63 @@ mod tests {
             unwrap_key(&rec, &new_only),
             Err(VaultError::KekUnknown { .. })
         ));
+    }
+
+    #[test]
+    fn kids_carry_their_creation_time() {
+        let kid = new_kid("DFW", T0 + 999, [0xab; 8]);
+        assert_eq!(kid, format!("dk_dfw_{}_abababababababab", T0 / 1000));
+        assert!(valid_kid(&kid));
+        assert_eq!(kid_created_ms(&kid), Some(T0));
+        // A colo with odd characters is cut to what a kid allows.
+        let odd = new_kid("L-O_C al", T0, [1; 8]);
+        assert!(valid_kid(&odd), "{odd}");
+        assert_eq!(kid_created_ms(&odd), Some(T0));
+        // Older kids and anything else carry no time.
+        for other in [
+            "dk_dfw_0123456789abcdef",
+            "dk_a",
+            "dk_dfw_12x_0123456789abcdef",
+            "xx_dfw_1_0123456789abcdef",
+            "dk_dfw__0123456789abcdef",
+            "dk_dfw_1_0123_extra",
+        ] {
+            assert_eq!(kid_created_ms(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_missing_key_is_retryable_only_while_it_may_still_be_propagating() {
+        let kid = new_kid("ams", T0, [2; 8]);
+        // Minted elsewhere a moment ago: not visible here yet, try again (503, retryable).
+        for now in [T0, T0 + 1_000, T0 + KV_PROPAGATION_MS - 1_000] {
+            let e = missing_key_error(&kid, now);
+            assert_eq!(e, VaultError::KeyNotYetVisible, "{now}");
+            let api = e.to_api();
+            assert_eq!(
+                (api.status, api.code.as_ref(), api.retryable),
+                (503, "temporarily_unavailable", true)
+            );
+        }
+        // A PoP whose clock is a little behind the minting one still waits.
+        assert_eq!(
+            missing_key_error(&kid, T0 - 30_000),
+            VaultError::KeyNotYetVisible
+        );
+        // Long enough for KV to have it everywhere: the record is gone for good (410).
+        for now in [T0 + KV_PROPAGATION_MS, T0 + 3_600_000] {
+            let e = missing_key_error(&kid, now);
+            assert_eq!(e, VaultError::TokenExpired, "{now}");
+            assert_eq!(e.to_api().status, 410);
+        }
+        // A kid stamped far in the future is not believed; neither is a kid without a time.
+        assert_eq!(
+            missing_key_error(&kid, T0 - 3_600_000),
+            VaultError::TokenExpired
+        );
+        assert_eq!(
+            missing_key_error("dk_ams_0123456789abcdef", T0),
+            VaultError::TokenExpired
+        );
     }
 }

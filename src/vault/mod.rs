@@ -12,8 +12,10 @@
 //!   pointer per PoP (colo), because KV allows one write per second per key and each PoP
 //!   rotates on its own. Written with the same TTL as the record it points to.
 //!
-//! Kids look like `dk_<colo>_<16 hex>` (the shell draws the hex from 8 random bytes);
-//! [`valid_kid`] states what is allowed.
+//! Kids look like `dk_<colo>_<created unix seconds>_<16 hex>` ([`new_kid`]; the shell draws
+//! the hex from 8 random bytes); [`valid_kid`] states what is allowed. The readable creation
+//! time lets another PoP tell a key KV has not propagated yet from one that is gone
+//! ([`missing_key_error`]).
 //!
 //! # Shell flow
 //! Tokenize (`POST` from the hosted card frame):
@@ -25,7 +27,8 @@
 //!
 //! Detokenize (just before the acquirer call):
 //! 1. [`token_kid`] tells which key; `cache.get(kid, now)`, else read `vault:key:<kid>`
-//!    and [`unwrap_key`] it (a missing record means `token_expired`) and cache it.
+//!    and [`unwrap_key`] it and cache it. A missing record is [`missing_key_error`]:
+//!    `token_expired`, or a retryable 503 for a key made moments ago.
 //! 2. [`detokenize`]; for a CVC, [`detokenize_cvc`], then have the event's Durable Object
 //!    record [`OpenedCvc::use_id`] (see [`CvcUseLedger`]) before using the CVC.
 //!
@@ -55,8 +58,9 @@ pub use forwarding::{
     card_fingerprint, open_for_forwarding, seal_for_forwarding, unwrap_sf_key, wrap_sf_key,
 };
 pub use keys::{
-    kek_id_for, needs_rewrap, needs_rotation, new_key_record, rewrap, unwrap_key, valid_kid,
-    DataKey, Kek, KekSet, KeyPolicy, KeyRecord, KV_MIN_TTL_SECS,
+    kek_id_for, kid_created_ms, missing_key_error, needs_rewrap, needs_rotation, new_key_record,
+    new_kid, rewrap, unwrap_key, valid_kid, DataKey, Kek, KekSet, KeyPolicy, KeyRecord,
+    KV_MIN_TTL_SECS, KV_PROPAGATION_MS,
 };
 pub use token::{
     cvc_use_id, detokenize, detokenize_cvc, token_kid, tokenize, tokenize_cvc, CvcToken,

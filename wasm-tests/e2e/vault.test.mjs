@@ -54,12 +54,19 @@ test('key admin needs the operator key; a wrong key gets the same 401', async ()
   assert.equal(none.json.error.message, wrong.json.error.message);
 });
 
+const listedCreated = (keys, kid) => keys.find((k) => k.kid === kid)?.created;
+
 test('keys are listed without key material, rotated and revoked', async () => {
   await tokenize(card('4242424242424242'));
   let r = await admin('GET', '/v1/admin/keys');
   assert.equal(r.status, 200, r.text);
   const first = r.json.current;
-  assert.match(first, /^dk_[a-z]+_[0-9a-f]{16}$/);
+  // dk_<colo>_<created unix seconds>_<16 hex>: the time lets another PoP tell a key KV has
+  // not brought there yet from one that is gone.
+  const kid = /^dk_[a-z0-9]+_(\d+)_[0-9a-f]{16}$/.exec(first);
+  assert.ok(kid, first);
+  const created = new Date(listedCreated(r.json.keys, first)).getTime();
+  assert.equal(Number(kid[1]), Math.floor(created / 1000), 'the kid carries its creation time');
   assert.equal(r.json.rotate_every_seconds, 900);
   assert.equal(r.json.grace_seconds, 3600);
   const listed = r.json.keys.find((k) => k.kid === first);
