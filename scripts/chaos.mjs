@@ -589,11 +589,12 @@ async function finish(loadSeconds) {
     await sleep(2000);
   }
   // A checkout cut off by the restart may have charged before its Worker died; reconciliation
-  // refunds such a charge once no live checkout can own it (30 s after the order began,
-  // LOST_CHECKOUT_AFTER_MS in src/ledger/report.rs). Reconcile only after that.
+  // refunds such a charge once no live checkout can own it: 30 s after its hold lapsed
+  // (HOLD_MS, 120 s, in src/edge/events.rs; LOST_CHECKOUT_AFTER_MS in src/ledger/report.rs).
+  // Reconcile only after that.
   const lastRestart = restartWindows.length ? restartWindows[restartWindows.length - 1].end : null;
   if (lastRestart !== null) {
-    const wait = (lastRestart + 31) * 1000 - (Date.now() - T0);
+    const wait = (lastRestart + 120 + 31) * 1000 - (Date.now() - T0);
     if (wait > 0) { log(`waiting ${Math.ceil(wait / 1000)} s so checkouts cut off by the restart can be swept`); await sleep(wait); }
   }
   const simStats = await sim('GET', '/control/stats');

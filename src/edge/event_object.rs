@@ -21,8 +21,8 @@ use super::http::env_string;
 use crate::acquirer::{self, AuthorizeOutcome, AuthorizeRequest, RefundOutcome as AcqRefund};
 use crate::error::ApiError;
 use crate::ledger::{
-    lost_refund_id, AcquirerCharge, AcquirerResult, ChargeStatus, Command, Delta, Effect,
-    EventConfig, EventLedger, EventReport, ForwardRequest, IdempotencyBegin, Listing, OrderState,
+    lost_refund_id, AcquirerCharge, AcquirerResult, Command, Delta, Effect, EventConfig,
+    EventLedger, EventReport, ForwardRequest, IdempotencyBegin, Listing, OrderState,
     ReconcileReason, ReconcileRequest, Reconciled, RefundOutcome, RefundRequest, RefundState,
     Reply,
 };
@@ -1079,33 +1079,7 @@ impl EventObject {
             }
             let (records, cut) = listing.finish();
             truncated |= cut;
-            for c in records {
-                if c.event_id.as_deref() != Some(event_id.as_str()) {
-                    continue;
-                }
-                let Ok(currency) = crate::money::Currency::parse(&c.currency) else {
-                    continue;
-                };
-                charges.push(AcquirerCharge {
-                    amount: if c.amount_received.0 > 0 {
-                        c.amount_received
-                    } else {
-                        c.amount
-                    },
-                    currency,
-                    status: match c.status {
-                        acquirer::ChargeStatus::Succeeded => ChargeStatus::Succeeded,
-                        acquirer::ChargeStatus::Processing
-                        | acquirer::ChargeStatus::RequiresCapture => ChargeStatus::Pending,
-                        _ => ChargeStatus::Failed,
-                    },
-                    idempotency_key: c.idempotency_key,
-                    order_id: c.order_id,
-                    refunded_amount: c.amount_refunded.unwrap_or_default(),
-                    lane: lane.name.clone(),
-                    id: c.payment_intent_id,
-                });
-            }
+            charges.extend(AcquirerCharge::of_event(records, &event_id, &lane.name));
         }
         Ok((charges, truncated))
     }

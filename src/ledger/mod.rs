@@ -67,7 +67,7 @@ pub use orders::{LineRequest, Order, OrderLine, OrderState};
 pub use queue::{QueueStatus, WaitingQueue};
 pub use recon::{
     lost_refund_id, Listing, ReconSchedule, ReconcileReason, ReconcileRequest, Reconciled,
-    RECONCILE_MARGIN_MS, RECONCILE_TIMEOUT_MS,
+    RECONCILE_MARGIN_MS, RECONCILE_MIN_INTERVAL_MS, RECONCILE_TIMEOUT_MS,
 };
 pub use report::{
     AcquirerCharge, AmountMismatch, ChargeStatus, Discrepancies, EventReport, EventSummary,

@@ -2,7 +2,8 @@
 //!
 //! The ledger decides *when*: [`EventLedger::reconcile_trigger`] is due
 //! - `LOST_CHECKOUT_AFTER_MS` after a hold lapsed with no outcome (a checkout that may have
-//!   been charged and then lost), unless a later run already covered that instant;
+//!   been charged and then lost), unless a later run already covered that instant, and at
+//!   most once per [`RECONCILE_MIN_INTERVAL_MS`];
 //! - at the event's `end_ms`, once;
 //! - after the end, whenever the books changed since the last run and nothing is in flight
 //!   (no stored payment, refund or hold open), so the end-of-event report ends true.
@@ -28,6 +29,8 @@ use super::{
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Runs for lost checkouts start at least this long after the last run.
+pub const RECONCILE_MIN_INTERVAL_MS: i64 = 60_000;
 /// A run without an answer after this long (the Worker died mid-listing) is asked for again.
 pub const RECONCILE_TIMEOUT_MS: i64 = 10 * 60_000;
 /// Listings start this long before the event's first order or its start, whichever is
@@ -140,11 +143,13 @@ impl EventLedger {
                     .is_some_and(|o| o.state == OrderState::Abandoned)
             })
             .map(|(_, at)| *at);
+        // A burst of lost checkouts costs a run a minute, not one each.
+        let spaced = covered.saturating_add(RECONCILE_MIN_INTERVAL_MS);
         let lost = pending
             .chain(lapsed)
             .filter(|at| *at > covered)
             .min()
-            .map(|at| (at, ReconcileReason::LostCheckouts));
+            .map(|at| (at.max(spaced), ReconcileReason::LostCheckouts));
         let end = self.config.end_ms;
         let end = (covered < end).then_some((end, ReconcileReason::EventEnd));
         let changed = (covered >= self.config.end_ms

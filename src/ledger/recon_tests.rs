@@ -135,6 +135,33 @@ fn reconciliation_is_due_after_a_lost_checkout_and_at_the_end_and_nothing_else()
 }
 
 #[test]
+fn a_burst_of_lost_checkouts_costs_a_run_a_minute() {
+    let mut l = ledger();
+    ok(&mut l, hold_cmd("o1", &[("beer", 1)], T0 + MIN), T0);
+    ok(
+        &mut l,
+        hold_cmd("o2", &[("beer", 1)], T0 + MIN + 10_000),
+        T0,
+    );
+    let first = T0 + MIN + LOST_CHECKOUT_AFTER_MS;
+    assert_eq!(
+        reconcile_requests(&run(&mut l, Command::Alarm, first)).len(),
+        1
+    );
+    feed(&mut l, vec![], first);
+    // o2 lapsed 10 s after o1: its run waits until a minute after the last one.
+    assert_eq!(
+        l.reconcile_trigger(),
+        Some((
+            first + RECONCILE_MIN_INTERVAL_MS,
+            ReconcileReason::LostCheckouts
+        ))
+    );
+    let out = run(&mut l, Command::Alarm, first + 10_000);
+    assert!(reconcile_requests(&out).is_empty());
+}
+
+#[test]
 fn a_run_that_never_answers_or_fails_is_asked_for_again() {
     let mut l = ledger();
     let end = config().end_ms;
@@ -556,4 +583,47 @@ fn the_report_is_signed_and_a_changed_byte_is_refused() {
         receipt::verify_report(&back, &keys("r3", 7)),
         Err(receipt::ReceiptError::UnknownKey)
     );
+}
+
+#[test]
+fn a_lane_listing_keeps_this_events_intents_only() {
+    use crate::acquirer::{ChargeRecord, ChargeStatus as S};
+    let rec =
+        |id: &str, event: Option<&str>, currency: &str, status: S, received: i64| ChargeRecord {
+            payment_intent_id: id.into(),
+            amount: MinorUnits(1500),
+            currency: currency.into(),
+            status,
+            amount_received: MinorUnits(received),
+            amount_refunded: Some(MinorUnits(200)),
+            order_id: Some("o1".into()),
+            event_id: event.map(String::from),
+            idempotency_key: Some("k1".into()),
+            created: 1,
+        };
+    let records = vec![
+        rec("pi_1", Some("evt_1"), "EUR", S::Succeeded, 1400),
+        rec("pi_2", Some("evt_2"), "EUR", S::Succeeded, 1500),
+        rec("pi_3", None, "EUR", S::Succeeded, 1500),
+        rec("pi_4", Some("evt_1"), "E?R", S::Succeeded, 1500),
+        rec("pi_5", Some("evt_1"), "EUR", S::Processing, 0),
+        rec("pi_6", Some("evt_1"), "EUR", S::RequiresPaymentMethod, 0),
+    ];
+    let charges = AcquirerCharge::of_event(records, "evt_1", "fast");
+    let got: Vec<(&str, ChargeStatus, i64)> = charges
+        .iter()
+        .map(|c| (c.id.as_str(), c.status, c.amount.0))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("pi_1", ChargeStatus::Succeeded, 1400),
+            ("pi_5", ChargeStatus::Pending, 1500),
+            ("pi_6", ChargeStatus::Failed, 1500),
+        ]
+    );
+    assert!(charges.iter().all(|c| c.lane == "fast"
+        && c.refunded_amount == MinorUnits(200)
+        && c.order_id.as_deref() == Some("o1")
+        && c.idempotency_key.as_deref() == Some("k1")));
 }

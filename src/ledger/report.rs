@@ -59,6 +59,41 @@ impl AcquirerCharge {
     pub fn succeeded(&self) -> bool {
         self.status == ChargeStatus::Succeeded
     }
+
+    /// The charges of `event_id` among a lane's listed payment intents (the others belong
+    /// to other events on the same account). An intent in a currency that is not ISO 4217
+    /// cannot be one of ours and is left out.
+    pub fn of_event(
+        records: Vec<crate::acquirer::ChargeRecord>,
+        event_id: &str,
+        lane: &str,
+    ) -> Vec<AcquirerCharge> {
+        use crate::acquirer::ChargeStatus as S;
+        records
+            .into_iter()
+            .filter(|c| c.event_id.as_deref() == Some(event_id))
+            .filter_map(|c| {
+                Some(AcquirerCharge {
+                    currency: Currency::parse(&c.currency).ok()?,
+                    amount: if c.amount_received.0 > 0 {
+                        c.amount_received
+                    } else {
+                        c.amount
+                    },
+                    status: match c.status {
+                        S::Succeeded => ChargeStatus::Succeeded,
+                        S::Processing | S::RequiresCapture => ChargeStatus::Pending,
+                        _ => ChargeStatus::Failed,
+                    },
+                    idempotency_key: c.idempotency_key,
+                    order_id: c.order_id,
+                    refunded_amount: c.amount_refunded.unwrap_or_default(),
+                    lane: lane.to_string(),
+                    id: c.payment_intent_id,
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
