@@ -16,6 +16,7 @@
 //   POST /v1/payment_intents/{id}/capture (amount_to_capture optional)
 //   POST /v1/payment_intents/{id}/cancel
 //   GET  /v1/payment_intents              limit, starting_after, ending_before,
+//                                         created | created[gt|gte|lt|lte] (Unix seconds),
 //                                         expand[]=data.latest_charge (charge has amount_refunded)
 //   POST /v1/refunds                      payment_intent | charge, amount optional, reason, metadata
 //   GET  /v1/refunds                      limit, starting_after, ending_before, payment_intent
@@ -635,6 +636,20 @@ function list(url, ids, lookup, query, kind, map = (x) => x) {
   };
 }
 
+// Stripe's `created` list filter: created=T, or created[gt|gte|lt|lte]=T (Unix seconds).
+function createdFilter(created, createdOf) {
+  if (created === undefined) return () => true;
+  const bounds = typeof created === "object" && created !== null ? created : { eq: created };
+  const checks = [];
+  for (const [op, v] of Object.entries(bounds)) {
+    const t = Number(v);
+    if (!["eq", "gt", "gte", "lt", "lte"].includes(op) || typeof v !== "string" || !/^\d+$/.test(v))
+      throw invalid(`Invalid created filter: created${op === "eq" ? "" : `[${op}]`} must be a Unix timestamp`, { code: "parameter_invalid_integer", param: "created" });
+    checks.push({ eq: (c) => c === t, gt: (c) => c > t, gte: (c) => c >= t, lt: (c) => c < t, lte: (c) => c <= t }[op]);
+  }
+  return (id) => checks.every((f) => f(createdOf(id)));
+}
+
 function expandList(query) {
   const e = query.expand;
   return Array.isArray(e) ? e : typeof e === "string" ? [e] : [];
@@ -648,7 +663,8 @@ function routeStripe(lane, method, path, params, query, idemKey, processing = nu
     if (method === "POST" && seg.length === 2) return createPaymentIntent(lane, params, idemKey, processing);
     if (method === "GET" && seg.length === 2) {
       const expand = expandList(query).includes("data.latest_charge");
-      return list("/v1/payment_intents", lane.intentOrder, (i) => lane.intents.get(i), query, "payment_intent", (pi) => publicIntent(lane, pi, expand));
+      const ids = lane.intentOrder.filter(createdFilter(query.created, (i) => lane.intents.get(i).created));
+      return list("/v1/payment_intents", ids, (i) => lane.intents.get(i), query, "payment_intent", (pi) => publicIntent(lane, pi, expand));
     }
     if (method === "GET" && seg.length === 3)
       return { status: 200, body: publicIntent(lane, getIntent(lane, id), expandList(query).includes("latest_charge")) };

@@ -301,7 +301,8 @@ export function checkInvariants(data) {
       if (!rep || !Array.isArray(rep.matched)) { bad.push(`${e.name}: no reconciliation report`); continue; }
       matched += rep.matched.length;
       lostRefunded += (rep.refunded_unpaid ?? []).length;
-      for (const f of ['missing_at_acquirer', 'missing_at_edge', 'amount_mismatch', 'awaiting_forward']) {
+      if (rep.truncated) bad.push(`${e.name}: the acquirer listing was truncated`);
+      for (const f of ['missing_at_acquirer', 'missing_at_edge', 'amount_mismatch', 'awaiting_forward', 'lost_refunding']) {
         const v = rep[f] ?? [];
         const describe = (x) => {
           if (typeof x !== 'string') return JSON.stringify(x);

@@ -775,11 +775,12 @@ async function finish(loadSeconds) {
     await sleep(2000);
   }
   // A checkout cut off by the restart may have charged before its Worker died; reconciliation
-  // refunds such a charge once no live checkout can own it (30 s after the order began,
-  // LOST_CHECKOUT_AFTER_MS in src/ledger/report.rs). Reconcile only after that.
+  // refunds such a charge once no live checkout can own it: 30 s after its hold lapsed
+  // (HOLD_MS, 120 s, in src/edge/events.rs; LOST_CHECKOUT_AFTER_MS in src/ledger/report.rs).
+  // Reconcile only after that.
   const lastRestart = restartWindows.length ? restartWindows[restartWindows.length - 1].end : null;
   if (lastRestart !== null) {
-    const wait = (lastRestart + 31) * 1000 - (Date.now() - T0);
+    const wait = (lastRestart + 120 + 31) * 1000 - (Date.now() - T0);
     if (wait > 0) { log(`waiting ${Math.ceil(wait / 1000)} s so checkouts cut off by the restart can be swept`); await sleep(wait); }
   }
   const evData = [];
@@ -797,8 +798,9 @@ async function finish(loadSeconds) {
   const charges = await chargeList();
   const states = {};
   for (const e of evData) for (const r of e.exportRows) states[r.state] = (states[r.state] ?? 0) + 1;
-  const pending = evData.flatMap((e) => e.exportRows.filter((r) => !FINAL_STATES.has(r.state) && r.state !== 'abandoned').map((r) => `${e.name} ${r.order_id} ${r.state}`));
-  if (pending.length) findings.push(`${pending.length} orders in the ledgers are neither final nor abandoned after recovery (none of them was answered 201): ${pending.slice(0, 6).join(', ')}`);
+  // 'lost': a checkout cut off after the acquirer charged, whose charge reconciliation refunded.
+  const pending = evData.flatMap((e) => e.exportRows.filter((r) => !FINAL_STATES.has(r.state) && r.state !== 'abandoned' && r.state !== 'lost').map((r) => `${e.name} ${r.order_id} ${r.state}`));
+  if (pending.length) findings.push(`${pending.length} orders in the ledgers are neither final, abandoned nor lost after recovery (none of them was answered 201): ${pending.slice(0, 6).join(', ')}`);
 
   diagnoseDoubleCharges(simStats, charges);
   diagnoseLeftQueued(evData, charges);

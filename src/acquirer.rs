@@ -234,13 +234,16 @@ pub fn build_refund(
     })
 }
 
-/// Builds `GET {lane}/v1/payment_intents?limit=..&starting_after=..&expand[]=data.latest_charge`
-/// (newest first; the expansion brings `amount_refunded`). `limit` is 1 to 100; pass the
-/// previous page's [`ChargePage::next_starting_after`] to go on.
+/// Builds `GET {lane}/v1/payment_intents?limit=..&created[gte]=..&starting_after=..&expand[]=data.latest_charge`
+/// (newest first; the expansion brings `amount_refunded`). `limit` is 1 to 100;
+/// `created_gte` (Unix seconds) keeps older intents of the account out of the listing;
+/// pass the previous page's [`ChargePage::next_starting_after`] to go on. [`ChargeListing`]
+/// drives the pages to the end.
 pub fn build_list_charges(
     lane_base_url: &str,
     secret: &Secret<String>,
     limit: u32,
+    created_gte: Option<i64>,
     starting_after: Option<&str>,
 ) -> Result<HttpCall, AcquirerError> {
     let base = check_base_url(lane_base_url)?;
@@ -249,6 +252,12 @@ pub fn build_list_charges(
     }
     let mut query = form_urlencoded::Serializer::new(String::new());
     query.append_pair("limit", &limit.to_string());
+    if let Some(gte) = created_gte {
+        if gte < 0 {
+            return Err(AcquirerError::InvalidInput { field: "created" });
+        }
+        query.append_pair("created[gte]", &gte.to_string());
+    }
     if let Some(after) = starting_after {
         check_object_id(after, "pi_", "starting_after")?;
         query.append_pair("starting_after", after);
@@ -260,6 +269,97 @@ pub fn build_list_charges(
         headers: common_headers(secret)?,
         body: Secret::new(String::new()),
     })
+}
+
+/// Most pages one [`ChargeListing`] reads from one lane (100 intents each) before it stops
+/// and says `truncated`.
+pub const MAX_LIST_PAGES: u32 = 100;
+
+/// Reads one lane's payment intents created since an instant, page by page to the end.
+///
+/// Call [`ChargeListing::next_call`], send it, feed the answer to [`ChargeListing::feed`],
+/// and repeat until `next_call` gives `None`; then [`ChargeListing::finish`]. The listing
+/// never ends silently short: it is `truncated` when it stopped at `max_pages`, when the
+/// acquirer said `has_more` without a cursor to go on, or when a cursor repeated.
+/// Intents older than the bound are dropped (and end the listing, since pages are newest
+/// first), in case an acquirer ignores `created[gte]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeListing {
+    created_gte: i64,
+    max_pages: u32,
+    pages: u32,
+    cursor: Option<String>,
+    done: bool,
+    truncated: bool,
+    charges: Vec<ChargeRecord>,
+}
+
+impl ChargeListing {
+    /// A listing of intents created at or after `created_gte` (Unix seconds).
+    pub fn new(created_gte: i64, max_pages: u32) -> ChargeListing {
+        ChargeListing {
+            created_gte: created_gte.max(0),
+            max_pages: max_pages.max(1),
+            pages: 0,
+            cursor: None,
+            done: false,
+            truncated: false,
+            charges: Vec::new(),
+        }
+    }
+
+    /// The next page to ask for, or `None` when the listing is over.
+    pub fn next_call(
+        &mut self,
+        lane_base_url: &str,
+        secret: &Secret<String>,
+    ) -> Option<Result<HttpCall, AcquirerError>> {
+        if self.done {
+            return None;
+        }
+        if self.pages >= self.max_pages {
+            self.done = true;
+            self.truncated = true;
+            return None;
+        }
+        Some(build_list_charges(
+            lane_base_url,
+            secret,
+            MAX_LIST_LIMIT,
+            Some(self.created_gte),
+            self.cursor.as_deref(),
+        ))
+    }
+
+    /// Takes the answer to the last [`ChargeListing::next_call`]. An error leaves the
+    /// listing unfinished: the caller reports the lane as unavailable.
+    pub fn feed(&mut self, status: u16, body: &str) -> Result<(), AcquirerError> {
+        let page = parse_list(status, body)?;
+        self.pages += 1;
+        let mut older = false;
+        for c in page.charges {
+            if c.created < self.created_gte {
+                older = true;
+            } else {
+                self.charges.push(c);
+            }
+        }
+        match page.next_starting_after {
+            _ if older || !page.has_more => self.done = true,
+            Some(next) if self.cursor.as_deref() != Some(next.as_str()) => self.cursor = Some(next),
+            // `has_more` without a new cursor: going on would read the same page again.
+            _ => {
+                self.done = true;
+                self.truncated = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// The intents read, and whether the listing stopped before the end.
+    pub fn finish(self) -> (Vec<ChargeRecord>, bool) {
+        (self.charges, self.truncated || !self.done)
+    }
 }
 
 fn common_headers(secret: &Secret<String>) -> Result<Vec<(String, String)>, AcquirerError> {
@@ -797,6 +897,8 @@ pub struct ChargeRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChargePage {
     pub charges: Vec<ChargeRecord>,
+    /// As the acquirer said it; with an empty page there is no cursor to go on
+    /// ([`ChargeListing`] then reports the listing as truncated).
     pub has_more: bool,
     /// The `starting_after` for the next page, when `has_more`.
     pub next_starting_after: Option<String>,
@@ -849,7 +951,7 @@ pub fn parse_list(status: u16, body: &str) -> Result<ChargePage, AcquirerError> 
         None
     };
     Ok(ChargePage {
-        has_more: list.has_more && next_starting_after.is_some(),
+        has_more: list.has_more,
         charges,
         next_starting_after,
     })

@@ -24,6 +24,7 @@ pub enum RouteId {
     SyncEvent,
     RefundOrder,
     ReconcileEvent,
+    EventReport,
     ExportEvent,
     Routing,
     EventPublic,
@@ -164,6 +165,12 @@ pub const ROUTES: &[Route] = &[
         id: RouteId::ReconcileEvent,
         method: "POST",
         path: "/v1/admin/events/{id}/reconcile",
+        access: Access::Merchant,
+    },
+    Route {
+        id: RouteId::EventReport,
+        method: "GET",
+        path: "/v1/admin/events/{id}/report",
         access: Access::Merchant,
     },
     Route {

@@ -15,6 +15,13 @@
 //! {"receipt": {...}, "signature": {"kid": "r2", "alg": "HS256", "mac": "<base64url, no padding>"}}
 //! ```
 //!
+//! # End-of-event reports
+//!
+//! The event's reconciliation report ([`crate::ledger::EventReport`]) is signed the same
+//! way under the same keys with its own domain, `"poptill-report-v1\n"`, so a receipt's
+//! MAC never verifies a report or the reverse: `{"report": {...}, "signature": {...}}`
+//! ([`sign_report`], [`verify_report`]); `POST /v1/receipts/verify` checks either.
+//!
 //! # Keys
 //!
 //! [`ReceiptKeys::parse`] reads the `RECEIPT_KEY` secret in one of two forms:
@@ -48,6 +55,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// The only signature algorithm receipts use.
 pub const ALG: &str = "HS256";
 const DOMAIN: &[u8] = b"poptill-receipt-v1\n";
+const REPORT_DOMAIN: &[u8] = b"poptill-report-v1\n";
 /// The kid given to a bare key without one.
 pub const DEFAULT_KID: &str = "r1";
 
@@ -489,10 +497,15 @@ pub fn canonical_bytes(receipt: &Receipt) -> Result<Vec<u8>, ReceiptError> {
     Ok(canonical_json(&v).into_bytes())
 }
 
-fn mac_for(key: &Secret<Vec<u8>>, kid: &str, canonical: &[u8]) -> Result<HmacSha256, ReceiptError> {
+fn mac_in(
+    domain: &[u8],
+    key: &Secret<Vec<u8>>,
+    kid: &str,
+    canonical: &[u8],
+) -> Result<HmacSha256, ReceiptError> {
     let mut mac = HmacSha256::new_from_slice(key.expose())
         .map_err(|_| ReceiptError::InvalidKeys("unusable key".into()))?;
-    mac.update(DOMAIN);
+    mac.update(domain);
     mac.update(kid.as_bytes());
     mac.update(b"\n");
     mac.update(canonical);
@@ -502,23 +515,39 @@ fn mac_for(key: &Secret<Vec<u8>>, kid: &str, canonical: &[u8]) -> Result<HmacSha
 /// Checks the receipt's invariants, then signs it with the current key.
 pub fn sign(receipt: Receipt, keys: &ReceiptKeys) -> Result<SignedReceipt, ReceiptError> {
     validate(&receipt)?;
-    let kid = keys.current_kid().to_string();
-    let key = keys.key(&kid).ok_or(ReceiptError::UnknownKey)?;
-    let canonical = canonical_bytes(&receipt)?;
-    let tag = mac_for(key, &kid, &canonical)?.finalize().into_bytes();
-    Ok(SignedReceipt {
-        receipt,
-        signature: Signature {
-            kid,
-            alg: ALG.to_string(),
-            mac: URL_SAFE_NO_PAD.encode(tag),
-        },
-    })
+    let signature = sign_bytes(DOMAIN, keys, &canonical_bytes(&receipt)?)?;
+    Ok(SignedReceipt { receipt, signature })
 }
 
 /// Verifies the signature in constant time (`hmac`'s `verify_slice`).
 pub fn verify(signed: &SignedReceipt, keys: &ReceiptKeys) -> Result<(), ReceiptError> {
-    let sig = &signed.signature;
+    let canonical = canonical_bytes(&signed.receipt)?;
+    verify_bytes(DOMAIN, &signed.signature, keys, &canonical)
+}
+
+fn sign_bytes(
+    domain: &[u8],
+    keys: &ReceiptKeys,
+    canonical: &[u8],
+) -> Result<Signature, ReceiptError> {
+    let kid = keys.current_kid().to_string();
+    let key = keys.key(&kid).ok_or(ReceiptError::UnknownKey)?;
+    let tag = mac_in(domain, key, &kid, canonical)?
+        .finalize()
+        .into_bytes();
+    Ok(Signature {
+        kid,
+        alg: ALG.to_string(),
+        mac: URL_SAFE_NO_PAD.encode(tag),
+    })
+}
+
+fn verify_bytes(
+    domain: &[u8],
+    sig: &Signature,
+    keys: &ReceiptKeys,
+    canonical: &[u8],
+) -> Result<(), ReceiptError> {
     if sig.alg != ALG {
         return Err(ReceiptError::Malformed(
             "the signature algorithm must be HS256".into(),
@@ -533,10 +562,81 @@ pub fn verify(signed: &SignedReceipt, keys: &ReceiptKeys) -> Result<(), ReceiptE
             "the mac has the wrong length".into(),
         ));
     }
-    let canonical = canonical_bytes(&signed.receipt)?;
-    mac_for(key, &sig.kid, &canonical)?
+    mac_in(domain, key, &sig.kid, canonical)?
         .verify_slice(&tag)
         .map_err(|_| ReceiptError::Tampered)
+}
+
+/// A signed end-of-event report: what the object stores and
+/// `GET /v1/admin/events/{id}/report` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedReport {
+    pub report: crate::ledger::EventReport,
+    pub signature: Signature,
+}
+
+impl SignedReport {
+    /// Parses a signed report. Does not verify it: call [`verify_report`].
+    pub fn from_json(json: &str) -> Result<SignedReport, ReceiptError> {
+        serde_json::from_str(json).map_err(|e| {
+            ReceiptError::Malformed(format!(
+                "not a signed report (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })
+    }
+
+    /// The JSON to store or return (canonical, compact).
+    pub fn to_json(&self) -> Result<String, ReceiptError> {
+        let v = serde_json::to_value(self)
+            .map_err(|_| ReceiptError::Malformed("report cannot be serialized".into()))?;
+        Ok(canonical_json(&v))
+    }
+}
+
+fn report_bytes(report: &crate::ledger::EventReport) -> Result<Vec<u8>, ReceiptError> {
+    let v = serde_json::to_value(report)
+        .map_err(|_| ReceiptError::Malformed("report cannot be serialized".into()))?;
+    Ok(canonical_json(&v).into_bytes())
+}
+
+/// Signs an end-of-event report with the current receipt key, under the report domain.
+pub fn sign_report(
+    report: crate::ledger::EventReport,
+    keys: &ReceiptKeys,
+) -> Result<SignedReport, ReceiptError> {
+    let signature = sign_bytes(REPORT_DOMAIN, keys, &report_bytes(&report)?)?;
+    Ok(SignedReport { report, signature })
+}
+
+/// Verifies a signed report in constant time, like [`verify`] for receipts.
+pub fn verify_report(signed: &SignedReport, keys: &ReceiptKeys) -> Result<(), ReceiptError> {
+    let canonical = report_bytes(&signed.report)?;
+    verify_bytes(REPORT_DOMAIN, &signed.signature, keys, &canonical)
+}
+
+impl ReceiptError {
+    /// The HTTP error for a report that does not verify (as [`ReceiptError::to_api`], with
+    /// codes and sentences about a report).
+    pub fn to_report_api(&self) -> ApiError {
+        match self {
+            ReceiptError::Tampered => ApiError::bad_request(
+                "report_tampered",
+                "The report does not match its signature: it was changed after it was issued.",
+            ),
+            ReceiptError::UnknownKey => ApiError::bad_request(
+                "report_unknown_key",
+                "The report was signed with a key this server does not know.",
+            ),
+            ReceiptError::Malformed(why) => ApiError::bad_request(
+                "report_malformed",
+                format!("The report cannot be read: {why}."),
+            ),
+            other => other.to_api(),
+        }
+    }
 }
 
 fn id_ok(s: &str, max: usize) -> bool {
@@ -637,8 +737,8 @@ pub enum StatusChange {
 }
 
 /// Verifies `signed`, applies `change` (allowed: queued → forwarded | expired | declined;
-/// approved | forwarded | partially_refunded → refund), sets `updated_ms` and re-signs
-/// with the current key.
+/// expired → forwarded, a late approval; approved | forwarded | partially_refunded →
+/// refund), sets `updated_ms` and re-signs with the current key.
 pub fn update_status(
     signed: &SignedReceipt,
     change: StatusChange,
@@ -684,7 +784,8 @@ pub fn update_status(
         change,
         StatusChange::Forwarded | StatusChange::Expired | StatusChange::Declined
     );
-    if queued_change && from != ReceiptStatus::Queued {
+    let late_approval = change == StatusChange::Forwarded && from == ReceiptStatus::Expired;
+    if queued_change && from != ReceiptStatus::Queued && !late_approval {
         return Err(ReceiptError::InvalidTransition { from, to });
     }
     r.status = to;
@@ -1262,6 +1363,15 @@ mod tests {
             update_status(&exp, refund(100), t0 + 2, &keys),
             Err(ReceiptError::InvalidTransition { .. })
         ));
+        // An expired payment whose charge came in after all (a late approval that
+        // reconciliation found) is forwarded; a declined one is not.
+        let late = update_status(&exp, StatusChange::Forwarded, t0 + 3, &keys).unwrap();
+        assert_eq!(late.receipt.status, ReceiptStatus::Forwarded);
+        assert_eq!(verify(&late, &keys), Ok(()));
+        assert!(matches!(
+            update_status(&dec, StatusChange::Forwarded, t0 + 3, &keys),
+            Err(ReceiptError::InvalidTransition { .. })
+        ));
 
         // Refunds: partial, then too much, then the rest.
         let part = update_status(&fwd, refund(1_000), t0 + 120_000, &keys).unwrap();
@@ -1345,6 +1455,43 @@ mod tests {
         let html = render_html(&exp);
         assert!(html.contains("<strong>Not charged</strong>"));
         assert!(html.contains("Nothing was taken from your card."));
+    }
+
+    #[test]
+    fn a_report_mac_is_not_a_receipt_mac() {
+        let keys = keys_v1();
+        let report: crate::ledger::EventReport = serde_json::from_value(serde_json::json!({
+            "event_id": "evt_1", "merchant_id": "m_1", "currency": "EUR",
+            "event_end_ms": 10, "generated_ms": 11, "reason": "event_end",
+            "end_of_event": true, "covered": {"from_ms": 0, "to_ms": 11},
+            "truncated": false, "clean": true,
+            "totals": {"orders": 0, "paid_orders": 0, "sales": 0, "refunded": 0, "net": 0,
+                "awaiting_forward": 0, "acquirer_charges": 0, "acquirer_charged": 0,
+                "acquirer_refunded": 0, "lost_charges": 0, "lost_charged": 0, "lost_refunded": 0},
+            "lanes": [], "refunds": {"succeeded": 0, "succeeded_amount": 0, "pending": 0,
+                "pending_amount": 0, "failed": 0},
+            "orders_by_state": {}, "matched": 0,
+            "discrepancies": {"missing_at_acquirer": [], "missing_at_edge": [],
+                "amount_mismatch": [], "awaiting_forward": [], "lost_refunding": [],
+                "refunded_unpaid": []}
+        }))
+        .unwrap();
+        let signed = sign_report(report.clone(), &keys).unwrap();
+        assert_eq!(verify_report(&signed, &keys), Ok(()));
+        // The same bytes MACed under the receipt domain give another tag.
+        let bytes = report_bytes(&report).unwrap();
+        let kid = keys.current_kid();
+        let receipt_tag = mac_in(DOMAIN, keys.key(kid).unwrap(), kid, &bytes)
+            .unwrap()
+            .finalize()
+            .into_bytes();
+        let mut forged = signed.clone();
+        forged.signature.mac = URL_SAFE_NO_PAD.encode(receipt_tag);
+        assert_ne!(forged.signature.mac, signed.signature.mac);
+        assert_eq!(verify_report(&forged, &keys), Err(ReceiptError::Tampered));
+        // And a receipt is not a report.
+        let receipt_json = sign(receipt(), &keys).unwrap().to_json().unwrap();
+        assert!(SignedReport::from_json(&receipt_json).is_err());
     }
 
     #[test]

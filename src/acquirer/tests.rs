@@ -82,7 +82,7 @@ fn post_headers_carry_key_idempotency_and_content_type() {
     );
     assert_eq!(call.header("Stripe-Version"), Some(STRIPE_VERSION));
 
-    let list = build_list_charges(BASE, &key(), 10, None).unwrap();
+    let list = build_list_charges(BASE, &key(), 10, None, None).unwrap();
     assert_eq!(list.header("Idempotency-Key"), None);
     assert_eq!(list.header("Content-Type"), None);
     assert_eq!(list.header("Authorization"), Some("Bearer sk_test_51Hxyz"));
@@ -126,7 +126,7 @@ fn capture_refund_and_list_calls() {
     assert_eq!(part.body.expose(), "payment_intent=pi_3Abc&amount=500");
     assert_eq!(part.header("Idempotency-Key"), Some("rf_2"));
 
-    let list = build_list_charges(BASE, &key(), 100, Some("pi_9Zz")).unwrap();
+    let list = build_list_charges(BASE, &key(), 100, None, Some("pi_9Zz")).unwrap();
     assert_eq!(list.method, HttpMethod::Get);
     assert_eq!(
         list.url,
@@ -206,10 +206,13 @@ fn bad_inputs_are_refused_with_the_field_name() {
         field(build_refund(BASE, &k, "pi_1", Some(MinorUnits(0)), "r")),
         "amount"
     );
-    assert_eq!(field(build_list_charges(BASE, &k, 0, None)), "limit");
-    assert_eq!(field(build_list_charges(BASE, &k, 101, None)), "limit");
+    assert_eq!(field(build_list_charges(BASE, &k, 0, None, None)), "limit");
     assert_eq!(
-        field(build_list_charges(BASE, &k, 5, Some("pi_1&x=2"))),
+        field(build_list_charges(BASE, &k, 101, None, None)),
+        "limit"
+    );
+    assert_eq!(
+        field(build_list_charges(BASE, &k, 5, None, Some("pi_1&x=2"))),
         "starting_after"
     );
 
@@ -661,6 +664,123 @@ fn list_pages_give_records_and_a_cursor() {
     assert_eq!(last.next_starting_after, None);
     let empty = parse_list(200, r#"{"object": "list", "data": [], "has_more": false}"#).unwrap();
     assert!(empty.charges.is_empty());
+}
+
+/// A page of payment intents `pi_{n}` created at `created + n`, newest first.
+fn page(ids: &[u32], has_more: bool) -> String {
+    let data: Vec<String> = ids
+        .iter()
+        .map(|n| {
+            format!(
+                r#"{{"id": "pi_{n}", "object": "payment_intent", "amount": 100, "amount_received": 100, "currency": "eur", "status": "succeeded", "created": {}, "metadata": {{"event_id": "ev_1"}}}}"#,
+                1_700_000_000 + i64::from(*n)
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"object": "list", "data": [{}], "has_more": {has_more}}}"#,
+        data.join(",")
+    )
+}
+
+fn drain(listing: &mut ChargeListing, pages: &[String]) -> Vec<String> {
+    let mut urls = Vec::new();
+    for body in pages {
+        let Some(call) = listing.next_call(BASE, &key()) else {
+            break;
+        };
+        urls.push(call.unwrap().url);
+        listing.feed(200, body).unwrap();
+    }
+    urls
+}
+
+#[test]
+fn a_listing_pages_to_the_end_from_its_start_instant() {
+    let mut listing = ChargeListing::new(1_700_000_000, MAX_LIST_PAGES);
+    let pages = [
+        page(&[9, 8, 7], true),
+        page(&[6, 5], true),
+        page(&[4], false),
+    ];
+    let urls = drain(&mut listing, &pages);
+    assert_eq!(
+        urls,
+        vec![
+            "http://127.0.0.1:8787/lanes/fast/v1/payment_intents?limit=100&created%5Bgte%5D=1700000000&expand%5B%5D=data.latest_charge",
+            "http://127.0.0.1:8787/lanes/fast/v1/payment_intents?limit=100&created%5Bgte%5D=1700000000&starting_after=pi_7&expand%5B%5D=data.latest_charge",
+            "http://127.0.0.1:8787/lanes/fast/v1/payment_intents?limit=100&created%5Bgte%5D=1700000000&starting_after=pi_5&expand%5B%5D=data.latest_charge",
+        ]
+    );
+    assert!(listing.next_call(BASE, &key()).is_none());
+    let (charges, truncated) = listing.finish();
+    let ids: Vec<&str> = charges
+        .iter()
+        .map(|c| c.payment_intent_id.as_str())
+        .collect();
+    assert_eq!(ids, ["pi_9", "pi_8", "pi_7", "pi_6", "pi_5", "pi_4"]);
+    assert!(!truncated);
+}
+
+#[test]
+fn a_listing_never_stops_short_silently() {
+    // At the page bound, with more to read: truncated.
+    let mut listing = ChargeListing::new(0, 2);
+    drain(
+        &mut listing,
+        &[page(&[9], true), page(&[8], true), page(&[7], false)],
+    );
+    assert!(listing.next_call(BASE, &key()).is_none());
+    let (charges, truncated) = listing.finish();
+    assert_eq!(charges.len(), 2);
+    assert!(truncated);
+    // "More" with an empty page (no cursor to go on), or a cursor that does not move.
+    let mut listing = ChargeListing::new(0, 10);
+    drain(&mut listing, &[page(&[], true)]);
+    assert!(listing.next_call(BASE, &key()).is_none());
+    assert!(listing.finish().1);
+    let mut listing = ChargeListing::new(0, 10);
+    drain(&mut listing, &[page(&[9], true), page(&[9], true)]);
+    assert!(listing.next_call(BASE, &key()).is_none());
+    assert!(listing.finish().1);
+    // An answer that cannot be read leaves it unfinished: truncated, and the error.
+    let mut listing = ChargeListing::new(0, 10);
+    drain(&mut listing, &[page(&[9], true)]);
+    assert!(listing.next_call(BASE, &key()).is_some());
+    assert_eq!(
+        listing.feed(200, "not json"),
+        Err(AcquirerError::MalformedResponse)
+    );
+    assert!(listing.finish().1);
+    // Exactly at the bound with nothing more: complete.
+    let mut listing = ChargeListing::new(0, 1);
+    drain(&mut listing, &[page(&[9], false)]);
+    assert_eq!(
+        listing.finish(),
+        (parse_list(200, &page(&[9], false)).unwrap().charges, false)
+    );
+}
+
+#[test]
+fn a_listing_ends_at_intents_older_than_its_start() {
+    // An acquirer that ignores created[gte]: older intents are dropped and end the listing.
+    let mut listing = ChargeListing::new(1_700_000_005, MAX_LIST_PAGES);
+    let urls = drain(
+        &mut listing,
+        &[page(&[9, 8, 4, 3], true), page(&[2], false)],
+    );
+    assert_eq!(urls.len(), 1);
+    let (charges, truncated) = listing.finish();
+    let ids: Vec<&str> = charges
+        .iter()
+        .map(|c| c.payment_intent_id.as_str())
+        .collect();
+    assert_eq!(ids, ["pi_9", "pi_8"]);
+    assert!(!truncated);
+    assert_eq!(
+        build_list_charges(BASE, &key(), 10, Some(-1), None).err(),
+        Some(AcquirerError::InvalidInput { field: "created" })
+    );
 }
 
 #[test]

@@ -649,6 +649,10 @@ impl Checkout {
             // Whatever happens now, that earlier attempt's outcome is unknown.
             self.unknown_on = Some(order.lane.clone());
             // An earlier attempt with this key may have charged on the order's lane.
+            if order.state == OrderState::Lost {
+                self.lapsed();
+                return std::mem::replace(&mut self.state, State::Finished);
+            }
             if !matches!(order.state, OrderState::Pending | OrderState::Abandoned) {
                 return State::Done(pending(&self.key.order_id, &self.routing));
             }
@@ -978,7 +982,9 @@ impl Checkout {
                     // was charged; undo and say why, keeping the ledger's own code.
                     Purpose::StoreOffline => self.undo(offline_refused(&e)),
                     Purpose::Settle => {
-                        if e.code == "hold_lapsed" {
+                        // The hold lapsed and the stock is gone, or reconciliation already
+                        // counted the checkout lost and refunds its charge.
+                        if e.code == "hold_lapsed" || e.code == "invalid_order_state" {
                             self.lapsed();
                         } else {
                             // Charged (or maybe): never release, never abandon. A retry

@@ -11,20 +11,22 @@
 //! `POST /init` (EventConfig), `POST /cmd` ({now_ms, commands}), `GET /config`,
 //! `POST /checkout/begin` and `POST /checkout/finish` (a checkout's two calls: idempotency +
 //! CVC + hold; outcome + signed receipt + stored answer),
-//! `GET /summary`, `GET /sf-key`, `PUT|GET /receipts/{id}`, `POST /reconcile`,
+//! `GET /summary`, `GET /sf-key`, `PUT|GET /receipts/{id}`, `POST /reconcile`, `GET /report`
+//! (the signed report of the last reconciliation, which also runs by itself from the alarm),
 //! `GET /export?format=csv|ndjson&email=0|1`, `POST /telemetry` (a batch of business
 //! events from a PoP), `GET /metrics` (the stored telemetry rows and the summary).
 
 use super::acquirer_io::{lane_secret, lanes, send, NoAnswer};
 use super::http::env_string;
-use crate::acquirer::{self, AuthorizeRequest, RefundOutcome as AcqRefund};
+use crate::acquirer::{self, AuthorizeRequest};
 use crate::checkout::object_side::{self, Done, ObjectCtx, ObjectStore};
 use crate::checkout::protocol::{BeginRequest, FinishRequest};
 use crate::error::ApiError;
 use crate::ledger::{
-    forward_outcome, refund_outcome, AcquirerCharge, AcquirerResult, Alert, ChargeStatus, Command,
-    Delta, Effect, EventConfig, EventLedger, ForwardAttempt, ForwardRequest, OrderState,
-    RefundAttempt, RefundOutcome, RefundRequest, Reply, Transport,
+    forward_outcome, lost_refund_id, refund_outcome, AcquirerCharge, AcquirerResult, Alert,
+    Command, Delta, Effect, EventConfig, EventLedger, EventReport, ForwardAttempt, ForwardRequest,
+    Listing, OrderState, ReconcileReason, ReconcileRequest, Reconciled, RefundAttempt,
+    RefundOutcome, RefundRequest, RefundState, Reply, Transport,
 };
 use crate::receipt::{self, ReceiptKeys, SignedReceipt, StatusChange};
 use crate::vault::{self, KekSet};
@@ -494,6 +496,10 @@ impl EventObject {
                     calls += usize::from(sent);
                     down.extend(lane_down);
                     Some(cmd)
+                }
+                Effect::Reconcile(req) => {
+                    effects.extend(self.reconcile_effect(req).await);
+                    None
                 }
             };
             if let Some(cmd) = follow_up {
@@ -1052,126 +1058,159 @@ impl EventObject {
         super::telemetry::store_one(&self.sql(), &self.event_id(), e);
     }
 
-    async fn reconcile(&self) -> std::result::Result<serde_json::Value, ApiError> {
+    /// Lists this event's charges on every lane, created since `since_ms`, page by page to
+    /// the end (`crate::acquirer::ChargeListing`); `truncated` when a lane's listing
+    /// stopped at its page bound. A lane that does not answer fails the whole listing.
+    async fn list_charges(
+        &self,
+        since_ms: i64,
+    ) -> std::result::Result<(Vec<AcquirerCharge>, bool), ApiError> {
         let all = lanes(&self.env).map_err(|e| ApiError::new(503, "lanes_misconfigured", e))?;
-        let mut charges = Vec::new();
-        // Which lane each charge is on (to refund a lost checkout's charge there).
-        let mut lane_of: std::collections::HashMap<String, usize> = Default::default();
         let event_id = self.event_id();
-        for (lane_idx, lane) in all.iter().enumerate() {
-            let mut cursor: Option<String> = None;
-            for _page in 0..50 {
-                let call = acquirer::build_list_charges(
-                    &lane.base_url,
-                    &lane_secret(&self.env, lane),
-                    100,
-                    cursor.as_deref(),
-                )
-                .map_err(|e| e.to_api())?;
+        let mut charges = Vec::new();
+        let mut truncated = false;
+        for lane in &all {
+            let secret = lane_secret(&self.env, lane);
+            let mut listing =
+                acquirer::ChargeListing::new(since_ms.div_euclid(1000), acquirer::MAX_LIST_PAGES);
+            while let Some(call) = listing.next_call(&lane.base_url, &secret) {
+                let call = call.map_err(|e| e.to_api())?;
                 let (status, body) = send(&call, 8_000).await.map_err(|_| {
                     ApiError::new(503, "acquirer_unavailable", format!("Lane {} did not answer the charge list; reconcile again when it is back.", lane.name)).retryable()
                 })?;
-                let page = acquirer::parse_list(status, &body).map_err(|e| e.to_api())?;
-                for c in page.charges {
-                    if c.event_id.as_deref() != Some(event_id.as_str()) {
-                        continue;
-                    }
-                    lane_of.insert(c.payment_intent_id.clone(), lane_idx);
-                    charges.push(AcquirerCharge {
-                        id: c.payment_intent_id.clone(),
-                        amount: if c.amount_received.0 > 0 {
-                            c.amount_received
-                        } else {
-                            c.amount
-                        },
-                        currency: match crate::money::Currency::parse(&c.currency) {
-                            Ok(cur) => cur,
-                            Err(_) => continue,
-                        },
-                        status: match c.status {
-                            acquirer::ChargeStatus::Succeeded => ChargeStatus::Succeeded,
-                            acquirer::ChargeStatus::Processing
-                            | acquirer::ChargeStatus::RequiresCapture => ChargeStatus::Pending,
-                            _ => ChargeStatus::Failed,
-                        },
-                        idempotency_key: c.idempotency_key.clone(),
-                        order_id: c.order_id.clone(),
-                        refunded_amount: c.amount_refunded.unwrap_or_default(),
-                    });
-                }
-                if !page.has_more {
-                    break;
-                }
-                cursor = page.next_starting_after;
+                listing.feed(status, &body).map_err(|e| e.to_api())?;
             }
+            let (records, cut) = listing.finish();
+            truncated |= cut;
+            charges.extend(AcquirerCharge::of_event(records, &event_id, &lane.name));
         }
-        // Charges of checkouts lost between the acquirer and the ledger (the Worker died
-        // after charging, or the hold lapsed first): release the order, refund the charge.
-        let lost = {
-            let guard = self.ledger.borrow();
-            let ledger = guard.as_ref().ok_or_else(|| ApiError::not_found("event"))?;
-            ledger.lost_checkouts(&charges, now())
+        Ok((charges, truncated))
+    }
+
+    /// One reconciliation: list the charges, let the ledger fold them in (lost checkouts
+    /// become `Lost` and their refunds effects), then sign and keep its report. Returns the
+    /// ledger's answer, the listing and the effects still to perform.
+    async fn reconcile_run(
+        &self,
+        since_ms: i64,
+        reason: ReconcileReason,
+    ) -> std::result::Result<(Reconciled, Vec<AcquirerCharge>, Vec<Effect>), ApiError> {
+        let started_ms = now();
+        let (charges, truncated) = self.list_charges(since_ms).await?;
+        let listing = Listing {
+            since_ms,
+            started_ms,
+            truncated,
         };
-        let mut refunded_lost = Vec::new();
-        for l in lost {
-            if l.release {
-                let (r, fx) = self.apply(
-                    Command::Release {
-                        order_id: l.order_id.clone(),
-                        reason: "checkout_lost".into(),
-                    },
-                    now(),
-                );
-                self.run_effects(fx).await;
-                if r.is_err() {
-                    continue;
-                }
-            }
-            let Some(lane) = lane_of.get(&l.charge_id).and_then(|i| all.get(*i)) else {
-                continue;
-            };
-            let Ok(call) = acquirer::build_refund(
-                &lane.base_url,
-                &lane_secret(&self.env, lane),
-                &l.charge_id,
-                Some(l.amount),
-                &format!("lost_{}", l.charge_id),
-            ) else {
-                continue;
-            };
-            let refunded = matches!(
-                send(&call, 8_000)
-                    .await
-                    .map(|(st, body)| acquirer::parse_refund(st, &body)),
-                Ok(AcqRefund::Refunded { .. })
-            );
-            let fields = serde_json::json!({"order_id": l.order_id, "charge_id": l.charge_id, "lane": lane.name, "amount": l.amount, "refunded": refunded});
+        let command = Command::Reconcile {
+            charges: charges.clone(),
+            listing,
+            reason,
+        };
+        let (reply, effects) = self.apply(command, now());
+        let Reply::Reconciled { result } = reply? else {
+            let e = worker::Error::RustError("unexpected reconcile reply".into());
+            return Err(super::http::internal(e));
+        };
+        let event_id = self.event_id();
+        for l in &result.lost {
+            let fields = serde_json::json!({"order_id": l.order_id, "charge_id": l.charge_id, "lane": l.lane, "amount": l.amount});
             super::http::log(
                 "warn",
-                "lost checkout refunded",
+                "lost checkout refunding",
                 None,
                 Some(&event_id),
                 fields,
             );
-            if refunded {
-                if let Some(c) = charges.iter_mut().find(|c| c.id == l.charge_id) {
-                    c.refunded_amount = c.amount;
-                }
-                refunded_lost.push(serde_json::json!({"charge_id": l.charge_id, "order_id": l.order_id, "amount": l.amount}));
-                let e = crate::telemetry::Event::new(crate::telemetry::Kind::Refund, now());
-                let e = e
-                    .lane(&lane.name)
-                    .amount(l.amount.0)
-                    .reason("lost_checkout");
-                super::telemetry::store_one(&self.sql(), &event_id, e);
+        }
+        if let Err(e) = self.keep_report(result.report.clone()) {
+            let fields = serde_json::json!({"error": e.code});
+            super::http::log("error", "report not signed", None, Some(&event_id), fields);
+        }
+        Ok((*result, charges, effects))
+    }
+
+    /// Signs the report with the receipt keys and keeps it (the latest replaces the last).
+    fn keep_report(&self, report: EventReport) -> std::result::Result<(), ApiError> {
+        let keys = ReceiptKeys::parse(&env_string(&self.env, "RECEIPT_KEY").unwrap_or_default())
+            .map_err(|e| e.to_api())?;
+        let signed = receipt::sign_report(report, &keys).map_err(|e| e.to_api())?;
+        let json = signed.to_json().map_err(|e| e.to_api())?;
+        self.sql()
+            .exec(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES ('report', ?)",
+                Some(vec![json.as_str().into()]),
+            )
+            .map_err(super::http::internal)?;
+        Ok(())
+    }
+
+    /// `Effect::Reconcile` (the ledger asked from its alarm): a run, or `ReconcileFailed`
+    /// so the ledger tries again later. Returns the effects that follow.
+    async fn reconcile_effect(&self, req: ReconcileRequest) -> Vec<Effect> {
+        match self.reconcile_run(req.since_ms, req.reason).await {
+            Ok((_, _, effects)) => effects,
+            Err(e) => {
+                let fields = serde_json::json!({"reason": req.reason, "error": e.code});
+                super::http::log(
+                    "warn",
+                    "reconcile failed",
+                    None,
+                    Some(&self.event_id()),
+                    fields,
+                );
+                let failed = Command::ReconcileFailed {
+                    reason: e.code.to_string(),
+                };
+                self.apply(failed, now()).1
             }
         }
-        let guard = self.ledger.borrow();
-        let ledger = guard.as_ref().ok_or_else(|| ApiError::not_found("event"))?;
-        let report = ledger.reconcile(&charges);
-        Ok(
-            serde_json::json!({"event_id": event_id, "acquirer_charges": charges.len(), "report": report, "lost_checkouts_refunded": refunded_lost}),
-        )
+    }
+
+    /// `POST /reconcile` (the admin route): a run now, its lost-checkout refunds sent before
+    /// answering, and the report signed again with their outcome.
+    async fn reconcile(&self) -> std::result::Result<serde_json::Value, ApiError> {
+        let since_ms = self
+            .ledger
+            .borrow()
+            .as_ref()
+            .map(|l| l.reconcile_since_ms())
+            .ok_or_else(|| ApiError::not_found("event"))?;
+        let (result, charges, effects) = self
+            .reconcile_run(since_ms, ReconcileReason::Requested)
+            .await?;
+        self.run_effects(effects).await;
+        let (report, event_report, refunded_lost) = {
+            let guard = self.ledger.borrow();
+            let ledger = guard.as_ref().ok_or_else(|| ApiError::not_found("event"))?;
+            let mut report = ledger.reconcile(&charges);
+            report.truncated = result.report.truncated;
+            let listing = Listing {
+                since_ms,
+                started_ms: result.report.covered.to_ms,
+                truncated: result.report.truncated,
+            };
+            let event_report =
+                ledger.event_report(&charges, &listing, ReconcileReason::Requested, now());
+            let refunded: Vec<serde_json::Value> = result
+                .lost
+                .iter()
+                .filter(|l| {
+                    ledger
+                        .refund(&lost_refund_id(&l.charge_id))
+                        .is_some_and(|r| matches!(r.state, RefundState::Succeeded { .. }))
+                })
+                .map(|l| serde_json::json!({"charge_id": l.charge_id, "order_id": l.order_id, "amount": l.amount}))
+                .collect();
+            (report, event_report, refunded)
+        };
+        let clean = event_report.clean;
+        self.keep_report(event_report)?;
+        Ok(serde_json::json!({
+            "event_id": self.event_id(), "acquirer_charges": charges.len(), "report": report,
+            "clean": clean, "truncated": report.truncated,
+            "late_approvals": result.late_approvals, "lost_checkouts_refunded": refunded_lost,
+        }))
     }
 
     fn load_session(&self, sid: &str) -> std::result::Result<Option<serde_json::Value>, ApiError> {
@@ -1399,6 +1438,14 @@ impl EventObject {
                 super::http::json(200, &serde_json::json!({"wrapped": self.sf_key_wrapped()?}))
             }
             ("POST", "/reconcile") => super::http::json(200, &self.reconcile().await?),
+            ("GET", "/report") => match self.meta("report") {
+                Some(json) => super::http::raw(200, "application/json", &json),
+                None => Err(ApiError::new(
+                    404,
+                    "report_not_ready",
+                    "This event has no reconciliation report yet: one is made after a lost checkout, at the event's end, or by POST /v1/admin/events/{id}/reconcile.",
+                )),
+            },
             ("GET", "/export") => {
                 let url = req.url().map_err(super::http::internal)?;
                 let q: std::collections::HashMap<String, String> =

@@ -362,6 +362,19 @@ pub async fn reconcile(
     super::http::raw(200, "application/json", &text)
 }
 
+/// `GET /v1/admin/events/{id}/report`: the signed report of the event's last
+/// reconciliation (made by itself after lost checkouts and at the event's end).
+pub async fn report(
+    env: &Env,
+    ctx: &Ctx,
+    who: &Principal,
+    event_id: &str,
+) -> Result<Response, ApiError> {
+    managed(env, who, event_id, ctx.now_ms).await?;
+    let (_, text) = call(env, event_id, Method::Get, "/report", None).await?;
+    super::http::raw(200, "application/json", &text)
+}
+
 /// `GET /v1/admin/events/{id}/export?format=csv|ndjson`; buyer e-mail only where the
 /// policy's receipt rules collect it.
 pub async fn export(
@@ -655,10 +668,22 @@ pub async fn get_receipt(
     super::http::raw(200, "application/json", &text)
 }
 
-/// `POST /v1/receipts/verify`: anyone holding a receipt can check it.
+/// `POST /v1/receipts/verify`: anyone holding a receipt, or an event's signed report, can
+/// check it.
 pub fn verify_receipt(env: &Env, body: &str) -> Result<Response, ApiError> {
     let keys = ReceiptKeys::parse(&env_string(env, "RECEIPT_KEY").unwrap_or_default())
         .map_err(|e| e.to_api())?;
+    let is_report =
+        serde_json::from_str::<serde_json::Value>(body).is_ok_and(|v| v.get("report").is_some());
+    if is_report {
+        let signed = receipt::SignedReport::from_json(body).map_err(|e| e.to_report_api())?;
+        receipt::verify_report(&signed, &keys).map_err(|e| e.to_report_api())?;
+        let r = &signed.report;
+        return json(
+            200,
+            &serde_json::json!({"valid": true, "kind": "report", "event_id": r.event_id, "generated_ms": r.generated_ms, "end_of_event": r.end_of_event, "clean": r.clean, "kid": signed.signature.kid}),
+        );
+    }
     let signed = receipt::SignedReceipt::from_json(body).map_err(|e| e.to_api())?;
     receipt::verify(&signed, &keys).map_err(|e| e.to_api())?;
     json(

@@ -153,6 +153,7 @@ async fn handle(
             events::refund(env, ctx, &who, id(), idem, http::body_json(&mut req).await?).await
         }
         RouteId::ReconcileEvent => events::reconcile(env, ctx, &who, id()).await,
+        RouteId::EventReport => events::report(env, ctx, &who, id()).await,
         RouteId::ExportEvent => {
             let url = req.url().map_err(http::internal)?;
             let format = url

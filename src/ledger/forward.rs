@@ -246,6 +246,9 @@ pub struct Refund {
     pub attempts: u32,
     pub next_attempt_ms: i64,
     pub in_flight_until: Option<i64>,
+    /// The refund of a lost checkout's charge (its order is `Lost`, not paid).
+    #[serde(default)]
+    pub lost_checkout: bool,
 }
 
 /// What the shell sends to the acquirer for a `ForwardRefund` effect.
@@ -441,6 +444,7 @@ impl EventLedger {
             o.state = order_state;
         }
         a.state = state;
+        self.books_changed();
         fx.changed = true;
         if had_sealed {
             fx.push(Effect::PurgeSealed {
@@ -707,6 +711,7 @@ impl EventLedger {
             attempts: 0,
             next_attempt_ms: now.saturating_add(backoff_ms(0, &refund_id, entropy)),
             in_flight_until: None,
+            lost_checkout: false,
         };
         if acquirer_online {
             fx.push(Effect::ForwardRefund(start_refund(&mut refund, now)));
@@ -762,7 +767,10 @@ impl EventLedger {
         }
         let refund = r.clone();
         fx.changed = true;
-        if let Some((order_id, amount)) = succeeded {
+        if refund.lost_checkout {
+            // The order was never paid: it stays `Lost`; the report counts the refund.
+            self.books_changed();
+        } else if let Some((order_id, amount)) = succeeded {
             self.add_refunded(&order_id, amount);
             if let Some(o) = self.orders.get(&order_id) {
                 fx.push(Effect::Notify {
@@ -775,7 +783,7 @@ impl EventLedger {
     }
 }
 
-fn start_refund(r: &mut Refund, now: i64) -> RefundRequest {
+pub(super) fn start_refund(r: &mut Refund, now: i64) -> RefundRequest {
     r.attempts = r.attempts.saturating_add(1);
     r.state = RefundState::Sending;
     r.in_flight_until = Some(now.saturating_add(FORWARD_TIMEOUT_MS));

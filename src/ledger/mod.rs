@@ -15,6 +15,9 @@
 //! `Confirm` or `Release`; acquirer down: `QueueAuthorization`) → `CompleteIdempotent`.
 //! Stored payments are forwarded only from `Alarm` and `SyncNow`; refunds requested while
 //! the acquirer is online are sent at once (`ForwardRefund`), queued ones from the alarm.
+//! Reconciliation with the acquirer is due by itself after lost checkouts and at the
+//! event's end (`recon.rs`): `Alarm` emits `Reconcile`, the shell lists the charges and
+//! answers `Command::Reconcile`, which refunds lost checkouts and gives the report to sign.
 //!
 //! Storage: per row, see `storage.rs` (a small head, the waiting room, one row per order,
 //! stored payment, refund and idempotency record; only changed rows are written). The
@@ -38,12 +41,15 @@ mod forward_outcome;
 mod idempotency;
 mod orders;
 mod queue;
+mod recon;
 mod report;
 mod storage;
 mod tracked;
 
 #[cfg(test)]
 mod forward_tests;
+#[cfg(test)]
+mod recon_tests;
 #[cfg(test)]
 mod sim_tests;
 #[cfg(test)]
@@ -69,9 +75,14 @@ pub use idempotency::{
 };
 pub use orders::{LineRequest, Order, OrderLine, OrderState};
 pub use queue::{QueueStatus, WaitingQueue};
+pub use recon::{
+    lost_refund_id, Listing, ReconSchedule, ReconcileReason, ReconcileRequest, Reconciled,
+    RECONCILE_MARGIN_MS, RECONCILE_MIN_INTERVAL_MS, RECONCILE_TIMEOUT_MS,
+};
 pub use report::{
-    AcquirerCharge, AmountMismatch, ChargeStatus, EventSummary, LostCheckout, ReconReport,
-    SkuSummary, LOST_CHECKOUT_AFTER_MS,
+    AcquirerCharge, AmountMismatch, ChargeStatus, Discrepancies, EventReport, EventSummary,
+    LaneTotals, LostCheckout, ReconReport, RefundTotals, ReportTotals, SkuSummary, TimeRange,
+    LOST_CHECKOUT_AFTER_MS,
 };
 pub use storage::{Delta, DeltaRow};
 pub use tracked::Tracked;
@@ -121,6 +132,9 @@ pub struct EventLedger {
     last_now_ms: i64,
     /// The alarm the shell was last asked to set, cleared when it fires.
     alarm_at_ms: Option<i64>,
+    /// When reconciliation is due (see `recon.rs`).
+    #[serde(default)]
+    recon: ReconSchedule,
 }
 
 /// A request to the ledger. Every variant is handled atomically.
@@ -219,6 +233,18 @@ pub enum Command {
     PollQueue {
         ticket: String,
     },
+    /// The acquirer's charges for this event (every lane, since `listing.since_ms`), for a
+    /// `Reconcile` effect or an operator's request: folds known states in, refunds lost
+    /// checkouts once, answers `Reconciled` with the report to sign.
+    Reconcile {
+        charges: Vec<AcquirerCharge>,
+        listing: Listing,
+        reason: ReconcileReason,
+    },
+    /// A `Reconcile` effect could not list the charges; it is asked for again after a backoff.
+    ReconcileFailed {
+        reason: String,
+    },
 }
 
 /// What the shell answers the caller with.
@@ -232,6 +258,7 @@ pub enum Reply {
     Idempotency { result: IdempotencyBegin },
     Queue { status: QueueStatus },
     Synced { forwards: u32, refunds: u32 },
+    Reconciled { result: Box<Reconciled> },
 }
 
 /// Something the shell must do after persisting the state, in order.
@@ -249,6 +276,9 @@ pub enum Effect {
     ForwardRefund(RefundRequest),
     /// An order reached a new state the buyer or merchant may need to hear about.
     Notify { order_id: String, state: OrderState },
+    /// List the acquirer's charges for this event and answer `Command::Reconcile` (or
+    /// `ReconcileFailed`); then sign and keep the report it answers.
+    Reconcile(ReconcileRequest),
 }
 
 /// The result of one command: the reply (or error), the effects, and whether to persist.
@@ -295,6 +325,7 @@ impl EventLedger {
             next_receipt: 1,
             last_now_ms: now_ms,
             alarm_at_ms: None,
+            recon: ReconSchedule::default(),
         })
     }
 
@@ -431,7 +462,7 @@ impl EventLedger {
             RefundState::Sending => r.in_flight_until,
             _ => None,
         });
-        auths.chain(refunds).min()
+        auths.chain(refunds).chain(self.reconcile_deadline()).min()
     }
 
     /// Applies one command at `now_ms`. `entropy` (8 fresh random bytes) jitters retry
@@ -506,8 +537,16 @@ impl EventLedger {
                 if self.alarm_at_ms.take().is_some() {
                     fx.changed = true;
                 }
-                Ok(self.emit_forwards(now, false, fx))
+                let reply = self.emit_forwards(now, false, fx);
+                self.emit_reconcile(now, fx);
+                Ok(reply)
             }
+            Command::Reconcile {
+                charges,
+                listing,
+                reason,
+            } => self.reconcile_command(charges, listing, reason, now, entropy, fx),
+            Command::ReconcileFailed { .. } => self.reconcile_failed(now, entropy, fx),
             Command::RequestRefund {
                 refund_id,
                 order_id,
@@ -558,6 +597,7 @@ impl EventLedger {
     fn advance(&mut self, now: i64, fx: &mut Fx) {
         self.lapse_holds(now, fx);
         self.expire_and_unstick(now, fx);
+        self.unstick_reconcile(now, fx);
         self.prune_idempotency(now, fx);
         if self.queue.maintain(&self.config.queue, now) {
             fx.changed = true;
@@ -631,7 +671,17 @@ impl EventLedger {
         let mut expect: BTreeMap<&str, SkuCounts> = BTreeMap::new();
         let mut reserved: BTreeMap<&str, i64> = BTreeMap::new();
         for r in self.refunds.values() {
-            if !matches!(r.state, RefundState::Failed { .. }) {
+            let order_lost = self
+                .orders
+                .get(&r.order_id)
+                .is_some_and(|o| o.state == OrderState::Lost);
+            if r.lost_checkout != order_lost {
+                return Err(format!(
+                    "refund {} lost_checkout {} vs its order",
+                    r.refund_id, r.lost_checkout
+                ));
+            }
+            if !r.lost_checkout && !matches!(r.state, RefundState::Failed { .. }) {
                 *reserved.entry(r.order_id.as_str()).or_default() += r.amount.0;
             }
         }
@@ -649,6 +699,14 @@ impl EventLedger {
             }
             if o.refunded.0 < 0 || o.refunded > o.total {
                 return Err(format!("order {} refunded more than captured", o.order_id));
+            }
+            if o.state == OrderState::Lost
+                && (o.stock_taken || !self.refunds.values().any(|r| r.order_id == o.order_id))
+            {
+                return Err(format!(
+                    "lost order {} sold or without a refund",
+                    o.order_id
+                ));
             }
             let reserved = reserved.get(o.order_id.as_str()).copied().unwrap_or(0);
             if reserved > o.total.0 {

@@ -1,7 +1,7 @@
 //! Orders and stock: holds, confirmation, release, lapsed holds, and the order state machine.
 
 use super::config::check_id;
-use super::{Effect, EventLedger, Fx, LedgerError, Reply};
+use super::{Effect, EventLedger, Fx, LedgerError, Reply, LOST_CHECKOUT_AFTER_MS};
 use crate::money::{Currency, MinorUnits};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -16,7 +16,8 @@ pub const MAX_HOLD_MS: i64 = 30 * 60_000;
 ///
 /// `pending → approved | declined | abandoned (hold lapsed) | queued`;
 /// `queued → forwarded | declined | expired`;
-/// `approved | forwarded → partially_refunded → refunded`.
+/// `approved | forwarded → partially_refunded → refunded`;
+/// `abandoned | declined → lost` (reconciliation found a charge for it: refunded, never sold).
 /// Every state but `pending` and `queued` is final (refund states can still move on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -30,6 +31,9 @@ pub enum OrderState {
     Expired,
     PartiallyRefunded,
     Refunded,
+    /// The checkout was lost after the acquirer charged: reconciliation refunds the charge
+    /// (refund `lost_{charge}`), and a late `Confirm` is refused.
+    Lost,
 }
 
 impl OrderState {
@@ -44,6 +48,7 @@ impl OrderState {
             OrderState::Expired => "expired",
             OrderState::PartiallyRefunded => "partially_refunded",
             OrderState::Refunded => "refunded",
+            OrderState::Lost => "lost",
         }
     }
 
@@ -381,6 +386,7 @@ impl EventLedger {
         order.sold_ms = Some(now);
         order.receipt_id = Some(receipt);
         let order = order.clone();
+        self.books_changed();
         fx.changed = true;
         fx.push(Effect::Notify {
             order_id: order_id.to_string(),
@@ -465,7 +471,7 @@ impl EventLedger {
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
-            self.holds.remove(&id);
+            let at = self.holds.remove(&id);
             if let Some(order) = self.orders.get_mut(&id) {
                 if order.state == OrderState::Pending {
                     for l in &order.lines {
@@ -474,6 +480,9 @@ impl EventLedger {
                         }
                     }
                     order.state = OrderState::Abandoned;
+                    // No outcome came: reconciliation looks for a charge of it later.
+                    let lost_at = at.unwrap_or(now).saturating_add(LOST_CHECKOUT_AFTER_MS);
+                    self.recon.lapsed.insert(id.clone(), lost_at);
                 }
             }
             fx.changed = true;
@@ -482,6 +491,7 @@ impl EventLedger {
 
     /// Sets the order's refund state from what the acquirer has confirmed.
     pub(crate) fn add_refunded(&mut self, order_id: &str, amount: MinorUnits) {
+        self.books_changed();
         if let Some(o) = self.orders.get_mut(order_id) {
             o.refunded = MinorUnits(o.refunded.0.saturating_add(amount.0).min(o.total.0));
             o.state = if o.refunded >= o.total {

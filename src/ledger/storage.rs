@@ -16,7 +16,7 @@
 
 use super::queue::{QueueMembers, QueueMeter};
 use super::{EventLedger, LedgerError, SkuCounts, Tracked, Unsaved, WaitingQueue};
-use crate::ledger::{EventConfig, Order, Refund, StoredAuth};
+use crate::ledger::{EventConfig, Order, ReconSchedule, Refund, StoredAuth};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -51,6 +51,7 @@ struct HeadRef<'a> {
     next_receipt: u64,
     last_now_ms: i64,
     alarm_at_ms: Option<i64>,
+    recon: &'a ReconSchedule,
 }
 
 #[derive(Deserialize)]
@@ -62,6 +63,9 @@ struct Head {
     next_receipt: u64,
     last_now_ms: i64,
     alarm_at_ms: Option<i64>,
+    /// Absent in heads written before reconciliation ran by itself.
+    #[serde(default)]
+    recon: ReconSchedule,
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<String, LedgerError> {
@@ -96,6 +100,7 @@ impl EventLedger {
             next_receipt: self.next_receipt,
             last_now_ms: self.last_now_ms,
             alarm_at_ms: self.alarm_at_ms,
+            recon: &self.recon,
         })?;
         let queue = if self.queue_dirty.0 {
             Some(encode(&self.queue.members())?)
@@ -161,6 +166,7 @@ impl EventLedger {
             next_receipt: h.next_receipt,
             last_now_ms: h.last_now_ms,
             alarm_at_ms: h.alarm_at_ms,
+            recon: h.recon,
         })
     }
 }

@@ -225,7 +225,7 @@ test('any 5xx, panic line, card number, missing scan, lost connection or inconsi
 });
 
 test('reconciliation: every kind of discrepancy, and a missing report, fail; charges are described', () => {
-  for (const field of ['missing_at_acquirer', 'missing_at_edge', 'amount_mismatch', 'awaiting_forward']) {
+  for (const field of ['missing_at_acquirer', 'missing_at_edge', 'amount_mismatch', 'awaiting_forward', 'lost_refunding']) {
     const d = healthy();
     d.events[0].reconcile.report[field] = field === 'amount_mismatch' ? [{ order_id: 'ord_1' }] : ['pi_9'];
     d.charges = { pi_9: { lane: 'cheap', order_id: 'ord_3' } };
@@ -233,6 +233,9 @@ test('reconciliation: every kind of discrepancy, and a missing report, fail; cha
     assert.match(r.details[0], new RegExp(field));
     if (field === 'missing_at_edge') assert.match(r.details[0], /pi_9 \(cheap, order ord_3, ledger state declined\)/);
   }
+  const cut = healthy();
+  cut.events[0].reconcile.report.truncated = true;
+  assert.match(expectOnlyBroken(cut, 'reconciliation clean').details[0], /truncated/);
   const d = healthy();
   d.events[0].reconcile = { error: { code: 'x' } };
   assert.match(expectOnlyBroken(d, 'reconciliation clean').details[0], /no reconciliation report/);
