@@ -271,6 +271,33 @@ pub fn build_list_charges(
     })
 }
 
+/// Builds `GET {lane}/v1/payment_intents/{id}`: the PaymentIntent as it is now. A
+/// `processing` intent settles later, while an idempotent replay of the request that made
+/// it keeps answering the stored `processing` answer, so its outcome is read this way.
+pub fn build_retrieve_intent(
+    lane_base_url: &str,
+    secret: &Secret<String>,
+    payment_intent_id: &str,
+) -> Result<HttpCall, AcquirerError> {
+    let base = check_base_url(lane_base_url)?;
+    check_object_id(payment_intent_id, "pi_", "payment_intent_id")?;
+    Ok(HttpCall {
+        method: HttpMethod::Get,
+        url: format!("{base}/v1/payment_intents/{payment_intent_id}"),
+        headers: common_headers(secret)?,
+        body: Secret::new(String::new()),
+    })
+}
+
+/// The id of the PaymentIntent in a 2xx answer whose status is `processing`.
+pub fn processing_intent(status: u16, body: &str) -> Option<String> {
+    if !(200..300).contains(&status) {
+        return None;
+    }
+    let pi: PaymentIntentShape = serde_json::from_str(body).ok()?;
+    (pi.object == "payment_intent" && pi.status == "processing").then_some(pi.id)
+}
+
 /// Most pages one [`ChargeListing`] reads from one lane (100 intents each) before it stops
 /// and says `truncated`.
 pub const MAX_LIST_PAGES: u32 = 100;

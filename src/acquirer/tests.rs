@@ -860,3 +860,30 @@ fn parsing_never_panics_on_odd_input() {
         }
     }
 }
+
+#[test]
+fn a_processing_intent_is_read_back_by_its_id() {
+    let processing = r#"{"id":"pi_123","object":"payment_intent","status":"processing","amount":100,"currency":"eur"}"#;
+    assert_eq!(
+        processing_intent(200, processing).as_deref(),
+        Some("pi_123")
+    );
+    let done = processing.replace("processing", "succeeded");
+    assert_eq!(processing_intent(200, &done), None);
+    assert_eq!(processing_intent(500, processing), None);
+    let call = build_retrieve_intent(
+        "https://api.stripe.com",
+        &Secret::new("sk_test_x".into()),
+        "pi_123",
+    )
+    .unwrap();
+    assert_eq!(call.method.as_str(), "GET");
+    assert_eq!(call.url, "https://api.stripe.com/v1/payment_intents/pi_123");
+    assert!(call.header("Idempotency-Key").is_none());
+    assert!(build_retrieve_intent(
+        "https://api.stripe.com",
+        &Secret::new("sk_test_x".into()),
+        "../x"
+    )
+    .is_err());
+}

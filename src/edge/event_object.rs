@@ -875,7 +875,23 @@ impl EventObject {
                         Err(_) => forward_outcome(ForwardAttempt::CallInvalid),
                         Ok(call) => {
                             sent = true;
-                            let answer = send(&call, 8_000).await;
+                            let mut answer = send(&call, 8_000).await;
+                            // A replay keeps answering `processing`: read the intent itself.
+                            let processing = match &answer {
+                                Ok((status, body)) => acquirer::processing_intent(*status, body),
+                                Err(_) => None,
+                            };
+                            if let Some(id) = processing {
+                                if let Ok(get) = acquirer::build_retrieve_intent(
+                                    &l.base_url,
+                                    &lane_secret(&self.env, l),
+                                    &id,
+                                ) {
+                                    if let Ok(now) = send(&get, 8_000).await {
+                                        answer = Ok(now);
+                                    }
+                                }
+                            }
                             forward_outcome(ForwardAttempt::Sent(transport(&answer)))
                         }
                     }

@@ -134,6 +134,35 @@ test('a dropped connection is never failed over to another lane: sent again on t
   assert.deepEqual(chargesFor(await simStats(), r.json.order_id), { fast: 0, cheap: 1 });
 });
 
+for (const [fault, settings] of [
+  ['processed, then the connection reset (twice)', { reset_rate: 1, reset_point: 'mid_body' }],
+  ['a processing intent', { processing_rate: 1, processing_ms: 300 }],
+  ['a malformed 2xx', { malformed_rate: 1, malformed_body: 'truncated' }],
+]) {
+  test(`${fault}: never sent to another lane, completed on its lane, charged once`, async () => {
+    await healLanes();
+    const id = await createEvent();
+    await laneControl('cheap', settings);
+    await laneControl('fast', settings);
+    const r = await checkout(id, '4242424242424242');
+    assert.equal(r.status, 201, r.text);
+    assert.equal(r.json.status, 'queued', r.text);
+    const m = /outcome unknown, completing on (\w+)/.exec(r.headers.get('x-poptill-routing'));
+    assert.ok(m, r.headers.get('x-poptill-routing'));
+    const lane = m[1];
+    const other = lane === 'fast' ? 'cheap' : 'fast';
+    await new Promise((ok) => setTimeout(ok, 400));
+    await healLanes();
+    const key = (await merchant()).api_key;
+    for (let i = 0; i < 2; i++) assert.equal((await api('POST', `/v1/admin/events/${id}/sync`, { key })).status, 200);
+    const ev = await api('GET', `/v1/admin/events/${id}`, { key });
+    assert.equal(ev.json.summary.queued_count, 0, JSON.stringify(ev.json.summary));
+    assert.deepEqual(chargesFor(await simStats(), r.json.order_id), { [lane]: 1, [other]: 0 });
+    const receipt = await api('GET', r.json.receipt_url);
+    assert.equal(receipt.json.receipt.status, 'forwarded');
+  });
+}
+
 test('a lane that may have charged is never retried elsewhere: completed on that lane, charged once', async () => {
   await healLanes();
   const id = await createEvent();

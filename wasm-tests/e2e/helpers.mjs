@@ -42,7 +42,7 @@ export async function sim(method, path, body) {
 export const laneControl = (lane, settings) => sim('POST', `/control/lanes/${lane}`, settings);
 export const simStats = () => sim('GET', '/control/stats');
 export async function healLanes() {
-  for (const lane of ['fast', 'cheap']) await laneControl(lane, { partition: 'none', error_rate: 0, latency_ms: { fixed: 0 } });
+  for (const lane of ['fast', 'cheap']) await laneControl(lane, { partition: 'none', error_rate: 0, latency_ms: { fixed: 0 }, reset_rate: 0, processing_rate: 0, malformed_rate: 0 });
   // The router remembers the faults earlier tests injected (open breakers): start afresh.
   const r = await admin('POST', '/v1/admin/routing/reset');
   assert.equal(r.status, 200, r.text);
