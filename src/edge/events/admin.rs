@@ -1,0 +1,300 @@
+//! The admin routes of events: create, live state, sync, refunds, reconcile, the signed
+//! report, export, and the isolate's routing state.
+
+use super::*;
+
+// ------------------------------------------------------------------ admin routes
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEvent {
+    #[serde(default)]
+    merchant_id: Option<String>,
+    title: String,
+    jurisdiction: String,
+    currency: String,
+    start_ms: i64,
+    end_ms: i64,
+    skus: Vec<Sku>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    #[serde(default)]
+    queue: Option<QueueConfig>,
+    #[serde(default)]
+    offline: Option<OfflineBudget>,
+    #[serde(default)]
+    policy_revision: Option<u64>,
+}
+
+/// `POST /v1/admin/events`.
+pub async fn create(
+    env: &Env,
+    ctx: &Ctx,
+    who: &Principal,
+    body: NewEvent,
+) -> Result<Response, ApiError> {
+    let merchant_id = match (who, body.merchant_id) {
+        (Principal::Public, _) => return Err(ApiError::unauthorized()),
+        (Principal::Merchant(m), None) => m.clone(),
+        (Principal::Merchant(m), Some(asked)) if &asked == m => asked,
+        (Principal::Merchant(_), Some(_)) => {
+            return Err(ApiError::new(
+                403,
+                "forbidden",
+                "A merchant key creates events for its own merchant only.",
+            ))
+        }
+        (Principal::Operator, Some(m)) => m,
+        (Principal::Operator, None) => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "The operator must name the event's merchant_id.",
+            ))
+        }
+    };
+    let Some(merchant) = crate::edge::merchants::get(env, &merchant_id).await? else {
+        return Err(ApiError::new(
+            422,
+            "unknown_merchant",
+            "No merchant with that id exists; create it first.",
+        ));
+    };
+    let currency = Currency::parse(&body.currency)
+        .map_err(|e| ApiError::new(422, "invalid_currency", e.to_string()))?;
+    let bundle =
+        crate::edge::policy::bundle_for(env, &body.jurisdiction, body.policy_revision, ctx.now_ms)
+            .await;
+    let limits = &bundle.bundle.offline;
+    let offline = body.offline.unwrap_or(OfflineBudget {
+        per_transaction_max: limits.per_transaction_cap,
+        aggregate_max: limits.per_event_cap,
+        per_card_max_count: 3,
+        per_card_window_ms: 3_600_000,
+        unknown_max: None,
+    });
+    if offline.per_transaction_max > limits.per_transaction_cap
+        || offline.aggregate_max > limits.per_event_cap
+    {
+        return Err(ApiError::new(
+            422,
+            "offline_budget_over_policy",
+            format!(
+                "The offline budget is above the policy's limits for {}: at most {} per transaction and {} in all.",
+                bundle.bundle.jurisdiction,
+                limits.per_transaction_cap.display(currency),
+                limits.per_event_cap.display(currency)
+            ),
+        ));
+    }
+    let event_id = format!("evt_{}", hex::encode(random::<6>()?));
+    let config = EventConfig {
+        event_id: event_id.clone(),
+        merchant_id,
+        title: body.title,
+        jurisdiction: body.jurisdiction,
+        currency,
+        start_ms: body.start_ms,
+        end_ms: body.end_ms,
+        skus: body.skus,
+        allowed_origins: body.allowed_origins,
+        queue: body.queue.unwrap_or(QueueConfig {
+            required: false,
+            mode: QueueMode::Fifo,
+            sale_start_ms: body.start_ms,
+            capacity: 1000,
+            admission_rate_per_sec: 10,
+            place_ttl_ms: 60_000,
+            admitted_ttl_ms: 600_000,
+        }),
+        offline,
+        policy_revision: body.policy_revision.map(|r| r.to_string()),
+    };
+    config.validate().map_err(ApiError::from)?;
+    let (_, text) = call(
+        env,
+        &event_id,
+        Method::Post,
+        "/init",
+        Some(serde_json::to_string(&config).unwrap_or_default()),
+    )
+    .await?;
+    if let (Some(url), Some(secret)) = (&merchant.webhook_url, &merchant.webhook_secret) {
+        let w = serde_json::json!({"url": url, "secret": secret}).to_string();
+        call(env, &event_id, Method::Put, "/webhook", Some(w)).await?;
+    }
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    json(
+        201,
+        &serde_json::json!({"event_id": event_id, "config": config, "policy": {"jurisdiction": bundle.bundle.jurisdiction, "revision": bundle.revision, "hash": bundle.hash}, "summary": summary}),
+    )
+}
+
+/// `GET /v1/admin/events/{id}`: live state.
+pub async fn show(
+    env: &Env,
+    ctx: &Ctx,
+    who: &Principal,
+    event_id: &str,
+) -> Result<Response, ApiError> {
+    let c = managed(env, who, event_id, ctx.now_ms).await?;
+    let (_, text) = call(env, event_id, Method::Get, "/summary", None).await?;
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    json(
+        200,
+        &serde_json::json!({"event_id": event_id, "config": &*c, "summary": summary}),
+    )
+}
+
+/// `POST /v1/admin/events/{id}/sync`: forward every stored payment now.
+pub async fn sync_now(
+    env: &Env,
+    ctx: &Ctx,
+    who: &Principal,
+    event_id: &str,
+) -> Result<Response, ApiError> {
+    managed(env, who, event_id, ctx.now_ms).await?;
+    let reply = one(env, event_id, ctx.now_ms, Command::SyncNow).await?;
+    let (_, text) = call(env, event_id, Method::Get, "/summary", None).await?;
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    json(
+        200,
+        &serde_json::json!({"result": reply, "summary": summary}),
+    )
+}
+
+/// `POST /v1/admin/events/{id}/reconcile`.
+pub async fn reconcile(
+    env: &Env,
+    ctx: &Ctx,
+    who: &Principal,
+    event_id: &str,
+) -> Result<Response, ApiError> {
+    managed(env, who, event_id, ctx.now_ms).await?;
+    let (_, text) = call(env, event_id, Method::Post, "/reconcile", Some("{}".into())).await?;
+    crate::edge::http::raw(200, "application/json", &text)
+}
+
+/// `GET /v1/admin/events/{id}/report`: the signed report of the event's last
+/// reconciliation (made by itself after lost checkouts and at the event's end).
+pub async fn report(
+    env: &Env,
+    ctx: &Ctx,
+    who: &Principal,
+    event_id: &str,
+) -> Result<Response, ApiError> {
+    managed(env, who, event_id, ctx.now_ms).await?;
+    let (_, text) = call(env, event_id, Method::Get, "/report", None).await?;
+    crate::edge::http::raw(200, "application/json", &text)
+}
+
+/// `GET /v1/admin/events/{id}/export?format=csv|ndjson`; buyer e-mail only where the
+/// policy's receipt rules collect it.
+pub async fn export(
+    env: &Env,
+    ctx: &Ctx,
+    who: &Principal,
+    event_id: &str,
+    format: &str,
+) -> Result<Response, ApiError> {
+    let c = managed(env, who, event_id, ctx.now_ms).await?;
+    if format != "csv" && format != "ndjson" {
+        return Err(ApiError::bad_request(
+            "invalid_format",
+            "format is csv or ndjson.",
+        ));
+    }
+    let bundle = bundle_of(env, &c, ctx.now_ms).await;
+    let email = bundle
+        .bundle
+        .compliance
+        .buyer_fields
+        .contains(&BuyerField::Email);
+    let (_, text) = call(
+        env,
+        event_id,
+        Method::Get,
+        &format!("/export?format={format}&email={}", u8::from(email)),
+        None,
+    )
+    .await?;
+    let ct = if format == "csv" {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/x-ndjson"
+    };
+    crate::edge::http::raw(200, ct, &text)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    order_id: String,
+    #[serde(default)]
+    amount: Option<MinorUnits>,
+    /// The operator refunds outside the buyer's statutory window (e.g. a cancelled night).
+    #[serde(default)]
+    goodwill: bool,
+}
+
+/// `POST /v1/admin/events/{id}/refunds`.
+pub async fn refund(
+    env: &Env,
+    ctx: &Ctx,
+    who: &Principal,
+    event_id: &str,
+    idem: Option<String>,
+    body: RefundBody,
+) -> Result<Response, ApiError> {
+    let c = managed(env, who, event_id, ctx.now_ms).await?;
+    let bundle = bundle_of(env, &c, ctx.now_ms).await;
+    // The most restrictive rule among the order's lines' categories applies.
+    let order = fetch_order(env, event_id, &body.order_id).await?;
+    let categories: Vec<PolicyCategory> = order
+        .lines
+        .iter()
+        .filter_map(|l| c.skus.iter().find(|s| s.id == l.sku))
+        .map(|s| policy_category(s.category))
+        .collect();
+    let mut allowed = true;
+    let mut window_days = u32::MAX;
+    let mut partial = true;
+    let mut offline_queue = true;
+    for cat in categories {
+        let r = bundle.bundle.refunds.get(cat);
+        allowed &= r.window_days > 0;
+        window_days = window_days.min(r.window_days);
+        partial &= r.partial;
+        offline_queue &= r.offline_queue;
+    }
+    let rule = ledger::RefundRule {
+        allowed: allowed || body.goodwill,
+        window_ms: if body.goodwill {
+            i64::MAX / 4
+        } else {
+            i64::from(window_days.min(3650)) * 86_400_000
+        },
+        partial_allowed: partial || body.goodwill,
+        may_queue_offline: offline_queue,
+    };
+    let refund_id = match idem {
+        Some(k) => format!(
+            "rf_{}",
+            &hex::encode(Sha256::digest(format!("{event_id}|{k}")))[..20]
+        ),
+        None => format!("rf_{}", hex::encode(random::<8>()?)),
+    };
+    let reply = one(
+        env,
+        event_id,
+        ctx.now_ms,
+        Command::RequestRefund {
+            refund_id,
+            order_id: body.order_id,
+            amount: body.amount,
+            rule,
+            acquirer_online: true,
+        },
+    )
+    .await?;
+    json(201, &reply)
+}

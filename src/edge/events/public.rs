@@ -1,0 +1,266 @@
+//! The public routes of events: the event card, quotes, receipts and the waiting room.
+
+use super::*;
+
+// ------------------------------------------------------------------ public routes
+
+pub(in crate::edge) async fn bundle_of(
+    env: &Env,
+    c: &EventConfig,
+    now_ms: i64,
+) -> Arc<LoadedBundle> {
+    let pin = c.policy_revision.as_deref().and_then(|r| r.parse().ok());
+    crate::edge::policy::bundle_for(env, &c.jurisdiction, pin, now_ms).await
+}
+
+/// CORS: the event's allowed origins (or any origin when the event lists none, as for the
+/// edge's own pages). Returns the header value to send back, if any.
+pub fn cors_origin(
+    c: &EventConfig,
+    origin: Option<&str>,
+    self_origin: &str,
+) -> Result<Option<String>, ApiError> {
+    match origin {
+        None => Ok(None),
+        Some(o) if o == self_origin => Ok(None),
+        Some(o) if c.allowed_origins.iter().any(|a| a == o) => Ok(Some(o.to_string())),
+        Some(_) if c.allowed_origins.is_empty() => Ok(Some("*".into())),
+        Some(_) => Err(ApiError::new(
+            403,
+            "origin_not_allowed",
+            "This page's origin is not allowed to use this event's checkout.",
+        )),
+    }
+}
+
+/// `GET /v1/events/{id}/public`: what a checkout page shows before the quote.
+pub async fn public(env: &Env, ctx: &Ctx, event_id: &str) -> Result<Response, ApiError> {
+    let c = config(env, event_id, ctx.now_ms).await?;
+    let (_, text) = call(env, event_id, Method::Get, "/summary", None).await?;
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let bundle = bundle_of(env, &c, ctx.now_ms).await;
+    let available: HashMap<String, u64> = summary["skus"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| {
+                    Some((
+                        s["sku"].as_str().or(s["id"].as_str())?.to_string(),
+                        s["available"].as_u64()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let skus: Vec<serde_json::Value> = c
+        .skus
+        .iter()
+        .map(|s| serde_json::json!({"id": s.id, "name": s.name, "category": s.category, "price": s.price, "available": available.get(&s.id).copied().unwrap_or(u64::from(s.stock))}))
+        .collect();
+    json(
+        200,
+        &serde_json::json!({
+            "event_id": c.event_id, "title": c.title, "currency": c.currency,
+            "currency_exponent": c.currency.exponent(), "languages": bundle.bundle.languages,
+            "jurisdiction": c.jurisdiction, "skus": skus, "allowed_origins": c.allowed_origins,
+            "start_ms": c.start_ms, "end_ms": c.end_ms,
+        }),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteBody {
+    items: Vec<CartItem>,
+}
+
+/// `POST /v1/events/{id}/quote`.
+pub async fn quote_route(
+    env: &Env,
+    ctx: &Ctx,
+    event_id: &str,
+    body: QuoteBody,
+) -> Result<Response, ApiError> {
+    let c = config(env, event_id, ctx.now_ms).await?;
+    let bundle = bundle_of(env, &c, ctx.now_ms).await;
+    json(200, &quote_cart(&c, &bundle, &body.items, ctx.now_ms)?)
+}
+
+pub(in crate::edge) fn router_with<R>(
+    env: &Env,
+    f: impl FnOnce(&mut Router) -> R,
+) -> Result<R, ApiError> {
+    let lanes = env_string(env, "LANES").unwrap_or_else(|| "[]".into());
+    let tuning = env_string(env, "ROUTING_TUNING");
+    let key = format!("{lanes}|{}", tuning.as_deref().unwrap_or(""));
+    ROUTER.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        if guard.as_ref().map(|(k, _)| k != &key).unwrap_or(true) {
+            let r = Router::from_json(&lanes, tuning.as_deref()).map_err(|e| {
+                ApiError::new(
+                    503,
+                    "lanes_misconfigured",
+                    format!("The acquirer lanes are misconfigured: {e}"),
+                )
+            })?;
+            *guard = Some((key, r));
+        }
+        match guard.as_mut() {
+            Some((_, r)) => Ok(f(r)),
+            None => Err(ApiError::new(
+                503,
+                "lanes_misconfigured",
+                "No acquirer lanes.",
+            )),
+        }
+    })
+}
+
+/// `GET /v1/admin/routing`: the adaptive limiter, latency and breaker state per lane.
+pub fn routing_snapshot(env: &Env, ctx: &Ctx) -> Result<Response, ApiError> {
+    let snap = router_with(env, |r| r.snapshot(ctx.now_ms))?;
+    json(200, &serde_json::json!({"colo": ctx.colo, "routing": snap}))
+}
+
+/// `POST /v1/admin/routing/reset`: forget this isolate's learned lane state (limits,
+/// latency, open breakers) and start measuring afresh, e.g. after an acquirer incident is
+/// over. Each isolate (PoP) keeps its own state; this resets the one that answers.
+pub fn reset_routing(env: &Env, ctx: &Ctx) -> Result<Response, ApiError> {
+    ROUTER.with(|cell| cell.borrow_mut().take());
+    routing_snapshot(env, ctx)
+}
+
+pub fn with_cors(mut r: Response, origin: Option<String>) -> Result<Response, ApiError> {
+    if let Some(o) = origin {
+        let h = r.headers_mut();
+        h.set("Access-Control-Allow-Origin", &o).map_err(internal)?;
+        h.set("Vary", "Origin").map_err(internal)?;
+        h.set(
+            "Access-Control-Expose-Headers",
+            "X-Request-Id, X-Poptill-Colo, X-Poptill-Routing, Idempotent-Replayed, Retry-After, Server-Timing",
+        )
+        .map_err(internal)?;
+    }
+    Ok(r)
+}
+
+pub(in crate::edge) async fn fetch_order(
+    env: &Env,
+    event_id: &str,
+    order_id: &str,
+) -> Result<Order, ApiError> {
+    let (_, text) = call(
+        env,
+        event_id,
+        Method::Get,
+        &format!("/order/{order_id}"),
+        None,
+    )
+    .await?;
+    serde_json::from_str(&text)
+        .map_err(|_| ApiError::new(503, "temporarily_unavailable", "Order unreadable.").retryable())
+}
+
+// ------------------------------------------------------------------ receipts
+
+/// The event a receipt belongs to: `rcpt_<event_id>-<n>`.
+pub(in crate::edge) fn receipt_event(receipt_id: &str) -> Option<&str> {
+    receipt_id
+        .strip_prefix("rcpt_")
+        .and_then(|r| r.rsplit_once('-'))
+        .map(|(e, _)| e)
+}
+
+/// `GET /v1/receipts/{id}`: JSON, or an HTML page when a browser asks for HTML.
+pub async fn get_receipt(
+    env: &Env,
+    receipt_id: &str,
+    wants_html: bool,
+) -> Result<Response, ApiError> {
+    let event_id = receipt_event(receipt_id).ok_or_else(|| ApiError::not_found("receipt"))?;
+    let (_, text) = call(
+        env,
+        event_id,
+        Method::Get,
+        &format!("/receipts/{receipt_id}"),
+        None,
+    )
+    .await?;
+    if wants_html {
+        let signed = receipt::SignedReceipt::from_json(&text).map_err(|e| e.to_api())?;
+        let html = receipt::render_html(&signed);
+        return crate::edge::http::raw(200, "text/html; charset=utf-8", &html);
+    }
+    crate::edge::http::raw(200, "application/json", &text)
+}
+
+/// `POST /v1/receipts/verify`: anyone holding a receipt, or an event's signed report, can
+/// check it.
+pub fn verify_receipt(env: &Env, body: &str) -> Result<Response, ApiError> {
+    let keys = ReceiptKeys::parse(&env_string(env, "RECEIPT_KEY").unwrap_or_default())
+        .map_err(|e| e.to_api())?;
+    let is_report =
+        serde_json::from_str::<serde_json::Value>(body).is_ok_and(|v| v.get("report").is_some());
+    if is_report {
+        let signed = receipt::SignedReport::from_json(body).map_err(|e| e.to_report_api())?;
+        receipt::verify_report(&signed, &keys).map_err(|e| e.to_report_api())?;
+        let r = &signed.report;
+        return json(
+            200,
+            &serde_json::json!({"valid": true, "kind": "report", "event_id": r.event_id, "generated_ms": r.generated_ms, "end_of_event": r.end_of_event, "clean": r.clean, "kid": signed.signature.kid}),
+        );
+    }
+    let signed = receipt::SignedReceipt::from_json(body).map_err(|e| e.to_api())?;
+    receipt::verify(&signed, &keys).map_err(|e| e.to_api())?;
+    json(
+        200,
+        &serde_json::json!({"valid": true, "receipt_id": signed.receipt.id, "status": signed.receipt.status, "kid": signed.signature.kid, "policy_revision": signed.receipt.policy_revision}),
+    )
+}
+
+// ------------------------------------------------------------------ waiting queue
+
+/// How often a waiting buyer's page should poll to keep its place.
+pub(in crate::edge) const QUEUE_POLL_MS: i64 = 5_000;
+
+pub(in crate::edge) fn queue_answer(reply: Reply) -> Result<Response, ApiError> {
+    match reply {
+        Reply::Queue { status } => json(
+            200,
+            &serde_json::json!({
+                "ticket": status.ticket, "position": status.position, "admitted": status.admitted,
+                "admitted_until": status.admitted_until_ms.map(crate::time::iso8601),
+                "depth": status.depth, "poll_after_ms": QUEUE_POLL_MS,
+            }),
+        ),
+        _ => Err(
+            ApiError::new(503, "temporarily_unavailable", "Unexpected event reply.").retryable(),
+        ),
+    }
+}
+
+/// `POST /v1/events/{id}/queue`: join the event's waiting room.
+pub async fn join_queue(env: &Env, ctx: &Ctx, event_id: &str) -> Result<Response, ApiError> {
+    let random = random::<32>()?;
+    queue_answer(one(env, event_id, ctx.now_ms, Command::JoinQueue { random }).await?)
+}
+
+/// `GET /v1/events/{id}/queue/{ticket}`: keep the place and learn the position.
+pub async fn poll_queue(
+    env: &Env,
+    ctx: &Ctx,
+    event_id: &str,
+    ticket: &str,
+) -> Result<Response, ApiError> {
+    queue_answer(
+        one(
+            env,
+            event_id,
+            ctx.now_ms,
+            Command::PollQueue {
+                ticket: ticket.to_string(),
+            },
+        )
+        .await?,
+    )
+}
