@@ -478,6 +478,13 @@ impl Checkout {
                 self.state = State::Offline;
                 return None;
             };
+            // After an unknown outcome only that lane may be tried again (never another).
+            if let Some(u) = &self.unknown_on {
+                if *u != attempt.lane_name {
+                    self.state = State::Offline;
+                    return None;
+                }
+            }
             // A resumed order may only be paid on the lane it was recorded on.
             if self.resumed && self.recorded_lane.as_deref() != Some(attempt.lane_name.as_str()) {
                 index += 1;
@@ -501,6 +508,11 @@ impl Checkout {
             let Some(permit) = router.acquire(attempt, now_ms) else {
                 self.routing
                     .push_str(&format!("; {} over limit", attempt.lane_name));
+                if self.unknown_on.is_some() {
+                    // The resend cannot go now: complete the attempt later on its lane.
+                    self.state = State::Offline;
+                    return None;
+                }
                 index += 1;
                 continue;
             };

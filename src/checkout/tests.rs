@@ -1159,3 +1159,44 @@ fn a_refusal_before_anything_was_sent_frees_the_key_and_the_order_for_the_same_r
     );
     assert_eq!(w.acq.charges.len(), 1);
 }
+
+#[test]
+fn a_resend_that_finds_its_lane_full_is_completed_later_never_sent_to_another_lane() {
+    // Found by the chaos run: the resend after a lost connection found no permit on its
+    // lane and moved on to the next one, which charged the card a second time.
+    let mut w = World::new(10);
+    let mut co = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "t", w.now));
+    let mut co_steps = 0;
+    let answer = loop {
+        co_steps += 1;
+        assert!(co_steps < 30);
+        match co.poll(&mut w.router, w.now) {
+            Step::Object(call) => {
+                let r = w.obj.call(call, w.now, ObjFault::None);
+                co.handle_object(r, w.now);
+            }
+            Step::Authorize(a) => {
+                let sent = w
+                    .acq
+                    .authorize(&a.lane, &a.call, AcqFault::ProcessThenReset);
+                // Meanwhile other checkouts fill the lane's limit.
+                let lane = w.router.lane_id(&a.lane).unwrap();
+                let mut held = Vec::new();
+                while let Some(p) = w.router.try_acquire(lane, w.now) {
+                    held.push(p);
+                    assert!(held.len() < 1000);
+                }
+                co.handle_attempt(&mut w.router, sent, w.now);
+            }
+            Step::SealKey => co.handle_seal_key(Ok(Secret::new(w.obj.sf_key))),
+            Step::Done(a) => break a,
+        }
+    };
+    assert_eq!(answer.body["status"], "queued", "{}", answer.body);
+    assert!(
+        w.acq.lanes_seen.iter().all(|l| *l == w.acq.lanes_seen[0]),
+        "{:?}",
+        w.acq.lanes_seen
+    );
+    assert_eq!(w.acq.charges.len(), 1);
+}
