@@ -390,6 +390,7 @@ impl Checkout {
                 key: self.key.key.clone(),
                 fingerprint: None,
                 cart: self.cart.clone(),
+                order_id: Some(self.key.order_id.clone()),
                 cvc: None,
                 hold: None,
                 then: None,
@@ -457,6 +458,7 @@ impl Checkout {
             key: self.key.key.clone(),
             fingerprint: Some(p.fingerprint.clone()),
             cart: self.cart.clone(),
+            order_id: Some(self.key.order_id.clone()),
             cvc: p.cvc.as_ref().map(|c| CvcUse {
                 use_id: c.use_id.clone(),
                 expires_at_ms: c.expires_at_ms,

@@ -131,7 +131,25 @@ fn begin_inner(
             } if super::request::same_cart(&body_hash, &req.cart) => replay(cx, &response, done),
             IdempotencyPeek::Completed { .. } => BeginReply::Mismatch,
             IdempotencyPeek::InFlight => BeginReply::InFlight,
-            IdempotencyPeek::Absent => BeginReply::NoRecord,
+            // An earlier checkout with this key stopped part way and may have charged: this
+            // request cannot resume it (its card cannot be opened), and a fresh start would
+            // be a second payment. Say "in progress" until the order is settled.
+            IdempotencyPeek::Absent => match req
+                .order_id
+                .as_deref()
+                .and_then(|id| cx.ledger.order(id))
+                .map(|o| o.state)
+            {
+                Some(OrderState::Pending | OrderState::Abandoned) => BeginReply::InFlight,
+                Some(OrderState::Lost) => BeginReply::Refused {
+                    error: WireError::from(ApiError::new(
+                        409,
+                        "checkout_lost",
+                        "An earlier payment with this Idempotency-Key was not completed and its charge is refunded; start a new payment.",
+                    )),
+                },
+                _ => BeginReply::NoRecord,
+            },
         };
     };
     let begun = cx.apply(

@@ -27,6 +27,9 @@ pub struct BeginRequest {
     /// The card-free part of the fingerprint (`checkout::request::cart_fingerprint`).
     #[serde(default)]
     pub cart: String,
+    /// The order the key stands for (looked at when only looking the key up).
+    #[serde(default)]
+    pub order_id: Option<String>,
     #[serde(default)]
     pub cvc: Option<CvcUse>,
     /// The `Hold` command (with an order id derived from the key).

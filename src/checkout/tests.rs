@@ -1200,3 +1200,31 @@ fn a_resend_that_finds_its_lane_full_is_completed_later_never_sent_to_another_la
     );
     assert_eq!(w.acq.charges.len(), 1);
 }
+
+#[test]
+fn a_retry_that_cannot_open_its_card_waits_for_an_earlier_attempt_that_may_have_charged() {
+    // Found by the chaos run: a Worker died after charging; the buyer's retry, once the key
+    // was stale, could not open its (revoked) card token and was told so; it tokenized
+    // again under a new key and was charged a second time.
+    let mut w = World::new(10);
+    let mut co = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "t", w.now));
+    loop {
+        match co.poll(&mut w.router, w.now) {
+            Step::Object(call) => {
+                let r = w.obj.call(call, w.now, ObjFault::None);
+                co.handle_object(r, w.now);
+            }
+            Step::Authorize(a) => {
+                let _ = w.acq.authorize(&a.lane, &a.call, AcqFault::None);
+                break; // the Worker dies
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    w.now += crate::ledger::IDEMPOTENCY_IN_FLIGHT_MS + 1;
+    // The retry's card token no longer opens (prepare fails).
+    let r = w.pay("k1", CART, "4242", "t2", &[], &[]);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], "idempotency_in_flight");
+    assert_eq!(r.body["error"]["retryable"], true);
+}
