@@ -965,7 +965,7 @@ impl Checkout {
     }
 
     fn on_finish(&mut self, result: Result<ObjectResult, ApiError>) {
-        let Some((req, purpose)) = self.finish.clone() else {
+        let Some(purpose) = self.finish.as_ref().map(|(_, p)| *p) else {
             self.state = State::Done(Answer::error(&unreadable()));
             return;
         };
@@ -1032,7 +1032,6 @@ impl Checkout {
                 };
             }
         }
-        let _ = req;
     }
 
     /// The acquirer charged after the hold had lapsed and the stock was sold meanwhile:

@@ -8,9 +8,10 @@ use super::outcome::{Sent, Transport};
 use super::protocol::*;
 use super::request::{self, CheckoutBody, CheckoutKey};
 use super::*;
+use crate::ledger::tests::RowStore;
 use crate::ledger::{
-    AcquirerCharge, AcquirerResult, ChargeStatus, Delta, Effect, EventLedger, ForwardRequest,
-    OrderState, Sku,
+    AcquirerCharge, AcquirerResult, ChargeStatus, Effect, EventLedger, ForwardRequest, OrderState,
+    Sku,
 };
 use crate::money::{Currency, MinorUnits};
 use crate::receipt::ReceiptKeys;
@@ -100,40 +101,6 @@ impl ObjectStore for MemStore {
     }
 }
 
-/// The persisted rows of a ledger.
-#[derive(Default, Clone)]
-pub(crate) struct Rows {
-    head: String,
-    queue: Option<String>,
-    rows: BTreeMap<(&'static str, String), String>,
-}
-
-impl Rows {
-    fn apply(&mut self, d: Delta) {
-        self.head = d.head;
-        if let Some(q) = d.queue {
-            self.queue = Some(q);
-        }
-        for r in d.rows {
-            match r.data {
-                Some(data) => self.rows.insert((r.kind, r.id), data),
-                None => self.rows.remove(&(r.kind, r.id)),
-            };
-        }
-    }
-
-    fn load(&self) -> EventLedger {
-        EventLedger::from_rows(
-            &self.head,
-            self.queue.as_deref(),
-            self.rows
-                .iter()
-                .map(|((k, id), d)| (*k, id.as_str(), d.as_str())),
-        )
-        .unwrap()
-    }
-}
-
 /// How one object call goes wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ObjFault {
@@ -147,7 +114,7 @@ pub(crate) enum ObjFault {
 /// The event's Durable Object, in memory: the real object side over the real ledger.
 pub(crate) struct FakeObject {
     pub ledger: EventLedger,
-    pub rows: Rows,
+    pub rows: RowStore,
     pub store: MemStore,
     pub keys: ReceiptKeys,
     pub sf_key: [u8; 32],
@@ -159,7 +126,7 @@ pub(crate) struct FakeObject {
 impl FakeObject {
     pub fn new(config: EventConfig) -> FakeObject {
         let mut ledger = EventLedger::new(config, T0 - 60_000).unwrap();
-        let mut rows = Rows::default();
+        let mut rows = RowStore::default();
         rows.apply(ledger.take_delta().unwrap());
         FakeObject {
             ledger,

@@ -8,50 +8,11 @@
 //! ledger in memory: a change the delta missed fails the test. Invariants are checked after every
 //! step, and again after a recovery phase in which everything must reach a final state.
 
-use super::tests::{config, eur, hold_cmd, Rng, T0};
+use super::tests::{config, eur, hold_cmd, Rng, RowStore, T0};
 use super::*;
 use std::collections::{BTreeMap, BTreeSet};
 
 const MIN: i64 = 60_000;
-
-/// The Durable Object's tables, in memory: head, waiting room, one row per record.
-#[derive(Default)]
-struct RowStore {
-    head: String,
-    queue: Option<String>,
-    rows: BTreeMap<(&'static str, String), String>,
-}
-
-impl RowStore {
-    fn apply(&mut self, d: Delta) {
-        self.head = d.head;
-        if let Some(q) = d.queue {
-            self.queue = Some(q);
-        }
-        for r in d.rows {
-            match r.data {
-                Some(data) => self.rows.insert((r.kind, r.id), data),
-                None => self.rows.remove(&(r.kind, r.id)),
-            };
-        }
-    }
-
-    fn load(&self) -> EventLedger {
-        EventLedger::from_rows(
-            &self.head,
-            self.queue.as_deref(),
-            self.rows
-                .iter()
-                .map(|((k, id), d)| (*k, id.as_str(), d.as_str())),
-        )
-        .unwrap()
-    }
-
-    fn dump(&self) -> String {
-        let rows: Vec<&str> = self.rows.values().map(String::as_str).collect();
-        format!("{}{:?}{}", self.head, self.queue, rows.concat())
-    }
-}
 
 /// The acquirer: one decision per idempotency key, forever (as a real acquirer does).
 #[derive(Default)]

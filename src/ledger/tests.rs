@@ -2,6 +2,46 @@
 
 use super::*;
 use crate::money::Currency;
+use std::collections::BTreeMap;
+
+/// The Durable Object's tables, in memory: head, waiting room, one row per record.
+#[derive(Default, Clone)]
+pub(crate) struct RowStore {
+    head: String,
+    queue: Option<String>,
+    rows: BTreeMap<(&'static str, String), String>,
+}
+
+impl RowStore {
+    pub(crate) fn apply(&mut self, d: Delta) {
+        self.head = d.head;
+        if let Some(q) = d.queue {
+            self.queue = Some(q);
+        }
+        for r in d.rows {
+            match r.data {
+                Some(data) => self.rows.insert((r.kind, r.id), data),
+                None => self.rows.remove(&(r.kind, r.id)),
+            };
+        }
+    }
+
+    pub(crate) fn load(&self) -> EventLedger {
+        EventLedger::from_rows(
+            &self.head,
+            self.queue.as_deref(),
+            self.rows
+                .iter()
+                .map(|((k, id), d)| (*k, id.as_str(), d.as_str())),
+        )
+        .unwrap()
+    }
+
+    pub(crate) fn dump(&self) -> String {
+        let rows: Vec<&str> = self.rows.values().map(String::as_str).collect();
+        format!("{}{:?}{}", self.head, self.queue, rows.concat())
+    }
+}
 
 pub(crate) const T0: i64 = 1_800_000_000_000;
 const MIN: i64 = 60_000;
