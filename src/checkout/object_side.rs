@@ -237,15 +237,26 @@ fn begin_inner(
 /// A stored answer sent again: with its receipt as it is now, and a `pending` answer
 /// brought up to date with its order.
 fn replay(cx: &mut ObjectCtx<'_>, stored: &str, done: &mut Done<BeginReply>) -> BeginReply {
+    match kept_answer(cx, stored, done) {
+        Some(answer) => BeginReply::Replay { answer },
+        None => BeginReply::Refused {
+            error: WireError::from(unreadable()),
+        },
+    }
+}
+
+fn kept_answer<T>(
+    cx: &mut ObjectCtx<'_>,
+    stored: &str,
+    done: &mut Done<T>,
+) -> Option<StoredAnswer> {
     let Some(mut answer) = StoredAnswer::from_stored_json(stored).or_else(|| legacy(stored)) else {
         done.problems.push("stored_answer_unreadable");
-        return BeginReply::Refused {
-            error: WireError::from(unreadable()),
-        };
+        return None;
     };
     refresh_pending(cx.ledger, &mut answer);
     attach_receipt(cx, &mut answer, done);
-    BeginReply::Replay { answer }
+    Some(answer)
 }
 
 /// Answers stored before the typed protocol: `{"status_code", "body"}`.
@@ -316,9 +327,21 @@ fn attach_receipt<T>(cx: &mut ObjectCtx<'_>, answer: &mut StoredAnswer, done: &m
     }
 }
 
-/// `POST /checkout/finish`.
+/// `POST /checkout/finish`. When the key already has an answer (another request with the
+/// same key finished first: a retry that took over, or the first attempt finishing late),
+/// that answer stands: it is the reply, and this finish applies nothing.
 pub fn finish(cx: &mut ObjectCtx<'_>, req: FinishRequest) -> Done<FinishReply> {
     let mut done = Done::new(FinishReply::Abandoned);
+    if let IdempotencyPeek::Completed(stored) = cx.ledger.idempotency_peek(&req.key, cx.now_ms) {
+        if let Some(answer) = kept_answer(cx, &stored, &mut done) {
+            done.reply = FinishReply::Stored { answer };
+            return done;
+        }
+        done.reply = FinishReply::Refused {
+            error: WireError::from(unreadable()),
+        };
+        return done;
+    }
     let order_id = req.command.as_ref().and_then(|c| match c {
         Command::Confirm { order_id, .. } | Command::Release { order_id, .. } => {
             Some(order_id.clone())

@@ -991,3 +991,74 @@ fn a_charge_whose_buyer_gave_up_is_found_by_reconciliation_and_refunded() {
     assert!(report.missing_at_edge.is_empty(), "{report:?}");
     assert_eq!(report.refunded_unpaid.len(), 1);
 }
+
+/// Polls a checkout, answering its object calls, up to its first authorization.
+fn to_authorize(w: &mut World, co: &mut Checkout) -> Authorize {
+    for _ in 0..20 {
+        match co.poll(&mut w.router, w.now) {
+            Step::Object(call) => {
+                let r = w.obj.call(call, w.now, ObjFault::None);
+                co.handle_object(r, w.now);
+            }
+            Step::Authorize(a) => return a,
+            other => panic!("{other:?}"),
+        }
+    }
+    panic!("no authorization in 20 steps");
+}
+
+/// Feeds an attempt's result and drives the checkout to its answer without faults.
+fn answer_after(w: &mut World, co: &mut Checkout, sent: Sent) -> Answer {
+    co.handle_attempt(&mut w.router, sent, w.now);
+    drive(
+        co,
+        &mut w.router,
+        &mut w.obj,
+        &mut w.acq,
+        &mut w.now,
+        &mut vec![],
+        &mut vec![],
+    )
+}
+
+#[test]
+fn a_finish_for_a_key_already_answered_replays_that_answer_and_applies_nothing() {
+    // Found by the simulation (seed 19): the first checkout stored "hold lapsed, will be
+    // refunded", then the retry that had taken over the key confirmed the same charge and
+    // told the buyer "approved"; replays said the first, the ledger the second.
+    let mut w = World::new(2);
+    let mut first = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok", w.now));
+    let a = to_authorize(&mut w, &mut first);
+    let charged = w.acq.authorize(&a.lane, &a.call, AcqFault::None);
+    // The first checkout stalls; its hold lapses and another buyer holds the stock.
+    w.now += HOLD_MS + 1_000;
+    let mut other = Checkout::new(input(&w.ev, "k2", CART, APPROVE, "tok2", w.now));
+    let _ = to_authorize(&mut w, &mut other);
+    // A retry takes the key over and is sent the same charge again.
+    w.now += 1_000;
+    let mut retry = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok3", w.now));
+    let b = to_authorize(&mut w, &mut retry);
+    let replayed = w.acq.authorize(&b.lane, &b.call, AcqFault::None);
+    assert_eq!(w.acq.charges.len(), 1);
+    // The first checkout learns of its charge: the stock is gone, its answer is kept.
+    let lapsed = answer_after(&mut w, &mut first, charged);
+    assert_eq!(
+        (lapsed.status, lapsed.body["error"]["code"].as_str()),
+        (409, Some("hold_lapsed")),
+        "{}",
+        lapsed.body
+    );
+    // The other buyer's hold lapses too; the stock is back when the retry confirms.
+    w.now += HOLD_MS + 1_000;
+    let late = answer_after(&mut w, &mut retry, replayed);
+    assert_eq!(late.status, 409, "{}", late.body);
+    assert_eq!(late.body["error"]["code"], "hold_lapsed");
+    let order = lapsed.order_id.unwrap();
+    assert_eq!(
+        w.obj.ledger.order(&order).unwrap().state,
+        OrderState::Abandoned
+    );
+    // What the buyer was told is what happens: the charge is refunded.
+    let lost = w.obj.ledger.lost_checkouts(&w.acq.listing(), w.now);
+    assert_eq!(lost.len(), 1, "{lost:?}");
+}
