@@ -782,6 +782,14 @@ impl Checkout {
             self.state = State::Done(Answer::error(&unreadable()));
             return None;
         };
+        if self.unknown_on.is_none() && self.resumed {
+            // An earlier attempt with this key may have charged on the order's lane (its
+            // Worker died after sending): complete that attempt there with the same
+            // acquirer key; a new payment beside it could charge the card twice.
+            self.routing
+                .push_str("; the earlier attempt's outcome is unknown");
+            self.unknown_on = self.recorded_lane.clone();
+        }
         if self.unknown_on.is_none() {
             if let Some(refusal) = offline_refusal(p) {
                 self.undo(refusal);

@@ -1062,3 +1062,49 @@ fn a_finish_for_a_key_already_answered_replays_that_answer_and_applies_nothing()
     let lost = w.obj.ledger.lost_checkouts(&w.acq.listing(), w.now);
     assert_eq!(lost.len(), 1, "{lost:?}");
 }
+
+#[test]
+fn a_resumed_checkout_that_cannot_send_in_time_completes_the_earlier_attempt() {
+    // Found by the simulation (seed 2): the Worker died after the acquirer charged; the
+    // retry resumed the order but its deadline passed before it could send, and it stored
+    // the payment as a new offline payment (another acquirer key): charged twice.
+    let mut w = World::new(10);
+    let mut co = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok", w.now));
+    let a = to_authorize(&mut w, &mut co);
+    let _ = w.acq.authorize(&a.lane, &a.call, AcqFault::None);
+    drop(co); // the Worker dies
+    w.now += crate::ledger::IDEMPOTENCY_IN_FLIGHT_MS + 1;
+    let mut retry = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok2", w.now));
+    match retry.poll(&mut w.router, w.now) {
+        Step::Object(call) => {
+            let r = w.obj.call(call, w.now, ObjFault::None);
+            retry.handle_object(r, w.now);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The object answered slowly: the checkout's time is up before it can send.
+    w.now += 10_000;
+    let r = drive(
+        &mut retry,
+        &mut w.router,
+        &mut w.obj,
+        &mut w.acq,
+        &mut w.now,
+        &mut vec![],
+        &mut vec![],
+    );
+    assert_eq!((r.status, r.body["status"].as_str()), (201, Some("queued")));
+    let order = r.order_id.unwrap();
+    w.now += 10 * 60_000;
+    let mut acq = std::mem::take(&mut w.acq);
+    w.obj.alarm(&mut acq, w.now);
+    w.acq = acq;
+    assert_eq!(w.acq.charges.len(), 1, "charged twice");
+    let auth = w.obj.ledger.auths().find(|x| x.order_id == order).unwrap();
+    assert_eq!(auth.idempotency_key, format!("{order}_online"));
+    assert!(auth.resolves_attempt);
+    assert_eq!(
+        w.obj.ledger.order(&order).unwrap().state,
+        OrderState::Forwarded
+    );
+}
