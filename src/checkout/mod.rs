@@ -73,6 +73,10 @@ pub const FINISH_TRIES: u8 = 3;
 pub const RESOLVE_WAIT_MS: i64 = 23 * 3_600_000;
 /// What `Retry-After` says on a `pending` or in-flight answer, seconds.
 pub const PENDING_RETRY_S: u32 = 2;
+/// A checkout this old may have been taken over by a retry with the same key (after
+/// `IDEMPOTENCY_IN_FLIGHT_MS`), which pays on the order's lane, or counted as lost by
+/// reconciliation: it finishes what it sent but stores no new payment.
+pub const STALE_AFTER_MS: i64 = ledger::LOST_CHECKOUT_AFTER_MS;
 
 /// Everything a checkout works out before the machine starts: validated and priced, the
 /// card detokenized and the CVC opened in this PoP. No storage was written.
@@ -339,15 +343,20 @@ impl Checkout {
                     }
                 }
                 State::Offline => {
-                    if let Some(step) = self.offline() {
+                    if let Some(step) = self.offline(now_ms) {
                         return step;
                     }
                 }
                 State::Finish => {
-                    let Some((req, _)) = &self.finish else {
+                    let Some((req, purpose)) = &self.finish else {
                         self.state = State::Done(Answer::error(&unreadable()));
                         continue;
                     };
+                    if *purpose == Purpose::StoreOffline && self.stale(now_ms) {
+                        // A retry of the store after a failed try, too late: see `offline`.
+                        self.state = State::Done(pending(&self.key.order_id, &self.routing));
+                        continue;
+                    }
                     let call = ObjectCall::Finish(Box::new(req.clone()));
                     self.state = State::AwaitFinish;
                     return Step::Object(call);
@@ -777,7 +786,12 @@ impl Checkout {
         );
     }
 
-    fn offline(&mut self) -> Option<Step> {
+    /// Whether a retry with the same key may have taken this checkout over.
+    fn stale(&self, now_ms: i64) -> bool {
+        now_ms.saturating_sub(self.started_ms) >= STALE_AFTER_MS
+    }
+
+    fn offline(&mut self, now_ms: i64) -> Option<Step> {
         let Some(p) = &self.prepared else {
             self.state = State::Done(Answer::error(&unreadable()));
             return None;
@@ -789,6 +803,15 @@ impl Checkout {
             self.routing
                 .push_str("; the earlier attempt's outcome is unknown");
             self.unknown_on = self.recorded_lane.clone();
+        }
+        if self.unknown_on.is_none() && self.stale(now_ms) {
+            // Too old to store a new payment: a retry that took the key over may be paying
+            // on the order's lane right now, and a stored payment (another acquirer key,
+            // maybe another lane) would charge the card a second time. Nothing was sent by
+            // this checkout; leave the order and the key to the retry.
+            self.routing.push_str("; too late to store the payment");
+            self.state = State::Done(pending(&self.key.order_id, &self.routing));
+            return None;
         }
         if self.unknown_on.is_none() {
             if let Some(refusal) = offline_refusal(p) {

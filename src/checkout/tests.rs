@@ -1108,3 +1108,55 @@ fn a_resumed_checkout_that_cannot_send_in_time_completes_the_earlier_attempt() {
         OrderState::Forwarded
     );
 }
+
+#[test]
+fn a_checkout_taken_over_by_a_retry_stores_no_new_payment() {
+    // Found by the simulation (seed 16): the first checkout recorded the fast lane after
+    // the cheap one refused, then stalled; a retry took the key over and charged on fast,
+    // and its Worker died; the first checkout, now past its deadline, stored the payment
+    // offline on cheap with another acquirer key, which forwarding charged again.
+    let mut w = World::new(10);
+    let mut first = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok", w.now));
+    let a = to_authorize(&mut w, &mut first);
+    assert_eq!(a.lane, "cheap");
+    first.handle_attempt(&mut w.router, Err(Transport::Refused), w.now);
+    match first.poll(&mut w.router, w.now) {
+        Step::Object(call) => {
+            assert!(
+                matches!(&call, ObjectCall::Command(c) if matches!(**c, Command::NoteAttempt { .. }))
+            );
+            let r = w.obj.call(call, w.now, ObjFault::None);
+            first.handle_object(r, w.now);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The first checkout stalls; a retry takes over, charges on fast, and dies.
+    w.now += crate::ledger::IDEMPOTENCY_IN_FLIGHT_MS + 1;
+    let mut retry = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok2", w.now));
+    let b = to_authorize(&mut w, &mut retry);
+    assert_eq!(b.lane, "fast");
+    let _ = w.acq.authorize(&b.lane, &b.call, AcqFault::None);
+    drop(retry);
+    let late = drive(
+        &mut first,
+        &mut w.router,
+        &mut w.obj,
+        &mut w.acq,
+        &mut w.now,
+        &mut vec![],
+        &mut vec![],
+    );
+    w.now += 10 * 60_000;
+    let mut acq = std::mem::take(&mut w.acq);
+    w.obj.alarm(&mut acq, w.now);
+    w.acq = acq;
+    assert_eq!(w.acq.charges.len(), 1, "charged twice");
+    assert_eq!(late.status, 202, "{}", late.body);
+    // The buyer's next retry finds the charge.
+    let r = w.pay("k1", CART, APPROVE, "tok3", &[], &[]);
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (201, Some("approved"))
+    );
+    assert_eq!(w.acq.charges.len(), 1);
+}
