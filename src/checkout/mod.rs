@@ -767,7 +767,10 @@ impl Checkout {
         self.state = State::Finish;
     }
 
-    /// Releases the hold and forgets the key (nothing was charged), then answers `error`.
+    /// Forgets the key and gives back the CVC (nothing was charged), then answers `error`.
+    /// The hold stays until it lapses: the order id derives from the key, so the buyer's
+    /// retry with the same key holds this same order again and pays for it (a released
+    /// order could never be paid).
     fn undo(&mut self, error: ApiError) {
         self.fallback = Some(Answer::error(&error));
         let release_cvc = self
@@ -776,10 +779,7 @@ impl Checkout {
             .and_then(|p| p.cvc.as_ref())
             .map(|c| c.use_id.clone());
         self.set_finish(
-            Some(Command::Release {
-                order_id: self.key.order_id.clone(),
-                reason: error.code.to_string(),
-            }),
+            None,
             None,
             Completion::Abandon { release_cvc },
             Purpose::Undo,

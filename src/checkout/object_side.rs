@@ -121,6 +121,11 @@ fn begin_inner(
     let refused = |e: ApiError| BeginReply::Refused {
         error: WireError::from(e),
     };
+    // A record kept for the key that is not answered and not in flight any more: this
+    // request takes over one whose Worker died, which may have charged on its order's lane.
+    // No record but an existing order: the earlier checkout with this key was undone
+    // (nothing charged, key forgotten, hold kept) and this one starts it again.
+    let taking_over = cx.ledger.idempotency_kept(&req.key);
     let Some(fingerprint) = req.fingerprint else {
         return match cx.ledger.idempotency_peek(&req.key, cx.now_ms) {
             IdempotencyPeek::Completed(s) => replay(cx, &s, done),
@@ -196,7 +201,7 @@ fn begin_inner(
         Command::Hold { order_id, .. } => order_id.clone(),
         _ => String::new(),
     };
-    let resumed = cx.ledger.order(&order_id).is_some();
+    let resumed = taking_over && cx.ledger.order(&order_id).is_some();
     let order = match cx.apply(hold, done) {
         Ok(Reply::Order { order }) => order,
         Ok(_) => {
@@ -217,14 +222,8 @@ fn begin_inner(
     match reply {
         FinishReply::Stored { answer } => BeginReply::Finished { answer },
         FinishReply::Refused { error } => {
-            // Refused (the offline budget): undo the hold, the key and the CVC.
-            let _ = cx.apply(
-                Command::Release {
-                    order_id,
-                    reason: "offline_budget".into(),
-                },
-                done,
-            );
+            // Refused (the offline budget): forget the key and give back the CVC. The hold
+            // stays until it lapses, so a retry with the same key (same order) can pay.
             forget(cx, done, spent);
             BeginReply::FinishRefused { error }
         }

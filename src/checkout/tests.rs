@@ -1160,3 +1160,55 @@ fn a_checkout_taken_over_by_a_retry_stores_no_new_payment() {
     );
     assert_eq!(w.acq.charges.len(), 1);
 }
+
+#[test]
+fn a_retry_after_a_checkout_was_undone_can_pay_with_the_same_key() {
+    // Found by the simulation (seed 1): an undone checkout (nothing charged, "try again")
+    // released its order; the order id derives from the key, so every retry with that key
+    // found the released order and answered 202 pending, forever.
+    let mut w = World::new(10);
+    // The cheap lane refuses; recording the fast lane fails: nothing is sent, undo.
+    let a = w.pay(
+        "k1",
+        CART,
+        APPROVE,
+        "tok",
+        &[ObjFault::None, ObjFault::Before],
+        &[AcqFault::Refuse],
+    );
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert_eq!(a.body["error"]["retryable"], true);
+    assert!(w.acq.charges.is_empty());
+    let r = w.pay("k1", CART, APPROVE, "tok", &[], &[]);
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (201, Some("approved")),
+        "{}",
+        r.body
+    );
+    assert_eq!(w.acq.charges.len(), 1);
+    // An undone one-call store (the offline budget refused it) can be retried too.
+    let mut w = World::new(10);
+    let mut ev = (*w.ev).clone();
+    ev.offline.aggregate_max = ev.offline.per_transaction_max;
+    w.ev = Arc::new(ev.clone());
+    w.obj = FakeObject::new(ev);
+    w.acq.down = vec!["fast".into(), "cheap".into()];
+    let mut refused = None;
+    for i in 0..30 {
+        let a = w.pay(&format!("k{i}"), CART, APPROVE, "tok", &[], &[]);
+        if a.status == 402 {
+            refused = Some(format!("k{i}"));
+            break;
+        }
+    }
+    let key = refused.expect("the budget refuses a store");
+    let mut acq = std::mem::take(&mut w.acq);
+    w.now += 10 * 60_000;
+    w.obj.alarm(&mut acq, w.now); // lanes still down: nothing forwarded
+    w.acq = acq;
+    w.acq.down.clear();
+    w.router = router();
+    let r = w.pay(&key, CART, APPROVE, "tok", &[], &[]);
+    assert_eq!(r.status, 201, "{}", r.body);
+}
