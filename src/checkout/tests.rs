@@ -58,12 +58,18 @@ pub(crate) fn event(stock: u32) -> EventConfig {
     c
 }
 
+/// The policy bundle, loaded once (validating it costs more than a whole checkout).
 pub(crate) fn bundle() -> Arc<LoadedBundle> {
-    let mut b = crate::policy::default_bundle();
-    b.bundle.offline.per_transaction_cap = MinorUnits(10_000);
-    b.bundle.offline.per_event_cap = MinorUnits(20_000);
-    b.bundle.offline.max_queue_age_secs = 86_400;
-    Arc::new(b)
+    static BUNDLE: std::sync::OnceLock<Arc<LoadedBundle>> = std::sync::OnceLock::new();
+    BUNDLE
+        .get_or_init(|| {
+            let mut b = crate::policy::default_bundle();
+            b.bundle.offline.per_transaction_cap = MinorUnits(10_000);
+            b.bundle.offline.per_event_cap = MinorUnits(20_000);
+            b.bundle.offline.max_queue_age_secs = 86_400;
+            Arc::new(b)
+        })
+        .clone()
 }
 
 pub(crate) fn router() -> Router {
