@@ -278,7 +278,8 @@ pub struct Checkout {
     seal_key: Option<Secret<[u8; 32]>>,
     finish: Option<(FinishRequest, Purpose)>,
     finish_tries: u8,
-    /// What to answer when the finish of `Purpose::Decline`/`Undo` cannot be kept.
+    /// What to answer when the finish of `Purpose::Undo` cannot be kept (a retryable
+    /// error: nothing was charged). A decline is only answered once it is kept.
     fallback: Option<Answer>,
     notes: Vec<Note>,
 }
@@ -717,7 +718,6 @@ impl Checkout {
                     "error": {"code": code, "message": message, "retryable": false},
                     "message": message,
                 });
-                self.fallback = Some(Answer::stored(answer(402, body.clone()), false));
                 self.set_finish(
                     Some(Command::Release {
                         order_id: self.key.order_id.clone(),
@@ -993,7 +993,12 @@ impl Checkout {
                             self.state = State::Done(pending(&self.key.order_id, &self.routing));
                         }
                     }
-                    Purpose::Decline | Purpose::Undo => {
+                    // The decline could not be kept: another request with this key
+                    // moved the order. A retry finds out what was kept.
+                    Purpose::Decline => {
+                        self.state = State::Done(pending(&self.key.order_id, &self.routing))
+                    }
+                    Purpose::Undo => {
                         self.state =
                             State::Done(self.fallback.clone().unwrap_or_else(|| Answer::error(&e)))
                     }
@@ -1006,10 +1011,13 @@ impl Checkout {
                     return;
                 }
                 self.state = match purpose {
-                    Purpose::Settle | Purpose::StoreOffline => {
+                    // A definitive answer is only given once it is kept: until then a retry
+                    // with the same key could learn something else (it takes the key over,
+                    // and may complete the attempt offline instead).
+                    Purpose::Settle | Purpose::StoreOffline | Purpose::Decline => {
                         State::Done(pending(&self.key.order_id, &self.routing))
                     }
-                    Purpose::Decline | Purpose::Undo => State::Done(
+                    Purpose::Undo => State::Done(
                         self.fallback
                             .clone()
                             .unwrap_or_else(|| Answer::error(&unreadable())),
@@ -1029,7 +1037,6 @@ impl Checkout {
             "error": {"code": "hold_lapsed", "message": message, "retryable": false},
             "message": message,
         });
-        self.fallback = Some(Answer::stored(answer(409, body.clone()), false));
         self.set_finish(
             None,
             None,

@@ -1218,3 +1218,31 @@ fn a_retry_after_a_checkout_was_undone_can_pay_with_the_same_key() {
     let r = w.pay(&key, CART, APPROVE, "tok", &[], &[]);
     assert_eq!(r.status, 201, "{}", r.body);
 }
+
+#[test]
+fn a_decline_is_answered_only_once_it_is_kept() {
+    // Found by the simulation (seed 15485): a decline whose finish could not reach the
+    // object was answered "declined" all the same; a retry took the key over, could not
+    // send in time and completed the attempt offline: "queued". One key, two answers.
+    let mut w = World::new(10);
+    let lost = [
+        ObjFault::None,
+        ObjFault::Before,
+        ObjFault::Before,
+        ObjFault::Before,
+    ];
+    let a = w.pay("k1", CART, DECLINE, "tok", &lost, &[]);
+    assert_eq!(a.status, 202, "{}", a.body);
+    assert_eq!(a.body["status"], "pending");
+    // The retry that takes over learns the decline again and keeps it.
+    w.now += crate::ledger::IDEMPOTENCY_IN_FLIGHT_MS + 1;
+    let r = w.pay("k1", CART, DECLINE, "tok2", &[], &[]);
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (402, Some("declined"))
+    );
+    let again = w.pay("k1", CART, DECLINE, "tok3", &[], &[]);
+    assert!(again.replayed);
+    assert_eq!(again.status, 402);
+    assert!(w.acq.charges.is_empty());
+}
