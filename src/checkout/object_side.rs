@@ -213,7 +213,9 @@ fn begin_inner(
             return refused(e);
         }
     };
-    let Some(then) = req.then else {
+    let Some(then) = req.then.filter(|_| !resumed) else {
+        // A resumed order's lane may hold a charge from the request this one took over:
+        // never store a new payment for it here; the checkout completes that attempt.
         return BeginReply::Held { order, resumed };
     };
     let mut inner = finish(cx, then);

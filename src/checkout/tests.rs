@@ -1246,3 +1246,51 @@ fn a_decline_is_answered_only_once_it_is_kept() {
     assert_eq!(again.status, 402);
     assert!(w.acq.charges.is_empty());
 }
+
+#[test]
+fn a_one_call_store_for_a_resumed_order_completes_the_earlier_attempt() {
+    // The Worker dies after the acquirer charged; then every lane goes down, so the retry
+    // that takes the key over plans to store the payment at once (one object call). The
+    // object must not store a new payment for an order whose lane may hold a charge.
+    let mut w = World::new(100);
+    let mut ev = (*w.ev).clone();
+    ev.offline.aggregate_max = MinorUnits(1_000_000);
+    w.ev = Arc::new(ev.clone());
+    w.obj = FakeObject::new(ev);
+    let mut co = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok", w.now));
+    let a = to_authorize(&mut w, &mut co);
+    let _ = w.acq.authorize(&a.lane, &a.call, AcqFault::None);
+    drop(co); // the Worker dies
+    w.now += crate::ledger::IDEMPOTENCY_IN_FLIGHT_MS + 1;
+    w.acq.down = vec!["fast".into(), "cheap".into()];
+    for i in 0..30 {
+        let _ = w.pay(
+            &format!("warm{i}"),
+            r#"[{"sku":"shirt","quantity":1}]"#,
+            APPROVE,
+            "tok",
+            &[],
+            &[],
+        );
+    }
+    let r = w.pay("k1", CART, APPROVE, "tok2", &[], &[]);
+    assert_eq!((r.status, r.body["status"].as_str()), (201, Some("queued")));
+    assert!(
+        r.routing
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("no_healthy_lane"),
+        "{:?}",
+        r.routing
+    );
+    w.acq.down.clear();
+    for _ in 0..20 {
+        w.now += 10 * 60_000;
+        let mut acq = std::mem::take(&mut w.acq);
+        w.obj.alarm(&mut acq, w.now);
+        w.acq = acq;
+    }
+    let order = r.order_id.unwrap();
+    let mine = w.acq.charges.iter().filter(|c| c.order_id == order).count();
+    assert_eq!(mine, 1, "charged twice");
+}
