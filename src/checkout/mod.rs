@@ -75,7 +75,8 @@ pub const RESOLVE_WAIT_MS: i64 = 23 * 3_600_000;
 pub const PENDING_RETRY_S: u32 = 2;
 /// A checkout this old may have been taken over by a retry with the same key (after
 /// `IDEMPOTENCY_IN_FLIGHT_MS`), which pays on the order's lane, or counted as lost by
-/// reconciliation: it finishes what it sent but stores no new payment.
+/// reconciliation: it finishes what it sent but stores no new payment and does not
+/// forget the key.
 pub const STALE_AFTER_MS: i64 = ledger::LOST_CHECKOUT_AFTER_MS;
 
 /// Everything a checkout works out before the machine starts: validated and priced, the
@@ -353,10 +354,27 @@ impl Checkout {
                         self.state = State::Done(Answer::error(&unreadable()));
                         continue;
                     };
-                    if *purpose == Purpose::StoreOffline && self.stale(now_ms) {
-                        // A retry of the store after a failed try, too late: see `offline`.
-                        self.state = State::Done(pending(&self.key.order_id, &self.routing));
-                        continue;
+                    if self.stale(now_ms) {
+                        // Too late to store a new payment (see `offline`) or to forget the
+                        // key: a retry may have taken the key over and be paying; forgetting
+                        // its key would make the next retry take the order for an undone
+                        // one. Nothing was charged by this checkout.
+                        match purpose {
+                            Purpose::StoreOffline => {
+                                self.state =
+                                    State::Done(pending(&self.key.order_id, &self.routing));
+                                continue;
+                            }
+                            Purpose::Undo => {
+                                self.state = State::Done(
+                                    self.fallback
+                                        .clone()
+                                        .unwrap_or_else(|| Answer::error(&unreadable())),
+                                );
+                                continue;
+                            }
+                            Purpose::Settle | Purpose::Decline => {}
+                        }
                     }
                     let call = ObjectCall::Finish(Box::new(req.clone()));
                     self.state = State::AwaitFinish;

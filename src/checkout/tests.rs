@@ -1294,3 +1294,50 @@ fn a_one_call_store_for_a_resumed_order_completes_the_earlier_attempt() {
     let mine = w.acq.charges.iter().filter(|c| c.order_id == order).count();
     assert_eq!(mine, 1, "charged twice");
 }
+
+#[test]
+fn a_stale_undo_does_not_forget_a_key_a_retry_took_over() {
+    // Found by the simulation (seed 46970 of 100000): a checkout decided to undo (nothing
+    // charged) but its finish, forgetting the key, reached the object only after a retry
+    // had taken the key over and charged. The retry could not keep its answer; the next
+    // retry found no record, took the order for an undone one, failed over to the other
+    // lane and charged again.
+    let mut w = World::new(10);
+    let mut first = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok", w.now));
+    let a = to_authorize(&mut w, &mut first);
+    assert_eq!(a.lane, "cheap");
+    first.handle_attempt(&mut w.router, Err(Transport::Refused), w.now);
+    // Recording the fast lane fails: the first checkout will undo.
+    match first.poll(&mut w.router, w.now) {
+        Step::Object(call) => {
+            let r = w.obj.call(call, w.now, ObjFault::Before);
+            first.handle_object(r, w.now);
+        }
+        other => panic!("{other:?}"),
+    }
+    // It stalls before sending the undo; a retry takes over and charges on cheap.
+    w.now += crate::ledger::IDEMPOTENCY_IN_FLIGHT_MS + 1;
+    let mut retry = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok2", w.now));
+    let b = to_authorize(&mut w, &mut retry);
+    assert_eq!(b.lane, "cheap");
+    let charged = w.acq.authorize(&b.lane, &b.call, AcqFault::None);
+    let late = drive(
+        &mut first,
+        &mut w.router,
+        &mut w.obj,
+        &mut w.acq,
+        &mut w.now,
+        &mut vec![],
+        &mut vec![],
+    );
+    assert_eq!(late.status, 503, "{}", late.body);
+    let _ = answer_after(&mut w, &mut retry, charged);
+    // The buyer's next retry, with the cheap lane now down, must find that charge.
+    w.acq.down = vec!["cheap".into()];
+    let r = w.pay("k1", CART, APPROVE, "tok3", &[], &[]);
+    assert_eq!(w.acq.charges.len(), 1, "charged twice: {}", r.body);
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (201, Some("approved"))
+    );
+}
