@@ -73,6 +73,11 @@ pub const FINISH_TRIES: u8 = 3;
 pub const RESOLVE_WAIT_MS: i64 = 23 * 3_600_000;
 /// What `Retry-After` says on a `pending` or in-flight answer, seconds.
 pub const PENDING_RETRY_S: u32 = 2;
+/// A checkout this old may have been taken over by a retry with the same key (after
+/// `IDEMPOTENCY_IN_FLIGHT_MS`), which pays on the order's lane, or counted as lost by
+/// reconciliation: it finishes what it sent but stores no new payment and does not
+/// forget the key.
+pub const STALE_AFTER_MS: i64 = ledger::LOST_CHECKOUT_AFTER_MS;
 
 /// Everything a checkout works out before the machine starts: validated and priced, the
 /// card detokenized and the CVC opened in this PoP. No storage was written.
@@ -280,7 +285,8 @@ pub struct Checkout {
     seal_key: Option<Secret<[u8; 32]>>,
     finish: Option<(FinishRequest, Purpose)>,
     finish_tries: u8,
-    /// What to answer when the finish of `Purpose::Decline`/`Undo` cannot be kept.
+    /// What to answer when the finish of `Purpose::Undo` cannot be kept (a retryable
+    /// error: nothing was charged). A decline is only answered once it is kept.
     fallback: Option<Answer>,
     notes: Vec<Note>,
 }
@@ -352,15 +358,37 @@ impl Checkout {
                     }
                 }
                 State::Offline => {
-                    if let Some(step) = self.offline() {
+                    if let Some(step) = self.offline(now_ms) {
                         return step;
                     }
                 }
                 State::Finish => {
-                    let Some((req, _)) = &self.finish else {
+                    let Some((req, purpose)) = &self.finish else {
                         self.state = State::Done(Answer::error(&unreadable()));
                         continue;
                     };
+                    if self.stale(now_ms) {
+                        // Too late to store a new payment (see `offline`) or to forget the
+                        // key: a retry may have taken the key over and be paying; forgetting
+                        // its key would make the next retry take the order for an undone
+                        // one. Nothing was charged by this checkout.
+                        match purpose {
+                            Purpose::StoreOffline => {
+                                self.state =
+                                    State::Done(pending(&self.key.order_id, &self.routing));
+                                continue;
+                            }
+                            Purpose::Undo => {
+                                self.state = State::Done(
+                                    self.fallback
+                                        .clone()
+                                        .unwrap_or_else(|| Answer::error(&unreadable())),
+                                );
+                                continue;
+                            }
+                            Purpose::Settle | Purpose::Decline => {}
+                        }
+                    }
                     let call = ObjectCall::Finish(Box::new(req.clone()));
                     self.state = State::AwaitFinish;
                     return Step::Object(call);
@@ -480,15 +508,16 @@ impl Checkout {
                 self.state = State::Offline;
                 return None;
             };
-            // After an unknown outcome only that lane may be tried again (never another).
-            if let Some(u) = &self.unknown_on {
-                if *u != attempt.lane_name {
-                    self.state = State::Offline;
-                    return None;
-                }
-            }
-            // A resumed order may only be paid on the lane it was recorded on.
-            if self.resumed && self.recorded_lane.as_deref() != Some(attempt.lane_name.as_str()) {
+            // After an unknown outcome only that lane may be tried again (never another),
+            // and a resumed order may only be paid on the lane it was recorded on: skip the
+            // others (a resumed order's lane may come later in the plan).
+            let other_than_unknown = self
+                .unknown_on
+                .as_ref()
+                .is_some_and(|u| *u != attempt.lane_name);
+            let other_than_recorded =
+                self.resumed && self.recorded_lane.as_deref() != Some(attempt.lane_name.as_str());
+            if other_than_unknown || other_than_recorded {
                 index += 1;
                 continue;
             }
@@ -743,7 +772,6 @@ impl Checkout {
                     "error": {"code": code, "message": message, "retryable": false},
                     "message": message,
                 });
-                self.fallback = Some(Answer::stored(answer(402, body.clone()), false));
                 self.set_finish(
                     Some(Command::Release {
                         order_id: self.key.order_id.clone(),
@@ -819,11 +847,33 @@ impl Checkout {
         );
     }
 
-    fn offline(&mut self) -> Option<Step> {
+    /// Whether a retry with the same key may have taken this checkout over.
+    fn stale(&self, now_ms: i64) -> bool {
+        now_ms.saturating_sub(self.started_ms) >= STALE_AFTER_MS
+    }
+
+    fn offline(&mut self, now_ms: i64) -> Option<Step> {
         let Some(p) = &self.prepared else {
             self.state = State::Done(Answer::error(&unreadable()));
             return None;
         };
+        if self.unknown_on.is_none() && self.resumed {
+            // An earlier attempt with this key may have charged on the order's lane (its
+            // Worker died after sending): complete that attempt there with the same
+            // acquirer key; a new payment beside it could charge the card twice.
+            self.routing
+                .push_str("; the earlier attempt's outcome is unknown");
+            self.unknown_on = self.recorded_lane.clone();
+        }
+        if self.unknown_on.is_none() && self.stale(now_ms) {
+            // Too old to store a new payment: a retry that took the key over may be paying
+            // on the order's lane right now, and a stored payment (another acquirer key,
+            // maybe another lane) would charge the card a second time. Nothing was sent by
+            // this checkout; leave the order and the key to the retry.
+            self.routing.push_str("; too late to store the payment");
+            self.state = State::Done(pending(&self.key.order_id, &self.routing));
+            return None;
+        }
         if self.unknown_on.is_none() {
             if let Some(refusal) = offline_refusal(p) {
                 self.undo(refusal);
@@ -1008,7 +1058,12 @@ impl Checkout {
                             self.state = State::Done(pending(&self.key.order_id, &self.routing));
                         }
                     }
-                    Purpose::Decline | Purpose::Undo => {
+                    // The decline could not be kept: another request with this key
+                    // moved the order. A retry finds out what was kept.
+                    Purpose::Decline => {
+                        self.state = State::Done(pending(&self.key.order_id, &self.routing))
+                    }
+                    Purpose::Undo => {
                         self.state =
                             State::Done(self.fallback.clone().unwrap_or_else(|| Answer::error(&e)))
                     }
@@ -1021,10 +1076,13 @@ impl Checkout {
                     return;
                 }
                 self.state = match purpose {
-                    Purpose::Settle | Purpose::StoreOffline => {
+                    // A definitive answer is only given once it is kept: until then a retry
+                    // with the same key could learn something else (it takes the key over,
+                    // and may complete the attempt offline instead).
+                    Purpose::Settle | Purpose::StoreOffline | Purpose::Decline => {
                         State::Done(pending(&self.key.order_id, &self.routing))
                     }
-                    Purpose::Decline | Purpose::Undo => State::Done(
+                    Purpose::Undo => State::Done(
                         self.fallback
                             .clone()
                             .unwrap_or_else(|| Answer::error(&unreadable())),
@@ -1043,7 +1101,6 @@ impl Checkout {
             "error": {"code": "hold_lapsed", "message": message, "retryable": false},
             "message": message,
         });
-        self.fallback = Some(Answer::stored(answer(409, body.clone()), false));
         self.set_finish(
             None,
             None,

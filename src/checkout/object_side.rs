@@ -220,6 +220,8 @@ fn begin_inner(
         Command::Hold { order_id, .. } => order_id.clone(),
         _ => String::new(),
     };
+    // The order exists already: this request takes over one whose Worker died, which may
+    // have charged on the order's lane. (An undone checkout forgot its order with its key.)
     let resumed = cx.ledger.order(&order_id).is_some();
     let order = match cx.apply(hold, done) {
         Ok(Reply::Order { order }) => order,
@@ -232,7 +234,9 @@ fn begin_inner(
             return refused(e);
         }
     };
-    let Some(then) = req.then else {
+    let Some(then) = req.then.filter(|_| !resumed) else {
+        // A resumed order's lane may hold a charge from the request this one took over:
+        // never store a new payment for it here; the checkout completes that attempt.
         return BeginReply::Held { order, resumed };
     };
     let mut inner = finish(cx, then);
@@ -255,15 +259,26 @@ fn begin_inner(
 /// A stored answer sent again: with its receipt as it is now, and a `pending` answer
 /// brought up to date with its order.
 fn replay(cx: &mut ObjectCtx<'_>, stored: &str, done: &mut Done<BeginReply>) -> BeginReply {
+    match kept_answer(cx, stored, done) {
+        Some(answer) => BeginReply::Replay { answer },
+        None => BeginReply::Refused {
+            error: WireError::from(unreadable()),
+        },
+    }
+}
+
+fn kept_answer<T>(
+    cx: &mut ObjectCtx<'_>,
+    stored: &str,
+    done: &mut Done<T>,
+) -> Option<StoredAnswer> {
     let Some(mut answer) = StoredAnswer::from_stored_json(stored).or_else(|| legacy(stored)) else {
         done.problems.push("stored_answer_unreadable");
-        return BeginReply::Refused {
-            error: WireError::from(unreadable()),
-        };
+        return None;
     };
     refresh_pending(cx.ledger, &mut answer);
     attach_receipt(cx, &mut answer, done);
-    BeginReply::Replay { answer }
+    Some(answer)
 }
 
 /// Answers stored before the typed protocol: `{"status_code", "body"}`.
@@ -334,9 +349,24 @@ fn attach_receipt<T>(cx: &mut ObjectCtx<'_>, answer: &mut StoredAnswer, done: &m
     }
 }
 
-/// `POST /checkout/finish`.
+/// `POST /checkout/finish`. When the key already has an answer (another request with the
+/// same key finished first: a retry that took over, or the first attempt finishing late),
+/// that answer stands: it is the reply, and this finish applies nothing.
 pub fn finish(cx: &mut ObjectCtx<'_>, req: FinishRequest) -> Done<FinishReply> {
     let mut done = Done::new(FinishReply::Abandoned);
+    if let IdempotencyPeek::Completed {
+        response: stored, ..
+    } = cx.ledger.idempotency_peek(&req.key, cx.now_ms)
+    {
+        if let Some(answer) = kept_answer(cx, &stored, &mut done) {
+            done.reply = FinishReply::Stored { answer };
+            return done;
+        }
+        done.reply = FinishReply::Refused {
+            error: WireError::from(unreadable()),
+        };
+        return done;
+    }
     let order_id = req.command.as_ref().and_then(|c| match c {
         Command::Confirm { order_id, .. } | Command::Release { order_id, .. } => {
             Some(order_id.clone())

@@ -54,8 +54,10 @@ pub enum BeginReply {
     NoRecord,
     /// The CVC or the hold was refused; nothing is recorded for the key.
     Refused { error: WireError },
-    /// Held: pay for this order. `resumed`: the order already existed (an earlier attempt
-    /// with this key stopped part way), so its lane may already hold a charge.
+    /// Held: pay for this order. `resumed`: the order already existed and this request
+    /// took the key over from an earlier one that stopped part way (its Worker died), so
+    /// the order's lane may already hold a charge. An order left by an undone checkout
+    /// (its key forgotten, nothing charged) is held again with `resumed: false`.
     Held { order: Order, resumed: bool },
     /// Held and finished in the same call (`then`).
     Finished { answer: StoredAnswer },

@@ -59,12 +59,18 @@ pub(crate) fn event(stock: u32) -> EventConfig {
     c
 }
 
+/// The policy bundle, loaded once (validating it costs more than a whole checkout).
 pub(crate) fn bundle() -> Arc<LoadedBundle> {
-    let mut b = crate::policy::default_bundle();
-    b.bundle.offline.per_transaction_cap = MinorUnits(10_000);
-    b.bundle.offline.per_event_cap = MinorUnits(20_000);
-    b.bundle.offline.max_queue_age_secs = 86_400;
-    Arc::new(b)
+    static BUNDLE: std::sync::OnceLock<Arc<LoadedBundle>> = std::sync::OnceLock::new();
+    BUNDLE
+        .get_or_init(|| {
+            let mut b = crate::policy::default_bundle();
+            b.bundle.offline.per_transaction_cap = MinorUnits(10_000);
+            b.bundle.offline.per_event_cap = MinorUnits(20_000);
+            b.bundle.offline.max_queue_age_secs = 86_400;
+            Arc::new(b)
+        })
+        .clone()
 }
 
 pub(crate) fn router() -> Router {
@@ -226,28 +232,84 @@ impl FakeObject {
         while let Some(e) = queue.pop() {
             guard += 1;
             assert!(guard < 10_000, "effects do not converge");
-            if let Effect::Forward(req) = e {
-                let lane = self
-                    .ledger
-                    .order(&req.order_id)
-                    .map(|o| o.lane.clone())
-                    .unwrap_or_default();
-                let result = acq.forward(&lane, &req, &self.sf_key, &self.ledger.config().event_id);
-                let out = self.ledger.handle(
+            let answer = match e {
+                Effect::Forward(req) => {
+                    let lane = self
+                        .ledger
+                        .order(&req.order_id)
+                        .map(|o| o.lane.clone())
+                        .unwrap_or_default();
+                    let result =
+                        acq.forward(&lane, &req, &self.sf_key, &self.ledger.config().event_id);
                     Command::ForwardResult {
                         auth_id: req.auth_id,
                         result,
+                    }
+                }
+                Effect::ForwardRefund(req) => Command::RefundResult {
+                    result: acq.refund_once(&req.idempotency_key, &req.charge_id, req.amount.0),
+                    refund_id: req.refund_id,
+                },
+                Effect::Reconcile(req) => Command::Reconcile {
+                    charges: acq.listing(),
+                    listing: crate::ledger::Listing {
+                        since_ms: req.since_ms,
+                        started_ms: now_ms,
+                        truncated: false,
+                    },
+                    reason: req.reason,
+                },
+                _ => continue,
+            };
+            let out = self.ledger.handle(answer, now_ms, [2; 8]);
+            if out.changed {
+                self.rows.apply(self.ledger.take_delta().unwrap());
+            }
+            queue.extend(out.effects);
+        }
+        self.ledger.check_invariants().unwrap();
+    }
+
+    /// An operator's reconciliation: lists the charges, refunds lost checkouts through the
+    /// ledger's own refunds (performed at once), and answers what the run found.
+    pub fn reconcile(&mut self, acq: &mut FakeAcquirer, now_ms: i64) -> crate::ledger::Reconciled {
+        let out = self.ledger.handle(
+            Command::Reconcile {
+                charges: acq.listing(),
+                listing: crate::ledger::Listing {
+                    since_ms: 0,
+                    started_ms: now_ms,
+                    truncated: false,
+                },
+                reason: crate::ledger::ReconcileReason::Requested,
+            },
+            now_ms,
+            [3; 8],
+        );
+        if out.changed {
+            self.rows.apply(self.ledger.take_delta().unwrap());
+        }
+        let Ok(crate::ledger::Reply::Reconciled { result }) = out.reply else {
+            panic!("reconcile answered {:?}", out.reply);
+        };
+        for e in out.effects {
+            if let Effect::ForwardRefund(req) = e {
+                let result = acq.refund_once(&req.idempotency_key, &req.charge_id, req.amount.0);
+                let out = self.ledger.handle(
+                    Command::RefundResult {
+                        refund_id: req.refund_id,
+                        result,
                     },
                     now_ms,
-                    [2; 8],
+                    [4; 8],
                 );
                 if out.changed {
                     self.rows.apply(self.ledger.take_delta().unwrap());
                 }
-                queue.extend(out.effects);
             }
         }
         self.ledger.check_invariants().unwrap();
+        *result
     }
 }
 
@@ -298,6 +360,8 @@ pub(crate) struct FakeAcquirer {
     pub lanes_seen: Vec<String>,
     /// Lanes that refuse every connection right now.
     pub down: Vec<String>,
+    /// Idempotency keys of refunds already made.
+    refund_keys: std::collections::BTreeSet<String>,
 }
 
 impl FakeAcquirer {
@@ -442,6 +506,21 @@ impl FakeAcquirer {
     }
 
     /// Refunds a charge (reconciliation of a lost checkout), once per charge.
+    /// A refund with an idempotency key, applied once however often it is sent.
+    pub fn refund_once(
+        &mut self,
+        key: &str,
+        charge_id: &str,
+        amount: i64,
+    ) -> crate::ledger::RefundOutcome {
+        if self.refund_keys.insert(key.to_string()) {
+            self.refund(charge_id, amount);
+        }
+        crate::ledger::RefundOutcome::Succeeded {
+            acquirer_refund_id: format!("re_{key}"),
+        }
+    }
+
     pub fn refund(&mut self, charge_id: &str, amount: i64) {
         if let Some(c) = self.charges.iter_mut().find(|c| c.id == charge_id) {
             c.refunded = (c.refunded + amount).min(c.amount);
@@ -1194,4 +1273,353 @@ fn a_retry_that_cannot_open_its_card_waits_for_an_earlier_attempt_that_may_have_
     assert_eq!(r.status, 409, "{}", r.body);
     assert_eq!(r.body["error"]["code"], "idempotency_in_flight");
     assert_eq!(r.body["error"]["retryable"], true);
+}
+
+/// Polls a checkout, answering its object calls, up to its first authorization.
+fn to_authorize(w: &mut World, co: &mut Checkout) -> Authorize {
+    for _ in 0..20 {
+        match co.poll(&mut w.router, w.now) {
+            Step::Object(call) => {
+                let r = w.obj.call(call, w.now, ObjFault::None);
+                co.handle_object(r, w.now);
+            }
+            Step::Authorize(a) => return a,
+            Step::SealKey => co.handle_seal_key(Ok(Secret::new(w.obj.sf_key))),
+            other => panic!("{other:?}"),
+        }
+    }
+    panic!("no authorization in 20 steps");
+}
+
+/// Feeds an attempt's result and drives the checkout to its answer without faults.
+fn answer_after(w: &mut World, co: &mut Checkout, sent: Sent) -> Answer {
+    co.handle_attempt(&mut w.router, sent, w.now);
+    drive(
+        co,
+        &mut w.router,
+        &mut w.obj,
+        &mut w.acq,
+        &mut w.now,
+        &mut vec![],
+        &mut vec![],
+    )
+}
+
+#[test]
+fn a_finish_for_a_key_already_answered_replays_that_answer_and_applies_nothing() {
+    // Found by the simulation (seed 19): the first checkout stored "hold lapsed, will be
+    // refunded", then the retry that had taken over the key confirmed the same charge and
+    // told the buyer "approved"; replays said the first, the ledger the second.
+    let mut w = World::new(2);
+    let mut first = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok", w.now));
+    let a = to_authorize(&mut w, &mut first);
+    let charged = w.acq.authorize(&a.lane, &a.call, AcqFault::None);
+    // The first checkout stalls; its hold lapses and another buyer holds the stock.
+    w.now += HOLD_MS + 1_000;
+    let mut other = Checkout::new(input(&w.ev, "k2", CART, APPROVE, "tok2", w.now));
+    let _ = to_authorize(&mut w, &mut other);
+    // A retry takes the key over and is sent the same charge again.
+    w.now += 1_000;
+    let mut retry = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok3", w.now));
+    let b = to_authorize(&mut w, &mut retry);
+    let replayed = w.acq.authorize(&b.lane, &b.call, AcqFault::None);
+    assert_eq!(w.acq.charges.len(), 1);
+    // The first checkout learns of its charge: the stock is gone, its answer is kept.
+    let lapsed = answer_after(&mut w, &mut first, charged);
+    assert_eq!(
+        (lapsed.status, lapsed.body["error"]["code"].as_str()),
+        (409, Some("hold_lapsed")),
+        "{}",
+        lapsed.body
+    );
+    // The other buyer's hold lapses too; the stock is back when the retry confirms.
+    w.now += HOLD_MS + 1_000;
+    let late = answer_after(&mut w, &mut retry, replayed);
+    assert_eq!(late.status, 409, "{}", late.body);
+    assert_eq!(late.body["error"]["code"], "hold_lapsed");
+    let order = lapsed.order_id.unwrap();
+    assert_eq!(
+        w.obj.ledger.order(&order).unwrap().state,
+        OrderState::Abandoned
+    );
+    // What the buyer was told is what happens: the charge is refunded.
+    let lost = w.obj.ledger.lost_checkouts(&w.acq.listing(), w.now);
+    assert_eq!(lost.len(), 1, "{lost:?}");
+}
+
+#[test]
+fn a_resumed_checkout_that_cannot_send_in_time_completes_the_earlier_attempt() {
+    // Found by the simulation (seed 2): the Worker died after the acquirer charged; the
+    // retry resumed the order but its deadline passed before it could send, and it stored
+    // the payment as a new offline payment (another acquirer key): charged twice.
+    let mut w = World::new(10);
+    let mut co = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok", w.now));
+    let a = to_authorize(&mut w, &mut co);
+    let _ = w.acq.authorize(&a.lane, &a.call, AcqFault::None);
+    drop(co); // the Worker dies
+    w.now += crate::ledger::IDEMPOTENCY_IN_FLIGHT_MS + 1;
+    let mut retry = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok2", w.now));
+    match retry.poll(&mut w.router, w.now) {
+        Step::Object(call) => {
+            let r = w.obj.call(call, w.now, ObjFault::None);
+            retry.handle_object(r, w.now);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The object answered slowly: the checkout's time is up before it can send.
+    w.now += 10_000;
+    let r = drive(
+        &mut retry,
+        &mut w.router,
+        &mut w.obj,
+        &mut w.acq,
+        &mut w.now,
+        &mut vec![],
+        &mut vec![],
+    );
+    assert_eq!((r.status, r.body["status"].as_str()), (201, Some("queued")));
+    let order = r.order_id.unwrap();
+    w.now += 10 * 60_000;
+    let mut acq = std::mem::take(&mut w.acq);
+    w.obj.alarm(&mut acq, w.now);
+    w.acq = acq;
+    assert_eq!(w.acq.charges.len(), 1, "charged twice");
+    let auth = w.obj.ledger.auths().find(|x| x.order_id == order).unwrap();
+    assert_eq!(auth.idempotency_key, format!("{order}_online"));
+    assert!(auth.resolves_attempt);
+    assert_eq!(
+        w.obj.ledger.order(&order).unwrap().state,
+        OrderState::Forwarded
+    );
+}
+
+#[test]
+fn a_checkout_taken_over_by_a_retry_stores_no_new_payment() {
+    // Found by the simulation (seed 16): the first checkout recorded the fast lane after
+    // the cheap one refused, then stalled; a retry took the key over and charged on fast,
+    // and its Worker died; the first checkout, now past its deadline, stored the payment
+    // offline on cheap with another acquirer key, which forwarding charged again.
+    let mut w = World::new(10);
+    let mut first = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok", w.now));
+    let a = to_authorize(&mut w, &mut first);
+    assert_eq!(a.lane, "cheap");
+    first.handle_attempt(&mut w.router, Err(Transport::Refused), w.now);
+    match first.poll(&mut w.router, w.now) {
+        Step::Object(call) => {
+            assert!(
+                matches!(&call, ObjectCall::Command(c) if matches!(**c, Command::NoteAttempt { .. }))
+            );
+            let r = w.obj.call(call, w.now, ObjFault::None);
+            first.handle_object(r, w.now);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The first checkout stalls; a retry takes over, charges on fast, and dies.
+    w.now += crate::ledger::IDEMPOTENCY_IN_FLIGHT_MS + 1;
+    let mut retry = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok2", w.now));
+    let b = to_authorize(&mut w, &mut retry);
+    assert_eq!(b.lane, "fast");
+    let _ = w.acq.authorize(&b.lane, &b.call, AcqFault::None);
+    drop(retry);
+    let late = drive(
+        &mut first,
+        &mut w.router,
+        &mut w.obj,
+        &mut w.acq,
+        &mut w.now,
+        &mut vec![],
+        &mut vec![],
+    );
+    assert_eq!(late.status, 202, "{}", late.body);
+    // The buyer's next retry, once the dead retry's key is stale, finds the charge.
+    w.now += crate::ledger::IDEMPOTENCY_IN_FLIGHT_MS + 1;
+    let r = w.pay("k1", CART, APPROVE, "tok3", &[], &[]);
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (201, Some("approved")),
+        "{}",
+        r.body
+    );
+    // Nothing else was stored to be charged later.
+    w.now += 10 * 60_000;
+    let mut acq = std::mem::take(&mut w.acq);
+    w.obj.alarm(&mut acq, w.now);
+    w.acq = acq;
+    assert_eq!(w.acq.charges.len(), 1, "charged twice");
+    assert_eq!(w.acq.charges[0].refunded, 0);
+}
+
+#[test]
+fn a_retry_after_a_checkout_was_undone_can_pay_with_the_same_key() {
+    // Found by the simulation (seed 1): an undone checkout (nothing charged, "try again")
+    // released its order; the order id derives from the key, so every retry with that key
+    // found the released order and answered 202 pending, forever.
+    let mut w = World::new(10);
+    // The cheap lane refuses; recording the fast lane fails: nothing is sent, undo.
+    let a = w.pay(
+        "k1",
+        CART,
+        APPROVE,
+        "tok",
+        &[ObjFault::None, ObjFault::Before],
+        &[AcqFault::Refuse],
+    );
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert_eq!(a.body["error"]["retryable"], true);
+    assert!(w.acq.charges.is_empty());
+    let r = w.pay("k1", CART, APPROVE, "tok", &[], &[]);
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (201, Some("approved")),
+        "{}",
+        r.body
+    );
+    assert_eq!(w.acq.charges.len(), 1);
+    // An undone one-call store (the offline budget refused it) can be retried too.
+    let mut w = World::new(100);
+    let mut ev = (*w.ev).clone();
+    ev.offline.aggregate_max = ev.offline.per_transaction_max;
+    w.ev = Arc::new(ev.clone());
+    w.obj = FakeObject::new(ev);
+    w.acq.down = vec!["fast".into(), "cheap".into()];
+    let mut refused = None;
+    for i in 0..30 {
+        let a = w.pay(&format!("k{i}"), CART, APPROVE, "tok", &[], &[]);
+        if a.status == 402 {
+            refused = Some(format!("k{i}"));
+            break;
+        }
+    }
+    let key = refused.expect("the budget refuses a store");
+    let mut acq = std::mem::take(&mut w.acq);
+    w.now += 10 * 60_000;
+    w.obj.alarm(&mut acq, w.now); // lanes still down: nothing forwarded
+    w.acq = acq;
+    w.acq.down.clear();
+    w.router = router();
+    let r = w.pay(&key, CART, APPROVE, "tok", &[], &[]);
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+#[test]
+fn a_decline_is_answered_only_once_it_is_kept() {
+    // Found by the simulation (seed 15485): a decline whose finish could not reach the
+    // object was answered "declined" all the same; a retry took the key over, could not
+    // send in time and completed the attempt offline: "queued". One key, two answers.
+    let mut w = World::new(10);
+    let lost = [
+        ObjFault::None,
+        ObjFault::Before,
+        ObjFault::Before,
+        ObjFault::Before,
+    ];
+    let a = w.pay("k1", CART, DECLINE, "tok", &lost, &[]);
+    assert_eq!(a.status, 202, "{}", a.body);
+    assert_eq!(a.body["status"], "pending");
+    // The retry that takes over learns the decline again and keeps it.
+    w.now += crate::ledger::IDEMPOTENCY_IN_FLIGHT_MS + 1;
+    let r = w.pay("k1", CART, DECLINE, "tok2", &[], &[]);
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (402, Some("declined"))
+    );
+    let again = w.pay("k1", CART, DECLINE, "tok3", &[], &[]);
+    assert!(again.replayed);
+    assert_eq!(again.status, 402);
+    assert!(w.acq.charges.is_empty());
+}
+
+#[test]
+fn a_one_call_store_for_a_resumed_order_completes_the_earlier_attempt() {
+    // The Worker dies after the acquirer charged; then every lane goes down, so the retry
+    // that takes the key over plans to store the payment at once (one object call). The
+    // object must not store a new payment for an order whose lane may hold a charge.
+    let mut w = World::new(100);
+    let mut ev = (*w.ev).clone();
+    ev.offline.aggregate_max = MinorUnits(1_000_000);
+    w.ev = Arc::new(ev.clone());
+    w.obj = FakeObject::new(ev);
+    let mut co = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok", w.now));
+    let a = to_authorize(&mut w, &mut co);
+    let _ = w.acq.authorize(&a.lane, &a.call, AcqFault::None);
+    drop(co); // the Worker dies
+    w.now += crate::ledger::IDEMPOTENCY_IN_FLIGHT_MS + 1;
+    w.acq.down = vec!["fast".into(), "cheap".into()];
+    for i in 0..30 {
+        let _ = w.pay(
+            &format!("warm{i}"),
+            r#"[{"sku":"shirt","quantity":1}]"#,
+            APPROVE,
+            "tok",
+            &[],
+            &[],
+        );
+    }
+    let r = w.pay("k1", CART, APPROVE, "tok2", &[], &[]);
+    assert_eq!((r.status, r.body["status"].as_str()), (201, Some("queued")));
+    assert!(
+        r.routing
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("no_healthy_lane"),
+        "{:?}",
+        r.routing
+    );
+    w.acq.down.clear();
+    for _ in 0..20 {
+        w.now += 10 * 60_000;
+        let mut acq = std::mem::take(&mut w.acq);
+        w.obj.alarm(&mut acq, w.now);
+        w.acq = acq;
+    }
+    let order = r.order_id.unwrap();
+    let mine = w.acq.charges.iter().filter(|c| c.order_id == order).count();
+    assert_eq!(mine, 1, "charged twice");
+}
+
+#[test]
+fn a_stale_undo_does_not_forget_a_key_a_retry_took_over() {
+    // Found by the simulation (seed 46970 of 100000): a checkout decided to undo (nothing
+    // charged) but its finish, forgetting the key, reached the object only after a retry
+    // had taken the key over and charged. The retry could not keep its answer; the next
+    // retry found no record, took the order for an undone one, failed over to the other
+    // lane and charged again.
+    let mut w = World::new(10);
+    let mut first = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok", w.now));
+    let a = to_authorize(&mut w, &mut first);
+    assert_eq!(a.lane, "cheap");
+    first.handle_attempt(&mut w.router, Err(Transport::Refused), w.now);
+    // Recording the fast lane fails: the first checkout will undo.
+    match first.poll(&mut w.router, w.now) {
+        Step::Object(call) => {
+            let r = w.obj.call(call, w.now, ObjFault::Before);
+            first.handle_object(r, w.now);
+        }
+        other => panic!("{other:?}"),
+    }
+    // It stalls before sending the undo; a retry takes over and charges on cheap.
+    w.now += crate::ledger::IDEMPOTENCY_IN_FLIGHT_MS + 1;
+    let mut retry = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok2", w.now));
+    let b = to_authorize(&mut w, &mut retry);
+    assert_eq!(b.lane, "cheap");
+    let charged = w.acq.authorize(&b.lane, &b.call, AcqFault::None);
+    let late = drive(
+        &mut first,
+        &mut w.router,
+        &mut w.obj,
+        &mut w.acq,
+        &mut w.now,
+        &mut vec![],
+        &mut vec![],
+    );
+    assert_eq!(late.status, 503, "{}", late.body);
+    let _ = answer_after(&mut w, &mut retry, charged);
+    // The buyer's next retry, with the cheap lane now down, must find that charge.
+    w.acq.down = vec!["cheap".into()];
+    let r = w.pay("k1", CART, APPROVE, "tok3", &[], &[]);
+    assert_eq!(w.acq.charges.len(), 1, "charged twice: {}", r.body);
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (201, Some("approved"))
+    );
 }

@@ -156,6 +156,11 @@ impl EventLedger {
     pub fn idempotency_records(&self) -> usize {
         self.idempotency.len()
     }
+
+    /// Whether a record is kept for `key` (completed, or in flight however long ago).
+    pub fn idempotency_kept(&self, key: &str) -> bool {
+        self.idempotency.get(key).is_some()
+    }
 }
 
 /// What a key's record says, without starting one (see [`EventLedger::idempotency_peek`]).
