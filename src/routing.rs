@@ -12,26 +12,17 @@
 //! `thread_local!` `RefCell`); nothing here is persisted. It is pure: it reads no clock, and
 //! every call takes `now_ms` (Unix milliseconds), so tests drive it with a fake clock.
 //!
-//! # Call order (for the edge shell)
+//! # Call order
 //!
-//! ```text
-//! let decision = router.plan(now, signals);          // borrow, then release the RefCell
-//! match decision.mode {
-//!     Mode::Reject       => 503 + Retry-After, header X-Poptill-Routing: decision.reason
-//!     Mode::QueueOffline => queue the payment if the event's offline budget allows
-//!     Mode::Online       => for (i, attempt) in decision.lanes_in_order.iter().enumerate() {
-//!         let Some(timeout) = decision.attempt_timeout_ms(i, now) else { break };
-//!         let Some(permit) = router.acquire(attempt, now) else { continue };
-//!         // release the borrow, fetch with `timeout`, measure rtt, classify the answer
-//!         router.on_complete(permit, rtt_ms, outcome, now);
-//!         if !outcome.allows_failover() { break }   // Ok or Declined: stop here
-//!     }
-//! }
-//! ```
-//!
-//! A decline is never retried on another lane ([`Outcome::allows_failover`]). A retry after
-//! a *timeout* can meet a late success of the first attempt on another acquirer account:
-//! the caller must send the same idempotency key on every attempt and reconcile.
+//! The router is driven by the checkout machine (`crate::checkout`), never by the shell
+//! directly: the machine asks for a [`Router::plan`], takes a [`Permit`] per attempt with
+//! [`Router::acquire`], and reports each attempt with [`Router::on_complete`]. Whether the
+//! next lane may be tried after an attempt is not the router's call: only the one outcome
+//! rule (`crate::checkout::outcome::classify`) decides, and it allows another lane only
+//! when the acquirer provably did not act on the request (refused before sending, 429).
+//! An unknown outcome (a timeout, a lost connection, a 5xx) is completed on its own lane
+//! with its own idempotency key. The router's [`Outcome`] only feeds limits, latency and
+//! breakers.
 //!
 //! # Adaptive limit: Vegas, not Gradient2
 //!
@@ -440,11 +431,6 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Whether the next planned lane may be tried after this outcome.
-    pub fn allows_failover(&self) -> bool {
-        matches!(self, Outcome::Retryable(_))
-    }
-
     /// Failures count against the breaker and shrink the limit. A decline is not one.
     fn is_failure(&self) -> bool {
         matches!(self, Outcome::Retryable(_))
@@ -1000,13 +986,6 @@ impl RoutingDecision {
         let left = u32::try_from(left.max(0)).unwrap_or(u32::MAX);
         let t = planned.min(left);
         (t >= self.min_attempt_ms).then_some(t)
-    }
-
-    /// The attempt to try after attempt `index` ended with `outcome`: the next one only
-    /// for a retryable failure, never after an approval or a decline.
-    pub fn next_after(&self, index: usize, outcome: Outcome) -> Option<usize> {
-        let next = index.checked_add(1)?;
-        (outcome.allows_failover() && next < self.lanes_in_order.len()).then_some(next)
     }
 }
 
@@ -1669,25 +1648,6 @@ mod tests {
         let again = r.try_acquire(lane, now + 30_000).unwrap();
         assert!(again.is_probe());
         assert!(lost.is_probe());
-    }
-
-    #[test]
-    fn failover_only_on_retryable_outcomes() {
-        let r = router();
-        let d = r.plan(0, signals());
-        assert_eq!(d.lanes_in_order.len(), 2);
-        assert_eq!(d.next_after(0, Outcome::Declined), None);
-        assert_eq!(d.next_after(0, Outcome::Ok), None);
-        for reason in [
-            RetryReason::Timeout,
-            RetryReason::ServerError,
-            RetryReason::ConnectionRefused,
-            RetryReason::RateLimited,
-        ] {
-            assert_eq!(d.next_after(0, Outcome::Retryable(reason)), Some(1));
-            assert_eq!(d.next_after(1, Outcome::Retryable(reason)), None);
-        }
-        assert!(!Outcome::Declined.allows_failover());
     }
 
     #[test]

@@ -784,9 +784,7 @@ impl Checkout {
                     Purpose::Decline,
                 );
             }
-            r @ (AttemptResult::NotProcessed { .. } | AttemptResult::Misconfigured { .. })
-                if self.unknown_on.is_none() =>
-            {
+            r if r.allows_failover() && self.unknown_on.is_none() => {
                 self.routing.push_str(&format!("; {lane} {}", r.label()));
                 self.state = State::Attempt { index: index + 1 };
             }

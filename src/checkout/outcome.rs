@@ -46,11 +46,21 @@ pub enum AttemptResult {
     /// a temporary failure the acquirer reports as "nothing done"): another lane may try.
     NotProcessed { why: String },
     /// The acquirer refused *our* request (our key, our account, our parameters, a wrong
-    /// URL): nothing was charged, and it is not the card's fault.
-    Misconfigured { status: u16, code: String },
+    /// URL): nothing was charged, and it is not the card's fault. `alert` is the stable
+    /// code the operator sees (`lane_refused_key`, `lane_url_wrong`, ...).
+    Misconfigured {
+        status: u16,
+        code: String,
+        alert: &'static str,
+    },
     /// The acquirer may have acted on it: a timeout, a lost connection, a 5xx, a 409 for
-    /// a key in use, a `processing` intent, an unreadable 2xx. Never tried elsewhere.
-    Unknown { why: String },
+    /// a key in use, a 400 for a key reused with other parameters, a `processing` intent,
+    /// an unreadable 2xx. Never tried elsewhere. `alert` is set when the operator should
+    /// look (an answer poptill cannot read), not for an acquirer that is merely slow.
+    Unknown {
+        why: String,
+        alert: Option<&'static str>,
+    },
 }
 
 impl AttemptResult {
@@ -69,29 +79,43 @@ impl AttemptResult {
             AttemptResult::Declined { reason, .. } => format!("declined ({})", reason.as_str()),
             AttemptResult::NotProcessed { why } => why.clone(),
             AttemptResult::Misconfigured { code, .. } => format!("refused the request ({code})"),
-            AttemptResult::Unknown { why } => why.clone(),
+            AttemptResult::Unknown { why, .. } => why.clone(),
         }
     }
 }
 
+/// Whether an error answer is a Stripe card error that names its reason (`type:
+/// card_error` with a `code` or a `decline_code`): the only error answer that declines.
+fn is_card_error(body: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return false;
+    };
+    let field = |name: &str| {
+        v.get("error")
+            .and_then(|e| e.get(name))
+            .and_then(|c| c.as_str())
+            .filter(|c| !c.is_empty())
+    };
+    field("type") == Some("card_error")
+        && (field("code").is_some() || field("decline_code").is_some())
+}
+
 /// The one table from a transport result (status and body, or the failure) to its meaning.
+/// The online checkout and the forwarding of stored payments
+/// (`crate::ledger::forward_outcome`) both read answers through it.
 pub fn classify(sent: &Sent) -> AttemptResult {
+    let unknown = |why: &str| AttemptResult::Unknown {
+        why: why.into(),
+        alert: None,
+    };
     let (status, body) = match sent {
         Err(Transport::Refused) => {
             return AttemptResult::NotProcessed {
                 why: "connection refused".into(),
             }
         }
-        Err(Transport::Timeout) => {
-            return AttemptResult::Unknown {
-                why: "timeout".into(),
-            }
-        }
-        Err(Transport::Lost) => {
-            return AttemptResult::Unknown {
-                why: "connection lost".into(),
-            }
-        }
+        Err(Transport::Timeout) => return unknown("timeout"),
+        Err(Transport::Lost) => return unknown("connection lost"),
         Ok((status, body)) => (*status, body.as_str()),
     };
     let two_xx = (200..300).contains(&status);
@@ -103,15 +127,22 @@ pub fn classify(sent: &Sent) -> AttemptResult {
             payment_intent_id,
             captured,
         },
+        // A payment intent that needs another payment method is the card's answer; an
+        // error answer declines only as a card error with Stripe's code for it.
         AuthorizeOutcome::Declined {
             reason,
             code,
             message,
             ..
-        } => AttemptResult::Declined {
+        } if two_xx || is_card_error(body) => AttemptResult::Declined {
             reason,
             code,
             message,
+        },
+        AuthorizeOutcome::Declined { .. } => AttemptResult::Misconfigured {
+            status,
+            code: "no_card_error_code".into(),
+            alert: "acquirer_answer_unreadable",
         },
         // A temporary decline (processing_error and the like): the acquirer ran the
         // attempt and it failed; nothing was charged.
@@ -123,12 +154,38 @@ pub fn classify(sent: &Sent) -> AttemptResult {
         AuthorizeOutcome::Retryable { .. } if status == 429 => AttemptResult::NotProcessed {
             why: "rate limited".into(),
         },
-        AuthorizeOutcome::Retryable { reason, .. } => AttemptResult::Unknown { why: reason },
-        // A 2xx we cannot place (an unexpected intent status) may still have charged.
-        AuthorizeOutcome::Invalid { code, .. } if two_xx => AttemptResult::Unknown { why: code },
-        AuthorizeOutcome::Invalid { status, code, .. } => {
-            AttemptResult::Misconfigured { status, code }
+        // 5xx and 409 (a key in use) are the acquirer's own answers; a `processing`
+        // intent is normal. Anything else (an unreadable 2xx, a redirect) needs a look.
+        AuthorizeOutcome::Retryable { reason, .. } => {
+            let expected =
+                status >= 500 || status == 409 || (two_xx && reason.contains("processing"));
+            AttemptResult::Unknown {
+                why: reason,
+                alert: (!expected).then_some("acquirer_answer_unreadable"),
+            }
         }
+        // A 2xx we cannot place (an unexpected intent status) may still have charged.
+        AuthorizeOutcome::Invalid { code, .. } if two_xx => AttemptResult::Unknown {
+            why: code,
+            alert: Some("acquirer_answer_unexpected"),
+        },
+        // The key was used before with other parameters: some request under it exists,
+        // so its outcome is unknown and it must never be sent elsewhere.
+        AuthorizeOutcome::Invalid { code, .. } if code == "idempotency_error" => {
+            AttemptResult::Unknown {
+                why: code,
+                alert: Some("acquirer_key_conflict"),
+            }
+        }
+        AuthorizeOutcome::Invalid { status, code, .. } => AttemptResult::Misconfigured {
+            status,
+            code,
+            alert: match status {
+                401 | 403 => "lane_refused_key",
+                404 => "lane_url_wrong",
+                _ => "acquirer_refused_request",
+            },
+        },
     }
 }
 
@@ -233,5 +290,47 @@ mod tests {
         }
         let r = classify(&Ok((404, "<html>not found</html>".into())));
         assert!(matches!(r, AttemptResult::Misconfigured { .. }), "{r:?}");
+    }
+
+    #[test]
+    fn a_key_reused_with_other_parameters_is_unknown_and_never_fails_over() {
+        // Some request under the key exists at the acquirer: another lane could charge twice.
+        let body = r#"{"error":{"type":"idempotency_error","message":"Keys for idempotent requests can only be used with the same parameters they were first used with."}}"#;
+        let r = classify(&Ok((400, body.into())));
+        assert!(
+            matches!(
+                r,
+                AttemptResult::Unknown {
+                    alert: Some("acquirer_key_conflict"),
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        assert!(!r.allows_failover());
+    }
+
+    #[test]
+    fn only_a_card_error_with_a_code_declines_the_buyer() {
+        let with_code = r#"{"error":{"type":"card_error","code":"card_declined","decline_code":"insufficient_funds"}}"#;
+        let without = r#"{"error":{"type":"card_error","message":"Declined."}}"#;
+        let bad_key = r#"{"error":{"type":"invalid_request_error","code":"api_key_invalid"}}"#;
+        assert!(matches!(
+            classify(&Ok((402, with_code.into()))),
+            AttemptResult::Declined { .. }
+        ));
+        for body in [without, bad_key] {
+            let r = classify(&Ok((402, body.into())));
+            assert!(
+                matches!(
+                    r,
+                    AttemptResult::Misconfigured {
+                        alert: "acquirer_answer_unreadable",
+                        ..
+                    }
+                ),
+                "{body}: {r:?}"
+            );
+        }
     }
 }

@@ -15,12 +15,14 @@
 //! window (`super::forward::KEY_WINDOW_MS`). Attempts that provably charged nothing
 //! ([`AcquirerResult::NotCharged`]) do not.
 //!
-//! The checkout's own outcome rule for online attempts is `crate::checkout` (planned); the
-//! two agree on what "unknown" means, and this one adds the configuration rows that only a
-//! stored payment has.
+//! What an answer means is not decided here: [`crate::checkout::outcome::classify`] is the
+//! one outcome rule, shared with the online checkout. This module maps its meaning to the
+//! ledger's results and adds the configuration rows that only a stored payment has (lane
+//! gone, sealed card unreadable) and which lanes to leave alone for the rest of a wake.
 
 use super::forward::{AcquirerResult, RefundOutcome};
-use crate::acquirer::{self, AuthorizeOutcome, RefundOutcome as AcqRefund};
+use crate::acquirer::{self, RefundOutcome as AcqRefund};
+use crate::checkout::outcome::{self as rule, AttemptResult};
 
 /// How the HTTP exchange with the acquirer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,25 +88,10 @@ fn alert(code: &'static str, detail: impl Into<String>) -> Option<Alert> {
     })
 }
 
-/// Whether an error answer is a Stripe card error that names its reason (`type:
-/// card_error` with a `code` or a `decline_code`).
-fn is_card_error(body: &str) -> bool {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
-        return false;
-    };
-    let field = |name: &str| {
-        v.get("error")
-            .and_then(|e| e.get(name))
-            .and_then(|c| c.as_str())
-            .filter(|c| !c.is_empty())
-    };
-    field("type") == Some("card_error")
-        && (field("code").is_some() || field("decline_code").is_some())
-}
-
 /// Keeps codes short and printable for logs.
 fn clean(s: &str) -> String {
     s.chars()
+        .map(|c| if c == ' ' { '_' } else { c })
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
         .take(64)
         .collect()
@@ -118,7 +105,7 @@ pub fn forward_outcome(attempt: ForwardAttempt<'_>) -> ForwardVerdict {
         alert,
         lane_down,
     };
-    let (status, body) = match attempt {
+    let sent = match attempt {
         ForwardAttempt::LaneUnknown => {
             return verdict(
                 AcquirerResult::NotCharged,
@@ -149,17 +136,20 @@ pub fn forward_outcome(attempt: ForwardAttempt<'_>) -> ForwardVerdict {
                 false,
             )
         }
-        ForwardAttempt::Sent(Transport::NotSent) => {
-            return verdict(AcquirerResult::NotCharged, None, true)
-        }
-        ForwardAttempt::Sent(Transport::NoAnswer) => {
-            return verdict(AcquirerResult::Unavailable, None, true)
-        }
-        ForwardAttempt::Sent(Transport::Answered { status, body }) => (status, body),
+        ForwardAttempt::Sent(t) => t,
     };
-    let two_xx = (200..300).contains(&status);
-    match acquirer::parse_authorize(status, body) {
-        AuthorizeOutcome::Approved {
+    let sent: rule::Sent = match sent {
+        Transport::NotSent => Err(rule::Transport::Refused),
+        Transport::NoAnswer => Err(rule::Transport::Lost),
+        Transport::Answered { status, body } => Ok((status, body.to_string())),
+    };
+    let status = sent.as_ref().ok().map(|(s, _)| *s);
+    let detail = |code: &str| match status {
+        Some(s) => format!("status {s} {}", clean(code)),
+        None => clean(code),
+    };
+    match rule::classify(&sent) {
+        AttemptResult::Approved {
             payment_intent_id, ..
         } => verdict(
             AcquirerResult::Approved {
@@ -168,91 +158,34 @@ pub fn forward_outcome(attempt: ForwardAttempt<'_>) -> ForwardVerdict {
             None,
             false,
         ),
-        AuthorizeOutcome::Declined { reason, .. } => {
-            // A payment intent that needs another payment method is the card's answer; an
-            // error answer declines only as a card error with Stripe's code for it.
-            if two_xx || is_card_error(body) {
-                verdict(
-                    AcquirerResult::Declined {
-                        reason: reason.as_str().to_string(),
-                    },
-                    None,
-                    false,
-                )
-            } else {
-                verdict(
-                    AcquirerResult::NotCharged,
-                    alert(
-                        "acquirer_answer_unreadable",
-                        format!("status {status} without a card error code"),
-                    ),
-                    false,
-                )
-            }
-        }
-        // A temporary failure at the issuer (processing_error, try_again_later): this
-        // attempt charged nothing.
-        AuthorizeOutcome::Retryable {
-            new_attempt: true, ..
-        } => verdict(AcquirerResult::NotCharged, None, false),
-        AuthorizeOutcome::Retryable { reason, .. } => {
-            if status == 429 {
-                // Rate limited before it ran: nothing charged, nothing stored.
-                verdict(AcquirerResult::NotCharged, None, true)
-            } else if status >= 500 {
-                verdict(AcquirerResult::Unavailable, None, true)
-            } else if two_xx || status == 409 {
-                // `processing`, an unreadable 2xx, a key in use: unknown.
-                let a = if two_xx && !reason.contains("processing") {
-                    alert("acquirer_answer_unreadable", format!("status {status}"))
-                } else {
-                    None
-                };
-                verdict(AcquirerResult::Unavailable, a, false)
-            } else {
-                verdict(
-                    AcquirerResult::Unavailable,
-                    alert(
-                        "acquirer_answer_unreadable",
-                        format!("status {status}: {}", clean(&reason)),
-                    ),
-                    false,
-                )
-            }
-        }
-        AuthorizeOutcome::Invalid { status, code, .. } => {
-            let detail = format!("status {status} {}", clean(&code));
-            match status {
-                // A payment intent in a state poptill does not expect: unknown.
-                200..=299 => verdict(
-                    AcquirerResult::Unavailable,
-                    alert("acquirer_answer_unexpected", detail),
-                    false,
-                ),
-                401 | 403 => verdict(
-                    AcquirerResult::NotCharged,
-                    alert("lane_refused_key", detail),
-                    true,
-                ),
-                404 => verdict(
-                    AcquirerResult::NotCharged,
-                    alert("lane_url_wrong", detail),
-                    true,
-                ),
-                // The key was used before with other parameters: some request under it
-                // exists, so its outcome is unknown and it must never be resent blindly.
-                _ if code == "idempotency_error" => verdict(
-                    AcquirerResult::Unavailable,
-                    alert("acquirer_key_conflict", detail),
-                    false,
-                ),
-                _ => verdict(
-                    AcquirerResult::NotCharged,
-                    alert("acquirer_refused_request", detail),
-                    false,
-                ),
-            }
-        }
+        AttemptResult::Declined { reason, .. } => verdict(
+            AcquirerResult::Declined {
+                reason: reason.as_str().to_string(),
+            },
+            None,
+            false,
+        ),
+        // Refused before sending or rate limited: the lane is busy or down. A temporary
+        // failure at the issuer (processing_error): this card, this time.
+        AttemptResult::NotProcessed { .. } => verdict(
+            AcquirerResult::NotCharged,
+            None,
+            status.is_none() || status == Some(429),
+        ),
+        AttemptResult::Misconfigured {
+            status,
+            code,
+            alert: a,
+        } => verdict(
+            AcquirerResult::NotCharged,
+            alert(a, detail(&code)),
+            matches!(status, 401 | 403 | 404),
+        ),
+        AttemptResult::Unknown { why, alert: a } => verdict(
+            AcquirerResult::Unavailable,
+            a.and_then(|a| alert(a, detail(&why))),
+            status.is_none_or(|s| s >= 500),
+        ),
     }
 }
 
