@@ -266,6 +266,55 @@ pub struct OfflineLimits {
     pub per_event_cap: MinorUnits,
     /// Longest time a queued authorization may wait before it must be forwarded, seconds.
     pub max_queue_age_secs: u64,
+    /// Largest sum, per event, of accepted payments whose online attempt has an unknown
+    /// outcome (the acquirer may have charged; each is completed later on its lane), in
+    /// minor units. Absent: `per_event_cap`. Past it the buyer hears `pending`, not the goods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_exposure_cap: Option<MinorUnits>,
+}
+
+impl OfflineLimits {
+    /// The bound on accepted payments of unknown outcome.
+    pub fn unknown_cap(&self) -> MinorUnits {
+        self.unknown_exposure_cap.unwrap_or(self.per_event_cap)
+    }
+
+    /// An event's offline budget under these limits: the merchant's `requested` one, or the
+    /// policy's own limits when absent. A budget above the policy is refused (422
+    /// `offline_budget_over_policy`); an event without its own unknown-outcome bound gets
+    /// the policy's.
+    pub fn event_budget(
+        &self,
+        requested: Option<crate::ledger::OfflineBudget>,
+        currency: Currency,
+        jurisdiction: &str,
+    ) -> Result<crate::ledger::OfflineBudget, ApiError> {
+        let mut b = requested.unwrap_or(crate::ledger::OfflineBudget {
+            per_transaction_max: self.per_transaction_cap,
+            aggregate_max: self.per_event_cap,
+            per_card_max_count: 3,
+            per_card_window_ms: 3_600_000,
+            unknown_max: None,
+        });
+        let unknown = b.unknown_max.unwrap_or(self.unknown_cap());
+        if b.per_transaction_max > self.per_transaction_cap
+            || b.aggregate_max > self.per_event_cap
+            || unknown > self.unknown_cap()
+        {
+            return Err(ApiError::new(
+                422,
+                "offline_budget_over_policy",
+                format!(
+                    "The offline budget is above the policy's limits for {jurisdiction}: at most {} per transaction, {} in all and {} of unconfirmed payments.",
+                    self.per_transaction_cap.display(currency),
+                    self.per_event_cap.display(currency),
+                    self.unknown_cap().display(currency)
+                ),
+            ));
+        }
+        b.unknown_max = Some(unknown);
+        Ok(b)
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -778,6 +827,12 @@ fn check_offline(o: &OfflineLimits, p: &mut Vec<Problem>) {
     if o.per_event_cap.0 < 0 {
         p.push(Problem::new(
             "offline.per_event_cap",
+            "must not be negative",
+        ));
+    }
+    if o.unknown_exposure_cap.is_some_and(|c| c.0 < 0) {
+        p.push(Problem::new(
+            "offline.unknown_exposure_cap",
             "must not be negative",
         ));
     }
@@ -1537,6 +1592,7 @@ pub fn hard_coded_default() -> LoadedBundle {
             per_transaction_cap: MinorUnits(0),
             per_event_cap: MinorUnits(0),
             max_queue_age_secs: 3600,
+            unknown_exposure_cap: None,
         },
     };
     let hash = serde_json::to_value(&bundle)

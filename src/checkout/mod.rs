@@ -829,6 +829,14 @@ impl Checkout {
 
     /// Forgets the order and the key (nothing was sent anywhere), then answers `error`.
     fn undo(&mut self, error: ApiError) {
+        if self.unknown_on.is_some() {
+            // An attempt may have charged: never forget the order or the key. The buyer
+            // hears `pending`; a retry or reconciliation settles it.
+            self.routing
+                .push_str(&format!("; not undone ({}): outcome unknown", error.code));
+            self.state = State::Done(pending(&self.key.order_id, &self.routing));
+            return;
+        }
         self.fallback = Some(Answer::error(&error));
         let release_cvc = self
             .prepared

@@ -1052,7 +1052,13 @@ fn a_charge_whose_buyer_gave_up_is_found_by_reconciliation_and_refunded() {
 fn unknown_outcomes_past_their_bound_are_stored_but_the_buyer_hears_pending_until_confirmed() {
     let mut w = World::new(100);
     let mut ev = (*w.ev).clone();
-    ev.offline.unknown_max = Some(MinorUnits(4000));
+    // The bound comes from the policy bundle (offline.unknown_exposure_cap).
+    let mut limits = bundle().bundle.offline.clone();
+    limits.unknown_exposure_cap = Some(MinorUnits(4000));
+    ev.offline = limits
+        .event_budget(Some(ev.offline.clone()), ev.currency, "XX")
+        .unwrap();
+    assert_eq!(ev.offline.unknown_max, Some(MinorUnits(4000)));
     w.ev = Arc::new(ev.clone());
     w.obj = FakeObject::new(ev);
     let a = w.pay(
@@ -1622,4 +1628,45 @@ fn a_stale_undo_does_not_forget_a_key_a_retry_took_over() {
         (r.status, r.body["status"].as_str()),
         (201, Some("approved"))
     );
+}
+
+#[test]
+fn a_refused_store_after_an_unknown_outcome_keeps_the_order_and_the_key() {
+    // The object refuses to store the payment that completes an attempt of unknown
+    // outcome (whatever its reason): the checkout must not forget the order and the key, as
+    // it does when nothing was sent, because the acquirer may hold a charge.
+    let mut w = World::new(10);
+    let mut co = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok", w.now));
+    let a = to_authorize(&mut w, &mut co);
+    let sent = w
+        .acq
+        .authorize(&a.lane, &a.call, AcqFault::ProcessThenTimeout);
+    co.handle_attempt(&mut w.router, sent, w.now);
+    let answer = loop {
+        match co.poll(&mut w.router, w.now) {
+            Step::SealKey => co.handle_seal_key(Ok(Secret::new(w.obj.sf_key))),
+            Step::Object(ObjectCall::Finish(f))
+                if matches!(f.command, Some(Command::QueueAuthorization(_))) =>
+            {
+                let refused = FinishReply::Refused {
+                    error: WireError::from(ApiError::new(402, "offline_budget_exhausted", "x")),
+                };
+                co.handle_object(Ok(ObjectResult::Finish(refused)), w.now);
+            }
+            Step::Object(call) => {
+                assert!(
+                    !matches!(&call, ObjectCall::Finish(f) if matches!(f.command, Some(Command::Forget { .. }))),
+                    "forgets an order that may be charged"
+                );
+                let r = w.obj.call(call, w.now, ObjFault::None);
+                co.handle_object(r, w.now);
+            }
+            Step::Done(a) => break a,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(answer.body["status"], "pending");
+    assert!(w.obj.ledger.order(co.order_id()).is_some());
+    assert_eq!(w.acq.charges.len(), 1);
 }

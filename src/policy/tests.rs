@@ -724,3 +724,35 @@ fn max_queue_age_is_one_second_to_the_ledgers_longest_wait() {
     assert_eq!(age["minimum"], 1);
     assert_eq!(age["maximum"], MAX_QUEUE_AGE_SECS);
 }
+
+#[test]
+fn an_events_offline_budget_takes_the_policys_unknown_outcome_bound_and_stays_under_it() {
+    let eur = Currency::parse("EUR").unwrap();
+    let mut limits = OfflineLimits {
+        per_transaction_cap: MinorUnits(5_000),
+        per_event_cap: MinorUnits(50_000),
+        max_queue_age_secs: 3600,
+        unknown_exposure_cap: None,
+    };
+    // Without a bound of its own the policy's per-event cap is the bound.
+    let b = limits.event_budget(None, eur, "XX").unwrap();
+    assert_eq!(b.unknown_max, Some(MinorUnits(50_000)));
+    limits.unknown_exposure_cap = Some(MinorUnits(8_000));
+    let b = limits.event_budget(None, eur, "XX").unwrap();
+    assert_eq!(b.unknown_max, Some(MinorUnits(8_000)));
+    assert_eq!(b.unknown_bound(), MinorUnits(8_000));
+    // A merchant may ask for less, never for more.
+    let mut asked = b.clone();
+    asked.unknown_max = Some(MinorUnits(2_000));
+    let b2 = limits.event_budget(Some(asked.clone()), eur, "XX").unwrap();
+    assert_eq!(b2.unknown_max, Some(MinorUnits(2_000)));
+    asked.unknown_max = Some(MinorUnits(8_001));
+    let e = limits.event_budget(Some(asked), eur, "XX").unwrap_err();
+    assert_eq!((e.status, &*e.code), (422, "offline_budget_over_policy"));
+    assert!(e.message.contains("80.00"), "{}", e.message);
+    // And a negative bound is a policy error.
+    limits.unknown_exposure_cap = Some(MinorUnits(-1));
+    let mut p = Vec::new();
+    check_offline(&limits, &mut p);
+    assert!(p.iter().any(|x| x.path == "offline.unknown_exposure_cap"));
+}

@@ -64,28 +64,11 @@ pub async fn create(
     let bundle =
         crate::edge::policy::bundle_for(env, &body.jurisdiction, body.policy_revision, ctx.now_ms)
             .await;
-    let limits = &bundle.bundle.offline;
-    let offline = body.offline.unwrap_or(OfflineBudget {
-        per_transaction_max: limits.per_transaction_cap,
-        aggregate_max: limits.per_event_cap,
-        per_card_max_count: 3,
-        per_card_window_ms: 3_600_000,
-        unknown_max: None,
-    });
-    if offline.per_transaction_max > limits.per_transaction_cap
-        || offline.aggregate_max > limits.per_event_cap
-    {
-        return Err(ApiError::new(
-            422,
-            "offline_budget_over_policy",
-            format!(
-                "The offline budget is above the policy's limits for {}: at most {} per transaction and {} in all.",
-                bundle.bundle.jurisdiction,
-                limits.per_transaction_cap.display(currency),
-                limits.per_event_cap.display(currency)
-            ),
-        ));
-    }
+    let offline =
+        bundle
+            .bundle
+            .offline
+            .event_budget(body.offline, currency, &bundle.bundle.jurisdiction)?;
     let event_id = format!("evt_{}", hex::encode(random::<6>()?));
     let config = EventConfig {
         event_id: event_id.clone(),
