@@ -17,6 +17,11 @@
 
 use poptill::acquirer::{self, AuthorizeRequest};
 use poptill::card::{Card, Expiry};
+use poptill::checkout::object_side::{self, ObjectCtx, ObjectStore};
+use poptill::checkout::protocol::WireError;
+use poptill::checkout::request::{self, CheckoutBody, CheckoutKey};
+use poptill::checkout::{Checkout, CheckoutInput, ObjectCall, ObjectResult, Prepared, Step};
+use poptill::error::ApiError;
 use poptill::ledger::{
     Category as SkuCategory, Command, EventConfig, EventLedger, LineRequest, OfflineBudget,
     QueueConfig, QueueMode, Reply, Sku,
@@ -31,6 +36,7 @@ use poptill::vault::{self, Kek, KekSet, KeyPolicy, TokenBinding};
 use sha2::{Digest, Sha256};
 use std::error::Error;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// 2030-06-15T00:00:00Z: a fixed "now" (cards expire 12/2034).
@@ -196,6 +202,148 @@ fn hold_confirm(ledger: &mut EventLedger, n: u64, now: i64, rng: &mut Bytes) -> 
         Ok(Reply::Order { .. }) => Ok(()),
         other => Err(format!("confirm: {other:?}").into()),
     }
+}
+
+/// The object's storage for the benchmark: CVC uses and receipts in memory (the Durable
+/// Object keeps them in SQLite tables).
+#[derive(Default)]
+struct MemStore {
+    cvc: std::collections::HashMap<String, String>,
+    receipts: std::collections::HashMap<String, String>,
+}
+
+impl ObjectStore for MemStore {
+    fn cvc_spender(&mut self, use_id: &str, _now_ms: i64) -> Result<Option<String>, ApiError> {
+        Ok(self.cvc.get(use_id).cloned())
+    }
+    fn spend_cvc(&mut self, use_id: &str, key: &str, _exp: i64) -> Result<(), ApiError> {
+        self.cvc.insert(use_id.into(), key.into());
+        Ok(())
+    }
+    fn give_back_cvc(&mut self, use_id: &str) -> Result<(), ApiError> {
+        self.cvc.remove(use_id);
+        Ok(())
+    }
+    fn receipt(&mut self, receipt_id: &str) -> Result<Option<String>, ApiError> {
+        Ok(self.receipts.get(receipt_id).cloned())
+    }
+    fn store_receipt(&mut self, id: &str, _order_id: &str, json: &str) -> Result<(), ApiError> {
+        self.receipts.insert(id.into(), json.into());
+        Ok(())
+    }
+}
+
+/// The event's object, as the Worker's shell runs it: the core's begin/finish over the
+/// ledger, each persisted as the changed rows (`take_delta`).
+struct Object {
+    ledger: EventLedger,
+    store: MemStore,
+    keys: ReceiptKeys,
+    persisted_bytes: usize,
+}
+
+impl Object {
+    fn call(&mut self, call: ObjectCall, now_ms: i64, entropy: [u8; 8]) -> Res<ObjectResult> {
+        let mut cx = ObjectCtx {
+            ledger: &mut self.ledger,
+            store: &mut self.store,
+            keys: Some(&self.keys),
+            now_ms,
+            entropy,
+        };
+        let (result, changed) = match call {
+            ObjectCall::Begin(req) => {
+                let done = object_side::begin(&mut cx, *req);
+                (ObjectResult::Begin(done.reply), done.changed)
+            }
+            ObjectCall::Finish(req) => {
+                let done = object_side::finish(&mut cx, *req);
+                (ObjectResult::Finish(done.reply), done.changed)
+            }
+            ObjectCall::Command(cmd) => {
+                let out = self.ledger.handle(*cmd, now_ms, entropy);
+                let changed = out.changed;
+                let r = out
+                    .reply
+                    .map(|_| ())
+                    .map_err(|e| WireError::from(e.to_api()));
+                (ObjectResult::Command(r), changed)
+            }
+        };
+        if changed {
+            // The rows are already JSON (the ledger encodes what changed).
+            let delta = self.ledger.take_delta().map_err(|e| format!("{e:?}"))?;
+            self.persisted_bytes += delta.head.len()
+                + delta.queue.map_or(0, |q| q.len())
+                + delta
+                    .rows
+                    .iter()
+                    .map(|r| r.data.as_ref().map_or(0, String::len))
+                    .sum::<usize>();
+        }
+        Ok(result)
+    }
+}
+
+/// One whole online checkout driven through the real checkout machine
+/// (`poptill::checkout::Checkout`), the object's half (`object_side`) and the ledger, with
+/// a Stripe answer for the authorization: the same machine the Worker and the simulation
+/// drive. Returns the answer's status.
+#[allow(clippy::too_many_arguments)]
+fn machine_checkout(
+    ev: &Arc<EventConfig>,
+    bundle: &Arc<LoadedBundle>,
+    body: &CheckoutBody,
+    card: &Card,
+    router: &mut Router,
+    obj: &mut Object,
+    n: u64,
+    now_ms: i64,
+    approved: &str,
+) -> Res<u16> {
+    let quote = request::quote_cart(ev, bundle, &body.items, now_ms)?;
+    request::check_prompts(&quote, &body.buyer)?;
+    let idem = format!("bench-{n:016x}");
+    let input = CheckoutInput {
+        event: ev.clone(),
+        key: CheckoutKey::derive(Some(&idem), [0; 12])?,
+        cart: request::cart_fingerprint(body),
+        prepared: Ok(Prepared {
+            bundle: bundle.clone(),
+            quote,
+            lines: body.lines(),
+            buyer_email: body.buyer.email.clone(),
+            admission_ticket: None,
+            require_online: body.require_online(),
+            card: card.clone(),
+            cvc: None,
+            fingerprint: request::fingerprint(body, card.number(), &[9u8; 32]),
+        }),
+        secrets: vec![(
+            "ACQUIRER_SECRET".into(),
+            Secret::new("sk_test_bench".into()),
+        )],
+        colo: "FRA".into(),
+        now_ms,
+        signals: Signals::default(),
+        nonce: [3; 12],
+    };
+    let mut co = Checkout::new(input);
+    for _ in 0..32 {
+        match co.poll(router, now_ms) {
+            Step::Object(call) => {
+                let r = obj.call(call, now_ms, n.to_le_bytes())?;
+                co.handle_object(Ok(r), now_ms);
+            }
+            Step::Authorize(a) => {
+                black_box(&a.call);
+                co.handle_attempt(router, Ok((200, approved.to_string())), now_ms + 1);
+            }
+            Step::SealKey => co.handle_seal_key(Ok(Secret::new([7; 32]))),
+            Step::Done(answer) => return Ok(answer.status),
+        }
+    }
+    Err("the checkout did not answer in 32 steps".into())
 }
 
 fn main() -> Res<()> {
@@ -503,6 +651,58 @@ fn main() -> Res<()> {
         },
     )?);
 
+    // ---- the whole checkout through the checkout machine (what the Worker drives)
+    let de_arc = Arc::new(de_bundle()?);
+    let ev = Arc::new(event_config(eur));
+    let body: CheckoutBody = serde_json::from_str(
+        r#"{"items":[{"sku":"entry","quantity":2},{"sku":"tote","quantity":1}],"token":"tok_bench","buyer":{"email":"b@example.org","consent_accepted":true,"age_confirmed":true}}"#,
+    )?;
+    let mut machine_router = Router::from_json(lanes, None)?;
+    let mut obj = Object {
+        ledger: EventLedger::new((*ev).clone(), NOW)?,
+        store: MemStore::default(),
+        keys: keys.clone(),
+        persisted_bytes: 0,
+    };
+    for n in 0..1_000u64 {
+        hold_confirm(
+            &mut obj.ledger,
+            1_000_000 + n,
+            NOW + n as i64 * 10,
+            &mut rng,
+        )?;
+    }
+    let _ = obj.ledger.take_delta();
+    let mut m_next = 0u64;
+    let mut m_clock = NOW + 20_000;
+    let machine_iters = scale(2_000);
+    let approved_pi = pi;
+    rows.push(time(
+        "checkout_machine_approved",
+        "one approved online checkout through checkout::Checkout (quote, prompts, plan, begin, authorize call built and answer classified, receipt signed, finish) with object_side and the ledger (1,000 orders already), changed rows encoded as JSON",
+        machine_iters,
+        || {
+            m_next += 1;
+            m_clock += 5;
+            let status = machine_checkout(
+                &ev,
+                &de_arc,
+                &body,
+                &card,
+                &mut machine_router,
+                &mut obj,
+                m_next,
+                m_clock,
+                approved_pi,
+            )?;
+            if status != 201 {
+                return Err(format!("the machine answered {status}").into());
+            }
+            Ok(())
+        },
+    )?);
+    let persisted_per_checkout = obj.persisted_bytes as f64 / m_next.max(1) as f64;
+
     // ---- report
     let by = |n: &str| {
         rows.iter()
@@ -530,6 +730,10 @@ fn main() -> Res<()> {
     }
     println!("ledger state with 1,000 orders: {persist_bytes} bytes of JSON");
     println!(
+        "one checkout through the checkout machine: {:.1} µs, {persisted_per_checkout:.0} bytes of changed rows",
+        by("checkout_machine_approved") / 1e3
+    );
+    println!(
         "core work per checkout in the Worker: {:.1} µs; in the event object: {:.1} µs",
         worker_checkout_ns / 1e3,
         object_checkout_ns / 1e3
@@ -547,6 +751,8 @@ fn main() -> Res<()> {
         "ledger_json_bytes": persist_bytes,
         "checkout_core_worker_ns": worker_checkout_ns.round(),
         "checkout_core_object_ns": object_checkout_ns.round(),
+        "checkout_machine_ns": by("checkout_machine_approved").round(),
+        "checkout_machine_persisted_bytes": persisted_per_checkout.round(),
     });
     let text = serde_json::to_string_pretty(&json)?;
     match out_path {
