@@ -152,6 +152,10 @@ struct Buyer {
     tries: u32,
     /// Gives up after this many requests without a definitive answer.
     patience: Option<u32>,
+    /// Pays with a CVC: each token pair carries its own one-time CVC use.
+    cvc: bool,
+    /// A new key for a new card: the card is tokenized afresh before the next send.
+    new_card: bool,
     state: BuyerState,
 }
 
@@ -419,6 +423,8 @@ impl Sim {
                 token: 0,
                 tries: 0,
                 patience: (rng.below(4) == 0).then(|| 1 + rng.below(4) as u32),
+                cvc: rng.below(3) == 0,
+                new_card: false,
                 state: BuyerState::Idle {
                     at_ms: T0 + rng.below(20_000) as i64,
                 },
@@ -518,6 +524,7 @@ impl Sim {
             .unwrap_or_default();
         self.own(&order, b);
         let buyer = &mut self.buyers[b];
+        buyer.new_card = !buyer.keys.is_empty();
         buyer.keys.push(key);
         buyer.tries = 0;
     }
@@ -539,25 +546,25 @@ impl Sim {
     fn send(&mut self, b: usize) {
         let retokenize = {
             let buyer = &self.buyers[b];
-            buyer.token == 0 || (buyer.kind == Kind::Frame && self.rng.below(2) == 0)
+            buyer.token == 0
+                || buyer.new_card
+                || (buyer.kind == Kind::Frame && self.rng.below(2) == 0)
         };
         let buyer = &mut self.buyers[b];
         if retokenize {
             buyer.token += 1;
+            buyer.new_card = false;
         }
         buyer.tries += 1;
         *self.stats.entry("sends").or_default() += 1;
         let buyer = &mut self.buyers[b];
         let token = format!("tok_b{b}_{}", buyer.token);
         let key = buyer.key().to_string();
-        let co = Checkout::new(input(
-            &self.ev,
-            &key,
-            buyer.cart,
-            buyer.card(),
-            &token,
-            self.now,
-        ));
+        let mut inp = input(&self.ev, &key, buyer.cart, buyer.card(), &token, self.now);
+        if buyer.cvc {
+            with_cvc(&mut inp, &token);
+        }
+        let co = Checkout::new(inp);
         let id = self.next_session;
         self.next_session += 1;
         buyer.state = BuyerState::Waiting { session: id };
@@ -885,6 +892,16 @@ impl Sim {
         self.count("alarm");
         self.dirty = true;
         let queued = self.queued();
+        // Forwards fail like online attempts do, including "processed, then the answer
+        // was lost": the next forward must replay the same key on the same lane.
+        self.acq.forward_faults.clear();
+        for _ in 0..queued {
+            let f = self.acq_fault();
+            if f != AcqFault::None {
+                self.count("forward fault");
+            }
+            self.acq.forward_faults.push_back(f);
+        }
         self.obj.alarm(&mut self.acq, self.now);
         let after = self.queued();
         self.note(format!(
@@ -1123,14 +1140,12 @@ impl Sim {
                 if attempt > 200 {
                     self.fail(format!("{key} has no definitive answer on replay"));
                 }
-                let mut co = Checkout::new(input(
-                    &self.ev,
-                    &key,
-                    cart,
-                    card,
-                    &format!("tok_replay_{attempt}"),
-                    self.now,
-                ));
+                let token = format!("tok_replay_{attempt}");
+                let mut inp = input(&self.ev, &key, cart, card, &token, self.now);
+                if self.buyers[b].cvc {
+                    with_cvc(&mut inp, &token);
+                }
+                let mut co = Checkout::new(inp);
                 let a = self.drive_clean(&mut co);
                 self.note(format!("replay of {key}: {}", describe_answer(&a)));
                 self.record_answer(&key, &a, self.step);
@@ -1316,6 +1331,19 @@ impl Sim {
         if !problems.is_empty() {
             self.fail(problems.join("\n"));
         }
+    }
+}
+
+/// The CVC the frame tokenized with this token: one use, spent by the first key that pays
+/// with it (a retry with the same key may use it again; another key may not).
+fn with_cvc(inp: &mut CheckoutInput, token: &str) {
+    let expires = inp.now_ms + 15 * 60_000;
+    if let Ok(p) = &mut inp.prepared {
+        p.cvc = Some(crate::vault::OpenedCvc {
+            cvc: Secret::new("123".into()),
+            use_id: format!("cvu_{token}"),
+            expires_at_ms: expires,
+        });
     }
 }
 

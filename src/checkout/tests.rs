@@ -362,6 +362,8 @@ pub(crate) struct FakeAcquirer {
     pub down: Vec<String>,
     /// Idempotency keys of refunds already made.
     refund_keys: std::collections::BTreeSet<String>,
+    /// How the next forwards of stored payments go wrong (first listed, first used).
+    pub forward_faults: std::collections::VecDeque<AcqFault>,
 }
 
 impl FakeAcquirer {
@@ -490,14 +492,27 @@ impl FakeAcquirer {
         else {
             return AcquirerResult::Unavailable;
         };
+        let fault = self.forward_faults.pop_front().unwrap_or(AcqFault::None);
+        match fault {
+            // Nothing reached the acquirer.
+            AcqFault::Refuse | AcqFault::RateLimited => return AcquirerResult::NotCharged,
+            AcqFault::TimeoutUnseen | AcqFault::ServerError => return AcquirerResult::Unavailable,
+            _ => {}
+        }
         let number = card.number().expose().clone();
-        match self.process(
+        let r = self.process(
             lane,
             &req.idempotency_key,
             &req.order_id,
             &number,
             req.amount.0,
-        ) {
+        );
+        if fault != AcqFault::None {
+            // Processed, then the answer was lost (timeout, reset, 500, `processing`,
+            // garbage): the forward's outcome is unknown to the object.
+            return AcquirerResult::Unavailable;
+        }
+        match r {
             Some(id) => AcquirerResult::Approved { charge_id: id },
             None => AcquirerResult::Declined {
                 reason: "card_declined".into(),
