@@ -340,6 +340,7 @@ fn machine_checkout(
                 co.handle_attempt(router, Ok((200, approved.to_string())), now_ms + 1);
             }
             Step::SealKey => co.handle_seal_key(Ok(Secret::new([7; 32]))),
+            Step::Wait { .. } => return Err("waited for a permit".into()),
             Step::Done(answer) => return Ok(answer.status),
         }
     }
@@ -461,14 +462,15 @@ fn main() -> Res<()> {
             let d = router.plan(
                 clock,
                 Signals {
-                    queue_depth: 0,
                     requests_in_flight: 0,
                     amount_minor: q.total.0,
                     require_online: false,
                 },
             );
             let first = d.lanes_in_order.first().ok_or("no lane planned")?;
-            let permit = router.acquire(first, clock).ok_or("no permit")?;
+            let permit = router
+                .acquire(first, None, clock)
+                .map_err(|_| "no permit")?;
             router.on_complete(permit, 40, Outcome::Ok, clock + 40);
             black_box(d);
             Ok(())

@@ -45,11 +45,20 @@
 //!
 //! 1. Pass-through mode (`Tuning::pass_through`, for benchmarks): the first lane only, a
 //!    fixed timeout, no limits and no breakers.
-//! 2. `requests_in_flight ≥ max_requests_in_flight` → [`Mode::Reject`] (shed load).
-//! 3. `queue_depth > queue_depth_threshold` → [`Mode::QueueOffline`].
-//! 4. Healthy lanes are those whose breaker admits a request and that are under their
-//!    limit. None → [`Mode::QueueOffline`].
-//! 5. Every healthy lane *slow* (p95 and newest sample at or above `slow_lane_p95_ms`,
+//! 2. `requests_in_flight ≥ max_requests_in_flight` → [`Mode::Reject`] (shed load:
+//!    429 with `Retry-After`, never offline storage).
+//! 3. Healthy lanes are those whose breaker admits a request. None (every breaker open:
+//!    the acquirer is unreachable) → [`Mode::QueueOffline`]. A lane at its concurrency
+//!    limit stays a candidate: a full limit means the acquirer is busy answering, and
+//!    buyers (even a hostile caller's own slow checkouts) can fill it, so it must never
+//!    move a checkout to offline storage. A checkout that finds every planned lane at its
+//!    limit waits for a permit instead ([`Router::join_wait`]), in a bounded per-isolate
+//!    queue served in arrival order, for at most `permit_wait_ms`; past that it is shed
+//!    with 429 `overloaded` (nothing was charged; the hold is released).
+//!
+//!    No public signal decides offline acceptance: the waiting room's depth (anyone with
+//!    an event id can join it) is not a routing input at all.
+//! 4. Every healthy lane *slow* (p95 and newest sample at or above `slow_lane_p95_ms`,
 //!    1 s) and the checkout may be queued (`!Signals::require_online`) →
 //!    [`Mode::QueueOffline`] (`all_lanes_slow`), except that a lane with nothing in flight
 //!    and no request started for `slow_probe_interval_ms` (2 s) gets this checkout alone
@@ -61,11 +70,11 @@
 //!    answer since (the first buyers after a slowdown do not all wait for the evidence),
 //!    and a probe's timeout is at most the threshold (past it, the payment is completed
 //!    later on that lane like any unknown outcome).
-//! 6. If every healthy lane's p95 is below `latency_target_p95_ms` (a lane without recent
+//! 5. If every healthy lane's p95 is below `latency_target_p95_ms` (a lane without recent
 //!    samples counts as meeting it, so it gets measured again), order by cost for this
 //!    amount (cheapest first); otherwise order by p95 (fastest first, an unmeasured lane
 //!    ranks as if at the target). Ties go to cost, then to configuration order.
-//! 7. Each attempt's timeout is `clamp(p99 · 150 %, 300 ms, 4000 ms)` (defaults; 2500 ms
+//! 6. Each attempt's timeout is `clamp(p99 · 150 %, 300 ms, 4000 ms)` (defaults; 2500 ms
 //!    without samples), and the attempts together fit in the checkout budget (8 s).
 
 use crate::error::ApiError;
@@ -230,8 +239,11 @@ pub struct Tuning {
     pub breaker_consecutive_failures: u32,
     /// Breaker: stays open this long, then lets one probe through.
     pub breaker_cool_down_ms: u32,
-    /// Event queue depth above which checkouts go offline.
-    pub queue_depth_threshold: u32,
+    /// Most checkouts of one isolate waiting for a permit at once; past it a checkout
+    /// that finds every lane at its limit is shed at once (429).
+    pub max_waiters: u32,
+    /// How long a checkout waits for a permit when every lane is at its limit.
+    pub permit_wait_ms: u32,
     /// Requests in flight at or above which checkouts are rejected.
     pub max_requests_in_flight: u32,
     /// A permit never completed is forgotten after this long (a lost request must not hold
@@ -268,7 +280,8 @@ impl Default for Tuning {
             breaker_error_rate_pct: 50,
             breaker_consecutive_failures: 5,
             breaker_cool_down_ms: 10_000,
-            queue_depth_threshold: 50,
+            max_waiters: 256,
+            permit_wait_ms: 2_000,
             max_requests_in_flight: 500,
             stale_permit_ms: 30_000,
             slow_lane_p95_ms: 1_000,
@@ -927,8 +940,6 @@ impl LaneState {
 /// What the caller knows about load right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Signals {
-    /// Checkouts waiting in this event's admission queue.
-    pub queue_depth: u32,
     /// Acquirer requests in flight in this isolate (or for this event).
     pub requests_in_flight: u32,
     /// The amount to charge, in minor units; lane costs are compared for it.
@@ -1021,6 +1032,23 @@ pub struct Router {
     lanes: Vec<LaneState>,
     tuning: Tuning,
     next_permit_id: u64,
+    /// Checkouts waiting for a permit, oldest first: (ticket, waits until).
+    waiters: VecDeque<(u64, i64)>,
+    next_ticket: u64,
+}
+
+/// A checkout's place in the queue for a permit ([`Router::join_wait`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitTicket(u64);
+
+/// Why [`Router::acquire`] gave no permit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// The lane is at its concurrency limit, or checkouts that came earlier are waiting
+    /// for the free permits: waiting may help.
+    AtLimit,
+    /// The breaker refuses the lane, or another checkout took the slow-lane probe.
+    Unavailable,
 }
 
 impl Router {
@@ -1043,6 +1071,8 @@ impl Router {
             lanes,
             tuning,
             next_permit_id: 1,
+            waiters: VecDeque::new(),
+            next_ticket: 1,
         })
     }
 
@@ -1122,17 +1152,95 @@ impl Router {
 
     /// Takes a slot for a planned attempt: [`Router::try_acquire`], except that a slow-lane
     /// probe is refused when another checkout started on the lane since the plan was made
-    /// (plans of concurrent checkouts may all have seen the probe as due).
-    pub fn acquire(&mut self, attempt: &Attempt, now_ms: i64) -> Option<Permit> {
+    /// (plans of concurrent checkouts may all have seen the probe as due), and that the
+    /// free permits go to the checkouts waiting for one first, in arrival order: `ticket`
+    /// is the caller's place in that queue, `None` if it is not waiting.
+    pub fn acquire(
+        &mut self,
+        attempt: &Attempt,
+        ticket: Option<WaitTicket>,
+        now_ms: i64,
+    ) -> Result<Permit, Busy> {
+        self.may_acquire(attempt, ticket, now_ms)?;
+        self.try_acquire(attempt.lane, now_ms).ok_or(Busy::AtLimit)
+    }
+
+    /// Whether [`Router::acquire`] would give a permit now (changes nothing).
+    pub fn may_acquire(
+        &self,
+        attempt: &Attempt,
+        ticket: Option<WaitTicket>,
+        now_ms: i64,
+    ) -> Result<(), Busy> {
+        let stale = self.stale_ms();
+        let lane = self.lanes.get(attempt.lane.0).ok_or(Busy::Unavailable)?;
         if attempt.slow_probe {
             let interval = i64::from(self.tuning.slow_probe_interval_ms);
-            let stale = self.stale_ms();
-            let lane = self.lanes.get(attempt.lane.0)?;
             if !lane.slow_probe_due(now_ms, interval, stale) {
-                return None;
+                return Err(Busy::Unavailable);
             }
         }
-        self.try_acquire(attempt.lane, now_ms)
+        if self.tuning.pass_through {
+            return Ok(());
+        }
+        if lane.breaker.admission(now_ms) == Admission::Refused {
+            return Err(Busy::Unavailable);
+        }
+        if lane.in_flight_at(now_ms, stale) >= lane.limit.limit() {
+            return Err(Busy::AtLimit);
+        }
+        // Checkouts waiting ahead of this one take the free permits first.
+        let ahead = self.waiting_ahead(ticket, now_ms);
+        if ahead > 0 && ahead >= self.free_permits(now_ms) {
+            return Err(Busy::AtLimit);
+        }
+        Ok(())
+    }
+
+    /// Free permits over every lane whose breaker admits a request.
+    fn free_permits(&self, now_ms: i64) -> usize {
+        let stale = self.stale_ms();
+        self.lanes
+            .iter()
+            .filter(|l| l.breaker.admission(now_ms) != Admission::Refused)
+            .map(|l| {
+                l.limit
+                    .limit()
+                    .saturating_sub(l.in_flight_at(now_ms, stale)) as usize
+            })
+            .sum()
+    }
+
+    /// Live waiters ahead of `ticket` (all of them for a checkout that is not waiting).
+    fn waiting_ahead(&self, ticket: Option<WaitTicket>, now_ms: i64) -> usize {
+        self.waiters
+            .iter()
+            .take_while(|(t, _)| Some(WaitTicket(*t)) != ticket)
+            .filter(|(_, until)| *until > now_ms)
+            .count()
+    }
+
+    /// Joins the queue for a permit until `until_ms` (an entry is forgotten after it, so a
+    /// checkout whose Worker died holds no place). `None` when `max_waiters` are waiting.
+    pub fn join_wait(&mut self, now_ms: i64, until_ms: i64) -> Option<WaitTicket> {
+        self.waiters.retain(|(_, until)| *until > now_ms);
+        if self.waiters.len() >= self.tuning.max_waiters as usize {
+            return None;
+        }
+        let t = self.next_ticket;
+        self.next_ticket = t.wrapping_add(1);
+        self.waiters.push_back((t, until_ms));
+        Some(WaitTicket(t))
+    }
+
+    /// Leaves the queue for a permit (after taking one, or giving up).
+    pub fn leave_wait(&mut self, ticket: WaitTicket) {
+        self.waiters.retain(|(t, _)| *t != ticket.0);
+    }
+
+    /// Checkouts waiting for a permit now.
+    pub fn waiting(&self, now_ms: i64) -> usize {
+        self.waiting_ahead(None, now_ms)
     }
 
     /// Gives a permit back with the measured round-trip time and how the attempt ended.
@@ -1200,16 +1308,6 @@ impl Router {
                 ),
             );
         }
-        if signals.queue_depth > t.queue_depth_threshold {
-            return offline(
-                Mode::QueueOffline,
-                format!(
-                    "queue_depth={}>{}",
-                    signals.queue_depth, t.queue_depth_threshold
-                ),
-            );
-        }
-
         struct Candidate<'a> {
             id: LaneId,
             name: &'a str,
@@ -1222,10 +1320,7 @@ impl Router {
             .lanes
             .iter()
             .enumerate()
-            .filter(|(_, l)| {
-                l.breaker.admission(now_ms) != Admission::Refused
-                    && l.in_flight_at(now_ms, stale) < l.limit.limit()
-            })
+            .filter(|(_, l)| l.breaker.admission(now_ms) != Admission::Refused)
             .map(|(i, l)| {
                 let p = l.latency.percentiles(now_ms);
                 Candidate {
@@ -1375,7 +1470,6 @@ mod tests {
 
     fn signals() -> Signals {
         Signals {
-            queue_depth: 0,
             requests_in_flight: 0,
             amount_minor: 2_000,
             require_online: false,
@@ -1543,10 +1637,17 @@ mod tests {
         assert_eq!(r.snapshot(0).lanes[0].in_flight, 3);
         // The other lane has its own limit.
         assert!(r.try_acquire(r.lane_id("pricey").unwrap(), 0).is_some());
-        // A full lane drops out of the plan.
+        // A full lane stays in the plan (the acquirer is busy, not down); taking its
+        // permit is what fails, and the checkout passes over it or waits.
         let d = r.plan(0, signals());
-        assert_eq!(d.lanes_in_order.len(), 1);
-        assert_eq!(d.lanes_in_order[0].lane_name, "pricey");
+        assert_eq!(d.mode, Mode::Online);
+        assert_eq!(d.lanes_in_order.len(), 2);
+        assert_eq!(d.lanes_in_order[0].lane_name, "cheap");
+        assert_eq!(
+            r.may_acquire(&d.lanes_in_order[0], None, 0),
+            Err(Busy::AtLimit)
+        );
+        assert_eq!(r.may_acquire(&d.lanes_in_order[1], None, 0), Ok(()));
         let mut held = held.into_iter();
         r.on_complete(held.next().unwrap(), 20, Outcome::Ok, 20);
         assert!(r.try_acquire(lane, 20).is_some());
@@ -1795,21 +1896,8 @@ mod tests {
     }
 
     #[test]
-    fn queue_depth_over_threshold_means_queue_offline_and_overload_rejects() {
+    fn overload_is_shed_and_no_load_signal_plans_offline() {
         let r = router();
-        let at = Signals {
-            queue_depth: 50,
-            ..signals()
-        };
-        assert_eq!(r.plan(0, at).mode, Mode::Online);
-        let over = Signals {
-            queue_depth: 51,
-            ..signals()
-        };
-        let d = r.plan(0, over);
-        assert_eq!(d.mode, Mode::QueueOffline);
-        assert_eq!(d.reason, "queue_depth=51>50");
-        assert!(d.lanes_in_order.is_empty());
         let busy = Signals {
             requests_in_flight: 500,
             ..signals()
@@ -1817,6 +1905,90 @@ mod tests {
         let d = r.plan(0, busy);
         assert_eq!(d.mode, Mode::Reject);
         assert!(d.reason.starts_with("overloaded"));
+        assert_eq!(
+            r.plan(
+                0,
+                Signals {
+                    requests_in_flight: 499,
+                    ..signals()
+                }
+            )
+            .mode,
+            Mode::Online
+        );
+    }
+
+    #[test]
+    fn lanes_at_their_limit_stay_planned_and_waiters_are_served_in_order() {
+        let mut r = router_with(Tuning {
+            initial_limit: 1,
+            min_limit: 1,
+            max_limit: 1,
+            max_waiters: 2,
+            ..Tuning::default()
+        });
+        let now = 0;
+        let d = r.plan(now, signals());
+        let (a, b) = (d.lanes_in_order[0].clone(), d.lanes_in_order[1].clone());
+        let pa = r.acquire(&a, None, now).unwrap();
+        let pb = r.acquire(&b, None, now).unwrap();
+        // Both lanes full: still an online plan with both lanes (it used to be
+        // `no_healthy_lane`, that is offline storage).
+        let d = r.plan(now, signals());
+        assert_eq!(d.mode, Mode::Online, "{}", d.reason);
+        assert_eq!(d.lanes_in_order.len(), 2);
+        assert_eq!(r.acquire(&a, None, now).err(), Some(Busy::AtLimit));
+        // Two wait; a third finds the queue full.
+        let first = r.join_wait(now, now + 2_000).unwrap();
+        let second = r.join_wait(now, now + 2_000).unwrap();
+        assert!(r.join_wait(now, now + 2_000).is_none());
+        assert_eq!(r.waiting(now), 2);
+        // One permit comes back: the first waiter gets it, not the second, nor a newcomer.
+        r.on_complete(pa, 20, Outcome::Ok, now + 20);
+        let now = now + 20;
+        assert_eq!(r.may_acquire(&a, None, now), Err(Busy::AtLimit));
+        assert_eq!(r.may_acquire(&a, Some(second), now), Err(Busy::AtLimit));
+        let p1 = r.acquire(&a, Some(first), now).unwrap();
+        r.leave_wait(first);
+        r.on_complete(pb, 20, Outcome::Ok, now);
+        assert!(
+            r.acquire(&b, None, now).is_err(),
+            "a newcomer jumped the queue"
+        );
+        let p2 = r.acquire(&b, Some(second), now).unwrap();
+        r.leave_wait(second);
+        assert_eq!(r.waiting(now), 0);
+        // A waiter whose checkout died is forgotten after its deadline.
+        let _dead = r.join_wait(now, now + 100).unwrap();
+        r.on_complete(p1, 20, Outcome::Ok, now);
+        assert!(r.may_acquire(&a, None, now).is_err());
+        assert!(r.may_acquire(&a, None, now + 100).is_ok());
+        r.on_complete(p2, 20, Outcome::Ok, now);
+    }
+
+    #[test]
+    fn a_refusing_breaker_is_unavailable_not_at_limit() {
+        let mut r = router();
+        let cheap = r.lane_id("cheap").unwrap();
+        let mut now = 0;
+        feed(
+            &mut r,
+            cheap,
+            5,
+            20,
+            Outcome::Retryable(RetryReason::ServerError),
+            &mut now,
+        );
+        let attempt = Attempt {
+            lane: cheap,
+            lane_name: "cheap".into(),
+            timeout_ms: 1_000,
+            slow_probe: false,
+        };
+        assert_eq!(
+            r.acquire(&attempt, None, now).err(),
+            Some(Busy::Unavailable)
+        );
     }
 
     #[test]
@@ -1842,13 +2014,7 @@ mod tests {
             );
         }
         now += 5_000;
-        let d = r.plan(
-            now,
-            Signals {
-                queue_depth: 1_000,
-                ..signals()
-            },
-        );
+        let d = r.plan(now, signals());
         assert_eq!(d.mode, Mode::Online);
         assert_eq!(d.lanes_in_order.len(), 1);
         assert_eq!(d.lanes_in_order[0].lane_name, "cheap");
@@ -1890,13 +2056,13 @@ mod tests {
         );
         // A concurrent checkout planned before the probe took its permit sees it due too.
         let racer = r.plan(now, signals());
-        let probe = r.acquire(&d.lanes_in_order[0], now).unwrap();
-        assert!(r.acquire(&racer.lanes_in_order[0], now).is_none());
+        let probe = r.acquire(&d.lanes_in_order[0], None, now).unwrap();
+        assert!(r.acquire(&racer.lanes_in_order[0], None, now).is_err());
 
         // With cheap probing, the next checkout probes pricey; then everything queues.
         let d = r.plan(now, signals());
         assert_eq!(d.reason, "slow_probe;lanes=pricey");
-        let probe2 = r.acquire(&d.lanes_in_order[0], now).unwrap();
+        let probe2 = r.acquire(&d.lanes_in_order[0], None, now).unwrap();
         let d = r.plan(now + 1, signals());
         assert_eq!(d.mode, Mode::QueueOffline);
         assert_eq!(d.reason, "all_lanes_slow;p95>=1000");
@@ -1943,8 +2109,8 @@ mod tests {
         feed(&mut r, pricey, 3, 50, Outcome::Ok, &mut now);
         // The acquirer slows down: one request on each lane leaves and does not come back.
         let d = r.plan(now, signals());
-        let a = r.acquire(&d.lanes_in_order[0], now).unwrap();
-        let b = r.acquire(&d.lanes_in_order[1], now).unwrap();
+        let a = r.acquire(&d.lanes_in_order[0], None, now).unwrap();
+        let b = r.acquire(&d.lanes_in_order[1], None, now).unwrap();
         assert_eq!(r.plan(now + 999, signals()).mode, Mode::Online);
         // After a second with no answer on either lane, checkouts are stored at once.
         let d = r.plan(now + 1_000, signals());
@@ -1980,7 +2146,7 @@ mod tests {
         now += 5_000;
         let d = r.plan(now, signals());
         assert_eq!(d.reason, "slow_probe;lanes=cheap");
-        let p = r.acquire(&d.lanes_in_order[0], now).unwrap();
+        let p = r.acquire(&d.lanes_in_order[0], None, now).unwrap();
         // The acquirer recovered: the probe answers in 60 ms. The window's p95 is still
         // 2.5 s, but the newest sample says the lane is fast again: back online at once.
         now += 60;
@@ -1994,7 +2160,7 @@ mod tests {
         feed(&mut r, cheap, 1, 1_500, Outcome::Ok, &mut now);
         let d = r.plan(now, signals());
         assert_eq!(d.reason, "slow_probe;lanes=pricey");
-        let _held = r.acquire(&d.lanes_in_order[0], now).unwrap();
+        let _held = r.acquire(&d.lanes_in_order[0], None, now).unwrap();
         assert_eq!(r.plan(now, signals()).mode, Mode::QueueOffline);
         // A timeout counts as a slow sample too (at the timeout it hit).
         let mut r = router();

@@ -53,7 +53,7 @@ use crate::ledger::{
 use crate::policy::LoadedBundle;
 use crate::quote::Quote;
 use crate::receipt::{self, CardSummary, Receipt, ReceiptStatus};
-use crate::routing::{Mode, Permit, Router, RoutingDecision, Signals};
+use crate::routing::{Busy, Mode, Permit, Router, RoutingDecision, Signals, WaitTicket};
 use crate::secret::Secret;
 use crate::vault::{self, OpenedCvc};
 use outcome::{AttemptResult, Sent, Transport};
@@ -71,6 +71,8 @@ pub const FINISH_TRIES: u8 = 3;
 /// How long a payment completing an attempt of unknown outcome may wait: inside the
 /// acquirer's 24 h idempotency window, so a late resend cannot become a second charge.
 pub const RESOLVE_WAIT_MS: i64 = 23 * 3_600_000;
+/// How often a checkout waiting for a permit looks again, ms.
+pub const PERMIT_POLL_MS: u32 = 5;
 /// What `Retry-After` says on a `pending` or in-flight answer, seconds.
 pub const PENDING_RETRY_S: u32 = 2;
 /// A checkout this old may have been taken over by a retry with the same key (after
@@ -122,6 +124,10 @@ pub enum Step {
     SealKey,
     /// Send this request and feed what came back to [`Checkout::handle_attempt`].
     Authorize(Authorize),
+    /// Every lane the checkout may use is at its concurrency limit: sleep this long, then
+    /// poll again (the machine has a place in the router's queue for a permit and gives
+    /// up by itself at its deadline).
+    Wait { ms: u32 },
     /// Answer the buyer.
     Done(Answer),
 }
@@ -226,6 +232,10 @@ enum State {
     Attempt {
         index: usize,
     },
+    /// Waiting for a permit (after [`Step::Wait`]); then try attempt `index` again.
+    AwaitPermit {
+        index: usize,
+    },
     /// Waiting for the object to record the lane of attempt `index`.
     AwaitNote {
         index: usize,
@@ -282,6 +292,10 @@ pub struct Checkout {
     unknown_on: Option<String>,
     /// A lost connection was already sent again once.
     resent: bool,
+    /// The place in the router's queue for a permit, while every lane is at its limit.
+    ticket: Option<WaitTicket>,
+    /// Waiting for a permit ends then.
+    wait_until_ms: Option<i64>,
     seal_key: Option<Secret<[u8; 32]>>,
     finish: Option<(FinishRequest, Purpose)>,
     finish_tries: u8,
@@ -316,6 +330,8 @@ impl Checkout {
             resumed: false,
             unknown_on: None,
             resent: false,
+            ticket: None,
+            wait_until_ms: None,
             seal_key: None,
             finish: None,
             finish_tries: 0,
@@ -352,7 +368,7 @@ impl Checkout {
                     return Step::Object(call);
                 }
                 State::BeginPlain => return self.begin(None),
-                State::Attempt { index } => {
+                State::Attempt { index } | State::AwaitPermit { index } => {
                     if let Some(step) = self.attempt(router, index, now_ms) {
                         return step;
                     }
@@ -440,13 +456,7 @@ impl Checkout {
         let plan = router.plan(now_ms, signals);
         self.routing = plan.reason.clone();
         if plan.mode == Mode::Reject {
-            let e = ApiError::new(
-                429,
-                "overloaded",
-                "The checkout is very busy right now; try again in a few seconds.",
-            )
-            .retryable();
-            let mut a = Answer::error(&e);
+            let mut a = Answer::error(&overloaded());
             a.routing = Some(self.routing.clone());
             self.state = State::Done(a);
             return None;
@@ -503,8 +513,14 @@ impl Checkout {
             self.state = State::Offline;
             return None;
         };
+        let first = index;
+        let mut at_limit = false;
         loop {
             let Some(attempt) = plan.lanes_in_order.get(index) else {
+                if at_limit {
+                    return self.wait_for_permit(router, &plan, first, now_ms);
+                }
+                self.leave_wait(router);
                 self.state = State::Offline;
                 return None;
             };
@@ -522,9 +538,20 @@ impl Checkout {
                 continue;
             }
             let Some(timeout_ms) = plan.attempt_timeout_ms(index, now_ms) else {
+                self.leave_wait(router);
                 self.state = State::Offline;
                 return None;
             };
+            // A lane at its limit (or whose free permits go to checkouts waiting ahead)
+            // is passed over; if every lane is, the checkout waits for a permit.
+            match router.may_acquire(attempt, self.ticket, now_ms) {
+                Ok(()) => {}
+                Err(busy) => {
+                    at_limit |= busy == Busy::AtLimit;
+                    index += 1;
+                    continue;
+                }
+            }
             if self.recorded_lane.as_deref() != Some(attempt.lane_name.as_str()) {
                 // Record the lane before sending, so a resumed checkout knows where a
                 // charge may be.
@@ -536,17 +563,15 @@ impl Checkout {
                     },
                 ))));
             }
-            let Some(permit) = router.acquire(attempt, now_ms) else {
-                self.routing
-                    .push_str(&format!("; {} over limit", attempt.lane_name));
-                if self.unknown_on.is_some() {
-                    // The resend cannot go now: complete the attempt later on its lane.
-                    self.state = State::Offline;
-                    return None;
+            let permit = match router.acquire(attempt, self.ticket, now_ms) {
+                Ok(p) => p,
+                Err(busy) => {
+                    at_limit |= busy == Busy::AtLimit;
+                    index += 1;
+                    continue;
                 }
-                index += 1;
-                continue;
             };
+            self.leave_wait(router);
             let built = router
                 .lane_config(attempt.lane)
                 .cloned()
@@ -581,6 +606,58 @@ impl Checkout {
                 call,
                 timeout_ms,
             }));
+        }
+    }
+
+    /// Every lane this checkout may use is at its limit: wait for a permit in the router's
+    /// queue, until the tuning's `permit_wait_ms` or the checkout's deadline. A full limit
+    /// means the acquirer is busy, not unreachable, so giving up never stores the payment
+    /// offline: it is shed with 429 (nothing was sent; the hold and the key are undone).
+    /// Only a resend after an unknown outcome, or a resumed order, is completed later on
+    /// its lane instead, as for any attempt that cannot go now.
+    fn wait_for_permit(
+        &mut self,
+        router: &mut Router,
+        plan: &RoutingDecision,
+        index: usize,
+        now_ms: i64,
+    ) -> Option<Step> {
+        let until = *self.wait_until_ms.get_or_insert_with(|| {
+            let wait = i64::from(router.tuning().permit_wait_ms);
+            let last_start = plan
+                .deadline_ms
+                .saturating_sub(i64::from(plan.min_attempt_ms));
+            now_ms.saturating_add(wait).min(last_start)
+        });
+        if self.ticket.is_none() && now_ms < until {
+            self.ticket = router.join_wait(now_ms, until);
+            if self.ticket.is_some() {
+                self.routing.push_str("; waited for a permit");
+            } else {
+                self.routing.push_str("; permit queue full");
+            }
+        }
+        if self.ticket.is_some() && now_ms < until {
+            self.state = State::AwaitPermit { index };
+            let ms = u32::try_from(until - now_ms).unwrap_or(u32::MAX);
+            return Some(Step::Wait {
+                ms: ms.min(PERMIT_POLL_MS),
+            });
+        }
+        self.leave_wait(router);
+        if self.unknown_on.is_some() || self.resumed {
+            self.routing.push_str("; no permit in time");
+            self.state = State::Offline;
+            return None;
+        }
+        self.routing.push_str("; shed: every lane at its limit");
+        self.undo(overloaded());
+        None
+    }
+
+    fn leave_wait(&mut self, router: &mut Router) {
+        if let Some(t) = self.ticket.take() {
+            router.leave_wait(t);
         }
     }
 
@@ -837,7 +914,9 @@ impl Checkout {
             self.state = State::Done(pending(&self.key.order_id, &self.routing));
             return;
         }
-        self.fallback = Some(Answer::error(&error));
+        let mut answer = Answer::error(&error);
+        answer.routing = Some(self.routing.clone());
+        self.fallback = Some(answer);
         let release_cvc = self
             .prepared
             .as_ref()
@@ -1222,6 +1301,16 @@ fn unreadable() -> ApiError {
         503,
         "temporarily_unavailable",
         "The event could not answer; try again.",
+    )
+    .retryable()
+}
+
+/// Shed load: 429 with `Retry-After`; nothing was charged.
+fn overloaded() -> ApiError {
+    ApiError::new(
+        429,
+        "overloaded",
+        "The checkout is very busy right now; nothing was charged. Try again in a few seconds.",
     )
     .retryable()
 }

@@ -29,7 +29,9 @@
 
 use super::outcome::{Sent, Transport};
 use super::protocol::{BeginReply, Completion, FinishReply};
-use super::tests::{event, input, router, AcqFault, FakeAcquirer, FakeObject, ObjFault};
+use super::tests::{
+    event, input, router, tight_router, AcqFault, FakeAcquirer, FakeObject, ObjFault,
+};
 use super::tests::{APPROVE, DECLINE, T0};
 use super::*;
 use crate::ledger::tests::Rng;
@@ -83,6 +85,9 @@ struct Knobs {
     outages: bool,
     jumps: bool,
     restarts: bool,
+    /// Lanes with concurrency limits of one or two, so checkouts wait for permits and
+    /// some are shed (429) after waiting.
+    tight_limits: bool,
 }
 
 impl Knobs {
@@ -108,6 +113,7 @@ impl Knobs {
             outages: on(60, rng),
             jumps: on(70, rng),
             restarts: on(60, rng),
+            tight_limits: on(30, rng),
         }
     }
 }
@@ -430,13 +436,18 @@ impl Sim {
                 },
             });
         }
+        let tight = knobs.tight_limits;
         let mut sim = Sim {
             seed,
             rng,
             knobs,
             obj: FakeObject::new((*ev).clone()),
             ev,
-            routers: vec![router(), router()],
+            routers: if tight {
+                vec![tight_router(), tight_router()]
+            } else {
+                vec![router(), router()]
+            },
             acq: FakeAcquirer::default(),
             now: T0,
             buyers,
@@ -815,6 +826,10 @@ impl Sim {
                     self.new_charges(Some(s.buyer));
                     s.inbox = Some(Inbox::Attempt(sent));
                 }
+                Step::Wait { ms } => {
+                    self.count("waited for a permit");
+                    self.now += i64::from(ms);
+                }
                 Step::Done(answer) => {
                     self.answered(&s, &answer);
                     return;
@@ -1170,7 +1185,7 @@ impl Sim {
 
     /// Runs one machine to its answer without faults.
     fn drive_clean(&mut self, co: &mut Checkout) -> Answer {
-        for _ in 0..100 {
+        for _ in 0..1000 {
             self.now += 5;
             match co.poll(&mut self.routers[0], self.now) {
                 Step::Object(call) => {
@@ -1184,10 +1199,11 @@ impl Sim {
                     self.now += 20;
                     co.handle_attempt(&mut self.routers[0], sent, self.now);
                 }
+                Step::Wait { ms } => self.now += i64::from(ms),
                 Step::Done(a) => return a,
             }
         }
-        self.fail("a checkout did not finish in 100 steps".into());
+        self.fail("a checkout did not finish in 1000 steps".into());
     }
 
     /// Fires the alarm until no stored payment is left queued.

@@ -77,6 +77,15 @@ pub(crate) fn router() -> Router {
     Router::from_json(LANES, None).unwrap()
 }
 
+/// Lanes that allow one or two requests at a time, and a short wait for a permit.
+pub(crate) fn tight_router() -> Router {
+    Router::from_json(
+        LANES,
+        Some(r#"{"initial_limit":1,"min_limit":1,"max_limit":2,"permit_wait_ms":400,"max_waiters":3}"#),
+    )
+    .unwrap()
+}
+
 /// The object's SQL tables, in memory.
 #[derive(Default, Clone)]
 pub(crate) struct MemStore {
@@ -627,7 +636,7 @@ pub(crate) fn drive(
     obj_faults: &mut Vec<ObjFault>,
     acq_faults: &mut Vec<AcqFault>,
 ) -> Answer {
-    for _ in 0..100 {
+    for _ in 0..1000 {
         *now += 3;
         match co.poll(router, *now) {
             Step::Object(call) => {
@@ -650,10 +659,11 @@ pub(crate) fn drive(
                 *now += 20;
                 co.handle_attempt(router, sent, *now);
             }
+            Step::Wait { ms } => *now += i64::from(ms),
             Step::Done(a) => return a,
         }
     }
-    panic!("the checkout did not finish in 100 steps");
+    panic!("the checkout did not finish in 1000 steps");
 }
 
 pub(crate) struct World {
@@ -1234,6 +1244,7 @@ fn a_resend_that_finds_its_lane_full_is_completed_later_never_sent_to_another_la
     let mut w = World::new(10);
     let mut co = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "t", w.now));
     let mut co_steps = 0;
+    let mut waited = 0;
     let answer = loop {
         co_steps += 1;
         assert!(co_steps < 30);
@@ -1256,9 +1267,16 @@ fn a_resend_that_finds_its_lane_full_is_completed_later_never_sent_to_another_la
                 co.handle_attempt(&mut w.router, sent, w.now);
             }
             Step::SealKey => co.handle_seal_key(Ok(Secret::new(w.obj.sf_key))),
+            Step::Wait { ms } => {
+                // The lane stays full: the resend waits for its permit, then gives up.
+                co_steps -= 1;
+                waited += ms;
+                w.now += i64::from(ms);
+            }
             Step::Done(a) => break a,
         }
     };
+    assert!(waited > 0, "the resend did not wait for a permit");
     assert_eq!(answer.body["status"], "queued", "{}", answer.body);
     assert!(
         w.acq.lanes_seen.iter().all(|l| *l == w.acq.lanes_seen[0]),
@@ -1684,4 +1702,126 @@ fn a_refused_store_after_an_unknown_outcome_keeps_the_order_and_the_key() {
     assert_eq!(answer.body["status"], "pending");
     assert!(w.obj.ledger.order(co.order_id()).is_some());
     assert_eq!(w.acq.charges.len(), 1);
+}
+
+/// Fills every lane's concurrency limit with permits of other checkouts (slow ones, say,
+/// or a caller's own).
+fn fill_every_lane(router: &mut Router, now: i64) -> Vec<crate::routing::Permit> {
+    let mut held = Vec::new();
+    for name in router.lane_names() {
+        let lane = router.lane_id(&name).unwrap();
+        while let Some(p) = router.try_acquire(lane, now) {
+            held.push(p);
+            assert!(held.len() < 1000);
+        }
+    }
+    held
+}
+
+/// Drives a checkout; after it has waited `free_after_ms` for a permit, the held permits
+/// come back. Returns the answer and how long it waited.
+fn pay_while_full(
+    w: &mut World,
+    idem: &str,
+    card: &str,
+    held: &mut Vec<crate::routing::Permit>,
+    free_after_ms: Option<u32>,
+) -> (Answer, u32) {
+    let mut co = Checkout::new(input(&w.ev, idem, CART, card, "tok", w.now));
+    let mut waited = 0;
+    for _ in 0..2000 {
+        w.now += 1;
+        match co.poll(&mut w.router, w.now) {
+            Step::Object(call) => {
+                let r = w.obj.call(call, w.now, ObjFault::None);
+                co.handle_object(r, w.now);
+            }
+            Step::SealKey => co.handle_seal_key(Ok(Secret::new(w.obj.sf_key))),
+            Step::Authorize(a) => {
+                let sent = w.acq.authorize(&a.lane, &a.call, AcqFault::None);
+                w.now += 20;
+                co.handle_attempt(&mut w.router, sent, w.now);
+            }
+            Step::Wait { ms } => {
+                waited += ms;
+                w.now += i64::from(ms);
+                if free_after_ms.is_some_and(|f| waited >= f) {
+                    for p in held.drain(..) {
+                        w.router
+                            .on_complete(p, 30, crate::routing::Outcome::Ok, w.now);
+                    }
+                }
+            }
+            Step::Done(a) => return (a, waited),
+        }
+    }
+    panic!("the checkout did not finish");
+}
+
+#[test]
+fn a_saturated_lane_limit_keeps_checkouts_online_approved_or_declined_by_the_acquirer() {
+    // Found on a running edge: a checkout that found every lane at its concurrency limit
+    // was stored offline (`no_healthy_lane`): a declining card came back `201 queued`, the
+    // goods released, the decline found only when forwarding. Now it waits for a permit.
+    for (card, status, state) in [(APPROVE, 201, "approved"), (DECLINE, 402, "declined")] {
+        let mut w = World::new(10);
+        let mut held = fill_every_lane(&mut w.router, w.now);
+        let (a, waited) = pay_while_full(&mut w, "k1", card, &mut held, Some(50));
+        assert!(waited >= 50, "it did not wait for a permit: {waited} ms");
+        assert_eq!(a.status, status, "{}", a.body);
+        assert_eq!(a.body["status"], state, "{}", a.body);
+        assert!(
+            a.routing
+                .as_deref()
+                .unwrap_or("")
+                .contains("waited for a permit"),
+            "{:?}",
+            a.routing
+        );
+        assert_eq!(w.acq.charges.len(), usize::from(status == 201));
+        assert_eq!(w.obj.ledger.auths().count(), 0);
+        assert_eq!(w.router.waiting(w.now), 0, "the checkout kept its place");
+    }
+}
+
+#[test]
+fn a_checkout_that_waits_past_its_deadline_is_shed_with_429_and_nothing_is_kept() {
+    let mut w = World::new(2);
+    let mut held = fill_every_lane(&mut w.router, w.now);
+    let (a, waited) = pay_while_full(&mut w, "k1", APPROVE, &mut held, None);
+    let wait_ms = w.router.tuning().permit_wait_ms;
+    // (each poll also moves the clock by 1 ms, so the sleeps add up to a bit less)
+    assert!(waited > wait_ms / 2 && waited <= wait_ms, "{waited}");
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "overloaded");
+    assert_eq!(a.retry_after_s, Some(PENDING_RETRY_S));
+    // Nothing charged, nothing stored, the stock back, the key free for the retry.
+    assert!(w.acq.charges.is_empty());
+    assert_eq!(w.obj.ledger.auths().count(), 0);
+    assert_eq!(w.obj.ledger.available("ticket"), 2);
+    assert_eq!(w.router.waiting(w.now), 0);
+    for p in held.drain(..) {
+        w.router
+            .on_complete(p, 30, crate::routing::Outcome::Ok, w.now);
+    }
+    let again = w.pay("k1", CART, APPROVE, "tok", &[], &[]);
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert!(!again.replayed);
+    assert_eq!(w.acq.charges.len(), 1);
+}
+
+#[test]
+fn a_full_permit_queue_sheds_at_once() {
+    let mut w = World::new(10);
+    w.router = tight_router();
+    let _held = fill_every_lane(&mut w.router, w.now);
+    let max = w.router.tuning().max_waiters;
+    for _ in 0..max {
+        assert!(w.router.join_wait(w.now, w.now + 60_000).is_some());
+    }
+    let (a, waited) = pay_while_full(&mut w, "k1", APPROVE, &mut Vec::new(), None);
+    assert_eq!(waited, 0);
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert!(a.routing.unwrap().contains("permit queue full"));
+    assert_eq!(w.obj.ledger.available("ticket"), 10);
 }

@@ -114,7 +114,6 @@ pub async fn route(
         colo: ctx.colo.clone(),
         now_ms: ctx.now_ms,
         signals: Signals {
-            queue_depth: events::queue_depth(event_id),
             requests_in_flight: IN_FLIGHT.with(|f| f.get()),
             ..Signals::default()
         },
@@ -147,7 +146,9 @@ pub async fn route(
 
 /// Drives the machine to its answer; records its telemetry.
 async fn drive(env: &Env, ctx: &Ctx, event_id: &str, mut co: Checkout, trace: &Trace) -> Answer {
-    for _ in 0..64 {
+    // Waits for a permit are bounded by the machine's own deadline, not by this count.
+    let mut steps = 0;
+    while steps < 64 {
         let step = match router_with(env, |r| co.poll(r, now_ms())) {
             Ok(s) => s,
             Err(e) => return Answer::error(&e),
@@ -176,11 +177,16 @@ async fn drive(env: &Env, ctx: &Ctx, event_id: &str, mut co: Checkout, trace: &T
                     return Answer::error(&e);
                 }
             }
+            Step::Wait { ms } => {
+                worker::Delay::from(std::time::Duration::from_millis(u64::from(ms))).await;
+                continue;
+            }
             Step::Done(answer) => {
                 record(ctx, event_id, &co, &answer);
                 return answer;
             }
         }
+        steps += 1;
     }
     crate::checkout::pending(co.order_id(), "")
 }

@@ -203,11 +203,6 @@ async fn managed(
 
 // ------------------------------------------------------------------ isolate signals
 
-/// The waiting room's depth as the event's object last reported it to this isolate.
-pub(super) fn queue_depth(event_id: &str) -> u32 {
-    DEPTH.with(|d| d.borrow().get(event_id).copied().unwrap_or(0))
-}
-
 /// Most events whose waiting-room depth an isolate remembers.
 const DEPTH_MAX: usize = 1024;
 
