@@ -177,38 +177,60 @@ pub fn random<const N: usize>() -> Result<[u8; N], ApiError> {
     Ok(b)
 }
 
+/// Largest request body any route accepts.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+fn too_large() -> ApiError {
+    ApiError::new(413, "body_too_large", "The request body is over 256 KiB.")
+}
+
+/// Reads a body, refusing one over [`MAX_BODY_BYTES`] before reading it (by its
+/// `Content-Length`) or as soon as its stream passes the cap: a huge body never sits in the
+/// isolate's memory (where it could reset the instance and cost other buyers their
+/// checkouts).
+async fn read_capped(req: &mut Request) -> Result<String, ApiError> {
+    use futures_util::StreamExt;
+    let unreadable =
+        || ApiError::bad_request("invalid_body", "The request body could not be read.");
+    if let Ok(Some(len)) = req.headers().get("content-length") {
+        match len.trim().parse::<u64>() {
+            Ok(n) if n > MAX_BODY_BYTES as u64 => return Err(too_large()),
+            Ok(_) => {}
+            Err(_) => return Err(unreadable()),
+        }
+    }
+    if req.inner().body().is_none() {
+        return Ok(String::new());
+    }
+    let mut stream = req.stream().map_err(|_| unreadable())?;
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| unreadable())?;
+        if buf.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf)
+        .map_err(|_| ApiError::bad_request("invalid_body", "The request body is not UTF-8 text."))
+}
+
 /// Reads a JSON body. Errors never echo the body (it may hold a card number): they name
 /// a missing field or the position of the problem only.
 pub async fn body_json<T: serde::de::DeserializeOwned>(req: &mut Request) -> Result<T, ApiError> {
-    let text = req.text().await.map_err(|_| {
-        ApiError::bad_request("invalid_body", "The request body could not be read.")
-    })?;
+    let text = read_capped(req).await?;
     parse_json_body(&text)
 }
 
 /// Reads a body as text (bounded).
 pub async fn body_text(req: &mut Request) -> Result<String, ApiError> {
-    let text = req.text().await.map_err(|_| {
-        ApiError::bad_request("invalid_body", "The request body could not be read.")
-    })?;
-    if text.len() > 256 * 1024 {
-        return Err(ApiError::new(
-            413,
-            "body_too_large",
-            "The request body is over 256 KiB.",
-        ));
-    }
-    Ok(text)
+    read_capped(req).await
 }
 
 /// The body-parsing rule of [`body_json`], for bodies already read.
 pub fn parse_json_body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
-    if text.len() > 256 * 1024 {
-        return Err(ApiError::new(
-            413,
-            "body_too_large",
-            "The request body is over 256 KiB.",
-        ));
+    if text.len() > MAX_BODY_BYTES {
+        return Err(too_large());
     }
     serde_json::from_str(text).map_err(|e| {
         let msg = e.to_string();

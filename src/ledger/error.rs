@@ -36,6 +36,7 @@ pub enum LedgerError {
         available: u32,
     },
     SalesClosed,
+    SalesNotStarted,
     NotAdmitted,
     QueueFull,
     TicketNotFound,
@@ -106,13 +107,18 @@ impl LedgerError {
             E::SalesClosed => {
                 ApiError::new(409, "sales_closed", "Sales for this event have ended.")
             }
+            E::SalesNotStarted => ApiError::new(
+                409,
+                "sales_not_started",
+                "Sales for this event have not started yet; try again when they open.",
+            ),
             E::NotAdmitted => ApiError::new(
                 403,
                 "not_admitted",
                 "This checkout needs a waiting-room ticket that has been admitted; keep polling the queue.",
             ),
             E::QueueFull => ApiError::new(
-                503,
+                429,
                 "queue_full",
                 "The waiting room is full; try again in a moment.",
             )

@@ -156,6 +156,12 @@ impl EventLedger {
         if now >= self.config.end_ms {
             return Err(LedgerError::SalesClosed);
         }
+        // Sales open at the waiting room's `sale_start_ms` (the event's `start_ms` unless
+        // the merchant set another): nobody holds stock before the drop, whether or not
+        // the waiting room is required.
+        if now < self.config.queue.sale_start_ms {
+            return Err(LedgerError::SalesNotStarted);
+        }
         if req.expires_ms <= now || req.expires_ms > now.saturating_add(MAX_HOLD_MS) {
             return Err(LedgerError::InvalidHold(format!(
                 "A hold must expire after now and within {} minutes.",

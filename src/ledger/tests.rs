@@ -583,6 +583,22 @@ fn lapsed_holds_return_stock_lazily_and_late_payments_are_handled() {
 }
 
 #[test]
+fn sales_open_at_the_sale_start() {
+    let mut l = ledger();
+    let start = config().queue.sale_start_ms;
+    assert_eq!(
+        err(
+            &mut l,
+            hold_cmd("o1", &[("beer", 1)], start + MIN),
+            start - 1
+        ),
+        LedgerError::SalesNotStarted
+    );
+    assert_eq!(LedgerError::SalesNotStarted.to_api().status, 409);
+    ok(&mut l, hold_cmd("o1", &[("beer", 1)], start + MIN), start);
+}
+
+#[test]
 fn sales_close_at_end() {
     let mut l = ledger();
     let end = config().end_ms;
@@ -959,9 +975,15 @@ fn full_queue_and_required_admission() {
         ),
         LedgerError::QueueFull
     );
-    assert_eq!(LedgerError::QueueFull.to_api().status, 503);
+    // Load, not a fault: 429 with Retry-After, like every other shed request.
+    assert_eq!(LedgerError::QueueFull.to_api().status, 429);
+    assert!(LedgerError::QueueFull.to_api().retryable);
     let mut h = hold_cmd("o1", &[("beer", 1)], T0 + MIN);
-    assert_eq!(err(&mut l, h.clone(), T0 - 500), LedgerError::NotAdmitted);
+    assert_eq!(
+        err(&mut l, h.clone(), T0 - 500),
+        LedgerError::SalesNotStarted
+    );
+    assert_eq!(err(&mut l, h.clone(), T0 + 5), LedgerError::NotAdmitted);
     if let Command::Hold {
         admission_ticket, ..
     } = &mut h

@@ -1,0 +1,57 @@
+// Hostile callers of the public routes (anyone with an event id): each test is an attack
+// from the security review and what must happen instead.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { BASE, api, assertError, checkout, createEvent } from './helpers.mjs';
+
+test('a 60 MB body is refused before it is read, with or without a Content-Length, and a buyer beside it pays', async () => {
+  const id = await createEvent();
+  const huge = Buffer.alloc(60 * 1024 * 1024, 0x20);
+  const sized = fetch(`${BASE}/v1/events/${id}/checkout`, {
+    method: 'POST', body: huge, headers: { 'content-type': 'application/json', 'idempotency-key': crypto.randomUUID() },
+  });
+  // No Content-Length: a stream of 1 MiB chunks, cut off by the Worker's streaming cap.
+  let sent = 0;
+  const chunk = new Uint8Array(1024 * 1024).fill(0x20);
+  const stream = new ReadableStream({
+    pull(c) {
+      if (sent >= 60) { c.close(); return; }
+      sent += 1;
+      c.enqueue(chunk);
+    },
+  });
+  const streamed = fetch(`${BASE}/v1/tokens`, {
+    method: 'POST', body: stream, duplex: 'half', headers: { 'content-type': 'application/json' },
+  }).catch((e) => ({ status: 'reset', e }));
+  const honest = checkout(id, '4242424242424242');
+  const [a, b, c] = await Promise.all([sized, streamed, honest]);
+  assert.equal(a.status, 413);
+  assert.equal((await a.json()).error.code, 'body_too_large');
+  // The Worker answers 413 and stops reading; the connection may be torn down before the
+  // client reads the answer (workerd resets it), which is as good.
+  assert.ok(b.status === 413 || b.status === 'reset', `streamed body answered ${b.status}`);
+  assert.ok(sent < 60, `the Worker read the whole streamed body (${sent} MiB)`);
+  assert.equal(c.status, 201, c.text);
+  assert.equal(c.json.status, 'approved');
+});
+
+test('nothing can be held before sales open', async () => {
+  const now = Date.now();
+  const id = await createEvent({ start_ms: now + 3_600_000, end_ms: now + 7_200_000 });
+  assertError(await checkout(id, '4242424242424242'), 409, 'sales_not_started');
+});
+
+test('a full waiting room sheds joins with 429 and Retry-After', async () => {
+  const now = Date.now();
+  const id = await createEvent({
+    queue: { required: false, mode: 'fifo', sale_start_ms: now - 1000, capacity: 2, admission_rate_per_sec: 1, place_ttl_ms: 60_000, admitted_ttl_ms: 600_000 },
+  });
+  const joins = [];
+  for (let i = 0; i < 4; i++) joins.push(await api('POST', `/v1/events/${id}/queue`));
+  const full = joins.filter((j) => j.status !== 200);
+  assert.ok(full.length >= 1, joins.map((j) => j.status).join(','));
+  for (const f of full) {
+    assertError(f, 429, 'queue_full');
+    assert.ok(Number(f.headers.get('retry-after')) >= 1, 'Retry-After');
+  }
+});
