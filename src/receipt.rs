@@ -512,6 +512,66 @@ fn mac_in(
     Ok(mac)
 }
 
+/// Domain of the receipt URL capability (never valid as a receipt or report signature).
+const URL_DOMAIN: &[u8] = b"poptill-receipt-url-v1\n";
+
+/// The unguessable part of a receipt's URL: 128 bits of HMAC-SHA256 over the receipt id
+/// under the current key, hex. The receipt number is sequential per event; without this
+/// part nobody can read a receipt by counting (it is what makes the URL a capability).
+pub fn url_token(keys: &ReceiptKeys, receipt_id: &str) -> Result<String, ReceiptError> {
+    let (kid, key) = keys
+        .keys
+        .first()
+        .ok_or_else(|| ReceiptError::InvalidKeys("no keys".into()))?;
+    url_token_with(key, kid, receipt_id)
+}
+
+fn url_token_with(
+    key: &Secret<Vec<u8>>,
+    kid: &str,
+    receipt_id: &str,
+) -> Result<String, ReceiptError> {
+    let tag = mac_in(URL_DOMAIN, key, kid, receipt_id.as_bytes())?
+        .finalize()
+        .into_bytes();
+    let mut out = String::with_capacity(33 + kid.len());
+    for b in tag.iter().take(16) {
+        let _ = write!(out, "{b:02x}");
+    }
+    // The kid lets a URL made before a key rotation be checked with its own key.
+    let _ = write!(out, "{kid}");
+    Ok(out)
+}
+
+/// A receipt's public URL: `/v1/receipts/<id>.<token>`.
+pub fn url(keys: &ReceiptKeys, receipt_id: &str) -> Result<String, ReceiptError> {
+    Ok(format!(
+        "/v1/receipts/{receipt_id}.{}",
+        url_token(keys, receipt_id)?
+    ))
+}
+
+/// The receipt id of a URL path part `<id>.<token>` whose token is right under any key of
+/// the set (so URLs survive a rotation while the old key is kept); `None` otherwise,
+/// including a bare id.
+pub fn open_url<'a>(keys: &ReceiptKeys, part: &'a str) -> Option<&'a str> {
+    let (id, token) = part.split_once('.')?;
+    if token.len() < 33 || !token.is_ascii() {
+        return None;
+    }
+    let kid = &token[32..];
+    let (_, key) = keys.keys.iter().find(|(k, _)| k == kid)?;
+    let want = url_token_with(key, kid, id).ok()?;
+    // Constant time over the whole token.
+    let same = want.len() == token.len()
+        && want
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    same.then_some(id)
+}
+
 /// Checks the receipt's invariants, then signs it with the current key.
 pub fn sign(receipt: Receipt, keys: &ReceiptKeys) -> Result<SignedReceipt, ReceiptError> {
     validate(&receipt)?;
@@ -1005,6 +1065,36 @@ mod tests {
 
     fn keys_v1() -> ReceiptKeys {
         ReceiptKeys::parse(&format!("k1:{}", b64(&K1))).unwrap()
+    }
+
+    #[test]
+    fn a_receipt_url_is_a_capability_that_survives_rotation() {
+        let keys = keys_v1();
+        let id = "rcpt_evt_abc-000001";
+        let u = url(&keys, id).unwrap();
+        let part = u.strip_prefix("/v1/receipts/").unwrap();
+        assert_eq!(open_url(&keys, part), Some(id));
+        // 128 bits of tag, then the kid.
+        let token = part.split_once('.').unwrap().1;
+        assert_eq!(token.len(), 32 + 2);
+        // A bare id, a counted neighbour with this token, a flipped bit: not found.
+        assert_eq!(open_url(&keys, id), None);
+        assert_eq!(
+            open_url(&keys, &format!("rcpt_evt_abc-000002.{token}")),
+            None
+        );
+        let mut bad = part.to_string().into_bytes();
+        bad[part.len() - 3] ^= 1;
+        assert_eq!(open_url(&keys, std::str::from_utf8(&bad).unwrap()), None);
+        // After a rotation that keeps the old key, old URLs still open; new ones use k2.
+        let rotated = ReceiptKeys::parse(&format!("k2:{},k1:{}", b64(&K2), b64(&K1))).unwrap();
+        assert_eq!(open_url(&rotated, part), Some(id));
+        let newer = url(&rotated, id).unwrap();
+        assert!(newer.ends_with("k2"));
+        assert_eq!(
+            open_url(&keys, newer.strip_prefix("/v1/receipts/").unwrap()),
+            None
+        );
     }
 
     fn eur() -> Currency {

@@ -276,7 +276,7 @@ fn kept_answer<T>(
         done.problems.push("stored_answer_unreadable");
         return None;
     };
-    refresh_pending(cx.ledger, &mut answer);
+    refresh_pending(cx.ledger, cx.keys, &mut answer);
     attach_receipt(cx, &mut answer, done);
     Some(answer)
 }
@@ -303,7 +303,11 @@ fn legacy(stored: &str) -> Option<StoredAnswer> {
 
 /// A `pending` answer (the outcome was not known when it was given) follows its order:
 /// once the order is paid it replays as approved, once declined as declined.
-pub fn refresh_pending(ledger: &EventLedger, answer: &mut StoredAnswer) {
+pub fn refresh_pending(
+    ledger: &EventLedger,
+    keys: Option<&ReceiptKeys>,
+    answer: &mut StoredAnswer,
+) {
     if answer.status != 202 {
         return;
     }
@@ -333,7 +337,9 @@ pub fn refresh_pending(ledger: &EventLedger, answer: &mut StoredAnswer) {
     if let Some(r) = &order.receipt_id {
         let id = format!("rcpt_{r}");
         answer.body["receipt_id"] = id.as_str().into();
-        answer.body["receipt_url"] = format!("/v1/receipts/{id}").into();
+        if let Some(u) = keys.and_then(|k| receipt::url(k, &id).ok()) {
+            answer.body["receipt_url"] = u.into();
+        }
         answer.receipt_id = Some(id);
     }
 }
@@ -411,7 +417,9 @@ pub fn finish(cx: &mut ObjectCtx<'_>, req: FinishRequest) -> Done<FinishReply> {
                 match sign_and_store(cx, draft, order_id.as_deref()) {
                     Ok(note) => {
                         answer.body["receipt_id"] = note.id.as_str().into();
-                        answer.body["receipt_url"] = format!("/v1/receipts/{}", note.id).into();
+                        if let Some(u) = cx.keys.and_then(|k| receipt::url(k, &note.id).ok()) {
+                            answer.body["receipt_url"] = u.into();
+                        }
                         answer.receipt_id = Some(note.id.clone());
                         answer.receipt = serde_json::from_str(&note.json).ok();
                         done.receipts.push(note);

@@ -55,3 +55,22 @@ test('a full waiting room sheds joins with 429 and Retry-After', async () => {
     assert.ok(Number(f.headers.get('retry-after')) >= 1, 'Retry-After');
   }
 });
+
+test('receipts are capabilities: counting receipt numbers reads nobody else\'s receipt', async () => {
+  const id = await createEvent();
+  const mine = await checkout(id, '4242424242424242');
+  const theirs = await checkout(id, '5555555555554444');
+  assert.equal(mine.status, 201, mine.text);
+  assert.equal(theirs.status, 201, theirs.text);
+  assert.match(mine.json.receipt_url, /^\/v1\/receipts\/rcpt_[^./]+\.[0-9a-f]{32}[A-Za-z0-9_.-]+$/);
+  const own = await api('GET', mine.json.receipt_url);
+  assert.equal(own.status, 200, own.text);
+  assert.equal(own.json.receipt.id, mine.json.receipt_id);
+  // The stranger's number is one more than mine: by number alone, or with my token, 404.
+  assertError(await api('GET', `/v1/receipts/${theirs.json.receipt_id}`), 404, 'not_found');
+  const token = mine.json.receipt_url.split('.').slice(1).join('.');
+  assertError(await api('GET', `/v1/receipts/${theirs.json.receipt_id}.${token}`), 404, 'not_found');
+  const html = await api('GET', `/v1/receipts/${theirs.json.receipt_id}`, { headers: { accept: 'text/html' } });
+  assert.equal(html.status, 404);
+  assert.ok(!html.text.includes('5555'), 'nothing of the stranger\'s receipt');
+});

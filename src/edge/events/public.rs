@@ -171,12 +171,19 @@ pub(in crate::edge) fn receipt_event(receipt_id: &str) -> Option<&str> {
         .map(|(e, _)| e)
 }
 
-/// `GET /v1/receipts/{id}`: JSON, or an HTML page when a browser asks for HTML.
+/// `GET /v1/receipts/{id}` (`{id}` is `<receipt id>.<token>`, see [`receipt::url`]): JSON,
+/// or an HTML page when a browser asks for HTML.
 pub async fn get_receipt(
     env: &Env,
     receipt_id: &str,
     wants_html: bool,
 ) -> Result<Response, ApiError> {
+    // The URL is a capability (`<id>.<token>`): a bare or counted id is not found, as if
+    // it did not exist.
+    let keys = ReceiptKeys::parse(&env_string(env, "RECEIPT_KEY").unwrap_or_default())
+        .map_err(|_| ApiError::not_found("receipt"))?;
+    let receipt_id =
+        receipt::open_url(&keys, receipt_id).ok_or_else(|| ApiError::not_found("receipt"))?;
     let event_id = receipt_event(receipt_id).ok_or_else(|| ApiError::not_found("receipt"))?;
     let (_, text) = call(
         env,
