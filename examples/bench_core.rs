@@ -133,6 +133,7 @@ fn event_config(eur: Currency) -> EventConfig {
                 category: SkuCategory::Ticket,
                 price: MinorUnits(1_200),
                 stock: 100_000,
+                max_per_order: None,
             },
             Sku {
                 id: "tote".into(),
@@ -140,6 +141,7 @@ fn event_config(eur: Currency) -> EventConfig {
                 category: SkuCategory::Merchandise,
                 price: MinorUnits(1_500),
                 stock: 100_000,
+                max_per_order: None,
             },
         ],
         allowed_origins: vec!["https://shop.example".into()],

@@ -130,6 +130,55 @@ pub struct Bundle {
     pub receipt: ReceiptRules,
     pub retention_days: u32,
     pub offline: OfflineLimits,
+    /// Purchase limits against hoarding; absent: [`PurchaseLimits::default`].
+    #[serde(default)]
+    pub purchase: PurchaseLimits,
+}
+
+/// How much one buyer may take, so nobody can hold an event's stock with one cart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseLimits {
+    /// Units of one item per order, unless the merchant sets the item's own
+    /// `max_per_order` (which may not be above this).
+    pub max_per_sku_per_order: u32,
+}
+
+impl Default for PurchaseLimits {
+    fn default() -> Self {
+        PurchaseLimits {
+            max_per_sku_per_order: 10,
+        }
+    }
+}
+
+impl PurchaseLimits {
+    /// Gives every item of a new event its per-order limit: the merchant's, or the
+    /// policy's when absent. A merchant limit above the policy's, or of 0, is refused
+    /// (422 `purchase_limit_over_policy`).
+    pub fn apply(
+        &self,
+        skus: &mut [crate::ledger::Sku],
+        jurisdiction: &str,
+    ) -> Result<(), ApiError> {
+        let max = self.max_per_sku_per_order;
+        for s in skus.iter_mut() {
+            match s.max_per_order {
+                None => s.max_per_order = Some(max),
+                Some(n) if (1..=max).contains(&n) => {}
+                Some(_) => {
+                    return Err(ApiError::new(
+                        422,
+                        "purchase_limit_over_policy",
+                        format!(
+                            "An item's max_per_order must be between 1 and {max}, the policy's limit for {jurisdiction}."
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -360,6 +409,7 @@ const TOP_LEVEL: &[&str] = &[
     "receipt",
     "retention_days",
     "offline",
+    "purchase",
 ];
 
 /// Checks a bundle given as JSON and returns it typed, or every problem found: unknown and
@@ -387,6 +437,7 @@ pub fn validate_value(value: &Value) -> Result<Bundle, Vec<Problem>> {
     let receipt = section::<ReceiptRules>(obj, "receipt", true, p);
     let retention_days = section::<u32>(obj, "retention_days", true, p);
     let offline = section::<OfflineLimits>(obj, "offline", true, p);
+    let purchase = section::<PurchaseLimits>(obj, "purchase", false, p).unwrap_or_default();
 
     if let (
         Some(format),
@@ -426,6 +477,7 @@ pub fn validate_value(value: &Value) -> Result<Bundle, Vec<Problem>> {
             receipt,
             retention_days,
             offline,
+            purchase,
         };
         problems.extend(validate(&bundle));
         return if problems.is_empty() {
@@ -466,6 +518,7 @@ pub fn validate_value(value: &Value) -> Result<Bundle, Vec<Problem>> {
     if let Some(o) = &offline {
         check_offline(o, &mut problems);
     }
+    check_purchase(&purchase, &mut problems);
     Err(problems)
 }
 
@@ -510,6 +563,7 @@ pub fn validate(bundle: &Bundle) -> Vec<Problem> {
     check_compliance(&bundle.compliance, Some(&bundle.languages), &mut p);
     check_retention(bundle.retention_days, &mut p);
     check_offline(&bundle.offline, &mut p);
+    check_purchase(&bundle.purchase, &mut p);
     p
 }
 
@@ -816,6 +870,16 @@ fn check_retention(days: u32, p: &mut Vec<Problem>) {
 /// payment (`crate::ledger::MAX_OFFLINE_WAIT_MS`, 72 hours), so every valid policy can be
 /// stored.
 pub const MAX_QUEUE_AGE_SECS: u64 = (crate::ledger::MAX_OFFLINE_WAIT_MS / 1000) as u64;
+
+fn check_purchase(l: &PurchaseLimits, p: &mut Vec<Problem>) {
+    let max = crate::ledger::MAX_QTY;
+    if !(1..=max).contains(&l.max_per_sku_per_order) {
+        p.push(Problem::new(
+            "purchase.max_per_sku_per_order",
+            format!("must be between 1 and {max}"),
+        ));
+    }
+}
 
 fn check_offline(o: &OfflineLimits, p: &mut Vec<Problem>) {
     if o.per_transaction_cap.0 < 0 {
@@ -1594,6 +1658,7 @@ pub fn hard_coded_default() -> LoadedBundle {
             max_queue_age_secs: 3600,
             unknown_exposure_cap: None,
         },
+        purchase: PurchaseLimits::default(),
     };
     let hash = serde_json::to_value(&bundle)
         .map(|v| bundle_hash(&v))

@@ -42,6 +42,7 @@ pub(crate) fn event(stock: u32) -> EventConfig {
                 category: crate::ledger::Category::Ticket,
                 price: MinorUnits(1500),
                 stock,
+                max_per_order: None,
             },
             Sku {
                 id: "shirt".into(),
@@ -49,6 +50,7 @@ pub(crate) fn event(stock: u32) -> EventConfig {
                 category: crate::ledger::Category::Merchandise,
                 price: MinorUnits(2000),
                 stock,
+                max_per_order: None,
             },
         ],
         ..crate::ledger::tests::config()
@@ -978,6 +980,7 @@ fn a_fifty_line_cart_with_long_names_replays() {
             category: crate::ledger::Category::Merchandise,
             price: MinorUnits(100),
             stock: 100,
+            max_per_order: None,
         })
         .collect();
     let mut w = World::new(10);

@@ -24,6 +24,10 @@ pub struct Sku {
     pub price: MinorUnits,
     /// Total units on sale for the whole event.
     pub stock: u32,
+    /// Most units of this item in one order (set from the policy's purchase limit when
+    /// the merchant leaves it out; `None` only for events made before limits existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_order: Option<u32>,
 }
 
 /// How the waiting room orders people.

@@ -37,6 +37,10 @@ pub enum LedgerError {
     },
     SalesClosed,
     SalesNotStarted,
+    PurchaseLimit {
+        sku: String,
+        max: u32,
+    },
     NotAdmitted,
     QueueFull,
     TicketNotFound,
@@ -107,6 +111,11 @@ impl LedgerError {
             E::SalesClosed => {
                 ApiError::new(409, "sales_closed", "Sales for this event have ended.")
             }
+            E::PurchaseLimit { sku, max } => ApiError::new(
+                422,
+                "purchase_limit",
+                format!("At most {max} of {sku} can be bought in one order."),
+            ),
             E::SalesNotStarted => ApiError::new(
                 409,
                 "sales_not_started",

@@ -73,7 +73,7 @@ pub use idempotency::{
     IdempotencyBegin, IdempotencyPeek, IDEMPOTENCY_IN_FLIGHT_MS, IDEMPOTENCY_RETENTION_MS,
     MAX_RESPONSE_LEN,
 };
-pub use orders::{LineRequest, Order, OrderLine, OrderState};
+pub use orders::{LineRequest, Order, OrderLine, OrderState, MAX_QTY};
 pub use queue::{QueueStatus, WaitingQueue};
 pub use recon::{
     lost_refund_id, Listing, ReconSchedule, ReconcileReason, ReconcileRequest, Reconciled,

@@ -191,6 +191,14 @@ impl EventLedger {
             if l.qty == 0 || *q > MAX_QTY {
                 return Err(LedgerError::InvalidQuantity { sku: l.sku.clone() });
             }
+            if let Some(max) = self.config.sku(&l.sku).and_then(|s| s.max_per_order) {
+                if *q > max {
+                    return Err(LedgerError::PurchaseLimit {
+                        sku: l.sku.chars().take(64).collect(),
+                        max,
+                    });
+                }
+            }
         }
         let mut lines = Vec::with_capacity(merged.len());
         let mut total = MinorUnits::ZERO;

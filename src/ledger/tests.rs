@@ -66,6 +66,7 @@ pub(crate) fn config() -> EventConfig {
                 category: Category::Ticket,
                 price: MinorUnits(1500),
                 stock: 10,
+                max_per_order: None,
             },
             Sku {
                 id: "shirt".into(),
@@ -73,6 +74,7 @@ pub(crate) fn config() -> EventConfig {
                 category: Category::Merchandise,
                 price: MinorUnits(2000),
                 stock: 5,
+                max_per_order: None,
             },
             Sku {
                 id: "beer".into(),
@@ -80,6 +82,7 @@ pub(crate) fn config() -> EventConfig {
                 category: Category::FoodDrink,
                 price: MinorUnits(450),
                 stock: 100,
+                max_per_order: None,
             },
         ],
         allowed_origins: vec![
@@ -2038,4 +2041,29 @@ fn charges_of_lost_checkouts_are_found_and_settled_once_refunded() {
     assert_eq!(report.refunded_unpaid, vec!["ch1", "ch2"]);
     assert_eq!(report.missing_at_edge, vec!["ch9"]);
     assert!(l.lost_checkouts(&settled, later).is_empty());
+}
+
+#[test]
+fn an_order_over_an_items_purchase_limit_holds_nothing() {
+    let mut c = config();
+    c.skus[0].max_per_order = Some(2);
+    let sku = c.skus[0].id.clone();
+    let mut l = EventLedger::new(c, T0 - 60 * MIN).unwrap();
+    let before = l.available(&sku);
+    // Split over two lines, the merged quantity counts.
+    let e = err(
+        &mut l,
+        hold_cmd("o1", &[(&sku, 2), (&sku, 1)], T0 + MIN),
+        T0,
+    );
+    assert_eq!(
+        e,
+        LedgerError::PurchaseLimit {
+            sku: sku.clone(),
+            max: 2
+        }
+    );
+    assert_eq!(e.to_api().code, "purchase_limit");
+    assert_eq!(l.available(&sku), before);
+    ok(&mut l, hold_cmd("o2", &[(&sku, 2)], T0 + MIN), T0);
 }

@@ -756,3 +756,41 @@ fn an_events_offline_budget_takes_the_policys_unknown_outcome_bound_and_stays_un
     check_offline(&limits, &mut p);
     assert!(p.iter().any(|x| x.path == "offline.unknown_exposure_cap"));
 }
+
+#[test]
+fn purchase_limits_default_to_ten_per_item_and_bound_the_merchants_own() {
+    // Absent from a bundle: 10 per item per order.
+    let b = validate_value(&file_value("DE")).unwrap();
+    assert_eq!(b.purchase.max_per_sku_per_order, 10);
+    let mut v = file_value("DE");
+    v["purchase"] = serde_json::json!({"max_per_sku_per_order": 4});
+    assert_eq!(
+        validate_value(&v).unwrap().purchase.max_per_sku_per_order,
+        4
+    );
+    for bad in [0, 1001] {
+        v["purchase"] = serde_json::json!({ "max_per_sku_per_order": bad });
+        let problems = validate_value(&v).unwrap_err();
+        assert_eq!(problems[0].path, "purchase.max_per_sku_per_order", "{bad}");
+    }
+    let sku = |max: Option<u32>| crate::ledger::Sku {
+        id: "ticket".into(),
+        name: "Entry".into(),
+        category: crate::ledger::Category::Ticket,
+        price: MinorUnits(1500),
+        stock: 100,
+        max_per_order: max,
+    };
+    let limits = PurchaseLimits {
+        max_per_sku_per_order: 4,
+    };
+    let mut skus = vec![sku(None), sku(Some(2))];
+    limits.apply(&mut skus, "DE").unwrap();
+    assert_eq!(skus[0].max_per_order, Some(4));
+    assert_eq!(skus[1].max_per_order, Some(2));
+    for over in [5, 0] {
+        let e = limits.apply(&mut [sku(Some(over))], "DE").unwrap_err();
+        assert_eq!(e.status, 422);
+        assert_eq!(e.code, "purchase_limit_over_policy");
+    }
+}

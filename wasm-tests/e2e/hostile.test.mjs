@@ -2,7 +2,7 @@
 // from the security review and what must happen instead.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { BASE, api, assertError, checkout, createEvent } from './helpers.mjs';
+import { BASE, api, assertError, checkout, createEvent, merchant } from './helpers.mjs';
 
 test('a 60 MB body is refused before it is read, with or without a Content-Length, and a buyer beside it pays', async () => {
   const id = await createEvent();
@@ -73,4 +73,21 @@ test('receipts are capabilities: counting receipt numbers reads nobody else\'s r
   const html = await api('GET', `/v1/receipts/${theirs.json.receipt_id}`, { headers: { accept: 'text/html' } });
   assert.equal(html.status, 404);
   assert.ok(!html.text.includes('5555'), 'nothing of the stranger\'s receipt');
+});
+
+test('one cart cannot take an event\'s stock: the policy\'s per-order limit, and a merchant cannot raise it', async () => {
+  const id = await createEvent();
+  const r = await checkout(id, '4000000000000002', { items: [{ sku: 'ticket', quantity: 8 }, { sku: 'ticket', quantity: 3 }] });
+  assertError(r, 422, 'purchase_limit');
+  assert.match(r.json.error.message, /At most 10 of ticket/);
+  const ok = await checkout(id, '4242424242424242', { items: [{ sku: 'ticket', quantity: 10 }] });
+  assert.equal(ok.status, 201, ok.text);
+  const m = await merchant();
+  const now = Date.now();
+  const over = await api('POST', '/v1/admin/events', {
+    key: m.api_key,
+    body: { title: 'x', jurisdiction: 'DE', currency: 'EUR', start_ms: now - 1000, end_ms: now + 86_400_000, allowed_origins: [],
+      skus: [{ id: 'ticket', name: 'Entry', category: 'ticket', price: 1500, stock: 100, max_per_order: 50 }] },
+  });
+  assertError(over, 422, 'purchase_limit_over_policy');
 });

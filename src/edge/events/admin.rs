@@ -69,6 +69,11 @@ pub async fn create(
             .bundle
             .offline
             .event_budget(body.offline, currency, &bundle.bundle.jurisdiction)?;
+    let mut skus = body.skus;
+    bundle
+        .bundle
+        .purchase
+        .apply(&mut skus, &bundle.bundle.jurisdiction)?;
     let event_id = format!("evt_{}", hex::encode(random::<6>()?));
     let config = EventConfig {
         event_id: event_id.clone(),
@@ -78,7 +83,7 @@ pub async fn create(
         currency,
         start_ms: body.start_ms,
         end_ms: body.end_ms,
-        skus: body.skus,
+        skus,
         allowed_origins: body.allowed_origins,
         queue: body.queue.unwrap_or(QueueConfig {
             required: false,
