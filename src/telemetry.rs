@@ -935,37 +935,72 @@ pub fn log_line(
     }
     if let serde_json::Value::Object(fields) = extra {
         for (k, v) in fields {
-            let v = match v {
-                serde_json::Value::String(s) => serde_json::Value::String(mask_digits(&s)),
-                other => other,
-            };
-            line.entry(k).or_insert(v);
+            line.entry(k).or_insert(mask_value(v));
         }
     }
     serde_json::Value::Object(line).to_string()
 }
 
+/// Masks what must never reach a log in clear, in a string value: a run of 12 or more
+/// digits, also when spaces or dashes separate them (a card number as typed,
+/// `4242 4242 4242 4242`), becomes `[digits]`; a run of 32 or more hex characters (a
+/// capability: a waiting-room ticket, a receipt URL's token, a handover session) becomes
+/// `[id]`. At most 200 characters are kept.
 fn mask_digits(s: &str) -> String {
+    let chars: Vec<char> = s.chars().take(200).collect();
     let mut out = String::new();
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if run.len() >= 12 {
-            out.push_str("[digits]");
-        } else {
-            out.push_str(run);
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_ascii_hexdigit() {
+            let run = chars[i..]
+                .iter()
+                .take_while(|c| c.is_ascii_hexdigit())
+                .count();
+            if run >= 32 {
+                out.push_str("[id]");
+                i += run;
+                continue;
+            }
         }
-        run.clear();
-    };
-    for ch in s.chars().take(200) {
-        if ch.is_ascii_digit() {
-            run.push(ch);
-        } else {
-            flush(&mut run, &mut out);
-            out.push(ch);
+        if c.is_ascii_digit() {
+            // A digit run, separators allowed between digits.
+            let mut j = i;
+            let mut digits = 0;
+            let mut end = i;
+            while j < chars.len() {
+                if chars[j].is_ascii_digit() {
+                    digits += 1;
+                    j += 1;
+                    end = j;
+                } else if (chars[j] == ' ' || chars[j] == '-')
+                    && chars.get(j + 1).is_some_and(|n| n.is_ascii_digit())
+                {
+                    j += 1;
+                } else {
+                    break;
+                }
+            }
+            if digits >= 12 {
+                out.push_str("[digits]");
+                i = end;
+                continue;
+            }
         }
+        out.push(c);
+        i += 1;
     }
-    flush(&mut run, &mut out);
     out
+}
+
+/// [`mask_digits`] over every string inside a JSON value.
+fn mask_value(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::String(s) => serde_json::Value::String(mask_digits(&s)),
+        serde_json::Value::Array(a) => a.into_iter().map(mask_value).collect(),
+        serde_json::Value::Object(o) => o.into_iter().map(|(k, v)| (k, mask_value(v))).collect(),
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -1374,6 +1409,32 @@ mod tests {
         );
         assert_eq!(v["path"], "/x/[digits]/y");
         assert_eq!(v["n"], "12345678901", "short numbers stay");
+        // Card numbers as people type them, capabilities, and values nested anywhere.
+        let typed = log_line(
+            "info",
+            "m",
+            None,
+            None,
+            None,
+            serde_json::json!({
+                "spaced": "card 4242 4242 4242 4242 end",
+                "dashed": "5555-5555-5555-4444",
+                "amex": "3782 822463 10005",
+                "date": "2026-12-02 10:00",
+                "nested": {"list": ["x 4000 0000 0000 0002"], "ticket": "q_0123456789abcdef0123456789abcdef"},
+                "receipt": "/v1/receipts/rcpt_evt_1-000001.00112233445566778899aabbccddeeffk1",
+                "order": "ord_0123456789abcdef",
+            }),
+        );
+        let w: serde_json::Value = serde_json::from_str(&typed).unwrap();
+        assert_eq!(w["spaced"], "card [digits] end");
+        assert_eq!(w["dashed"], "[digits]");
+        assert_eq!(w["amex"], "[digits]");
+        assert_eq!(w["date"], "2026-12-02 10:00", "dates stay");
+        assert_eq!(w["nested"]["list"][0], "x [digits]");
+        assert_eq!(w["nested"]["ticket"], "q_[id]");
+        assert_eq!(w["receipt"], "/v1/receipts/rcpt_evt_1-000001.[id]k1");
+        assert_eq!(w["order"], "ord_0123456789abcdef", "order ids stay");
         assert_eq!(v["status"], 201);
         let bare = log_line("warn", "m", None, None, None, serde_json::json!({}));
         assert_eq!(bare, r#"{"level":"warn","msg":"m"}"#);

@@ -70,6 +70,16 @@ test('receipts are capabilities: counting receipt numbers reads nobody else\'s r
   assertError(await api('GET', `/v1/receipts/${theirs.json.receipt_id}`), 404, 'not_found');
   const token = mine.json.receipt_url.split('.').slice(1).join('.');
   assertError(await api('GET', `/v1/receipts/${theirs.json.receipt_id}.${token}`), 404, 'not_found');
+  // The page of one's own receipt runs nothing, is framed by nobody and leaks no referrer.
+  const page = await api('GET', mine.json.receipt_url, { headers: { accept: 'text/html' } });
+  assert.equal(page.status, 200);
+  const csp = page.headers.get('content-security-policy') ?? '';
+  assert.match(csp, /default-src 'none'/);
+  assert.match(csp, /frame-ancestors 'none'/);
+  assert.doesNotMatch(csp, /script-src/);
+  assert.equal(page.headers.get('x-content-type-options'), 'nosniff');
+  assert.equal(page.headers.get('referrer-policy'), 'no-referrer');
+  assert.match(page.headers.get('cache-control') ?? '', /no-store/);
   const html = await api('GET', `/v1/receipts/${theirs.json.receipt_id}`, { headers: { accept: 'text/html' } });
   assert.equal(html.status, 404);
   assert.ok(!html.text.includes('5555'), 'nothing of the stranger\'s receipt');

@@ -196,9 +196,31 @@ pub async fn get_receipt(
     if wants_html {
         let signed = receipt::SignedReceipt::from_json(&text).map_err(|e| e.to_api())?;
         let html = receipt::render_html(&signed);
-        return crate::edge::http::raw(200, "text/html; charset=utf-8", &html);
+        let r = crate::edge::http::raw(200, "text/html; charset=utf-8", &html)?;
+        return capability_headers(r, true);
     }
-    crate::edge::http::raw(200, "application/json", &text)
+    capability_headers(
+        crate::edge::http::raw(200, "application/json", &text)?,
+        false,
+    )
+}
+
+/// A receipt's URL is a capability: its page runs nothing, is framed by nobody, never
+/// sends its URL on as a referrer and is kept by no shared cache.
+fn capability_headers(mut r: Response, html: bool) -> Result<Response, ApiError> {
+    let h = r.headers_mut();
+    let set = |k: &str, v: &str| h.set(k, v).map_err(crate::edge::http::internal);
+    set("X-Content-Type-Options", "nosniff")?;
+    set("Referrer-Policy", "no-referrer")?;
+    set("Cache-Control", "private, no-store")?;
+    if html {
+        set(
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        )?;
+        set("X-Frame-Options", "DENY")?;
+    }
+    Ok(r)
 }
 
 /// `POST /v1/receipts/verify`: anyone holding a receipt, or an event's signed report, can
