@@ -835,13 +835,20 @@ impl Checkout {
                 );
             }
             AttemptResult::Declined {
-                reason, message, ..
+                reason,
+                message,
+                code: acquirer_code,
+                decline_code,
             } => {
                 self.routing.push_str(&format!("; declined on {lane}"));
+                // The buyer hears the neutral reason; the merchant's records keep the
+                // acquirer's precise code.
                 let code = reason.as_str();
+                let kept =
+                    outcome::merchant_decline_code(reason, &acquirer_code, decline_code.as_deref());
                 self.notes.push(Note::Declined {
                     lane,
-                    reason: code.to_string(),
+                    reason: kept.clone(),
                 });
                 let body = serde_json::json!({
                     "status": "declined", "order_id": self.key.order_id, "routing": self.routing,
@@ -852,7 +859,7 @@ impl Checkout {
                 self.set_finish(
                     Some(Command::Release {
                         order_id: self.key.order_id.clone(),
-                        reason: code.to_string(),
+                        reason: kept,
                     }),
                     None,
                     Completion::Answer {

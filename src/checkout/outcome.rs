@@ -40,6 +40,7 @@ pub enum AttemptResult {
     Declined {
         reason: DeclineReason,
         code: String,
+        decline_code: Option<String>,
         message: &'static str,
     },
     /// The acquirer provably did not process it (connection refused before sending, 429,
@@ -82,6 +83,28 @@ impl AttemptResult {
             AttemptResult::Unknown { why, .. } => why.clone(),
         }
     }
+}
+
+/// The code a merchant's records keep for a decline: the acquirer's precise decline code
+/// (`lost_card`, `insufficient_funds`), else its error code, else the buyer-facing reason.
+/// The buyer only ever sees `reason` (neutral for fraud-related codes, so a card tester
+/// learns nothing); the export and the metrics keep this. Lowercase ASCII, at most 48.
+pub fn merchant_decline_code(
+    reason: DeclineReason,
+    code: &str,
+    decline_code: Option<&str>,
+) -> String {
+    let ok = |c: &&str| {
+        !c.is_empty()
+            && c.len() <= 48
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    decline_code
+        .filter(ok)
+        .or(Some(code).filter(ok))
+        .unwrap_or(reason.as_str())
+        .to_string()
 }
 
 /// Whether an error answer is a Stripe card error that names its reason (`type:
@@ -132,11 +155,13 @@ pub fn classify(sent: &Sent) -> AttemptResult {
         AuthorizeOutcome::Declined {
             reason,
             code,
+            decline_code,
             message,
             ..
         } if two_xx || is_card_error(body) => AttemptResult::Declined {
             reason,
             code,
+            decline_code,
             message,
         },
         AuthorizeOutcome::Declined { .. } => AttemptResult::Misconfigured {
@@ -290,6 +315,50 @@ mod tests {
         }
         let r = classify(&Ok((404, "<html>not found</html>".into())));
         assert!(matches!(r, AttemptResult::Misconfigured { .. }), "{r:?}");
+    }
+
+    #[test]
+    fn a_buyer_hears_a_neutral_decline_while_the_merchant_keeps_the_acquirers_code() {
+        // Card testers learn from decline codes; the buyer's sentence stays neutral for
+        // fraud-related ones, the merchant's records keep what the issuer said.
+        for (dc, buyer, kept) in [
+            ("stolen_card", "card_declined", "stolen_card"),
+            ("lost_card", "card_declined", "lost_card"),
+            ("fraudulent", "card_declined", "fraudulent"),
+            (
+                "insufficient_funds",
+                "insufficient_funds",
+                "insufficient_funds",
+            ),
+        ] {
+            let body = format!(
+                r#"{{"error":{{"type":"card_error","code":"card_declined","decline_code":"{dc}","message":"Your card was declined."}}}}"#
+            );
+            let AttemptResult::Declined {
+                reason,
+                code,
+                decline_code,
+                message,
+            } = classify(&Ok((402, body)))
+            else {
+                panic!("{dc}: not a decline");
+            };
+            assert_eq!(reason.as_str(), buyer, "{dc}");
+            assert!(
+                !message.contains("stolen")
+                    && !message.contains("lost")
+                    && !message.contains("fraud")
+            );
+            assert_eq!(
+                merchant_decline_code(reason, &code, decline_code.as_deref()),
+                kept
+            );
+        }
+        // Codes that are not plain identifiers are never kept as they came.
+        assert_eq!(
+            merchant_decline_code(DeclineReason::CardDeclined, "Bad Code!", Some("x\ny")),
+            "card_declined"
+        );
     }
 
     #[test]

@@ -920,6 +920,17 @@ fn declines_release_the_stock_and_replay() {
     let a = w.pay("k1", CART, DECLINE, "tok", &[], &[]);
     assert_eq!(a.status, 402, "{}", a.body);
     assert_eq!(a.body["status"], "declined");
+    // The buyer's code is the neutral reason; the order and the metrics keep the issuer's.
+    assert_eq!(a.body["decline"]["code"], "card_declined");
+    assert_eq!(
+        a.notes,
+        vec![Note::Declined {
+            lane: "cheap".into(),
+            reason: "generic_decline".into()
+        }]
+    );
+    let order = w.obj.ledger.order(a.order_id.as_deref().unwrap()).unwrap();
+    assert_eq!(order.decline_reason.as_deref(), Some("generic_decline"));
     assert_eq!(w.obj.ledger.available("ticket"), 2);
     let r = w.pay("k1", CART, DECLINE, "tok", &[], &[]);
     assert!(r.replayed);

@@ -158,9 +158,18 @@ pub fn forward_outcome(attempt: ForwardAttempt<'_>) -> ForwardVerdict {
             None,
             false,
         ),
-        AttemptResult::Declined { reason, .. } => verdict(
+        AttemptResult::Declined {
+            reason,
+            code,
+            decline_code,
+            ..
+        } => verdict(
             AcquirerResult::Declined {
-                reason: reason.as_str().to_string(),
+                reason: crate::checkout::outcome::merchant_decline_code(
+                    reason,
+                    &code,
+                    decline_code.as_deref(),
+                ),
             },
             None,
             false,
