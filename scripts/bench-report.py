@@ -83,10 +83,13 @@ elif iso and iso.get("ok", 0) < iso.get("requests", 0):
     missed.append(f"profiled checkouts: {iso.get('ok')} of {iso.get('requests')} approved, expected all")
 
 # The checkout machine drives the same parts as the hand-timed rows: its whole checkout may
-# cost at most MACHINE_OVERHEAD_MAX times their sum, measured in this run.
+# cost at most MACHINE_OVERHEAD_MAX times their sum, measured in this run. Both sides are
+# the fastest of their runs: the median of a 100 µs operation on this shared 2-core machine
+# moves with whatever else runs (a compile beside the bench doubled it), the best run does
+# not, and the parts are compared the same way.
 MACHINE_OVERHEAD_MAX = 3.0
-machine_ns = (core or {}).get("checkout_machine_ns")
-parts_ns = sum(ops.get(n, {}).get("median_ns", 0) for n in (
+machine_ns = ops.get("checkout_machine_approved", {}).get("min_ns")
+parts_ns = sum(ops.get(n, {}).get("min_ns", 0) for n in (
     "quote_5_lines", "routing_plan_acquire_complete", "acquirer_build_parse",
     "receipt_sign_verify", "ledger_hold_confirm_1000"))
 machine_ratio = round(machine_ns / parts_ns, 2) if machine_ns and parts_ns else None
@@ -255,7 +258,7 @@ if core:
     L.append(f"\nThe ledger state of an event with {core['ledger_orders']:,} orders is **{core['ledger_json_bytes']:,} bytes** of JSON "
              "(read once per object start; each change writes only its changed rows). "
              f"`checkout_machine_approved` is one whole checkout through the same `checkout::Checkout` machine the Worker and "
-             f"the simulation drive: {machine_ns / 1000 if machine_ns else 0:.1f} µs, {machine_ratio}x the sum of the parts timed "
+             f"the simulation drive: best run {machine_ns / 1000 if machine_ns else 0:.1f} µs, {machine_ratio}x the sum of the best runs of the parts timed "
              f"above (quote, routing, acquirer, receipt, hold and confirm; at most {MACHINE_OVERHEAD_MAX}x), "
              f"{core.get('checkout_machine_persisted_bytes', 0):.0f} bytes of changed rows per checkout.\n")
 else:
