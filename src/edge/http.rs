@@ -194,7 +194,10 @@ async fn read_capped(req: &mut Request) -> Result<String, ApiError> {
         || ApiError::bad_request("invalid_body", "The request body could not be read.");
     if let Ok(Some(len)) = req.headers().get("content-length") {
         match len.trim().parse::<u64>() {
-            Ok(n) if n > MAX_BODY_BYTES as u64 => return Err(too_large()),
+            Ok(n) if n > MAX_BODY_BYTES as u64 => {
+                refused_body("content_length", 0, n);
+                return Err(too_large());
+            }
             Ok(_) => {}
             Err(_) => return Err(unreadable()),
         }
@@ -207,12 +210,25 @@ async fn read_capped(req: &mut Request) -> Result<String, ApiError> {
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| unreadable())?;
         if buf.len() + chunk.len() > MAX_BODY_BYTES {
+            refused_body("stream", buf.len() + chunk.len(), 0);
             return Err(too_large());
         }
         buf.extend_from_slice(&chunk);
     }
     String::from_utf8(buf)
         .map_err(|_| ApiError::bad_request("invalid_body", "The request body is not UTF-8 text."))
+}
+
+/// Logs a refused body: how it was caught and how much of it was read (at most the cap
+/// and one chunk), so an operator (and the e2e test) can see that it never sat in memory.
+fn refused_body(by: &str, read_bytes: usize, content_length: u64) {
+    log(
+        "warn",
+        "request body over the cap refused",
+        None,
+        None,
+        serde_json::json!({"by": by, "read_bytes": read_bytes, "content_length": content_length, "cap": MAX_BODY_BYTES}),
+    );
 }
 
 /// Reads a JSON body. Errors never echo the body (it may hold a card number): they name
