@@ -74,7 +74,7 @@
 //!    samples counts as meeting it, so it gets measured again), order by cost for this
 //!    amount (cheapest first); otherwise order by p95 (fastest first, an unmeasured lane
 //!    ranks as if at the target). Ties go to cost, then to configuration order.
-//! 6. Each attempt's timeout is `clamp(p99 · 150 %, 300 ms, 4000 ms)` (defaults; 2500 ms
+//! 6. Each attempt's timeout is `clamp(p99 · 150 %, 1000 ms, 4000 ms)` (defaults; 2500 ms
 //!    without samples), and the attempts together fit in the checkout budget (8 s).
 
 use crate::error::ApiError;
@@ -207,7 +207,12 @@ pub struct Tuning {
     pub pass_through_timeout_ms: u32,
     /// A lane "meets the latency target" when its p95 is below this.
     pub latency_target_p95_ms: u32,
-    /// Lower bound of a derived timeout.
+    /// Lower bound of a derived timeout. A timeout after the request was sent does not
+    /// fail over (the outcome is unknown): it only turns an online answer into a payment
+    /// completed later, at the merchant's risk. So the floor is the slow-lane threshold,
+    /// not a fraction of a fast lane's p99: a fast lane's 1.5 × p99 is tens of
+    /// milliseconds, and a busy isolate (a drop of 120 buyers on two cores) stalls a
+    /// healthy answer for longer than that.
     pub min_timeout_ms: u32,
     /// Upper bound of a derived timeout.
     pub max_timeout_ms: u32,
@@ -264,7 +269,7 @@ impl Default for Tuning {
             pass_through: false,
             pass_through_timeout_ms: 2_500,
             latency_target_p95_ms: 800,
-            min_timeout_ms: 300,
+            min_timeout_ms: 1_000,
             max_timeout_ms: 4_000,
             default_timeout_ms: 2_500,
             timeout_p99_multiplier_pct: 150,
@@ -1855,9 +1860,9 @@ mod tests {
         let d = r.plan(now, signals());
         assert_eq!(d.lanes_in_order[0].timeout_ms, 2_500);
 
-        // p99 = 400 → 600 ms.
-        feed(&mut r, cheap, 100, 400, Outcome::Ok, &mut now);
-        // Very fast lane: 1.5 × 20 = 30 ms, clamped up to 300 ms.
+        // p99 = 800 → 1200 ms.
+        feed(&mut r, cheap, 100, 800, Outcome::Ok, &mut now);
+        // Very fast lane: 1.5 × 20 = 30 ms, clamped up to 1000 ms.
         feed(&mut r, pricey, 100, 20, Outcome::Ok, &mut now);
         let d = r.plan(now, signals());
         let by_name = |d: &RoutingDecision, n: &str| {
@@ -1867,9 +1872,9 @@ mod tests {
                 .unwrap()
                 .timeout_ms
         };
-        assert_eq!(by_name(&d, "cheap"), 600);
-        assert_eq!(by_name(&d, "pricey"), 300);
-        assert_eq!(r.snapshot(now).lanes[0].timeout_ms, 600);
+        assert_eq!(by_name(&d, "cheap"), 1_200);
+        assert_eq!(by_name(&d, "pricey"), 1_000);
+        assert_eq!(r.snapshot(now).lanes[0].timeout_ms, 1_200);
 
         // Very slow lane: clamped down to 4000 ms.
         feed(&mut r, cheap, 100, 3_900, Outcome::Ok, &mut now);
@@ -1878,18 +1883,18 @@ mod tests {
 
         // The budget caps the attempts together.
         let mut r = router_with(Tuning {
-            checkout_budget_ms: 3_000,
+            checkout_budget_ms: 4_000,
             ..Tuning::default()
         });
         let d = r.plan(0, signals());
         let timeouts: Vec<u32> = d.lanes_in_order.iter().map(|a| a.timeout_ms).collect();
-        assert_eq!(timeouts, [2_500, 500]);
-        assert_eq!(d.deadline_ms, 3_000);
+        assert_eq!(timeouts, [2_500, 1_500]);
+        assert_eq!(d.deadline_ms, 4_000);
         // At attempt time, what is left of the budget cuts the timeout.
         assert_eq!(d.attempt_timeout_ms(0, 0), Some(2_500));
-        assert_eq!(d.attempt_timeout_ms(1, 2_600), Some(400));
-        assert_eq!(d.attempt_timeout_ms(1, 2_800), None);
-        assert_eq!(d.attempt_timeout_ms(1, 2_400), Some(500));
+        assert_eq!(d.attempt_timeout_ms(1, 2_600), Some(1_400));
+        assert_eq!(d.attempt_timeout_ms(1, 3_100), None);
+        assert_eq!(d.attempt_timeout_ms(1, 2_400), Some(1_500));
         assert_eq!(d.attempt_timeout_ms(2, 0), None);
         let lane = r.lane_id("cheap").unwrap();
         assert!(r.try_acquire(lane, 0).is_some());
