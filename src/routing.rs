@@ -209,8 +209,8 @@ pub struct Tuning {
     pub latency_target_p95_ms: u32,
     /// Lower bound of a derived timeout. A timeout after the request was sent does not
     /// fail over (the outcome is unknown): it only turns an online answer into a payment
-    /// completed later, at the merchant's risk. So the floor is the slow-lane threshold,
-    /// not a fraction of a fast lane's p99: a fast lane's 1.5 × p99 is tens of
+    /// completed later, at the merchant's risk. So the default floor equals the slow-lane
+    /// threshold (`slow_lane_p95_ms`), not a multiple of a fast lane's p99: that is tens of
     /// milliseconds, and a busy isolate (a drop of 120 buyers on two cores) stalls a
     /// healthy answer for longer than that.
     pub min_timeout_ms: u32,
