@@ -58,8 +58,8 @@ use crate::secret::Secret;
 use crate::vault::{self, OpenedCvc};
 use outcome::{AttemptResult, Sent, Transport};
 use protocol::{
-    BeginAnswer, BeginReply, BeginRequest, Completion, CvcUse, FinishReply, FinishRequest,
-    StoredAnswer, WireError,
+    BeginReply, BeginRequest, Completion, CvcUse, FinishReply, FinishRequest, StoredAnswer,
+    WireError,
 };
 use request::CheckoutKey;
 use std::sync::Arc;
@@ -144,7 +144,7 @@ pub enum ObjectCall {
 /// What the object answered.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ObjectResult {
-    Begin(BeginAnswer),
+    Begin(BeginReply),
     Finish(FinishReply),
     Command(Result<(), WireError>),
 }
@@ -735,7 +735,7 @@ impl Checkout {
                 return;
             }
         };
-        self.state = match answer.reply {
+        self.state = match answer {
             BeginReply::Replay { answer } => State::Done(Answer::stored(answer, true)),
             BeginReply::InFlight => State::Done(Answer::error(
                 &ledger::LedgerError::IdempotencyInFlight.to_api(),

@@ -8,8 +8,7 @@
 //! a finish is applied whole or not at all.
 
 use super::protocol::{
-    BeginAnswer, BeginReply, BeginRequest, Completion, FinishReply, FinishRequest, StoredAnswer,
-    WireError,
+    BeginReply, BeginRequest, Completion, FinishReply, FinishRequest, StoredAnswer, WireError,
 };
 use crate::error::ApiError;
 use crate::ledger::{
@@ -63,17 +62,6 @@ impl<T> Done<T> {
         }
     }
 
-    fn map<U>(self, f: impl FnOnce(T) -> U) -> Done<U> {
-        Done {
-            reply: f(self.reply),
-            effects: self.effects,
-            receipts: self.receipts,
-            changed: self.changed,
-            discard: self.discard,
-            problems: self.problems,
-        }
-    }
-
     fn absorb<U>(&mut self, other: Done<U>) -> U {
         self.effects.extend(other.effects);
         self.receipts.extend(other.receipts);
@@ -104,15 +92,11 @@ impl ObjectCtx<'_> {
     }
 }
 
-/// `POST /checkout/begin`.
-pub fn begin(cx: &mut ObjectCtx<'_>, req: BeginRequest) -> Done<BeginAnswer> {
+/// A checkout's first call (`ObjectRequest::Begin`).
+pub fn begin(cx: &mut ObjectCtx<'_>, req: BeginRequest) -> Done<BeginReply> {
     let mut done = Done::new(BeginReply::NoRecord);
     done.reply = begin_inner(cx, req, &mut done);
-    let depth = cx.ledger.queue_depth();
-    done.map(|reply| BeginAnswer {
-        reply,
-        queue_depth: depth,
-    })
+    done
 }
 
 fn begin_inner(

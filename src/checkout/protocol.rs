@@ -65,13 +65,6 @@ pub enum BeginReply {
     FinishRefused { error: WireError },
 }
 
-/// What the object says to a begin call, with the waiting room's depth.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BeginAnswer {
-    pub reply: BeginReply,
-    pub queue_depth: u32,
-}
-
 /// How a finish closes the idempotency record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

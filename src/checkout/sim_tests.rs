@@ -310,7 +310,7 @@ fn describe_call(c: &ObjectCall) -> String {
 fn describe_result(r: &Result<ObjectResult, ApiError>) -> String {
     match r {
         Err(e) => format!("error {} {}", e.status, e.code),
-        Ok(ObjectResult::Begin(a)) => match &a.reply {
+        Ok(ObjectResult::Begin(a)) => match a {
             BeginReply::Replay { answer } => format!(
                 "replay {} {}",
                 answer.status,
@@ -762,11 +762,7 @@ impl Sim {
                     }
                     let what = describe_call(&call);
                     let r = self.obj.call(call, self.now, fault);
-                    if let Ok(ObjectResult::Begin(BeginAnswer {
-                        reply: BeginReply::Held { order, resumed },
-                        ..
-                    })) = &r
-                    {
+                    if let Ok(ObjectResult::Begin(BeginReply::Held { order, resumed })) = &r {
                         self.own(&order.order_id.clone(), s.buyer);
                         if *resumed {
                             self.count("resumed order");

@@ -6,10 +6,11 @@
 //! not cut a payment off between the acquirer and the ledger.
 
 use super::acquirer_io::{send, NoAnswer};
-use super::events::{self, call, cors_origin, router_with, with_cors};
+use super::events::{self, cors_origin, router_with, with_cors};
 use super::http::{internal, json, random, Ctx};
+use super::object_client as object;
 use crate::checkout::outcome::{Sent, Transport};
-use crate::checkout::protocol::{BeginAnswer, FinishReply, WireError};
+use crate::checkout::protocol::WireError;
 use crate::checkout::request::{self, CheckoutBody, CheckoutKey};
 use crate::checkout::{
     Answer, Checkout, CheckoutInput, Note, ObjectCall, ObjectResult, Prepared, Step,
@@ -22,7 +23,7 @@ use crate::vault;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use worker::{Context, Env, Method, Response};
+use worker::{Context, Env, Response};
 
 thread_local! {
     /// Acquirer requests in flight in this isolate (a routing signal).
@@ -96,7 +97,7 @@ pub async fn route(
     origin: Option<String>,
     raw_body: String,
 ) -> Result<Response, ApiError> {
-    let c = events::config(env, event_id, ctx.now_ms).await?;
+    let c = object::config(env, event_id, ctx.now_ms).await?;
     let cors = cors_origin(&c, origin.as_deref(), &ctx.self_origin)?;
     let mut body: CheckoutBody = super::http::parse_json_body(&raw_body)?;
     let key = CheckoutKey::derive(idem_key.as_deref(), random::<12>()?)?;
@@ -221,31 +222,14 @@ fn record(ctx: &Ctx, event_id: &str, co: &Checkout, answer: &Answer) {
 
 /// One call to the event's object in the machine's terms.
 async fn object_call(env: &Env, event_id: &str, req: ObjectCall) -> Result<ObjectResult, ApiError> {
-    let unreadable = || {
-        ApiError::new(
-            503,
-            "temporarily_unavailable",
-            "The event answered unreadably.",
-        )
-        .retryable()
-    };
     match req {
-        ObjectCall::Begin(b) => {
-            let body = serde_json::to_string(&*b).map_err(|_| unreadable())?;
-            let (_, text) =
-                call(env, event_id, Method::Post, "/checkout/begin", Some(body)).await?;
-            let a: BeginAnswer = serde_json::from_str(&text).map_err(|_| unreadable())?;
-            events::set_queue_depth(event_id, a.queue_depth);
-            Ok(ObjectResult::Begin(a))
-        }
-        ObjectCall::Finish(f) => {
-            let body = serde_json::to_string(&*f).map_err(|_| unreadable())?;
-            let (_, text) =
-                call(env, event_id, Method::Post, "/checkout/finish", Some(body)).await?;
-            let r: FinishReply = serde_json::from_str(&text).map_err(|_| unreadable())?;
-            Ok(ObjectResult::Finish(r))
-        }
-        ObjectCall::Command(cmd) => match events::one(env, event_id, now_ms(), *cmd).await {
+        ObjectCall::Begin(b) => object::begin(env, event_id, *b)
+            .await
+            .map(ObjectResult::Begin),
+        ObjectCall::Finish(f) => object::finish(env, event_id, *f)
+            .await
+            .map(ObjectResult::Finish),
+        ObjectCall::Command(cmd) => match object::one(env, event_id, now_ms(), *cmd).await {
             Ok(_) => Ok(ObjectResult::Command(Ok(()))),
             // The ledger refused it (a 4xx that is not "try again"): a typed refusal.
             Err(e) if e.status < 500 && !e.retryable => {
@@ -331,12 +315,9 @@ async fn sf_key(
         }
     }
     let t0 = now_ms();
-    let (_, text) = call(env, event_id, Method::Get, "/sf-key", None).await?;
+    let wrapped = object::seal_key(env, event_id).await;
     trace.event(t0);
-    let wrapped = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v["wrapped"].as_str().map(str::to_string))
-        .unwrap_or_default();
+    let wrapped = wrapped?;
     let key = vault::unwrap_sf_key(&keks, event_id, &wrapped).map_err(|e| e.to_api())?;
     SF_KEYS.with(|m| {
         let mut m = m.borrow_mut();

@@ -13,6 +13,7 @@ mod event_object;
 mod events;
 mod http;
 mod merchants;
+mod object_client;
 mod policy;
 mod telemetry;
 mod vault;
@@ -116,7 +117,7 @@ async fn handle(
         RouteId::CreateToken => {
             let origin = header("Origin");
             let body: TokenRequest = http::body_json(&mut req).await?;
-            let event = events::config(env, &body.event_id, ctx.now_ms).await?;
+            let event = object_client::config(env, &body.event_id, ctx.now_ms).await?;
             let cors = events::cors_origin(&event, origin.as_deref(), &ctx.self_origin)?;
             let binding = vault::binding(&event.merchant_id, &body.event_id);
             let out = vault::tokenize_card(env, ctx, body.card, &binding).await?;
@@ -193,7 +194,7 @@ async fn handle(
                 .find(|(k, _)| k == "event")
                 .map(|(_, v)| v.into_owned());
             let origins = match event {
-                Some(e) => events::config(env, &e, ctx.now_ms)
+                Some(e) => object_client::config(env, &e, ctx.now_ms)
                     .await
                     .map(|c| c.allowed_origins.clone())
                     .unwrap_or_default(),

@@ -10,7 +10,7 @@
 //! latest checkouts at once. A batch that cannot be delivered is dropped (and logged): the
 //! numbers are for operating the event, the ledger stays the record of money.
 //!
-//! In the event object, `POST /telemetry` folds a batch into the stored aggregate: it reads
+//! In the event object, `ObjectRequest::Telemetry` folds a batch into the stored aggregate: it reads
 //! only the rows the batch touches (see [`crate::telemetry::Aggregate::to_rows`]), merges,
 //! and writes them back, so each batch is a handful of small row writes. Events the object
 //! sees itself (forwarded, expired, refund, receipts sent to the webhook) go straight to
@@ -18,6 +18,7 @@
 
 use super::http::{internal, json, Ctx};
 use super::merchants::Principal;
+use super::object_client as object;
 use crate::error::ApiError;
 use crate::policy::LoadedBundle;
 use crate::quote::Quote;
@@ -25,7 +26,7 @@ use crate::telemetry::{self, Aggregate, Event, Kind, QueueState};
 use serde::Deserialize;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use worker::{Context, Env, Method, Response, SqlStorage};
+use worker::{Context, Env, Response, SqlStorage};
 
 /// Flush when this many events are buffered in the isolate…
 pub const FLUSH_EVENTS: usize = 25;
@@ -185,8 +186,7 @@ pub fn flush_due(env: &Env, wctx: &Context, now_ms: i64) {
 
 async fn send(env: &Env, event_id: &str, events: Vec<Event>) {
     for chunk in events.chunks(BATCH_MAX) {
-        let body = serde_json::json!({ "events": chunk }).to_string();
-        if let Err(e) = call(env, event_id, Method::Post, "/telemetry", Some(body)).await {
+        if let Err(e) = object::telemetry(env, event_id, chunk.to_vec()).await {
             super::http::log(
                 "warn",
                 "telemetry batch dropped",
@@ -195,30 +195,6 @@ async fn send(env: &Env, event_id: &str, events: Vec<Event>) {
                 serde_json::json!({"events": chunk.len(), "error": e.code}),
             );
         }
-    }
-}
-
-/// A call to the event's object (the checkout's client, `events::call`); a refusal by the
-/// object is reported as the event being unavailable.
-async fn call(
-    env: &Env,
-    event_id: &str,
-    method: Method,
-    path: &str,
-    body: Option<String>,
-) -> Result<String, ApiError> {
-    if !crate::ledger::valid_id(event_id) {
-        return Err(ApiError::not_found("event"));
-    }
-    match super::events::call(env, event_id, method, path, body).await {
-        Ok((_, text)) => Ok(text),
-        Err(e) if e.code == "temporarily_unavailable" => Err(e),
-        Err(e) => Err(ApiError::new(
-            e.status,
-            "event_unavailable",
-            "The event could not answer; try again.",
-        )
-        .retryable()),
     }
 }
 
@@ -231,7 +207,7 @@ pub async fn metrics_route(
     who: &Principal,
     event_id: &str,
 ) -> Result<Response, ApiError> {
-    let c = super::events::config(env, event_id, ctx.now_ms).await?;
+    let c = object::config(env, event_id, ctx.now_ms).await?;
     if !who.may_manage(&c.merchant_id) {
         return Err(ApiError::not_found("event"));
     }
@@ -239,26 +215,13 @@ pub async fn metrics_route(
     if !mine.is_empty() {
         send(env, event_id, mine).await;
     }
-    let text = call(env, event_id, Method::Get, "/metrics", None).await?;
-    #[derive(Deserialize)]
-    struct Stored {
-        rows: Vec<(String, String)>,
-        summary: crate::ledger::EventSummary,
-    }
-    let stored: Stored = serde_json::from_str(&text).map_err(|_| {
-        ApiError::new(
-            503,
-            "temporarily_unavailable",
-            "The event's metrics were unreadable.",
-        )
-        .retryable()
-    })?;
-    let agg = Aggregate::from_rows(stored.rows.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let (rows, summary) = object::metrics(env, event_id).await?;
+    let agg = Aggregate::from_rows(rows.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let lanes = super::acquirer_io::lanes(env).unwrap_or_default();
     let m = telemetry::metrics(
         event_id,
         &agg,
-        QueueState::from(&stored.summary),
+        QueueState::from(&summary),
         &lanes,
         c.currency,
         now_ms(),
@@ -339,22 +302,15 @@ pub fn store_one(sql: &SqlStorage, event_id: &str, event: Event) {
     }
 }
 
-/// `POST /telemetry` in the event object: `{"events": [...]}`.
-pub fn accept_batch(sql: &SqlStorage, body: &str) -> Result<Response, ApiError> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Batch {
-        events: Vec<Event>,
-    }
-    let batch: Batch = super::http::parse_json_body(body)?;
-    if batch.events.len() > BATCH_MAX {
+/// `ObjectRequest::Telemetry` in the event object: a PoP's batch.
+pub fn accept_batch(sql: &SqlStorage, events: &[Event]) -> Result<(), ApiError> {
+    if events.len() > BATCH_MAX {
         return Err(ApiError::bad_request(
             "batch_too_large",
             "A telemetry batch holds at most 1000 events.",
         ));
     }
-    store(sql, &batch.events).map_err(internal)?;
-    json(200, &serde_json::json!({"stored": batch.events.len()}))
+    store(sql, events).map_err(internal)
 }
 
 /// `GET /metrics` in the event object: the stored rows and the ledger's summary.

@@ -289,6 +289,16 @@ pub fn backoff_ms(attempts: u32, id: &str, entropy: [u8; 8]) -> i64 {
     half + (r % (half as u64 + 1)) as i64
 }
 
+/// A refund as the merchant asks for it (`Command::RequestRefund`'s fields).
+pub(crate) struct RefundAsk {
+    pub refund_id: String,
+    pub order_id: String,
+    pub amount: Option<MinorUnits>,
+    pub rule: RefundRule,
+    /// Whether the shell believes the acquirer is reachable right now.
+    pub acquirer_online: bool,
+}
+
 impl EventLedger {
     pub(crate) fn queue_authorization(
         &mut self,
@@ -637,18 +647,21 @@ impl EventLedger {
         Reply::Synced { forwards, refunds }
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn request_refund(
         &mut self,
-        refund_id: String,
-        order_id: &str,
-        amount: Option<MinorUnits>,
-        rule: RefundRule,
-        acquirer_online: bool,
+        ask: RefundAsk,
         now: i64,
         entropy: [u8; 8],
         fx: &mut Fx,
     ) -> Result<Reply, LedgerError> {
+        let RefundAsk {
+            refund_id,
+            order_id,
+            amount,
+            rule,
+            acquirer_online,
+        } = ask;
+        let order_id = order_id.as_str();
         check_id(&refund_id, "refund_id")?;
         if let Some(r) = self.refunds.get(&refund_id) {
             return if r.order_id == order_id && amount.is_none_or(|a| a == r.amount) {

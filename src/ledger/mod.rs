@@ -553,16 +553,16 @@ impl EventLedger {
                 amount,
                 rule,
                 acquirer_online,
-            } => self.request_refund(
-                refund_id,
-                &order_id,
-                amount,
-                rule,
-                acquirer_online,
-                now,
-                entropy,
-                fx,
-            ),
+            } => {
+                let ask = forward::RefundAsk {
+                    refund_id,
+                    order_id,
+                    amount,
+                    rule,
+                    acquirer_online,
+                };
+                self.request_refund(ask, now, entropy, fx)
+            }
             Command::RefundResult { refund_id, result } => {
                 self.refund_result(&refund_id, result, now, entropy, fx)
             }

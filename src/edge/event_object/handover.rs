@@ -2,6 +2,7 @@
 //! hibernating WebSocket that pushes every change to the till.
 
 use super::*;
+use crate::event_protocol::{HandoverSettle, ObjectAnswer};
 
 impl EventObject {
     pub(super) fn load_session(
@@ -43,100 +44,107 @@ impl EventObject {
         Ok(())
     }
 
-    /// Staff-terminal handover sessions: create, read, claim for a checkout, settle, and
-    /// a hibernating WebSocket that pushes every change to the till.
-    pub(super) async fn handover(
-        &self,
-        method: &str,
-        path: &str,
-        mut req: Request,
-    ) -> std::result::Result<Response, ApiError> {
-        let rest = path.trim_start_matches("/handover/");
-        let (sid, op) = rest.split_once('/').unwrap_or((rest, ""));
-        let now_ms = now();
-        // Read any body first: from loading the session to saving it there is no await, so
-        // two claims cannot both see it open.
-        let body: serde_json::Value = if method == "POST" || method == "PUT" {
-            crate::edge::http::body_json(&mut req).await?
-        } else {
-            serde_json::Value::Null
-        };
-        if method == "PUT" && op.is_empty() {
-            self.save_session(sid, &body)?;
-            return crate::edge::http::json(201, &body);
-        }
+    /// The session, marked expired once its pay link has lapsed.
+    fn current_session(&self, sid: &str) -> std::result::Result<serde_json::Value, ApiError> {
         let mut session = self
             .load_session(sid)?
             .ok_or_else(|| ApiError::not_found("handover session"))?;
-        let expired = session["expires_ms"].as_i64().unwrap_or(0) < now_ms;
+        let expired = session["expires_ms"].as_i64().unwrap_or(0) < now();
         if expired && session["status"] == "open" {
             session["status"] = "expired".into();
             self.save_session(sid, &session)?;
         }
-        match (method, op) {
-            ("GET", "") => crate::edge::http::json(200, &session),
-            ("GET", "ws") => {
-                let pair = worker::WebSocketPair::new().map_err(crate::edge::http::internal)?;
-                self.state.accept_websocket_with_tags(&pair.server, &[sid]);
-                let _ = pair.server.send_with_str(session.to_string());
-                Response::from_websocket(pair.client).map_err(crate::edge::http::internal)
+        Ok(session)
+    }
+
+    pub(super) fn open_handover(
+        &self,
+        sid: &str,
+        session: serde_json::Value,
+    ) -> std::result::Result<ObjectAnswer, ApiError> {
+        self.save_session(sid, &session)?;
+        Ok(ObjectAnswer::Session { session })
+    }
+
+    pub(super) fn get_handover(&self, sid: &str) -> std::result::Result<ObjectAnswer, ApiError> {
+        let session = self.current_session(sid)?;
+        Ok(ObjectAnswer::Session { session })
+    }
+
+    /// Claims the session for the checkout with record key `order_key`. From loading the
+    /// session to saving it there is no await, so two claims cannot both see it open.
+    pub(super) fn claim_handover(
+        &self,
+        sid: &str,
+        order_key: &str,
+    ) -> std::result::Result<ObjectAnswer, ApiError> {
+        let mut session = self.current_session(sid)?;
+        let now_ms = now();
+        let status = session["status"].as_str().unwrap_or("");
+        let stale_claim =
+            status == "paying" && session["claimed_ms"].as_i64().unwrap_or(0) + 180_000 < now_ms;
+        // The same checkout (same key) again: it continues, or replays its answer.
+        let same = session["order_key"].as_str() == Some(order_key);
+        match status {
+            "open" => {}
+            "paying" | "paid" if same => return Ok(ObjectAnswer::Session { session }),
+            "paying" if stale_claim => {}
+            "paid" => {
+                return Err(ApiError::new(
+                    409,
+                    "handover_paid",
+                    "This sale is already paid.",
+                ))
             }
-            ("POST", "claim") => {
-                let order = &body;
-                let status = session["status"].as_str().unwrap_or("");
-                let stale_claim = status == "paying"
-                    && session["claimed_ms"].as_i64().unwrap_or(0) + 180_000 < now_ms;
-                // The same checkout (same key) again: it continues, or replays its answer.
-                let same =
-                    order["order_key"].is_string() && session["order_key"] == order["order_key"];
-                match status {
-                    "open" => {}
-                    "paying" | "paid" if same => return crate::edge::http::json(200, &session),
-                    "paying" if stale_claim => {}
-                    "paid" => {
-                        return Err(ApiError::new(
-                            409,
-                            "handover_paid",
-                            "This sale is already paid.",
-                        ))
-                    }
-                    "expired" => {
-                        return Err(ApiError::new(
-                            410,
-                            "handover_expired",
-                            "This pay link has expired; ask for a new one.",
-                        ))
-                    }
-                    _ => {
-                        return Err(ApiError::new(
-                            409,
-                            "handover_in_progress",
-                            "A payment for this sale is in progress.",
-                        ))
-                    }
-                }
-                session["status"] = "paying".into();
-                session["claimed_ms"] = now_ms.into();
-                session["order_key"] = order["order_key"].clone();
-                self.save_session(sid, &session)?;
-                crate::edge::http::json(200, &session)
+            "expired" => {
+                return Err(ApiError::new(
+                    410,
+                    "handover_expired",
+                    "This pay link has expired; ask for a new one.",
+                ))
             }
-            ("POST", "settle") => {
-                let paid = body["paid"].as_bool().unwrap_or(false);
-                session["status"] = if paid { "paid" } else { "open" }.into();
-                if paid {
-                    session["receipt_url"] = body["receipt_url"].clone();
-                    session["payment_status"] = body["payment_status"].clone();
-                    session["order_id"] = body["order_id"].clone();
-                }
-                self.save_session(sid, &session)?;
-                crate::edge::http::json(200, &session)
+            _ => {
+                return Err(ApiError::new(
+                    409,
+                    "handover_in_progress",
+                    "A payment for this sale is in progress.",
+                ))
             }
-            _ => Err(ApiError::new(
-                404,
-                "route_not_found",
-                "Unknown handover operation.",
-            )),
         }
+        session["status"] = "paying".into();
+        session["claimed_ms"] = now_ms.into();
+        session["order_key"] = order_key.into();
+        self.save_session(sid, &session)?;
+        Ok(ObjectAnswer::Session { session })
+    }
+
+    pub(super) fn settle_handover(
+        &self,
+        sid: &str,
+        settle: HandoverSettle,
+    ) -> std::result::Result<ObjectAnswer, ApiError> {
+        let mut session = self.current_session(sid)?;
+        session["status"] = if settle.paid { "paid" } else { "open" }.into();
+        if settle.paid {
+            session["receipt_url"] = settle.receipt_url.into();
+            session["payment_status"] = settle.payment_status.into();
+            session["order_id"] = settle.order_id.into();
+        }
+        self.save_session(sid, &session)?;
+        Ok(ObjectAnswer::Session { session })
+    }
+
+    /// The till's live channel: a hibernating WebSocket tagged with the session, sent the
+    /// session at once and on every change.
+    pub(super) fn watch_handover(&self, sid: &str) -> std::result::Result<Response, ApiError> {
+        self.load().map_err(crate::edge::http::internal)?;
+        if self.ledger.borrow().is_none() {
+            return Err(ApiError::not_found("event"));
+        }
+        let session = self.current_session(sid)?;
+        let pair = worker::WebSocketPair::new().map_err(crate::edge::http::internal)?;
+        self.state.accept_websocket_with_tags(&pair.server, &[sid]);
+        let _ = pair.server.send_with_str(session.to_string());
+        Response::from_websocket(pair.client).map_err(crate::edge::http::internal)
     }
 }

@@ -7,34 +7,32 @@
 //! queued payment is forwarded, declined or expires. SQLite calls are synchronous, so each
 //! command is applied and persisted atomically with respect to other requests.
 //!
-//! Internal protocol (the Worker calls `https://event/<op>` on the stub):
-//! `POST /init` (EventConfig), `POST /cmd` ({now_ms, commands}), `GET /config`,
-//! `POST /checkout/begin` and `POST /checkout/finish` (a checkout's two calls: idempotency +
-//! CVC + hold; outcome + signed receipt + stored answer),
-//! `GET /summary`, `GET /sf-key`, `PUT|GET /receipts/{id}`, `POST /reconcile`, `GET /report`
-//! (the signed report of the last reconciliation, which also runs by itself from the alarm),
-//! `GET /export?format=csv|ndjson&email=0|1`, `POST /telemetry` (a batch of business
-//! events from a PoP), `GET /metrics` (the stored telemetry rows and the summary).
+//! It serves `crate::event_protocol` (`serve`): one `ObjectRequest` per call, answered
+//! with one `ObjectAnswer` or the error as the ledger gave it; `edge::object_client` is its
+//! only caller. The checkout's two calls (begin, finish) are `crate::checkout::object_side`
+//! over the ledger, applied in memory and persisted once (`checkout_step`).
 
 mod forward;
 mod handover;
 mod reconcile;
+mod serve;
 mod store;
 mod webhooks;
 
+use serve::answer;
 use store::SqlStore;
 
 use super::acquirer_io::{lane_secret, lanes, send, NoAnswer};
 use super::http::env_string;
 use crate::acquirer::{self, AuthorizeRequest};
 use crate::checkout::object_side::{self, Done, ObjectCtx, ObjectStore};
-use crate::checkout::protocol::{BeginRequest, FinishRequest};
 use crate::error::ApiError;
+use crate::event_protocol::ObjectRequest;
 use crate::ledger::{
     forward_outcome, lost_refund_id, refund_outcome, AcquirerCharge, AcquirerResult, Alert,
-    Command, Delta, Effect, EventConfig, EventLedger, EventReport, ForwardAttempt, ForwardRequest,
-    Listing, OrderState, ReconcileReason, ReconcileRequest, Reconciled, RefundAttempt,
-    RefundOutcome, RefundRequest, RefundState, Reply, Transport,
+    Command, Delta, Effect, EventLedger, EventReport, ForwardAttempt, ForwardRequest, Listing,
+    OrderState, ReconcileReason, ReconcileRequest, Reconciled, RefundAttempt, RefundOutcome,
+    RefundRequest, RefundState, Reply, Transport,
 };
 use crate::receipt::{self, ReceiptKeys, SignedReceipt, StatusChange};
 use crate::vault::{self, KekSet};
@@ -53,20 +51,6 @@ pub struct EventObject {
     storage_js: Option<JsValue>,
     ledger: RefCell<Option<EventLedger>>,
     loaded: RefCell<bool>,
-}
-
-#[derive(Deserialize)]
-struct CmdBody {
-    now_ms: i64,
-    commands: Vec<Command>,
-}
-
-/// One command's result on the wire: `{"ok": reply}` or `{"error": .., "status": ..}`.
-fn result_json(r: std::result::Result<Reply, ApiError>) -> serde_json::Value {
-    match r {
-        Ok(reply) => serde_json::json!({"ok": reply}),
-        Err(e) => serde_json::json!({"error": e, "status": e.status}),
-    }
 }
 
 fn now() -> i64 {
@@ -90,14 +74,6 @@ fn transport(answer: &std::result::Result<(u16, String), NoAnswer>) -> Transport
         Err(NoAnswer::Refused) => Transport::NotSent,
         Err(NoAnswer::Timeout) | Err(NoAnswer::Network) => Transport::NoAnswer,
     }
-}
-
-fn reply_json(status: u16, v: &serde_json::Value) -> Result<Response> {
-    Ok(Response::from_json(v)?.with_status(status))
-}
-
-fn api_error(e: &ApiError) -> Result<Response> {
-    reply_json(e.status, &e.body())
 }
 
 impl EventObject {
@@ -288,14 +264,6 @@ impl EventObject {
         Ok(done.reply)
     }
 
-    fn queue_depth(&self) -> u32 {
-        self.ledger
-            .borrow()
-            .as_ref()
-            .map(|l| l.queue_depth())
-            .unwrap_or(0)
-    }
-
     /// One alarm serves the ledger and the webhook outbox: keep the earliest future instant.
     async fn schedule(&self, at_ms: i64) {
         let storage = self.state.storage();
@@ -306,169 +274,6 @@ impl EventObject {
             }
         }
         let _ = storage.set_alarm((at_ms - now_ms).max(0)).await;
-    }
-
-    async fn route(&self, mut req: Request) -> std::result::Result<Response, ApiError> {
-        self.load().map_err(super::http::internal)?;
-        let path = req.path();
-        let method = req.method().to_string();
-        let exists = self.ledger.borrow().is_some();
-        match (method.as_str(), path.as_str()) {
-            ("POST", "/init") => {
-                let config: EventConfig = super::http::body_json(&mut req).await?;
-                if exists {
-                    return Err(ApiError::new(
-                        409,
-                        "event_exists",
-                        "An event with this id already exists.",
-                    ));
-                }
-                let ledger = EventLedger::new(config, now()).map_err(ApiError::from)?;
-                *self.ledger.borrow_mut() = Some(ledger);
-                self.persist().map_err(super::http::internal)?;
-                let summary = self.ledger.borrow().as_ref().map(|l| l.summary(now()));
-                super::http::json(201, &summary)
-            }
-            _ if !exists => Err(ApiError::not_found("event")),
-            ("POST", "/cmd") => {
-                let body: CmdBody = super::http::body_json(&mut req).await?;
-                let replies = self.run(body.commands, body.now_ms).await;
-                let results: Vec<serde_json::Value> =
-                    replies.into_iter().map(result_json).collect();
-                let depth = self.queue_depth();
-                super::http::json(
-                    200,
-                    &serde_json::json!({"results": results, "queue_depth": depth}),
-                )
-            }
-            ("GET", "/config") => {
-                let guard = self.ledger.borrow();
-                let l = guard.as_ref().ok_or_else(|| ApiError::not_found("event"))?;
-                let summary = l.summary(now());
-                super::http::json(
-                    200,
-                    &serde_json::json!({"config": l.config(), "summary": summary}),
-                )
-            }
-            ("GET", "/summary") => {
-                let s = self.ledger.borrow().as_ref().map(|l| l.summary(now()));
-                super::http::json(200, &s)
-            }
-            ("POST", "/checkout/begin") => {
-                let b: BeginRequest = super::http::body_json(&mut req).await?;
-                let a = self.checkout_step(|cx| object_side::begin(cx, b)).await?;
-                super::http::json(200, &a)
-            }
-            ("POST", "/checkout/finish") => {
-                let b: FinishRequest = super::http::body_json(&mut req).await?;
-                let a = self.checkout_step(|cx| object_side::finish(cx, b)).await?;
-                super::http::json(200, &a)
-            }
-            ("GET", p) if p.starts_with("/order/") => {
-                let id = p.trim_start_matches("/order/");
-                let guard = self.ledger.borrow();
-                let order = guard
-                    .as_ref()
-                    .and_then(|l| l.order(id))
-                    .ok_or_else(|| ApiError::not_found("order"))?;
-                super::http::json(200, order)
-            }
-            (m, p) if p.starts_with("/handover/") => self.handover(m, p, req).await,
-            ("PUT", "/webhook") => {
-                #[derive(Deserialize)]
-                struct W {
-                    url: String,
-                    secret: String,
-                }
-                let w: W = super::http::body_json(&mut req).await?;
-                for (k, v) in [("webhook_url", w.url), ("webhook_secret", w.secret)] {
-                    self.sql()
-                        .exec(
-                            "INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)",
-                            Some(vec![k.into(), v.as_str().into()]),
-                        )
-                        .map_err(super::http::internal)?;
-                }
-                super::http::json(200, &serde_json::json!({"webhook": true}))
-            }
-            ("POST", "/telemetry") => {
-                let text = super::http::body_text(&mut req).await?;
-                super::telemetry::accept_batch(&self.sql(), &text)
-            }
-            ("GET", "/metrics") => {
-                let rows = super::telemetry::stored_rows(&self.sql())?;
-                let summary = self.ledger.borrow().as_ref().map(|l| l.summary(now()));
-                super::http::json(200, &serde_json::json!({"rows": rows, "summary": summary}))
-            }
-            ("GET", "/sf-key") => {
-                super::http::json(200, &serde_json::json!({"wrapped": self.sf_key_wrapped()?}))
-            }
-            ("POST", "/reconcile") => super::http::json(200, &self.reconcile().await?),
-            ("GET", "/report") => match self.meta("report") {
-                Some(json) => super::http::raw(200, "application/json", &json),
-                None => Err(ApiError::new(
-                    404,
-                    "report_not_ready",
-                    "This event has no reconciliation report yet: one is made after a lost checkout, at the event's end, or by POST /v1/admin/events/{id}/reconcile.",
-                )),
-            },
-            ("GET", "/export") => {
-                let url = req.url().map_err(super::http::internal)?;
-                let q: std::collections::HashMap<String, String> =
-                    url.query_pairs().into_owned().collect();
-                let email = q.get("email").map(|v| v == "1").unwrap_or(false);
-                let guard = self.ledger.borrow();
-                let l = guard.as_ref().ok_or_else(|| ApiError::not_found("event"))?;
-                match q.get("format").map(String::as_str) {
-                    Some("ndjson") => {
-                        super::http::raw(200, "application/x-ndjson", &l.export_ndjson(email))
-                    }
-                    _ => super::http::raw(200, "text/csv; charset=utf-8", &l.export_csv(email)),
-                }
-            }
-            (m, p) if p.starts_with("/receipts/") => {
-                let id = p.trim_start_matches("/receipts/").to_string();
-                if m == "PUT" {
-                    let text = super::http::body_text(&mut req).await?;
-                    let signed = SignedReceipt::from_json(&text).map_err(|e| e.to_api())?;
-                    if signed.receipt.id != id {
-                        return Err(ApiError::bad_request(
-                            "receipt_id_mismatch",
-                            "The receipt's id is not the one in the path.",
-                        ));
-                    }
-                    self.store_receipt(&signed, &text)?;
-                    let status = serde_json::to_value(signed.receipt.status)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default();
-                    self.enqueue_webhook(&id, &status, &text).await;
-                    super::http::json(201, &serde_json::json!({"id": id}))
-                } else {
-                    #[derive(Deserialize)]
-                    struct Row {
-                        json: String,
-                    }
-                    let rows: Vec<Row> = self
-                        .sql()
-                        .exec(
-                            "SELECT json FROM receipts WHERE id = ?",
-                            Some(vec![id.as_str().into()]),
-                        )
-                        .and_then(|c| c.to_array())
-                        .map_err(super::http::internal)?;
-                    match rows.into_iter().next() {
-                        Some(r) => super::http::raw(200, "application/json", &r.json),
-                        None => Err(ApiError::not_found("receipt")),
-                    }
-                }
-            }
-            _ => Err(ApiError::new(
-                404,
-                "route_not_found",
-                "Unknown event object operation.",
-            )),
-        }
     }
 }
 
@@ -486,10 +291,17 @@ impl DurableObject for EventObject {
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
-        match self.route(req).await {
-            Ok(r) => Ok(r),
-            Err(e) => api_error(&e),
+        let request = match self.read_request(req).await {
+            Ok(r) => r,
+            Err(e) => return answer(Err(e)),
+        };
+        if let ObjectRequest::WatchHandover { session_id } = &request {
+            return match self.watch_handover(session_id) {
+                Ok(r) => Ok(r),
+                Err(e) => answer(Err(e)),
+            };
         }
+        answer(self.serve(request).await)
     }
 
     async fn websocket_message(

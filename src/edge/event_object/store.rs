@@ -304,24 +304,6 @@ impl EventObject {
             .unwrap_or(false)
     }
 
-    pub(super) fn store_receipt(
-        &self,
-        signed: &SignedReceipt,
-        json: &str,
-    ) -> std::result::Result<(), ApiError> {
-        self.sql()
-            .exec(
-                "INSERT OR REPLACE INTO receipts (id, order_id, json) VALUES (?, ?, ?)",
-                Some(vec![
-                    signed.receipt.id.as_str().into(),
-                    signed.receipt.order_id.as_str().into(),
-                    json.into(),
-                ]),
-            )
-            .map_err(crate::edge::http::internal)?;
-        Ok(())
-    }
-
     pub(super) fn meta(&self, key: &str) -> Option<String> {
         #[derive(Deserialize)]
         struct V {

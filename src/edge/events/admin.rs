@@ -2,6 +2,7 @@
 //! report, export, and the isolate's routing state.
 
 use super::*;
+use crate::event_protocol::ExportFormat;
 
 // ------------------------------------------------------------------ admin routes
 
@@ -98,19 +99,10 @@ pub async fn create(
         policy_revision: body.policy_revision.map(|r| r.to_string()),
     };
     config.validate().map_err(ApiError::from)?;
-    let (_, text) = call(
-        env,
-        &event_id,
-        Method::Post,
-        "/init",
-        Some(serde_json::to_string(&config).unwrap_or_default()),
-    )
-    .await?;
+    let summary = object::init(env, &config).await?;
     if let (Some(url), Some(secret)) = (&merchant.webhook_url, &merchant.webhook_secret) {
-        let w = serde_json::json!({"url": url, "secret": secret}).to_string();
-        call(env, &event_id, Method::Put, "/webhook", Some(w)).await?;
+        object::set_webhook(env, &event_id, url, secret).await?;
     }
-    let summary: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     json(
         201,
         &serde_json::json!({"event_id": event_id, "config": config, "policy": {"jurisdiction": bundle.bundle.jurisdiction, "revision": bundle.revision, "hash": bundle.hash}, "summary": summary}),
@@ -125,8 +117,7 @@ pub async fn show(
     event_id: &str,
 ) -> Result<Response, ApiError> {
     let c = managed(env, who, event_id, ctx.now_ms).await?;
-    let (_, text) = call(env, event_id, Method::Get, "/summary", None).await?;
-    let summary: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let summary = object::summary(env, event_id).await?;
     json(
         200,
         &serde_json::json!({"event_id": event_id, "config": &*c, "summary": summary}),
@@ -141,9 +132,8 @@ pub async fn sync_now(
     event_id: &str,
 ) -> Result<Response, ApiError> {
     managed(env, who, event_id, ctx.now_ms).await?;
-    let reply = one(env, event_id, ctx.now_ms, Command::SyncNow).await?;
-    let (_, text) = call(env, event_id, Method::Get, "/summary", None).await?;
-    let summary: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let reply = object::one(env, event_id, ctx.now_ms, Command::SyncNow).await?;
+    let summary = object::summary(env, event_id).await?;
     json(
         200,
         &serde_json::json!({"result": reply, "summary": summary}),
@@ -158,8 +148,7 @@ pub async fn reconcile(
     event_id: &str,
 ) -> Result<Response, ApiError> {
     managed(env, who, event_id, ctx.now_ms).await?;
-    let (_, text) = call(env, event_id, Method::Post, "/reconcile", Some("{}".into())).await?;
-    crate::edge::http::raw(200, "application/json", &text)
+    json(200, &object::reconcile(env, event_id).await?)
 }
 
 /// `GET /v1/admin/events/{id}/report`: the signed report of the event's last
@@ -171,8 +160,8 @@ pub async fn report(
     event_id: &str,
 ) -> Result<Response, ApiError> {
     managed(env, who, event_id, ctx.now_ms).await?;
-    let (_, text) = call(env, event_id, Method::Get, "/report", None).await?;
-    crate::edge::http::raw(200, "application/json", &text)
+    let signed = object::report(env, event_id).await?;
+    crate::edge::http::raw(200, "application/json", &signed)
 }
 
 /// `GET /v1/admin/events/{id}/export?format=csv|ndjson`; buyer e-mail only where the
@@ -185,32 +174,20 @@ pub async fn export(
     format: &str,
 ) -> Result<Response, ApiError> {
     let c = managed(env, who, event_id, ctx.now_ms).await?;
-    if format != "csv" && format != "ndjson" {
+    let Some(format) = ExportFormat::parse(format) else {
         return Err(ApiError::bad_request(
             "invalid_format",
             "format is csv or ndjson.",
         ));
-    }
+    };
     let bundle = bundle_of(env, &c, ctx.now_ms).await;
     let email = bundle
         .bundle
         .compliance
         .buyer_fields
         .contains(&BuyerField::Email);
-    let (_, text) = call(
-        env,
-        event_id,
-        Method::Get,
-        &format!("/export?format={format}&email={}", u8::from(email)),
-        None,
-    )
-    .await?;
-    let ct = if format == "csv" {
-        "text/csv; charset=utf-8"
-    } else {
-        "application/x-ndjson"
-    };
-    crate::edge::http::raw(200, ct, &text)
+    let text = object::export(env, event_id, format, email).await?;
+    crate::edge::http::raw(200, format.content_type(), &text)
 }
 
 #[derive(Deserialize)]
@@ -236,7 +213,7 @@ pub async fn refund(
     let c = managed(env, who, event_id, ctx.now_ms).await?;
     let bundle = bundle_of(env, &c, ctx.now_ms).await;
     // The most restrictive rule among the order's lines' categories applies.
-    let order = fetch_order(env, event_id, &body.order_id).await?;
+    let order = object::order(env, event_id, &body.order_id).await?;
     let categories: Vec<PolicyCategory> = order
         .lines
         .iter()
@@ -271,7 +248,7 @@ pub async fn refund(
         ),
         None => format!("rf_{}", hex::encode(random::<8>()?)),
     };
-    let reply = one(
+    let reply = object::one(
         env,
         event_id,
         ctx.now_ms,

@@ -2,6 +2,7 @@
 //! claim and settle a checkout makes for a handover sale.
 
 use super::*;
+use crate::event_protocol::{HandoverSettle, ObjectRequest};
 
 // ------------------------------------------------------------------ staff-terminal handover
 
@@ -18,15 +19,10 @@ pub(in crate::edge) async fn handover_session(
     sid: &str,
 ) -> Result<serde_json::Value, ApiError> {
     let event_id = session_event(sid).ok_or_else(|| ApiError::not_found("handover session"))?;
-    let (_, text) = call(
-        env,
-        event_id,
-        Method::Get,
-        &format!("/handover/{sid}"),
-        None,
-    )
-    .await?;
-    serde_json::from_str(&text).map_err(|_| ApiError::not_found("handover session"))
+    let req = ObjectRequest::GetHandover {
+        session_id: sid.to_string(),
+    };
+    object::handover(env, event_id, req).await
 }
 
 /// How long a pay link stays open unless the till asks otherwise (seconds).
@@ -85,14 +81,11 @@ pub async fn create_handover(
         "currency": c.currency, "status": "open", "created_ms": ctx.now_ms, "expires_ms": expires_ms,
         "expires_at": crate::time::iso8601(expires_ms),
     });
-    call(
-        env,
-        event_id,
-        Method::Put,
-        &format!("/handover/{sid}"),
-        Some(session.to_string()),
-    )
-    .await?;
+    let req = ObjectRequest::OpenHandover {
+        session_id: sid.clone(),
+        session: session.clone(),
+    };
+    object::handover(env, event_id, req).await?;
     let mut out = session.clone();
     out["pay_url"] = format!("{}/p/{sid}", ctx.self_origin).into();
     out["ws_url"] = format!("/v1/handover/{sid}/ws").into();
@@ -132,12 +125,7 @@ pub async fn handover_ws(env: &Env, sid: &str, req: Request) -> Result<Response,
             "This URL speaks WebSocket; poll /v1/handover/{id} instead.",
         ));
     }
-    let stub = stub(env, event_id)?;
-    let mut init = RequestInit::new();
-    init.with_headers(req.headers().clone());
-    let fwd = Request::new_with_init(&format!("https://event/handover/{sid}/ws"), &init)
-        .map_err(internal)?;
-    stub.fetch_with_request(fwd).await.map_err(internal)
+    object::watch_handover(env, event_id, sid, req.headers()).await
 }
 
 // ------------------------------------------------------------------ handover and checkout
@@ -157,15 +145,11 @@ pub(in crate::edge) async fn claim_handover(
     }
     let items: Vec<CartItem> = serde_json::from_value(session["items"].clone())
         .map_err(|_| ApiError::not_found("handover session"))?;
-    let claim = serde_json::json!({"order_key": key}).to_string();
-    call(
-        env,
-        event_id,
-        Method::Post,
-        &format!("/handover/{sid}/claim"),
-        Some(claim),
-    )
-    .await?;
+    let claim = ObjectRequest::ClaimHandover {
+        session_id: sid.to_string(),
+        order_key: key.to_string(),
+    };
+    object::handover(env, event_id, claim).await?;
     Ok(items)
 }
 
@@ -178,21 +162,17 @@ pub(in crate::edge) async fn settle_handover(
     answer: &Answer,
 ) -> Result<(), ApiError> {
     let b = &answer.body;
+    let text = |k: &str| b[k].as_str().map(str::to_string);
     let settle = match answer.status {
-        201 | 200 => serde_json::json!({
-            "paid": true, "receipt_url": b["receipt_url"], "payment_status": b["status"], "order_id": b["order_id"],
-        }),
+        201 | 200 => HandoverSettle {
+            paid: true,
+            receipt_url: text("receipt_url"),
+            payment_status: text("status"),
+            order_id: text("order_id"),
+        },
         // Unknown yet, or a retry the same checkout may make (it can claim again).
         _ if answer.status == 202 || answer.retry_after_s.is_some() => return Ok(()),
-        _ => serde_json::json!({"paid": false}),
+        _ => HandoverSettle::default(),
     };
-    call(
-        env,
-        event_id,
-        Method::Post,
-        &format!("/handover/{sid}/settle"),
-        Some(settle.to_string()),
-    )
-    .await?;
-    Ok(())
+    object::settle_handover(env, event_id, sid, settle).await
 }

@@ -36,26 +36,17 @@ pub fn cors_origin(
 /// `GET /v1/events/{id}/public`: what a checkout page shows before the quote.
 pub async fn public(env: &Env, ctx: &Ctx, event_id: &str) -> Result<Response, ApiError> {
     let c = config(env, event_id, ctx.now_ms).await?;
-    let (_, text) = call(env, event_id, Method::Get, "/summary", None).await?;
-    let summary: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let summary = object::summary(env, event_id).await?;
     let bundle = bundle_of(env, &c, ctx.now_ms).await;
-    let available: HashMap<String, u64> = summary["skus"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| {
-                    Some((
-                        s["sku"].as_str().or(s["id"].as_str())?.to_string(),
-                        s["available"].as_u64()?,
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let available: HashMap<&str, u32> = summary
+        .skus
+        .iter()
+        .map(|s| (s.sku.as_str(), s.available))
+        .collect();
     let skus: Vec<serde_json::Value> = c
         .skus
         .iter()
-        .map(|s| serde_json::json!({"id": s.id, "name": s.name, "category": s.category, "price": s.price, "available": available.get(&s.id).copied().unwrap_or(u64::from(s.stock))}))
+        .map(|s| serde_json::json!({"id": s.id, "name": s.name, "category": s.category, "price": s.price, "available": available.get(s.id.as_str()).copied().unwrap_or(s.stock)}))
         .collect();
     json(
         200,
@@ -144,23 +135,6 @@ pub fn with_cors(mut r: Response, origin: Option<String>) -> Result<Response, Ap
     Ok(r)
 }
 
-pub(in crate::edge) async fn fetch_order(
-    env: &Env,
-    event_id: &str,
-    order_id: &str,
-) -> Result<Order, ApiError> {
-    let (_, text) = call(
-        env,
-        event_id,
-        Method::Get,
-        &format!("/order/{order_id}"),
-        None,
-    )
-    .await?;
-    serde_json::from_str(&text)
-        .map_err(|_| ApiError::new(503, "temporarily_unavailable", "Order unreadable.").retryable())
-}
-
 // ------------------------------------------------------------------ receipts
 
 /// The event a receipt belongs to: `rcpt_<event_id>-<n>`.
@@ -185,14 +159,7 @@ pub async fn get_receipt(
     let receipt_id =
         receipt::open_url(&keys, receipt_id).ok_or_else(|| ApiError::not_found("receipt"))?;
     let event_id = receipt_event(receipt_id).ok_or_else(|| ApiError::not_found("receipt"))?;
-    let (_, text) = call(
-        env,
-        event_id,
-        Method::Get,
-        &format!("/receipts/{receipt_id}"),
-        None,
-    )
-    .await?;
+    let text = object::receipt(env, event_id, receipt_id).await?;
     if wants_html {
         let signed = receipt::SignedReceipt::from_json(&text).map_err(|e| e.to_api())?;
         let html = receipt::render_html(&signed);
@@ -271,7 +238,7 @@ pub(in crate::edge) fn queue_answer(reply: Reply) -> Result<Response, ApiError> 
 /// `POST /v1/events/{id}/queue`: join the event's waiting room.
 pub async fn join_queue(env: &Env, ctx: &Ctx, event_id: &str) -> Result<Response, ApiError> {
     let random = random::<32>()?;
-    queue_answer(one(env, event_id, ctx.now_ms, Command::JoinQueue { random }).await?)
+    queue_answer(object::one(env, event_id, ctx.now_ms, Command::JoinQueue { random }).await?)
 }
 
 /// `GET /v1/events/{id}/queue/{ticket}`: keep the place and learn the position.
@@ -282,7 +249,7 @@ pub async fn poll_queue(
     ticket: &str,
 ) -> Result<Response, ApiError> {
     queue_answer(
-        one(
+        object::one(
             env,
             event_id,
             ctx.now_ms,
