@@ -339,7 +339,7 @@ fn attach_receipt<T>(cx: &mut ObjectCtx<'_>, answer: &mut StoredAnswer, done: &m
     }
 }
 
-/// `POST /checkout/finish`. When the key already has an answer (another request with the
+/// A checkout's last call (`ObjectRequest::Finish`). When the key already has an answer (another request with the
 /// same key finished first: a retry that took over, or the first attempt finishing late),
 /// that answer stands: it is the reply, and this finish applies nothing.
 pub fn finish(cx: &mut ObjectCtx<'_>, req: FinishRequest) -> Done<FinishReply> {

@@ -1,6 +1,6 @@
 //! The checkout's half of the Worker ↔ event object protocol: typed requests and replies
-//! for `POST /checkout/begin`, `POST /checkout/finish` and `POST /cmd` notes, serialized
-//! with serde on both sides (the Worker encodes, `edge/event_object.rs` decodes).
+//! for a checkout's begin and finish calls, carried as `ObjectRequest::Begin` and
+//! `ObjectRequest::Finish` (`crate::event_protocol`) and serialized with serde on both sides.
 
 use crate::error::ApiError;
 use crate::ledger::{Command, Order};
@@ -14,7 +14,7 @@ pub struct CvcUse {
     pub expires_at_ms: i64,
 }
 
-/// `POST /checkout/begin`: the idempotency record; for a new request the CVC and the hold;
+/// A checkout's first call: the idempotency record; for a new request the CVC and the hold;
 /// when the payment is to be stored at once, the finish too (one call).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BeginRequest {
@@ -79,7 +79,7 @@ pub enum Completion {
     },
 }
 
-/// `POST /checkout/finish`: the outcome for the ledger, the receipt to sign under the
+/// A checkout's last call: the outcome for the ledger, the receipt to sign under the
 /// order's receipt number, and how to close the key, applied together.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FinishRequest {

@@ -313,7 +313,7 @@ pub fn accept_batch(sql: &SqlStorage, events: &[Event]) -> Result<(), ApiError> 
     store(sql, events).map_err(internal)
 }
 
-/// `GET /metrics` in the event object: the stored rows and the ledger's summary.
+/// `ObjectRequest::Metrics` in the event object: the stored rows and the ledger's summary.
 pub fn stored_rows(sql: &SqlStorage) -> Result<Vec<(String, String)>, ApiError> {
     ensure_table(sql).map_err(internal)?;
     #[derive(Deserialize)]
