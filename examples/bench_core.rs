@@ -186,6 +186,8 @@ fn hold_confirm(ledger: &mut EventLedger, n: u64, now: i64, rng: &mut Bytes) -> 
             lane: "fast".into(),
             admission_ticket: None,
             charge_total: None,
+            // Every buyer their own card: the per-card limits scan the event's orders.
+            holder: Some(format!("cd_{n:032x}")),
         },
         now,
         rng.b8(),
@@ -320,6 +322,7 @@ fn machine_checkout(
             card: card.clone(),
             cvc: None,
             fingerprint: request::fingerprint(body, card.number(), &[9u8; 32]),
+            holder: request::card_holder(card.number(), &[9u8; 32]),
         }),
         secrets: vec![(
             "ACQUIRER_SECRET".into(),

@@ -28,6 +28,7 @@
 // run-queue), and the thread's own on-CPU time per request is reported as an upper bound.
 
 import fs from "node:fs";
+import { freshCard } from "./test-cards.mjs";
 import crypto from "node:crypto";
 
 function parseArgs(argv) {
@@ -264,8 +265,9 @@ async function main() {
     report.healthz = phase("healthz", o.healthz, h, h.out.results.filter((r) => r.status === 200).length, o.intervalUs);
 
     // Phase 2: token pairs (POST /v1/tokens), also the input of phase 3.
-    const tokenBody = JSON.stringify({ event_id: o.event, card: { number: "4242424242424242", exp_month: 12, exp_year: 2034, cvc: "123" } });
-    const t = await profiled(cdp, o.hostPid, () => runPool(o.checkouts, o.concurrency, () => req(`${o.url}/v1/tokens`, { method: "POST", headers: { "content-type": "application/json" }, body: tokenBody })));
+    // Every buyer their own card: the ledger limits what one card holds and buys.
+    const tokenBody = () => JSON.stringify({ event_id: o.event, card: { number: freshCard(), exp_month: 12, exp_year: 2034, cvc: "123" } });
+    const t = await profiled(cdp, o.hostPid, () => runPool(o.checkouts, o.concurrency, () => req(`${o.url}/v1/tokens`, { method: "POST", headers: { "content-type": "application/json" }, body: tokenBody() })));
     const pairs = t.out.results.map((r) => (r.status === 201 ? JSON.parse(r.text) : null)).filter((p) => p?.token && p?.cvc_token);
     report.tokens = phase("tokens", o.checkouts, t, pairs.length, o.intervalUs);
     if (pairs.length === 0) throw new Error(`no token could be made: ${t.out.results[0]?.status} ${t.out.results[0]?.text?.slice(0, 200)}`);

@@ -23,6 +23,7 @@
 
 import fs from "node:fs";
 import crypto from "node:crypto";
+import { freshCard } from "./test-cards.mjs";
 
 function parseArgs(argv) {
   const o = { concurrency: 8, requests: 500, durationMs: 60_000, sku: "entry", label: null, out: null };
@@ -155,7 +156,8 @@ function tokenRequest(o) {
   return timed(`${o.url}/v1/tokens`, {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ event_id: o.event, card: { number: "4242424242424242", exp_month: 12, exp_year: 2034, cvc: "123" } }),
+    // Every buyer their own card: the ledger limits what one card holds and buys.
+    body: JSON.stringify({ event_id: o.event, card: { number: freshCard(), exp_month: 12, exp_year: 2034, cvc: "123" } }),
   });
 }
 

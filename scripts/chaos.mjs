@@ -31,6 +31,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { execFileSync } from 'node:child_process';
+import { freshCard, GENERATED_PATTERN } from './test-cards.mjs';
 import { checkInvariants, attributeCharges, tallyRequests, renderReport, renderSvg, TEST_PANS, PANIC_PATTERNS, FINAL_STATES } from './chaos-lib.mjs';
 
 // ------------------------------------------------------------------------- arguments
@@ -136,10 +137,14 @@ const CARDS = [
   ['4242424242424242', 60], ['5555555555554444', 10], ['378282246310005', 5], ['2223003122003222', 5], ['6011111111111117', 5],
   ['4000000000000002', 5], ['4000000000009995', 5], ['4000000000000069', 5],
 ];
+/** Stripe's decline cards are shared by every buyer who draws one (so the per-card decline
+ *  limit is met, as it would be by a card tester); an approving draw is a card of the
+ *  buyer's own (the ledger limits what one card holds and buys). */
+const DECLINING = new Set(['4000000000000002', '4000000000009995', '4000000000000069']);
 function pickCard() {
   let r = rand() * 100;
-  for (const [n, w] of CARDS) { if (r < w) return n; r -= w; }
-  return CARDS[0][0];
+  for (const [n, w] of CARDS) { if (r < w) return DECLINING.has(n) ? n : freshCard(); r -= w; }
+  return freshCard();
 }
 const BUYER = { email: 'buyer@example.org', age_confirmed: true, consent_accepted: true };
 const OFFLINE = { per_transaction_max: 10_000, aggregate_max: 200_000, per_card_max_count: 1_000_000, per_card_window_ms: 3_600_000 };
@@ -741,6 +746,8 @@ function scanFiles(dirs) {
     filesScanned += 1;
     const text = fs.readFileSync(p).toString('latin1');
     for (const pan of TEST_PANS) if (text.includes(pan)) leaks.push({ pan, file: p });
+    const generated = text.match(GENERATED_PATTERN);
+    if (generated && !TEST_PANS.includes(generated[0])) leaks.push({ pan: generated[0], file: p });
   };
   for (const d of dirs) walk(d);
   return { filesScanned, leaks };

@@ -118,14 +118,14 @@ pub struct HandoverSettle {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandResult {
-    Ok(Reply),
+    Ok(Box<Reply>),
     Error(WireError),
 }
 
 impl CommandResult {
     pub fn into_result(self) -> Result<Reply, ApiError> {
         match self {
-            CommandResult::Ok(r) => Ok(r),
+            CommandResult::Ok(r) => Ok(*r),
             CommandResult::Error(e) => Err(e.to_api()),
         }
     }
@@ -134,7 +134,7 @@ impl CommandResult {
 impl From<Result<Reply, ApiError>> for CommandResult {
     fn from(r: Result<Reply, ApiError>) -> CommandResult {
         match r {
-            Ok(reply) => CommandResult::Ok(reply),
+            Ok(reply) => CommandResult::Ok(Box::new(reply)),
             Err(e) => CommandResult::Error(WireError::from(e)),
         }
     }
@@ -340,7 +340,7 @@ mod tests {
     fn answers_survive_the_trip_and_garbage_is_a_retryable_503() {
         let a = ObjectAnswer::Results {
             results: vec![
-                CommandResult::Ok(Reply::Done),
+                CommandResult::Ok(Box::new(Reply::Done)),
                 CommandResult::from(Err(ApiError::new(422, "sold_out", "Gone."))),
             ],
         };

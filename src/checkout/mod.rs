@@ -94,6 +94,8 @@ pub struct Prepared {
     pub cvc: Option<OpenedCvc>,
     /// The purchase's idempotency fingerprint ([`request::fingerprint`]).
     pub fingerprint: String,
+    /// The card to the event's purchase limits ([`request::card_holder`]).
+    pub holder: String,
 }
 
 /// The machine's input.
@@ -485,6 +487,7 @@ impl Checkout {
             lane: self.first_lane.clone(),
             admission_ticket: p.admission_ticket.clone(),
             charge_total: Some(p.quote.total),
+            holder: Some(p.holder.clone()).filter(|h| !h.is_empty()),
         }
     }
 
@@ -756,7 +759,7 @@ impl Checkout {
             BeginReply::FinishRefused { error } => {
                 State::Done(Answer::error(&offline_refused(&error.to_api())))
             }
-            BeginReply::Held { order, resumed } => self.on_held(order, resumed),
+            BeginReply::Held { order, resumed } => self.on_held(*order, resumed),
         };
     }
 

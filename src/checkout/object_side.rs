@@ -221,7 +221,10 @@ fn begin_inner(
     let Some(then) = req.then.filter(|_| !resumed) else {
         // A resumed order's lane may hold a charge from the request this one took over:
         // never store a new payment for it here; the checkout completes that attempt.
-        return BeginReply::Held { order, resumed };
+        return BeginReply::Held {
+            order: Box::new(order),
+            resumed,
+        };
     };
     let mut inner = finish(cx, then);
     let reply = std::mem::replace(&mut inner.reply, FinishReply::Abandoned);

@@ -58,7 +58,7 @@ pub enum BeginReply {
     /// took the key over from an earlier one that stopped part way (its Worker died), so
     /// the order's lane may already hold a charge. An order left by an undone checkout
     /// (its key forgotten, nothing charged) is held again with `resumed: false`.
-    Held { order: Order, resumed: bool },
+    Held { order: Box<Order>, resumed: bool },
     /// Held and finished in the same call (`then`).
     Finished { answer: StoredAnswer },
     /// The `then` finish was refused; the hold, the key and the CVC were undone.

@@ -230,6 +230,19 @@ pub fn fingerprint(body: &CheckoutBody, card_number: &Secret<String>, key: &[u8;
     )
 }
 
+/// Who a card is to the event's purchase limits, `cd_<hex>`: the card number under the
+/// fingerprint key (so the object, which never holds that key, cannot recover the card, and
+/// the same card gives the same holder in every PoP and for every token).
+pub fn card_holder(card_number: &Secret<String>, key: &[u8; 32]) -> String {
+    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => return String::new(),
+    };
+    mac.update(b"poptill-card-holder-v1\n");
+    mac.update(card_number.expose().as_bytes());
+    format!("cd_{}", hex::encode(&mac.finalize().into_bytes()[..16]))
+}
+
 /// Whether a recorded fingerprint is for this cart (see [`cart_fingerprint`]).
 pub fn same_cart(recorded: &str, cart: &str) -> bool {
     recorded

@@ -600,6 +600,7 @@ pub(crate) fn input(
         )
         .map_err(|e| e.to_api())?;
         let fingerprint = request::fingerprint(&body, card.number(), &[9u8; 32]);
+        let holder = request::card_holder(card.number(), &[9u8; 32]);
         Ok(Prepared {
             bundle: b.clone(),
             quote,
@@ -610,6 +611,7 @@ pub(crate) fn input(
             card,
             cvc: None,
             fingerprint,
+            holder,
         })
     })();
     CheckoutInput {
@@ -1838,4 +1840,66 @@ fn a_full_permit_queue_sheds_at_once() {
     assert_eq!(a.status, 429, "{}", a.body);
     assert!(a.routing.unwrap().contains("permit queue full"));
     assert_eq!(w.obj.ledger.available("ticket"), 10);
+}
+
+#[test]
+fn a_card_testing_loop_is_refused_before_the_acquirer_after_three_declines() {
+    // Each try is a new key and a new token for the same card, as a card-testing script
+    // sends them; the card's holder hash (not the token) is what the ledger counts.
+    let mut w = World::new(10);
+    for i in 0..3 {
+        let a = w.pay(
+            &format!("t{i}"),
+            CART,
+            DECLINE,
+            &format!("tok_{i}"),
+            &[],
+            &[],
+        );
+        assert_eq!(a.status, 402, "{}", a.body);
+    }
+    let sent = w.acq.requests;
+    let a = w.pay("t3", CART, DECLINE, "tok_3", &[], &[]);
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "card_velocity");
+    assert!(a.retry_after_s.is_some());
+    assert_eq!(
+        w.acq.requests, sent,
+        "the acquirer never saw the fourth try"
+    );
+    // An honest buyer with another card is not affected.
+    let ok = w.pay("h1", CART, APPROVE, "tok_h", &[], &[]);
+    assert_eq!(ok.status, 201, "{}", ok.body);
+}
+
+#[test]
+fn one_card_cannot_hold_the_stock_of_many_carts() {
+    let mut w = World::new(10);
+    // Two pending carts of the same card (the first two of a hoarding script whose
+    // checkouts never finish: the object's half is left at begin).
+    for i in 0..2 {
+        let mut co = Checkout::new(input(
+            &w.ev,
+            &format!("h{i}"),
+            CART,
+            APPROVE,
+            &format!("tok{i}"),
+            w.now,
+        ));
+        let Step::Object(call) = co.poll(&mut w.router, w.now) else {
+            panic!("the checkout begins with the object")
+        };
+        let r = w.obj.call(call, w.now, ObjFault::None);
+        assert!(r.is_ok());
+    }
+    let a = w.pay("h2", CART, APPROVE, "tok2", &[], &[]);
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "too_many_pending");
+    assert_eq!(
+        w.obj.ledger.available("ticket"),
+        6,
+        "two carts of 2 held, no more"
+    );
+    let other = w.pay("o1", CART, "5555555555554444", "tok_o", &[], &[]);
+    assert_eq!(other.status, 201, "{}", other.body);
 }

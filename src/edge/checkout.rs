@@ -264,11 +264,9 @@ async fn prepare(
         None => None,
     };
     let keks = super::vault::keks(env)?;
-    let fingerprint = request::fingerprint(
-        body,
-        card.number(),
-        request::fingerprint_key(&keks).expose(),
-    );
+    let fkey = request::fingerprint_key(&keks);
+    let fingerprint = request::fingerprint(body, card.number(), fkey.expose());
+    let holder = request::card_holder(card.number(), fkey.expose());
     Ok(Prepared {
         bundle,
         quote,
@@ -279,6 +277,7 @@ async fn prepare(
         card,
         cvc,
         fingerprint,
+        holder,
     })
 }
 

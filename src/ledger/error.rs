@@ -1,5 +1,6 @@
 //! Errors of the event ledger, each mapped to a 4xx/5xx `ApiError` with a stable code.
 
+use super::orders::BuyerScope;
 use crate::error::ApiError;
 use std::fmt;
 
@@ -41,6 +42,19 @@ pub enum LedgerError {
         sku: String,
         max: u32,
     },
+    /// A card or admission ticket already holds or bought `bought` of at most `max`.
+    BuyerLimit {
+        sku: String,
+        max: u32,
+        bought: u32,
+        scope: BuyerScope,
+    },
+    /// A card or admission ticket already has the most pending orders it may have.
+    TooManyPending {
+        scope: BuyerScope,
+    },
+    /// The card was declined too often lately; refused before the acquirer sees it.
+    CardVelocity,
     NotAdmitted,
     QueueFull,
     TicketNotFound,
@@ -77,6 +91,13 @@ pub enum LedgerError {
     IdempotencyMismatch,
     /// The stored state could not be written or read back (a server fault, not the caller's).
     StateCorrupt,
+}
+
+fn scope_name(scope: BuyerScope) -> &'static str {
+    match scope {
+        BuyerScope::Card => "card",
+        BuyerScope::Ticket => "admission ticket",
+    }
 }
 
 impl LedgerError {
@@ -116,6 +137,34 @@ impl LedgerError {
                 "purchase_limit",
                 format!("At most {max} of {sku} can be bought in one order."),
             ),
+            E::BuyerLimit {
+                sku,
+                max,
+                bought,
+                scope,
+            } => ApiError::new(
+                422,
+                "buyer_limit",
+                format!(
+                    "At most {max} of {sku} can be bought per {}; {bought} already bought or in checkout.",
+                    scope_name(*scope)
+                ),
+            ),
+            E::TooManyPending { scope } => ApiError::new(
+                429,
+                "too_many_pending",
+                format!(
+                    "This {} already has checkouts in progress; finish or wait for them, then try again.",
+                    scope_name(*scope)
+                ),
+            )
+            .retryable(),
+            E::CardVelocity => ApiError::new(
+                429,
+                "card_velocity",
+                "This card cannot be used for this event right now. Try another card.",
+            )
+            .retryable(),
             E::SalesNotStarted => ApiError::new(
                 409,
                 "sales_not_started",

@@ -49,6 +49,8 @@ mod tracked;
 #[cfg(test)]
 mod forward_tests;
 #[cfg(test)]
+mod limits_tests;
+#[cfg(test)]
 mod recon_tests;
 #[cfg(test)]
 mod sim_tests;
@@ -161,6 +163,10 @@ pub enum Command {
         /// top for tax-exclusive places); the order's total, and what reconciliation expects.
         #[serde(default)]
         charge_total: Option<MinorUnits>,
+        /// A keyed hash of the card (`checkout::request::card_holder`): the per-card
+        /// limits (units per SKU, pending orders, recent declines) count by it.
+        #[serde(default)]
+        holder: Option<String>,
     },
     /// The acquirer approved the order's payment online: take the stock.
     Confirm {
@@ -501,6 +507,7 @@ impl EventLedger {
                 lane,
                 admission_ticket,
                 charge_total,
+                holder,
             } => self.hold(
                 orders::HoldRequest {
                     order_id,
@@ -510,6 +517,7 @@ impl EventLedger {
                     lane,
                     admission_ticket,
                     charge_total,
+                    holder,
                 },
                 now,
                 fx,

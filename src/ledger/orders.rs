@@ -11,6 +11,13 @@ pub const MAX_LINES: usize = 50;
 pub const MAX_QTY: u32 = 1_000;
 /// Longest a hold may last.
 pub const MAX_HOLD_MS: i64 = 30 * 60_000;
+/// Most pending orders one card (or one admission ticket) may hold at once: a buyer
+/// pressing Pay twice needs two, a hoarder wants hundreds.
+pub const MAX_PENDING_PER_BUYER: usize = 2;
+/// Declined orders of one card within [`DECLINE_WINDOW_MS`] after which the card's next
+/// checkout is refused before it reaches the acquirer (card testing).
+pub const MAX_DECLINES_PER_CARD: usize = 3;
+pub const DECLINE_WINDOW_MS: i64 = 15 * 60_000;
 
 /// Where an order is in its life.
 ///
@@ -69,6 +76,13 @@ impl OrderState {
     }
 }
 
+/// What a buyer limit counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuyerScope {
+    Card,
+    Ticket,
+}
+
 /// One line as the buyer asked for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineRequest {
@@ -108,9 +122,22 @@ pub struct Order {
     /// Whether the order's units count as sold. Stays true after a late decline or expiry of
     /// a stored payment: the goods were already handed over.
     pub stock_taken: bool,
+    /// Whose card holds it: a keyed hash of the card number
+    /// (`checkout::request::card_holder`), never the card; the per-card limits count it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// The admission ticket it was bought with; the per-ticket limits count it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
 }
 
 impl Order {
+    /// Whether the order holds or took stock now (pending, sold, or stored for forwarding).
+    fn counts_against_limits(&self) -> bool {
+        self.state == OrderState::Pending
+            || (self.stock_taken && !matches!(self.state, OrderState::Lost | OrderState::Refunded))
+    }
+
     pub fn has_sku(&self, sku: &str) -> bool {
         self.lines.iter().any(|l| l.sku == sku)
     }
@@ -133,6 +160,7 @@ pub(crate) struct HoldRequest {
     pub lane: String,
     pub admission_ticket: Option<String>,
     pub charge_total: Option<MinorUnits>,
+    pub holder: Option<String>,
 }
 
 fn valid_email(e: &str) -> bool {
@@ -239,6 +267,7 @@ impl EventLedger {
                 Err(LedgerError::OrderConflict(req.order_id))
             };
         }
+        self.check_buyer_limits(&req, &lines, now)?;
         if self.config.queue.required {
             let ok = req
                 .admission_ticket
@@ -279,11 +308,75 @@ impl EventLedger {
             refunded: MinorUnits::ZERO,
             decline_reason: None,
             stock_taken: false,
+            holder: req.holder,
+            ticket: req.admission_ticket,
         };
         self.holds.insert(req.order_id.clone(), req.expires_ms);
         self.orders.insert(req.order_id, order.clone());
         fx.changed = true;
         Ok(Reply::Order { order })
+    }
+
+    /// The limits per card and per admission ticket, across the event's orders: at most
+    /// each SKU's `max_per_order` units held or bought, at most [`MAX_PENDING_PER_BUYER`]
+    /// pending orders, and for a card, no checkout after [`MAX_DECLINES_PER_CARD`] recent
+    /// declines. A buyer without a card hash or ticket is limited per order only.
+    fn check_buyer_limits(
+        &self,
+        req: &HoldRequest,
+        lines: &[OrderLine],
+        now: i64,
+    ) -> Result<(), LedgerError> {
+        let scopes = [
+            (req.holder.as_deref(), BuyerScope::Card),
+            (req.admission_ticket.as_deref(), BuyerScope::Ticket),
+        ];
+        for (id, scope) in scopes {
+            let Some(id) = id else { continue };
+            let mut pending = 0;
+            let mut declines = 0;
+            let mut bought = vec![0u32; lines.len()];
+            for o in self.orders.values() {
+                let mine = match scope {
+                    BuyerScope::Card => o.holder.as_deref() == Some(id),
+                    BuyerScope::Ticket => o.ticket.as_deref() == Some(id),
+                };
+                if !mine {
+                    continue;
+                }
+                pending += usize::from(o.state == OrderState::Pending);
+                declines += usize::from(
+                    o.state == OrderState::Declined && o.created_ms > now - DECLINE_WINDOW_MS,
+                );
+                if o.counts_against_limits() {
+                    for (l, n) in lines.iter().zip(bought.iter_mut()) {
+                        for x in o.lines.iter().filter(|x| x.sku == l.sku) {
+                            *n = n.saturating_add(x.qty);
+                        }
+                    }
+                }
+            }
+            if pending >= MAX_PENDING_PER_BUYER {
+                return Err(LedgerError::TooManyPending { scope });
+            }
+            if scope == BuyerScope::Card && declines >= MAX_DECLINES_PER_CARD {
+                return Err(LedgerError::CardVelocity);
+            }
+            for (l, before) in lines.iter().zip(bought) {
+                let Some(max) = self.config.sku(&l.sku).and_then(|s| s.max_per_order) else {
+                    continue;
+                };
+                if before.saturating_add(l.qty) > max {
+                    return Err(LedgerError::BuyerLimit {
+                        sku: l.sku.chars().take(64).collect(),
+                        max,
+                        bought: before,
+                        scope,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Moves a pending (or lapsed) order's units from held to sold. A lapsed hold is

@@ -144,6 +144,7 @@ pub(crate) fn hold_cmd(order_id: &str, lines: &[(&str, u32)], expires_ms: i64) -
         lane: "primary".into(),
         charge_total: None,
         admission_ticket: None,
+        holder: None,
     }
 }
 

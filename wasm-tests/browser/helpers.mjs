@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { startMerchant } from '../../scripts/demo-merchant.mjs';
+import { freshCard } from '../../scripts/test-cards.mjs';
 
 export const EDGE = (process.env.POPTILL_URL || '').replace(/\/$/, '');
 export const SIM = (process.env.SIM_URL || '').replace(/\/$/, '');
@@ -16,8 +17,9 @@ export const EVENT = process.env.POPTILL_DEMO_EVENT;
 export const MERCHANT_ORIGIN = process.env.MERCHANT_ORIGIN || 'http://127.0.0.1:8789';
 if (!EDGE || !EVENT) throw new Error('POPTILL_URL and POPTILL_DEMO_EVENT must be set: run the browser tests through scripts/test');
 
+/** `visa` is this test file's own card: the demo event limits what one card buys. */
 export const CARDS = {
-  visa: '4242424242424242',
+  visa: freshCard(),
   mastercard: '5555555555554444',
   declined: '4000000000000002',
 };

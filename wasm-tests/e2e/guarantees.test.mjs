@@ -7,13 +7,14 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { api, admin, assertError, createEvent, checkout, tokenFor, healLanes } from './helpers.mjs';
+import { freshCard } from '../../scripts/test-cards.mjs';
 
 beforeEach(healLanes);
 
 test('never oversold: 16 concurrent buyers for 5 shirts', async () => {
   const id = await createEvent();
   const results = await Promise.all(
-    Array.from({ length: 16 }, () => checkout(id, '4242424242424242', { items: [{ sku: 'shirt', quantity: 1 }] })),
+    Array.from({ length: 16 }, () => checkout(id, freshCard(), { items: [{ sku: 'shirt', quantity: 1 }] })),
   );
   const approved = results.filter((r) => r.status === 201 && r.json.status === 'approved').length;
   const soldOut = results.filter((r) => r.json?.error?.code === 'out_of_stock').length;

@@ -3,7 +3,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { BASE, api, assertError, checkout, createEvent, merchant } from './helpers.mjs';
+import { BASE, api, assertError, checkout, createEvent, healLanes, laneControl, merchant, simStats, tokenFor } from './helpers.mjs';
+import { freshCard } from '../../scripts/test-cards.mjs';
 
 test('a 60 MB body is refused before it is read, with or without a Content-Length, and a buyer beside it pays', async () => {
   const id = await createEvent();
@@ -105,7 +106,7 @@ test('one cart cannot take an event\'s stock: the policy\'s per-order limit, and
   const r = await checkout(id, '4000000000000002', { items: [{ sku: 'ticket', quantity: 8 }, { sku: 'ticket', quantity: 3 }] });
   assertError(r, 422, 'purchase_limit');
   assert.match(r.json.error.message, /At most 10 of ticket/);
-  const ok = await checkout(id, '4242424242424242', { items: [{ sku: 'ticket', quantity: 10 }] });
+  const ok = await checkout(id, freshCard(), { items: [{ sku: 'ticket', quantity: 10 }] });
   assert.equal(ok.status, 201, ok.text);
   const m = await merchant();
   const now = Date.now();
@@ -115,4 +116,65 @@ test('one cart cannot take an event\'s stock: the policy\'s per-order limit, and
       skus: [{ id: 'ticket', name: 'Entry', category: 'ticket', price: 1500, stock: 100, max_per_order: 50 }] },
   });
   assertError(over, 422, 'purchase_limit_over_policy');
+});
+
+test('one card cannot buy past the limit across orders, whatever token or key it comes with', async () => {
+  await healLanes();
+  const id = await createEvent();
+  const card = freshCard();
+  for (const qty of [6, 4]) {
+    const r = await checkout(id, card, { items: [{ sku: 'ticket', quantity: qty }] });
+    assert.equal(r.status, 201, r.text);
+  }
+  // A new token and a new Idempotency-Key for the same card: the ledger counts the card.
+  const more = await checkout(id, card, { items: [{ sku: 'ticket', quantity: 1 }] });
+  assertError(more, 422, 'buyer_limit');
+  assert.match(more.json.error.message, /At most 10 of ticket can be bought per card; 10 already/);
+  const other = await checkout(id, freshCard(), { items: [{ sku: 'ticket', quantity: 10 }] });
+  assert.equal(other.status, 201, other.text);
+});
+
+test('a hoarding card holds at most two carts while honest buyers pay', async () => {
+  await healLanes();
+  // A slow (not failing) acquirer keeps checkouts pending long enough to pile them up.
+  await laneControl('fast', { latency_ms: { fixed: 600 } });
+  await laneControl('cheap', { latency_ms: { fixed: 600 } });
+  try {
+    const id = await createEvent();
+    const card = freshCard();
+    const tokens = await Promise.all(Array.from({ length: 6 }, () => tokenFor(id, card)));
+    const pay = (t) => api('POST', `/v1/events/${id}/checkout`, {
+      body: { items: [{ sku: 'ticket', quantity: 5 }], token: t.token, cvc_token: t.cvc_token, buyer: { email: 'h@example.org', age_confirmed: true, consent_accepted: true } },
+      headers: { 'idempotency-key': crypto.randomUUID() },
+    });
+    const [hoard, honest] = await Promise.all([Promise.all(tokens.map(pay)), checkout(id, freshCard(), { items: [{ sku: 'ticket', quantity: 2 }] })]);
+    const refused = hoard.filter((r) => r.status === 429 && r.json?.error?.code === 'too_many_pending');
+    const paid = hoard.filter((r) => r.status === 201);
+    assert.equal(paid.length, 2, hoard.map((r) => `${r.status} ${r.json?.status ?? r.json?.error?.code}`).join(', '));
+    assert.equal(refused.length, 4);
+    for (const r of refused) assert.ok(Number(r.headers.get('retry-after')) > 0, 'a retryable refusal says when');
+    assert.equal(honest.status, 201, honest.text);
+    const pub = await api('GET', `/v1/events/${id}/public`);
+    assert.equal(pub.json.skus.find((s) => s.id === 'ticket').available, 50 - 10 - 2);
+  } finally {
+    await healLanes();
+  }
+});
+
+test('card testing: after three declines the card is refused before the acquirer sees it', async () => {
+  await healLanes();
+  const id = await createEvent();
+  const tester = '4000000000009995'; // insufficient funds
+  for (let i = 0; i < 3; i++) {
+    const r = await checkout(id, tester);
+    assert.equal(r.status, 402, r.text);
+  }
+  const requests = (s) => Object.values(s.lanes ?? s).reduce((n, l) => n + l.requests, 0);
+  const before = requests(await simStats());
+  const fourth = await checkout(id, tester);
+  assertError(fourth, 429, 'card_velocity');
+  assert.doesNotMatch(fourth.json.error.message, /insufficient|funds|declin/i, 'the sentence does not coach the tester');
+  assert.equal(requests(await simStats()), before, 'the acquirer never saw the fourth try');
+  const honest = await checkout(id, freshCard());
+  assert.equal(honest.status, 201, honest.text);
 });

@@ -4,6 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { api, checkout, createEvent, healLanes, laneControl, simStats, tokenFor } from './helpers.mjs';
+import { freshCard } from '../../scripts/test-cards.mjs';
 
 const lanes = (s) => s.lanes ?? s;
 const succeeded = (s) => Object.values(lanes(s)).reduce((n, l) => n + l.charges_succeeded, 0);
@@ -53,7 +54,7 @@ test('a crowd in the waiting room does not make a declined card come back queued
   const declined = await checkout(id, '4000000000000002');
   assert.equal(declined.status, 402, declined.text);
   assert.equal(declined.json.status, 'declined', declined.text);
-  const approved = await checkout(id, '4242424242424242');
+  const approved = await checkout(id, freshCard());
   assert.equal(approved.status, 201, approved.text);
   assert.equal(approved.json.status, 'approved', approved.text);
   assert.doesNotMatch(approved.headers.get('x-poptill-routing') ?? '', /queue/);
@@ -67,10 +68,13 @@ test('lanes at their concurrency limit: checkouts wait for a permit and stay onl
   await laneControl('cheap', { latency_ms: { fixed: 250 } });
   try {
     const id = await createEvent({ skus });
-    const cards = Array.from({ length: 60 }, (_, i) => (i % 5 === 0 ? '4000000000000002' : '4242424242424242'));
+    // Eight declines: Stripe's four card_declined test cards, two each (a card may have two
+    // checkouts in progress).
+    const declining = ['4000000000000002', '4000000000009995', '4000000000009987', '4000000000009979'];
+    const cards = Array.from({ length: 60 }, (_, i) => (i % 7 === 0 && i < 56 ? declining[(i / 7) % 4] : freshCard()));
     const answers = await drop(id, cards);
     const t = tally(answers);
-    const want = { '201 approved': 48, '402 declined': 12 };
+    const want = { '201 approved': 52, '402 declined': 8 };
     assert.deepEqual(t, want, `${JSON.stringify(t)}\n${why(answers, want).join('\n')}`);
     const waited = answers.filter((a) => /waited for a permit/.test(a.headers.get('x-poptill-routing') ?? ''));
     assert.ok(waited.length > 0, 'no checkout found the limits full: the test proves nothing');
@@ -83,7 +87,7 @@ test('a drop of 120 buyers at once on a healthy acquirer: all approved online, n
   await healLanes();
   const id = await createEvent({ skus });
   const before = await simStats();
-  const answers = await drop(id, Array.from({ length: 120 }, () => '4242424242424242'));
+  const answers = await drop(id, Array.from({ length: 120 }, () => freshCard()));
   const t = tally(answers);
   const want = { '201 approved': 120 };
   assert.deepEqual(t, want, `${JSON.stringify(t)}\n${why(answers, want).join('\n')}`);

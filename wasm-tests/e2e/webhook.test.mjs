@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import crypto from 'node:crypto';
 import { api, admin, assertError, checkout, healLanes } from './helpers.mjs';
+import { freshCard } from '../../scripts/test-cards.mjs';
 
 const deliveries = [];
 const server = http.createServer((req, res) => {
@@ -37,7 +38,7 @@ test('receipts are delivered to the webhook in signed batches, retried after a f
   } });
   assert.equal(ev.status, 201, ev.text);
   const id = ev.json.event_id;
-  const paid = await Promise.all([0, 1, 2, 3, 4].map(() => checkout(id, '4242424242424242')));
+  const paid = await Promise.all([0, 1, 2, 3, 4].map(() => checkout(id, freshCard())));
   for (const p of paid) assert.equal(p.status, 201, p.text);
   const want = new Set(paid.map((p) => p.json.receipt_id));
   const got = new Set();
