@@ -15,6 +15,7 @@ pub mod card;
 pub mod checkout;
 pub mod embed;
 pub mod error;
+pub mod event_id;
 pub mod event_protocol;
 pub mod ledger;
 pub mod money;

@@ -512,6 +512,16 @@ fn mac_in(
     Ok(mac)
 }
 
+/// HMAC-SHA256 of `data` under every key of the set (current first), in `domain`: for ids
+/// the edge makes and later recognizes without storage (see `crate::event_id`).
+pub fn tags(keys: &ReceiptKeys, domain: &[u8], data: &[u8]) -> Vec<[u8; 32]> {
+    keys.keys
+        .iter()
+        .filter_map(|(kid, key)| mac_in(domain, key, kid, data).ok())
+        .map(|m| m.finalize().into_bytes().into())
+        .collect()
+}
+
 /// Domain of the receipt URL capability (never valid as a receipt or report signature).
 const URL_DOMAIN: &[u8] = b"poptill-receipt-url-v1\n";
 

@@ -19,7 +19,8 @@
 //! [`Router::acquire`], and reports each attempt with [`Router::on_complete`]. Whether the
 //! next lane may be tried after an attempt is not the router's call: only the one outcome
 //! rule (`crate::checkout::outcome::classify`) decides, and it allows another lane only
-//! when the acquirer provably did not act on the request (refused before sending, 429).
+//! when the acquirer provably did not act on the request (nothing sent, 429, a temporary
+//! decline, or a lane misconfigured on our side: see `classify`).
 //! An unknown outcome (a timeout, a lost connection, a 5xx) is completed on its own lane
 //! with its own idempotency key. The router's [`Outcome`] only feeds limits, latency and
 //! breakers.

@@ -7,11 +7,13 @@
 use super::http::internal;
 use crate::checkout::protocol::{BeginReply, BeginRequest, FinishReply, FinishRequest};
 use crate::error::ApiError;
+use crate::event_id;
 use crate::event_protocol::{
     decode_answer, unexpected, ExportFormat, HandoverSettle, ObjectAnswer, ObjectRequest,
     REQUEST_HEADER,
 };
 use crate::ledger::{self, Command, EventConfig, EventSummary, Order, Reply};
+use crate::receipt::ReceiptKeys;
 use crate::telemetry::Event;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -27,8 +29,19 @@ thread_local! {
     static CONFIGS: RefCell<HashMap<String, (Arc<EventConfig>, i64)>> = RefCell::new(HashMap::new());
 }
 
+/// The event's object, for an id the edge made (`crate::event_id`): a made-up id is `404`
+/// before any object is addressed, so it creates no Durable Object and no schema.
 fn stub(env: &Env, event_id: &str) -> Result<Stub, ApiError> {
-    if !ledger::valid_id(event_id) {
+    let keys = super::http::env_string(env, "RECEIPT_KEY")
+        .and_then(|k| ReceiptKeys::parse(&k).ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                503,
+                "not_configured",
+                "The edge has no usable RECEIPT_KEY secret; the operator must set it.",
+            )
+        })?;
+    if !ledger::valid_id(event_id) || !event_id::is_genuine(&keys, event_id) {
         return Err(ApiError::not_found("event"));
     }
     env.durable_object("EVENTS")

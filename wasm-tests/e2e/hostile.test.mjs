@@ -2,7 +2,8 @@
 // from the security review and what must happen instead.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { BASE, api, assertError, checkout, createEvent, healLanes, laneControl, merchant, simStats, tokenFor } from './helpers.mjs';
 import { freshCard } from '../../scripts/test-cards.mjs';
 
@@ -177,4 +178,44 @@ test('card testing: after three declines the card is refused before the acquirer
   assert.equal(requests(await simStats()), before, 'the acquirer never saw the fourth try');
   const honest = await checkout(id, freshCard());
   assert.equal(honest.status, 201, honest.text);
+});
+
+/** Durable Object storage files under the local state directory (one per object made). */
+function objectFiles() {
+  const dir = process.env.POPTILL_STATE_DIR;
+  assert.ok(dir, 'POPTILL_STATE_DIR must be set: run through scripts/test');
+  const out = [];
+  const walk = (p) => {
+    for (const e of readdirSync(p, { withFileTypes: true })) {
+      const q = join(p, e.name);
+      if (e.isDirectory()) walk(q);
+      else if (/\.sqlite$/.test(e.name)) out.push(q);
+    }
+  };
+  walk(dir);
+  return out.sort();
+}
+
+test('made-up event ids create no Durable Object, on any public route', async () => {
+  const real = await createEvent();
+  const good = await checkout(real, freshCard());
+  assert.equal(good.status, 201, good.text);
+  const forged = real.slice(0, -1) + (real.endsWith('0') ? '1' : '0');
+  const ids = [forged, 'evt_ca42a3c8c700', ...Array.from({ length: 20 }, () => `evt_${crypto.randomUUID().replace(/-/g, '')}`)];
+  const before = objectFiles();
+  assert.ok(before.length > 0, 'the state directory holds the real event\'s object: the count means something');
+  for (const id of ids) {
+    const answers = await Promise.all([
+      api('GET', `/v1/events/${id}/public`),
+      api('POST', `/v1/events/${id}/quote`, { body: { items: [{ sku: 'ticket', quantity: 1 }] } }),
+      api('POST', `/v1/events/${id}/queue`),
+      api('GET', `/v1/events/${id}/queue/qt_x`),
+      api('POST', `/v1/events/${id}/checkout`, { body: { items: [{ sku: 'ticket', quantity: 1 }], token: 'tok_x', buyer: {} }, headers: { 'idempotency-key': crypto.randomUUID() } }),
+      api('POST', '/v1/tokens', { body: { event_id: id, card: { number: freshCard(), exp_month: 12, exp_year: 2034, cvc: '123' } } }),
+    ]);
+    for (const a of answers) assert.equal(a.status, 404, `${id}: ${a.status} ${a.text}`);
+  }
+  assert.deepEqual(objectFiles(), before, 'no object was created for an unknown id');
+  // The real event still answers.
+  assert.equal((await api('GET', `/v1/events/${real}/public`)).status, 200);
 });
