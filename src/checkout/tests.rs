@@ -1903,3 +1903,52 @@ fn one_card_cannot_hold_the_stock_of_many_carts() {
     let other = w.pay("o1", CART, "5555555555554444", "tok_o", &[], &[]);
     assert_eq!(other.status, 201, "{}", other.body);
 }
+
+#[test]
+fn a_finish_whose_answer_cannot_be_kept_applies_nothing_and_the_retry_replays_the_charge() {
+    // The acquirer charged; then keeping the answer fails (the key's record is gone when
+    // the finish arrives). The object must not confirm the order without an answer kept:
+    // the whole finish is discarded, 503 retryable, and the order is never released.
+    let mut w = World::new(10);
+    let mut co = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok", w.now));
+    let a = to_authorize(&mut w, &mut co);
+    let sent = w.acq.authorize(&a.lane, &a.call, AcqFault::None);
+    co.handle_attempt(&mut w.router, sent, w.now + 20);
+    let Step::Object(finish) = co.poll(&mut w.router, w.now + 21) else {
+        panic!("the finish goes to the object")
+    };
+    let key = CheckoutKey::derive(Some("k1"), [0; 12]).unwrap();
+    let order_id = key.order_id.clone();
+    let gone = w.obj.ledger.handle(
+        crate::ledger::Command::AbandonIdempotent { key: key.key.clone() },
+        w.now,
+        [0; 8],
+    );
+    assert!(gone.reply.is_ok());
+    let r = w.obj.call(finish, w.now + 22, ObjFault::None);
+    match &r {
+        Ok(ObjectResult::Finish(FinishReply::Refused { error })) => {
+            assert_eq!(error.status, 503);
+            assert!(error.retryable);
+        }
+        other => panic!("the finish must fail whole: {other:?}"),
+    }
+    assert_eq!(
+        w.obj.ledger.order(&order_id).unwrap().state,
+        OrderState::Pending,
+        "nothing applied without its answer kept"
+    );
+    co.handle_object(r, w.now + 23);
+    let answer = drive(
+        &mut co,
+        &mut w.router,
+        &mut w.obj,
+        &mut w.acq,
+        &mut w.now,
+        &mut vec![],
+        &mut vec![],
+    );
+    assert!(matches!(answer.status, 201 | 202), "{}", answer.body);
+    assert_ne!(w.obj.ledger.order(&order_id).unwrap().state, OrderState::Declined);
+    assert_eq!(w.charges_of(&order_id), 1, "one charge whatever the retries");
+}

@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { api, admin, assertError, createEvent, checkout, tokenFor, healLanes } from './helpers.mjs';
+import { BASE, api, admin, assertError, createEvent, checkout, tokenFor, healLanes, laneControl, simStats } from './helpers.mjs';
 import { freshCard } from '../../scripts/test-cards.mjs';
 
 beforeEach(healLanes);
@@ -86,4 +86,34 @@ test('a sealed CVC is single-use: a second checkout with it is refused', async (
   const first = await pay();
   assert.equal(first.status, 201, first.text);
   assertError(await pay(), 409, 'cvc_already_used');
+});
+
+test('a buyer whose connection drops mid-checkout is still charged once and the retry replays it', async () => {
+  // The acquirer answers in 600 ms (inside the attempt timeout); the buyer's connection is
+  // cut after 150 ms: the payment completes once and the same request, sent again, replays
+  // it. (Under wrangler dev a client disconnect does not cancel the Worker: this test also
+  // passes with the checkout awaited outside wait_until, so it guards the outcome, not
+  // the wait_until itself.)
+  await laneControl('fast', { latency_ms: { fixed: 600 } });
+  await laneControl('cheap', { latency_ms: { fixed: 600 } });
+  try {
+    const id = await createEvent();
+    const t = await tokenFor(id, freshCard());
+    const key = crypto.randomUUID();
+    const body = JSON.stringify({ items: [{ sku: 'ticket', quantity: 1 }], token: t.token, cvc_token: t.cvc_token, buyer: { email: 'ana@example.org', age_confirmed: true, consent_accepted: true } });
+    const cut = new AbortController();
+    setTimeout(() => cut.abort(), 150);
+    await assert.rejects(fetch(`${BASE}/v1/events/${id}/checkout`, { method: 'POST', body, signal: cut.signal, headers: { 'content-type': 'application/json', 'idempotency-key': key } }));
+    await new Promise((ok) => setTimeout(ok, 2500));
+    await healLanes();
+    const again = await api('POST', `/v1/events/${id}/checkout`, { body, headers: { 'idempotency-key': key } });
+    assert.equal(again.status, 201, again.text);
+    assert.equal(again.json.status, 'approved', again.text);
+    assert.equal(again.headers.get('idempotent-replayed'), 'true', 'the first request finished by itself');
+    const stats = await simStats();
+    const charges = Object.values(stats.lanes ?? stats).reduce((n, l) => n + (l.by_order_id?.[again.json.order_id] ?? 0), 0);
+    assert.equal(charges, 1);
+  } finally {
+    await healLanes();
+  }
 });
