@@ -1920,7 +1920,9 @@ fn a_finish_whose_answer_cannot_be_kept_applies_nothing_and_the_retry_replays_th
     let key = CheckoutKey::derive(Some("k1"), [0; 12]).unwrap();
     let order_id = key.order_id.clone();
     let gone = w.obj.ledger.handle(
-        crate::ledger::Command::AbandonIdempotent { key: key.key.clone() },
+        crate::ledger::Command::AbandonIdempotent {
+            key: key.key.clone(),
+        },
         w.now,
         [0; 8],
     );
@@ -1949,6 +1951,13 @@ fn a_finish_whose_answer_cannot_be_kept_applies_nothing_and_the_retry_replays_th
         &mut vec![],
     );
     assert!(matches!(answer.status, 201 | 202), "{}", answer.body);
-    assert_ne!(w.obj.ledger.order(&order_id).unwrap().state, OrderState::Declined);
-    assert_eq!(w.charges_of(&order_id), 1, "one charge whatever the retries");
+    assert_ne!(
+        w.obj.ledger.order(&order_id).unwrap().state,
+        OrderState::Declined
+    );
+    assert_eq!(
+        w.charges_of(&order_id),
+        1,
+        "one charge whatever the retries"
+    );
 }

@@ -55,6 +55,8 @@ pub enum LedgerError {
     },
     /// The card was declined too often lately; refused before the acquirer sees it.
     CardVelocity,
+    /// The event keeps as many unsold orders as it may and none can be forgotten yet.
+    TooManyOrders,
     NotAdmitted,
     QueueFull,
     TicketNotFound,
@@ -163,6 +165,12 @@ impl LedgerError {
                 429,
                 "card_velocity",
                 "This card cannot be used for this event right now. Try another card.",
+            )
+            .retryable(),
+            E::TooManyOrders => ApiError::new(
+                429,
+                "too_many_orders",
+                "This event has too many unfinished checkouts right now; try again in a few minutes.",
             )
             .retryable(),
             E::SalesNotStarted => ApiError::new(

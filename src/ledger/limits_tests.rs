@@ -227,3 +227,48 @@ fn the_limits_survive_a_reload_from_rows() {
     let e = hold(&mut l, "o2", "cd_a", 1, T0 + 1).reply.unwrap_err();
     assert_eq!(e.to_api().code, "buyer_limit");
 }
+
+#[test]
+fn unsold_orders_are_capped_the_oldest_forgotten_and_paid_ones_kept() {
+    let mut c = config();
+    c.skus[2].stock = 100_000;
+    let mut l = EventLedger::new(c, T0 - 60 * MIN).unwrap();
+    ok(&mut l, hold_cmd("paid", &[("beer", 1)], T0 + MIN), T0);
+    confirm(&mut l, "paid", T0);
+    for i in 0..orders::MAX_UNSOLD_ORDERS {
+        let id = format!("d{i}");
+        ok(&mut l, hold_cmd(&id, &[("beer", 1)], T0 + MIN), T0);
+        decline(&mut l, &id, T0);
+    }
+    // At the cap and nothing old enough to forget: the next hold waits, nothing grows.
+    let before = l.available("beer");
+    let e = run(
+        &mut l,
+        hold_cmd("new", &[("beer", 1)], T0 + 2 * MIN),
+        T0 + MIN,
+    )
+    .reply
+    .unwrap_err();
+    assert_eq!(e, LedgerError::TooManyOrders);
+    let api = e.to_api();
+    assert_eq!(
+        (api.status, api.code.as_ref(), api.retryable),
+        (429, "too_many_orders", true)
+    );
+    assert_eq!(l.available("beer"), before);
+    assert!(l.order("new").is_none());
+    // Later the oldest declined orders are forgotten to make room; the paid one stays.
+    let later = T0 + orders::UNSOLD_KEEP_MS + 1;
+    ok(&mut l, hold_cmd("new", &[("beer", 1)], later + MIN), later);
+    assert!(l.order("paid").is_some());
+    assert!(l.order("new").is_some());
+    assert!(
+        l.order("d0").is_none(),
+        "the oldest unsold order is forgotten"
+    );
+    let unsold = (0..orders::MAX_UNSOLD_ORDERS)
+        .filter(|i| l.order(&format!("d{i}")).is_some())
+        .count();
+    assert!(unsold < orders::MAX_UNSOLD_ORDERS, "{unsold}");
+    assert!(unsold >= orders::MAX_UNSOLD_ORDERS - orders::MAX_UNSOLD_ORDERS / 100 - 1);
+}

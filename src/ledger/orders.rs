@@ -18,6 +18,13 @@ pub const MAX_PENDING_PER_BUYER: usize = 2;
 /// checkout is refused before it reaches the acquirer (card testing).
 pub const MAX_DECLINES_PER_CARD: usize = 3;
 pub const DECLINE_WINDOW_MS: i64 = 15 * 60_000;
+/// Most unsold orders (declined, or abandoned when their hold lapsed) an event keeps. Past
+/// it the oldest that are no longer needed are forgotten (see
+/// [`EventLedger::make_room_for_an_order`]); if none may be, new holds wait (`429`).
+pub const MAX_UNSOLD_ORDERS: usize = 5_000;
+/// An unsold order is kept at least this long (the decline window, so card-testing limits
+/// still see it; reconciliation of a lapsed hold must also be done).
+pub const UNSOLD_KEEP_MS: i64 = DECLINE_WINDOW_MS;
 
 /// Where an order is in its life.
 ///
@@ -267,6 +274,7 @@ impl EventLedger {
                 Err(LedgerError::OrderConflict(req.order_id))
             };
         }
+        self.make_room_for_an_order(now, fx)?;
         self.check_buyer_limits(&req, &lines, now)?;
         if self.config.queue.required {
             let ok = req
@@ -375,6 +383,43 @@ impl EventLedger {
                     });
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Keeps the unsold orders under [`MAX_UNSOLD_ORDERS`]: when at the cap, forgets the
+    /// oldest declined or abandoned orders that hold no charge, are older than
+    /// [`UNSOLD_KEEP_MS`] and that reconciliation no longer waits for; when none may be
+    /// forgotten, refuses the new order (`429 too_many_orders`) rather than grow.
+    fn make_room_for_an_order(&mut self, now: i64, fx: &mut Fx) -> Result<(), LedgerError> {
+        let unsold = |o: &Order| {
+            matches!(o.state, OrderState::Declined | OrderState::Abandoned) && !o.stock_taken
+        };
+        let count = self.orders.values().filter(|o| unsold(o)).count();
+        if count < MAX_UNSOLD_ORDERS {
+            return Ok(());
+        }
+        let mut old: Vec<(i64, String)> = self
+            .orders
+            .values()
+            .filter(|o| unsold(o))
+            .filter(|o| o.created_ms < now - UNSOLD_KEEP_MS)
+            .filter(|o| o.charge_id.is_none() && o.auth_id.is_none())
+            .filter(|o| !self.recon.lapsed.contains_key(&o.order_id))
+            .map(|o| (o.created_ms, o.order_id.clone()))
+            .collect();
+        old.sort();
+        // Room for this order and a little more, so the scan does not run on every hold.
+        let excess = count + 1 - MAX_UNSOLD_ORDERS + MAX_UNSOLD_ORDERS / 100;
+        let forgotten = old.len().min(excess);
+        for (_, id) in old.into_iter().take(forgotten) {
+            self.orders.remove(&id);
+        }
+        if forgotten > 0 {
+            fx.changed = true;
+        }
+        if count - forgotten >= MAX_UNSOLD_ORDERS {
+            return Err(LedgerError::TooManyOrders);
         }
         Ok(())
     }
