@@ -16,6 +16,7 @@ pub mod checkout;
 pub mod embed;
 pub mod error;
 pub mod event_protocol;
+pub mod handover;
 pub mod ledger;
 pub mod money;
 pub mod policy;
