@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 /// than a checkout's hold ([`crate::checkout::HOLD_MS`]) plus the lost-checkout delay, so
 /// a checkout still between its claim and its hold (no order yet) is never taken over.
 pub const TAKEOVER_AFTER_MS: i64 = 180_000;
+const _: () =
+    assert!(TAKEOVER_AFTER_MS > crate::checkout::HOLD_MS + crate::ledger::LOST_CHECKOUT_AFTER_MS);
 
 /// Where a session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
