@@ -318,6 +318,35 @@ mod tests {
     }
 
     #[test]
+    fn a_session_answer_carries_no_claim() {
+        let mut s = crate::handover::HandoverSession::open(
+            crate::handover::HandoverOpen {
+                session_id: "hs_1".into(),
+                event_id: "evt_1".into(),
+                items: vec![],
+                total: crate::money::MinorUnits(100),
+                currency: crate::money::Currency::parse("EUR").unwrap(),
+                ttl_ms: 600_000,
+            },
+            5,
+        );
+        let first = crate::handover::ClaimedOrder::Unknown;
+        s.claim("co_secretkey", "ord_secretorder", first, 6)
+            .unwrap();
+        let answer = ObjectAnswer::Session {
+            session: Box::new(s.view()),
+        };
+        let (status, body) = encode_answer(&Ok(answer.clone()));
+        assert_eq!(status, 200);
+        assert!(
+            !body.contains("order_key") && !body.contains("co_secretkey"),
+            "{body}"
+        );
+        assert!(!body.contains("ord_secretorder"), "{body}");
+        assert_eq!(decode_answer(status, &body).unwrap(), answer);
+    }
+
+    #[test]
     fn a_body_that_is_no_request_is_a_400_with_a_stable_code() {
         for body in ["", "{}", r#"{"op":"drop_tables"}"#, r#"{"op":"order"}"#] {
             let e = ObjectRequest::decode(body).unwrap_err();
