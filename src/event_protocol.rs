@@ -15,6 +15,8 @@
 
 use crate::checkout::protocol::{BeginReply, BeginRequest, FinishReply, FinishRequest, WireError};
 use crate::error::ApiError;
+pub use crate::handover::HandoverSettle;
+use crate::handover::{HandoverSession, HandoverView};
 use crate::ledger::{Command, EventConfig, EventSummary, Order, Reply};
 use crate::telemetry::Event;
 use serde::{Deserialize, Serialize};
@@ -59,14 +61,16 @@ pub enum ObjectRequest {
     /// Open a till's pay link. Answer: `Session`.
     OpenHandover {
         session_id: String,
-        session: serde_json::Value,
+        session: Box<HandoverSession>,
     },
     /// Answer: `Session` or `404`.
     GetHandover { session_id: String },
-    /// Claim a pay link for the checkout with record key `order_key`. Answer: `Session`.
+    /// Claim a pay link for the checkout with record key `order_key`, which holds and
+    /// pays `order_id` (both from its Idempotency-Key). Answer: `Session`, or 409/410.
     ClaimHandover {
         session_id: String,
         order_key: String,
+        order_id: String,
     },
     /// How the claimed checkout ended. Answer: `Session`.
     SettleHandover {
@@ -100,18 +104,6 @@ impl ExportFormat {
             ExportFormat::Ndjson => "application/x-ndjson",
         }
     }
-}
-
-/// How a handover's checkout ended: paid (with what the till shows), or open again.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct HandoverSettle {
-    pub paid: bool,
-    #[serde(default)]
-    pub receipt_url: Option<String>,
-    #[serde(default)]
-    pub payment_status: Option<String>,
-    #[serde(default)]
-    pub order_id: Option<String>,
 }
 
 /// One command's result in [`ObjectAnswer::Results`].
@@ -188,8 +180,9 @@ pub enum ObjectAnswer {
     Receipt {
         json: String,
     },
+    /// A handover session as callers may see it (never its claim).
     Session {
-        session: serde_json::Value,
+        session: Box<HandoverView>,
     },
 }
 
@@ -290,15 +283,27 @@ mod tests {
             },
             ObjectRequest::OpenHandover {
                 session_id: "hs_1".into(),
-                session: serde_json::json!({"status": "open"}),
+                session: Box::new(crate::handover::HandoverSession::open(
+                    crate::handover::HandoverOpen {
+                        session_id: "hs_1".into(),
+                        event_id: "evt_1".into(),
+                        items: vec![],
+                        total: crate::money::MinorUnits(100),
+                        currency: crate::money::Currency::parse("EUR").unwrap(),
+                        ttl_ms: 600_000,
+                    },
+                    5,
+                )),
             },
             ObjectRequest::ClaimHandover {
                 session_id: "hs_1".into(),
                 order_key: "co_1".into(),
+                order_id: "ord_1".into(),
             },
             ObjectRequest::SettleHandover {
                 session_id: "hs_1".into(),
                 settle: HandoverSettle {
+                    order_key: "co_1".into(),
                     paid: true,
                     order_id: Some("ord_1".into()),
                     ..HandoverSettle::default()
@@ -310,6 +315,35 @@ mod tests {
         ] {
             roundtrip(req);
         }
+    }
+
+    #[test]
+    fn a_session_answer_carries_no_claim() {
+        let mut s = crate::handover::HandoverSession::open(
+            crate::handover::HandoverOpen {
+                session_id: "hs_1".into(),
+                event_id: "evt_1".into(),
+                items: vec![],
+                total: crate::money::MinorUnits(100),
+                currency: crate::money::Currency::parse("EUR").unwrap(),
+                ttl_ms: 600_000,
+            },
+            5,
+        );
+        let first = crate::handover::ClaimedOrder::Unknown;
+        s.claim("co_secretkey", "ord_secretorder", first, 6)
+            .unwrap();
+        let answer = ObjectAnswer::Session {
+            session: Box::new(s.view()),
+        };
+        let (status, body) = encode_answer(&Ok(answer.clone()));
+        assert_eq!(status, 200);
+        assert!(
+            !body.contains("order_key") && !body.contains("co_secretkey"),
+            "{body}"
+        );
+        assert!(!body.contains("ord_secretorder"), "{body}");
+        assert_eq!(decode_answer(status, &body).unwrap(), answer);
     }
 
     #[test]

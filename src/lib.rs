@@ -17,6 +17,7 @@ pub mod embed;
 pub mod error;
 pub mod event_id;
 pub mod event_protocol;
+pub mod handover;
 pub mod ledger;
 pub mod money;
 pub mod policy;

@@ -101,9 +101,13 @@ pub async fn route(
     let cors = cors_origin(&c, origin.as_deref(), &ctx.self_origin)?;
     let mut body: CheckoutBody = super::http::parse_json_body(&raw_body)?;
     let key = CheckoutKey::derive(idem_key.as_deref(), random::<12>()?)?;
-    let handover = body.handover_session.clone();
-    if let Some(sid) = &handover {
-        body.items = events::claim_handover(env, event_id, sid, &key.key).await?;
+    // A handover sale: the session and the claim's key, to settle it when the answer is in.
+    let handover = body
+        .handover_session
+        .clone()
+        .map(|sid| (sid, key.key.clone()));
+    if let Some((sid, _)) = &handover {
+        body.items = events::claim_handover(env, event_id, sid, &key).await?;
     }
     let prepared = prepare(env, ctx, &c, &body).await;
     let input = CheckoutInput {
@@ -122,16 +126,24 @@ pub async fn route(
     };
     let co = Checkout::new(input);
     // Run the machine under wait_until: the answer comes back through a channel, and the
-    // steps go on if the buyer's connection drops.
-    let (tx, rx) = futures_channel::oneshot::channel::<(Answer, String)>();
+    // steps go on if the buyer's connection drops; so does a handover's settle, so that a
+    // dropped buyer does not leave the session `paying`.
+    type Done = (Answer, String, Result<(), ApiError>);
+    let (tx, rx) = futures_channel::oneshot::channel::<Done>();
     let (env2, ctx2, event2) = (env.clone(), ctx.clone(), event_id.to_string());
     worker_ctx.wait_until(async move {
         let trace = Rc::new(Trace::default());
         let answer = drive(&env2, &ctx2, &event2, co, &trace).await;
+        let settled = match &handover {
+            Some((sid, order_key)) => {
+                events::settle_handover(&env2, &event2, sid, order_key, &answer).await
+            }
+            None => Ok(()),
+        };
         let timing = trace.header(now_ms() - ctx2.now_ms);
-        let _ = tx.send((answer, timing));
+        let _ = tx.send((answer, timing, settled));
     });
-    let (answer, timing) = rx.await.map_err(|_| {
+    let (answer, timing, settled) = rx.await.map_err(|_| {
         ApiError::new(
             503,
             "temporarily_unavailable",
@@ -139,9 +151,7 @@ pub async fn route(
         )
         .retryable()
     })?;
-    if let Some(sid) = &handover {
-        events::settle_handover(env, event_id, sid, &answer).await?;
-    }
+    settled?;
     respond(answer, &timing, cors)
 }
 

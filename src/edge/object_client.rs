@@ -12,6 +12,7 @@ use crate::event_protocol::{
     decode_answer, unexpected, ExportFormat, HandoverSettle, ObjectAnswer, ObjectRequest,
     REQUEST_HEADER,
 };
+use crate::handover::HandoverView;
 use crate::ledger::{self, Command, EventConfig, EventSummary, Order, Reply};
 use crate::receipt::ReceiptKeys;
 use crate::telemetry::Event;
@@ -206,13 +207,14 @@ pub async fn receipt(env: &Env, event_id: &str, receipt_id: &str) -> Result<Stri
     expect!(ask(env, event_id, &req).await, ObjectAnswer::Receipt { json } => json)
 }
 
-/// A till's handover session after a handover call (open, get, claim, settle).
+/// A till's handover session after a handover call (open, get, claim, settle), as
+/// callers may see it.
 pub async fn handover(
     env: &Env,
     event_id: &str,
     req: ObjectRequest,
-) -> Result<serde_json::Value, ApiError> {
-    expect!(ask(env, event_id, &req).await, ObjectAnswer::Session { session } => session)
+) -> Result<HandoverView, ApiError> {
+    expect!(ask(env, event_id, &req).await, ObjectAnswer::Session { session } => *session)
 }
 
 /// How a handover's checkout ended.

@@ -1,14 +1,25 @@
-//! Staff-terminal handover sessions: create, read, claim for a checkout, settle, and the
-//! hibernating WebSocket that pushes every change to the till.
+//! Staff-terminal handover sessions: the rows of table `handover` (one
+//! `crate::handover::HandoverSession` as JSON per id) and the hibernating WebSocket that
+//! pushes every change to the till. The rules (claim, settle, expiry) are the core's; this
+//! file loads a row, looks the claimed order up in the ledger, calls the rule and saves the
+//! row if it changed, with no await in between.
 
 use super::*;
 use crate::event_protocol::{HandoverSettle, ObjectAnswer};
+use crate::handover::HandoverSession;
+
+fn unencodable(e: serde_json::Error) -> ApiError {
+    crate::edge::http::internal(e.into())
+}
+
+fn answer_of(session: &HandoverSession) -> ObjectAnswer {
+    ObjectAnswer::Session {
+        session: Box::new(session.view()),
+    }
+}
 
 impl EventObject {
-    pub(super) fn load_session(
-        &self,
-        sid: &str,
-    ) -> std::result::Result<Option<serde_json::Value>, ApiError> {
+    fn load_session(&self, sid: &str) -> std::result::Result<HandoverSession, ApiError> {
         #[derive(Deserialize)]
         struct Row {
             json: String,
@@ -21,101 +32,80 @@ impl EventObject {
             )
             .and_then(|c| c.to_array())
             .map_err(crate::edge::http::internal)?;
-        Ok(rows
-            .into_iter()
+        rows.into_iter()
             .next()
-            .and_then(|r| serde_json::from_str(&r.json).ok()))
+            .and_then(|r| serde_json::from_str(&r.json).ok())
+            .ok_or_else(|| ApiError::not_found("handover session"))
     }
 
-    pub(super) fn save_session(
+    /// Stores the row and sends the till its view (never the claim).
+    fn save_session(
         &self,
         sid: &str,
-        v: &serde_json::Value,
+        session: &HandoverSession,
     ) -> std::result::Result<(), ApiError> {
+        let row = serde_json::to_string(session).map_err(unencodable)?;
         self.sql()
             .exec(
                 "INSERT OR REPLACE INTO handover (id, json) VALUES (?, ?)",
-                Some(vec![sid.into(), v.to_string().as_str().into()]),
+                Some(vec![sid.into(), row.as_str().into()]),
             )
             .map_err(crate::edge::http::internal)?;
+        let view = serde_json::to_string(&session.view()).map_err(unencodable)?;
         for ws in self.state.get_websockets_with_tag(sid) {
-            let _ = ws.send_with_str(v.to_string());
+            let _ = ws.send_with_str(&view);
         }
         Ok(())
     }
 
-    /// The session, marked expired once its pay link has lapsed.
-    fn current_session(&self, sid: &str) -> std::result::Result<serde_json::Value, ApiError> {
-        let mut session = self
-            .load_session(sid)?
-            .ok_or_else(|| ApiError::not_found("handover session"))?;
-        let expired = session["expires_ms"].as_i64().unwrap_or(0) < now();
-        if expired && session["status"] == "open" {
-            session["status"] = "expired".into();
+    /// Loads the session, applies `rule` and saves it if the rule changed it (also when
+    /// the rule refuses: an expiry it noticed is kept).
+    fn update_session<T>(
+        &self,
+        sid: &str,
+        rule: impl FnOnce(&mut HandoverSession) -> T,
+    ) -> std::result::Result<(HandoverSession, T), ApiError> {
+        let mut session = self.load_session(sid)?;
+        let before = session.clone();
+        let out = rule(&mut session);
+        if session != before {
             self.save_session(sid, &session)?;
         }
-        Ok(session)
+        Ok((session, out))
     }
 
     pub(super) fn open_handover(
         &self,
         sid: &str,
-        session: serde_json::Value,
+        session: HandoverSession,
     ) -> std::result::Result<ObjectAnswer, ApiError> {
         self.save_session(sid, &session)?;
-        Ok(ObjectAnswer::Session { session })
+        Ok(answer_of(&session))
     }
 
+    /// The session, marked expired once its pay link has lapsed.
     pub(super) fn get_handover(&self, sid: &str) -> std::result::Result<ObjectAnswer, ApiError> {
-        let session = self.current_session(sid)?;
-        Ok(ObjectAnswer::Session { session })
+        let (session, ()) = self.update_session(sid, |s| s.expire(now()))?;
+        Ok(answer_of(&session))
     }
 
-    /// Claims the session for the checkout with record key `order_key`. From loading the
-    /// session to saving it there is no await, so two claims cannot both see it open.
+    /// Claims the session for the checkout with record key `order_key` paying `order_id`.
+    /// The current claim's order is read from the ledger in the same synchronous stretch,
+    /// so nothing can change between the check and the save.
     pub(super) fn claim_handover(
         &self,
         sid: &str,
         order_key: &str,
+        order_id: &str,
     ) -> std::result::Result<ObjectAnswer, ApiError> {
-        let mut session = self.current_session(sid)?;
-        let now_ms = now();
-        let status = session["status"].as_str().unwrap_or("");
-        let stale_claim =
-            status == "paying" && session["claimed_ms"].as_i64().unwrap_or(0) + 180_000 < now_ms;
-        // The same checkout (same key) again: it continues, or replays its answer.
-        let same = session["order_key"].as_str() == Some(order_key);
-        match status {
-            "open" => {}
-            "paying" | "paid" if same => return Ok(ObjectAnswer::Session { session }),
-            "paying" if stale_claim => {}
-            "paid" => {
-                return Err(ApiError::new(
-                    409,
-                    "handover_paid",
-                    "This sale is already paid.",
-                ))
-            }
-            "expired" => {
-                return Err(ApiError::new(
-                    410,
-                    "handover_expired",
-                    "This pay link has expired; ask for a new one.",
-                ))
-            }
-            _ => {
-                return Err(ApiError::new(
-                    409,
-                    "handover_in_progress",
-                    "A payment for this sale is in progress.",
-                ))
-            }
-        }
-        session["status"] = "paying".into();
-        session["claimed_ms"] = now_ms.into();
-        session["order_key"] = order_key.into();
-        self.save_session(sid, &session)?;
-        Ok(ObjectAnswer::Session { session })
+        let guard = self.ledger.borrow();
+        let ledger = guard.as_ref().ok_or_else(|| ApiError::not_found("event"))?;
+        let (session, claimed) = self.update_session(sid, |s| {
+            let first = s.claimed_order(|id| ledger.order(id));
+            s.claim(order_key, order_id, first, now())
+        })?;
+        claimed?;
+        Ok(answer_of(&session))
     }
 
     pub(super) fn settle_handover(
@@ -123,28 +113,22 @@ impl EventObject {
         sid: &str,
         settle: HandoverSettle,
     ) -> std::result::Result<ObjectAnswer, ApiError> {
-        let mut session = self.current_session(sid)?;
-        session["status"] = if settle.paid { "paid" } else { "open" }.into();
-        if settle.paid {
-            session["receipt_url"] = settle.receipt_url.into();
-            session["payment_status"] = settle.payment_status.into();
-            session["order_id"] = settle.order_id.into();
-        }
-        self.save_session(sid, &session)?;
-        Ok(ObjectAnswer::Session { session })
+        let (session, ()) = self.update_session(sid, |s| s.settle(&settle, now()))?;
+        Ok(answer_of(&session))
     }
 
     /// The till's live channel: a hibernating WebSocket tagged with the session, sent the
-    /// session at once and on every change.
+    /// session's view at once and on every change.
     pub(super) fn watch_handover(&self, sid: &str) -> std::result::Result<Response, ApiError> {
         self.load().map_err(crate::edge::http::internal)?;
         if self.ledger.borrow().is_none() {
             return Err(ApiError::not_found("event"));
         }
-        let session = self.current_session(sid)?;
+        let (session, ()) = self.update_session(sid, |s| s.expire(now()))?;
+        let view = serde_json::to_string(&session.view()).map_err(unencodable)?;
         let pair = worker::WebSocketPair::new().map_err(crate::edge::http::internal)?;
         self.state.accept_websocket_with_tags(&pair.server, &[sid]);
-        let _ = pair.server.send_with_str(session.to_string());
+        let _ = pair.server.send_with_str(view);
         Response::from_websocket(pair.client).map_err(crate::edge::http::internal)
     }
 }

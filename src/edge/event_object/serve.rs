@@ -163,12 +163,13 @@ impl EventObject {
             ObjectRequest::OpenHandover {
                 session_id,
                 session,
-            } => self.open_handover(&session_id, session),
+            } => self.open_handover(&session_id, *session),
             ObjectRequest::GetHandover { session_id } => self.get_handover(&session_id),
             ObjectRequest::ClaimHandover {
                 session_id,
                 order_key,
-            } => self.claim_handover(&session_id, &order_key),
+                order_id,
+            } => self.claim_handover(&session_id, &order_key, &order_id),
             ObjectRequest::SettleHandover {
                 session_id,
                 settle,

@@ -2,7 +2,9 @@
 //! claim and settle a checkout makes for a handover sale.
 
 use super::*;
+use crate::checkout::request::CheckoutKey;
 use crate::event_protocol::{HandoverSettle, ObjectRequest};
+use crate::handover::{HandoverOpen, HandoverSession, HandoverView};
 
 // ------------------------------------------------------------------ staff-terminal handover
 
@@ -14,10 +16,11 @@ pub(in crate::edge) fn session_event(sid: &str) -> Option<&str> {
     event.strip_prefix('_')
 }
 
+/// The session as callers may see it (the claim never leaves the object).
 pub(in crate::edge) async fn handover_session(
     env: &Env,
     sid: &str,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<HandoverView, ApiError> {
     let event_id = session_event(sid).ok_or_else(|| ApiError::not_found("handover session"))?;
     let req = ObjectRequest::GetHandover {
         session_id: sid.to_string(),
@@ -56,6 +59,17 @@ pub(in crate::edge) fn handover_ttl_ms(ttl_seconds: Option<i64>) -> Result<i64, 
     Ok(s * 1000)
 }
 
+/// The answer to `POST /v1/events/{id}/handover`: the session and where to find it.
+#[derive(serde::Serialize)]
+struct Created {
+    #[serde(flatten)]
+    view: HandoverView,
+    pay_url: String,
+    ws_url: String,
+    status_url: String,
+    qr_url: String,
+}
+
 /// `POST /v1/events/{id}/handover`: a staff terminal opens a pay link for a cart.
 pub async fn create_handover(
     env: &Env,
@@ -70,27 +84,29 @@ pub async fn create_handover(
     let bundle = bundle_of(env, &c, ctx.now_ms).await;
     let quote = quote_cart(&c, &bundle, &body.items, ctx.now_ms)?;
     let sid = format!("hs_{}_{}", hex::encode(random::<8>()?), event_id);
-    let items: Vec<serde_json::Value> = body
-        .items
-        .iter()
-        .map(|i| serde_json::json!({"sku": i.sku, "quantity": i.quantity}))
-        .collect();
-    let expires_ms = ctx.now_ms + ttl_ms;
-    let session = serde_json::json!({
-        "session_id": sid, "event_id": event_id, "items": items, "total": quote.total,
-        "currency": c.currency, "status": "open", "created_ms": ctx.now_ms, "expires_ms": expires_ms,
-        "expires_at": crate::time::iso8601(expires_ms),
-    });
+    let session = HandoverSession::open(
+        HandoverOpen {
+            session_id: sid.clone(),
+            event_id: event_id.to_string(),
+            items: body.items,
+            total: quote.total,
+            currency: c.currency,
+            ttl_ms,
+        },
+        ctx.now_ms,
+    );
     let req = ObjectRequest::OpenHandover {
         session_id: sid.clone(),
-        session: session.clone(),
+        session: Box::new(session),
     };
-    object::handover(env, event_id, req).await?;
-    let mut out = session.clone();
-    out["pay_url"] = format!("{}/p/{sid}", ctx.self_origin).into();
-    out["ws_url"] = format!("/v1/handover/{sid}/ws").into();
-    out["status_url"] = format!("/v1/handover/{sid}").into();
-    out["qr_url"] = format!("/v1/handover/{sid}/qr.svg").into();
+    let view = object::handover(env, event_id, req).await?;
+    let out = Created {
+        pay_url: format!("{}/p/{sid}", ctx.self_origin),
+        ws_url: format!("/v1/handover/{sid}/ws"),
+        status_url: format!("/v1/handover/{sid}"),
+        qr_url: format!("/v1/handover/{sid}/qr.svg"),
+        view,
+    };
     with_cors(json(201, &out)?, cors)
 }
 
@@ -130,41 +146,43 @@ pub async fn handover_ws(env: &Env, sid: &str, req: Request) -> Result<Response,
 
 // ------------------------------------------------------------------ handover and checkout
 
-/// Claims a till's handover session for the checkout with record key `key` and returns
-/// its items. A retry of the same checkout (same key) may claim again, also once the sale
-/// is paid, so that it gets its stored answer.
+/// Claims a till's handover session for the checkout with key `key` and returns its
+/// items. A retry of the same checkout (same key) may claim again, also once the sale is
+/// paid, so that it gets its stored answer; another checkout is refused while the first
+/// may still charge (the object decides, `crate::handover`).
 pub(in crate::edge) async fn claim_handover(
     env: &Env,
     event_id: &str,
     sid: &str,
-    key: &str,
+    key: &CheckoutKey,
 ) -> Result<Vec<CartItem>, ApiError> {
-    let session = handover_session(env, sid).await?;
-    if session["event_id"].as_str() != Some(event_id) {
+    // The session id names its event: a session of another event does not exist here.
+    if session_event(sid) != Some(event_id) {
         return Err(ApiError::not_found("handover session"));
     }
-    let items: Vec<CartItem> = serde_json::from_value(session["items"].clone())
-        .map_err(|_| ApiError::not_found("handover session"))?;
     let claim = ObjectRequest::ClaimHandover {
         session_id: sid.to_string(),
-        order_key: key.to_string(),
+        order_key: key.key.clone(),
+        order_id: key.order_id.clone(),
     };
-    object::handover(env, event_id, claim).await?;
-    Ok(items)
+    Ok(object::handover(env, event_id, claim).await?.items)
 }
 
-/// Tells the session how its checkout ended: paid (an accepted payment) or open again
-/// (nothing was charged). An outcome still unknown (`202 pending`) leaves it claimed.
+/// Tells the session how the checkout with record key `order_key` ended: paid (an
+/// accepted payment) or open again (nothing was charged). An outcome still unknown
+/// (`202 pending`) leaves it claimed.
 pub(in crate::edge) async fn settle_handover(
     env: &Env,
     event_id: &str,
     sid: &str,
+    order_key: &str,
     answer: &Answer,
 ) -> Result<(), ApiError> {
     let b = &answer.body;
     let text = |k: &str| b[k].as_str().map(str::to_string);
     let settle = match answer.status {
         201 | 200 => HandoverSettle {
+            order_key: order_key.to_string(),
             paid: true,
             receipt_url: text("receipt_url"),
             payment_status: text("status"),
@@ -172,7 +190,10 @@ pub(in crate::edge) async fn settle_handover(
         },
         // Unknown yet, or a retry the same checkout may make (it can claim again).
         _ if answer.status == 202 || answer.retry_after_s.is_some() => return Ok(()),
-        _ => HandoverSettle::default(),
+        _ => HandoverSettle {
+            order_key: order_key.to_string(),
+            ..HandoverSettle::default()
+        },
     };
     object::settle_handover(env, event_id, sid, settle).await
 }
