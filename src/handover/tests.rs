@@ -333,6 +333,8 @@ fn the_ledger_order_maps_to_the_rule() {
         refunded: MinorUnits::ZERO,
         decline_reason: None,
         stock_taken: false,
+        holder: None,
+        ticket: None,
     };
     assert!(ClaimedOrder::of(None).cannot_charge());
     assert!(ClaimedOrder::of(Some(&order(Declined, None, None))).cannot_charge());
