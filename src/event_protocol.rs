@@ -283,17 +283,7 @@ mod tests {
             },
             ObjectRequest::OpenHandover {
                 session_id: "hs_1".into(),
-                session: Box::new(crate::handover::HandoverSession::open(
-                    crate::handover::HandoverOpen {
-                        session_id: "hs_1".into(),
-                        event_id: "evt_1".into(),
-                        items: vec![],
-                        total: crate::money::MinorUnits(100),
-                        currency: crate::money::Currency::parse("EUR").unwrap(),
-                        ttl_ms: 600_000,
-                    },
-                    5,
-                )),
+                session: Box::new(crate::handover::tests::session()),
             },
             ObjectRequest::ClaimHandover {
                 session_id: "hs_1".into(),
@@ -319,20 +309,15 @@ mod tests {
 
     #[test]
     fn a_session_answer_carries_no_claim() {
-        let mut s = crate::handover::HandoverSession::open(
-            crate::handover::HandoverOpen {
-                session_id: "hs_1".into(),
-                event_id: "evt_1".into(),
-                items: vec![],
-                total: crate::money::MinorUnits(100),
-                currency: crate::money::Currency::parse("EUR").unwrap(),
-                ttl_ms: 600_000,
-            },
-            5,
-        );
+        let mut s = crate::handover::tests::session();
         let first = crate::handover::ClaimedOrder::Unknown;
-        s.claim("co_secretkey", "ord_secretorder", first, 6)
-            .unwrap();
+        s.claim(
+            "co_secretkey",
+            "ord_secretorder",
+            first,
+            crate::handover::tests::T0 + 1,
+        )
+        .unwrap();
         let answer = ObjectAnswer::Session {
             session: Box::new(s.view()),
         };

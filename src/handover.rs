@@ -311,4 +311,4 @@ impl HandoverSession {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -5,10 +5,11 @@ use super::*;
 use crate::checkout::request::CheckoutKey;
 use crate::ledger::OrderState::*;
 
-const T0: i64 = 1_750_000_000_000;
+pub(crate) const T0: i64 = 1_750_000_000_000;
 const TTL: i64 = 600_000;
 
-fn session() -> HandoverSession {
+/// A fresh session opened at `T0` (also the protocol tests' fixture).
+pub(crate) fn session() -> HandoverSession {
     HandoverSession::open(
         HandoverOpen {
             session_id: "hs_0123456789abcdef_evt_1".into(),

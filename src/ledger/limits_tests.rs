@@ -6,29 +6,11 @@ use super::*;
 
 const MIN: i64 = 60_000;
 
-fn as_card(cmd: Command, card: &str) -> Command {
-    match cmd {
-        Command::Hold {
-            order_id,
-            lines,
-            expires_ms,
-            buyer_email,
-            lane,
-            admission_ticket,
-            charge_total,
-            ..
-        } => Command::Hold {
-            order_id,
-            lines,
-            expires_ms,
-            buyer_email,
-            lane,
-            admission_ticket,
-            charge_total,
-            holder: Some(card.into()),
-        },
-        other => other,
+fn as_card(mut cmd: Command, card: &str) -> Command {
+    if let Command::Hold { holder, .. } = &mut cmd {
+        *holder = Some(card.into());
     }
+    cmd
 }
 
 fn with_ticket(mut cmd: Command, ticket: &str) -> Command {
