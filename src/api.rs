@@ -30,6 +30,7 @@ pub enum RouteId {
     EventPublic,
     Quote,
     Checkout,
+    CheckoutStatus,
     GetReceipt,
     VerifyReceipt,
     CheckoutJs,
@@ -201,6 +202,12 @@ pub const ROUTES: &[Route] = &[
         id: RouteId::Checkout,
         method: "POST",
         path: "/v1/events/{id}/checkout",
+        access: Access::Public,
+    },
+    Route {
+        id: RouteId::CheckoutStatus,
+        method: "GET",
+        path: "/v1/events/{id}/checkouts/{status}",
         access: Access::Public,
     },
     Route {

@@ -529,28 +529,54 @@ const URL_DOMAIN: &[u8] = b"poptill-receipt-url-v1\n";
 /// under the current key, hex. The receipt number is sequential per event; without this
 /// part nobody can read a receipt by counting (it is what makes the URL a capability).
 pub fn url_token(keys: &ReceiptKeys, receipt_id: &str) -> Result<String, ReceiptError> {
+    capability(keys, URL_DOMAIN, receipt_id.as_bytes())
+}
+
+/// A capability token over `data` in `domain`: 128 bits of HMAC-SHA256 under the current
+/// key, hex, then the key's id (so a token made before a rotation is checked with its own
+/// key while that key is kept).
+pub fn capability(keys: &ReceiptKeys, domain: &[u8], data: &[u8]) -> Result<String, ReceiptError> {
     let (kid, key) = keys
         .keys
         .first()
         .ok_or_else(|| ReceiptError::InvalidKeys("no keys".into()))?;
-    url_token_with(key, kid, receipt_id)
+    capability_with(key, kid, domain, data)
 }
 
-fn url_token_with(
+fn capability_with(
     key: &Secret<Vec<u8>>,
     kid: &str,
-    receipt_id: &str,
+    domain: &[u8],
+    data: &[u8],
 ) -> Result<String, ReceiptError> {
-    let tag = mac_in(URL_DOMAIN, key, kid, receipt_id.as_bytes())?
-        .finalize()
-        .into_bytes();
+    let tag = mac_in(domain, key, kid, data)?.finalize().into_bytes();
     let mut out = String::with_capacity(33 + kid.len());
     for b in tag.iter().take(16) {
         let _ = write!(out, "{b:02x}");
     }
-    // The kid lets a URL made before a key rotation be checked with its own key.
     let _ = write!(out, "{kid}");
     Ok(out)
+}
+
+/// Whether `token` is [`capability`] over `data` in `domain` under any key of the set
+/// (compared in constant time).
+pub fn is_capability(keys: &ReceiptKeys, domain: &[u8], data: &[u8], token: &str) -> bool {
+    if token.len() < 33 || !token.is_ascii() {
+        return false;
+    }
+    let kid = &token[32..];
+    let Some((_, key)) = keys.keys.iter().find(|(k, _)| k == kid) else {
+        return false;
+    };
+    let Ok(want) = capability_with(key, kid, domain, data) else {
+        return false;
+    };
+    want.len() == token.len()
+        && want
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// A receipt's public URL: `/v1/receipts/<id>.<token>`.
@@ -566,20 +592,7 @@ pub fn url(keys: &ReceiptKeys, receipt_id: &str) -> Result<String, ReceiptError>
 /// including a bare id.
 pub fn open_url<'a>(keys: &ReceiptKeys, part: &'a str) -> Option<&'a str> {
     let (id, token) = part.split_once('.')?;
-    if token.len() < 33 || !token.is_ascii() {
-        return None;
-    }
-    let kid = &token[32..];
-    let (_, key) = keys.keys.iter().find(|(k, _)| k == kid)?;
-    let want = url_token_with(key, kid, id).ok()?;
-    // Constant time over the whole token.
-    let same = want.len() == token.len()
-        && want
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    same.then_some(id)
+    is_capability(keys, URL_DOMAIN, id.as_bytes(), token).then_some(id)
 }
 
 /// Checks the receipt's invariants, then signs it with the current key.

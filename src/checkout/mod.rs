@@ -38,6 +38,7 @@ pub mod object_side;
 pub mod outcome;
 pub mod protocol;
 pub mod request;
+pub mod status;
 
 #[cfg(test)]
 mod sim_tests;

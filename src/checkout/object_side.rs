@@ -306,27 +306,16 @@ pub fn refresh_pending(
     else {
         return;
     };
-    let (status, state, message) = match order.state {
-        OrderState::Approved | OrderState::Forwarded => (201, "approved", "Payment approved."),
-        OrderState::Refunded | OrderState::PartiallyRefunded => {
-            (201, "approved", "Payment approved (since refunded).")
-        }
-        OrderState::Declined => (
-            402,
-            "declined",
-            "The payment was declined. Nothing was charged; try another card.",
-        ),
-        _ => return,
+    let Some((status, state, message)) = super::status::settled(order) else {
+        return;
     };
     answer.status = status;
     answer.body["status"] = state.into();
     answer.body["message"] = message.into();
-    if let Some(r) = &order.receipt_id {
-        let id = format!("rcpt_{r}");
-        answer.body["receipt_id"] = id.as_str().into();
-        if let Some(u) = keys.and_then(|k| receipt::url(k, &id).ok()) {
-            answer.body["receipt_url"] = u.into();
-        }
+    if let Some(o) = answer.body.as_object_mut() {
+        o.remove("retry_after_s");
+    }
+    if let Some(id) = super::status::link_receipt(&mut answer.body, order, keys) {
         answer.receipt_id = Some(id);
     }
 }
@@ -367,7 +356,8 @@ pub fn finish(cx: &mut ObjectCtx<'_>, req: FinishRequest) -> Done<FinishReply> {
         Command::QueueAuthorization(q) => Some(q.order_id.clone()),
         _ => None,
     });
-    let mut receipt = req.receipt;
+    let receipt = req.receipt;
+    let mut hand_out = true;
     let mut complete = req.complete;
     if let Some(cmd) = req.command {
         match cx.apply(cmd, &mut done) {
@@ -379,11 +369,13 @@ pub fn finish(cx: &mut ObjectCtx<'_>, req: FinishRequest) -> Done<FinishReply> {
             }
             // Stored but not accepted (an unknown outcome past its bound, or a buyer who
             // asked for an online payment): the buyer hears `pending`, with no receipt yet.
+            // Its receipt is kept (forwarding brings it up to date, and the status URL
+            // and replays hand it out once the payment is settled), not handed out now.
             Ok(Reply::Auth { auth }) if !auth.accepted => {
                 if let Completion::Answer { answer } = &mut complete {
                     not_accepted(answer);
                 }
-                receipt = None;
+                hand_out = false;
             }
             Ok(_) => {}
         }
@@ -403,12 +395,14 @@ pub fn finish(cx: &mut ObjectCtx<'_>, req: FinishRequest) -> Done<FinishReply> {
             if let Some(draft) = receipt {
                 match sign_and_store(cx, draft, order_id.as_deref()) {
                     Ok(note) => {
-                        answer.body["receipt_id"] = note.id.as_str().into();
-                        if let Some(u) = cx.keys.and_then(|k| receipt::url(k, &note.id).ok()) {
-                            answer.body["receipt_url"] = u.into();
+                        if hand_out {
+                            answer.body["receipt_id"] = note.id.as_str().into();
+                            if let Some(u) = cx.keys.and_then(|k| receipt::url(k, &note.id).ok()) {
+                                answer.body["receipt_url"] = u.into();
+                            }
+                            answer.receipt_id = Some(note.id.clone());
+                            answer.receipt = serde_json::from_str(&note.json).ok();
                         }
-                        answer.receipt_id = Some(note.id.clone());
-                        answer.receipt = serde_json::from_str(&note.json).ok();
                         done.receipts.push(note);
                     }
                     // The payment stands; the buyer gets an answer without a receipt
@@ -495,4 +489,55 @@ fn unreadable() -> ApiError {
         "The event could not process this request; try again.",
     )
     .retryable()
+}
+
+/// A stored receipt brought up to date with its order: `Some` (re-signed) when the order's
+/// state changes what the receipt says (a stored payment charged, expired or declined
+/// when forwarded, a late approval of an expired one, a refund not on the receipt yet),
+/// `None` when nothing changes. Several changes at once (charged, then refunded) are
+/// applied in order. The object calls this for each receipt of an order whose state
+/// changed.
+pub fn receipt_after(
+    order: &crate::ledger::Order,
+    signed: &receipt::SignedReceipt,
+    now_ms: i64,
+    keys: &ReceiptKeys,
+) -> Option<receipt::SignedReceipt> {
+    let mut current: Option<receipt::SignedReceipt> = None;
+    for _ in 0..3 {
+        let at = current.as_ref().unwrap_or(signed);
+        let Some(change) = receipt_change(order, &at.receipt) else {
+            break;
+        };
+        match receipt::update_status(at, change, now_ms, keys) {
+            Ok(next) => current = Some(next),
+            Err(_) => break,
+        }
+    }
+    current
+}
+
+/// The next change a receipt needs to say what its order's state says.
+fn receipt_change(
+    order: &crate::ledger::Order,
+    r: &receipt::Receipt,
+) -> Option<receipt::StatusChange> {
+    use receipt::{ReceiptStatus as R, StatusChange as C};
+    let charged = matches!(
+        order.state,
+        OrderState::Forwarded | OrderState::Refunded | OrderState::PartiallyRefunded
+    );
+    match r.status {
+        R::Queued | R::Expired if charged => Some(C::Forwarded),
+        R::Queued if order.state == OrderState::Expired => Some(C::Expired),
+        R::Queued if order.state == OrderState::Declined => Some(C::Declined),
+        R::Approved | R::Forwarded | R::PartiallyRefunded => {
+            let before = r.refunded_amount.unwrap_or_default();
+            let delta = order.refunded.0 - before.0;
+            (delta > 0).then_some(C::Refund {
+                amount: crate::money::MinorUnits(delta),
+            })
+        }
+        _ => None,
+    }
 }

@@ -270,6 +270,10 @@ impl FakeObject {
                     },
                     reason: req.reason,
                 },
+                Effect::Notify { order_id, .. } => {
+                    self.update_receipts(&order_id, now_ms);
+                    continue;
+                }
                 _ => continue,
             };
             let out = self.ledger.handle(answer, now_ms, [2; 8]);
@@ -279,6 +283,23 @@ impl FakeObject {
             queue.extend(out.effects);
         }
         self.ledger.check_invariants().unwrap();
+    }
+
+    /// What the object does on `Effect::Notify`: each receipt of the order brought up to
+    /// date (`object_side::receipt_after`).
+    fn update_receipts(&mut self, order_id: &str, now_ms: i64) {
+        let Some(order) = self.ledger.order(order_id).cloned() else {
+            return;
+        };
+        for json in self.store.receipts.values_mut() {
+            let signed = crate::receipt::SignedReceipt::from_json(json).unwrap();
+            if signed.receipt.order_id != order_id {
+                continue;
+            }
+            if let Some(next) = object_side::receipt_after(&order, &signed, now_ms, &self.keys) {
+                *json = next.to_json().unwrap();
+            }
+        }
     }
 
     /// An operator's reconciliation: lists the charges, refunds lost checkouts through the
@@ -1126,11 +1147,29 @@ fn unknown_outcomes_past_their_bound_are_stored_but_the_buyer_hears_pending_unti
         "no receipt before it is confirmed"
     );
     assert!(w.obj.ledger.unknown_exposure() <= MinorUnits(4000));
+    // The pending answer links where the checkout stands; that URL says pending too.
+    let mut linked = b.clone();
+    super::status::link(&mut linked, Some(&w.obj.keys), &w.ev.event_id);
+    let url = linked.body["status_url"].as_str().unwrap().to_string();
+    let part = url.rsplit('/').next().unwrap();
+    let order_id = super::status::open(&w.obj.keys, &w.ev.event_id, part).unwrap();
+    assert_eq!(Some(order_id), b.body["order_id"].as_str());
+    let view = |w: &World| {
+        super::status::view(w.obj.ledger.order(order_id).unwrap(), Some(&w.obj.keys)).body
+    };
+    assert_eq!(view(&w)["status"], "pending");
+    assert!(view(&w).get("receipt_url").is_none());
     // Stored all the same: forwarding completes it, and the replay then says approved.
     w.now += 10 * 60_000;
     let mut acq = std::mem::take(&mut w.acq);
     w.obj.alarm(&mut acq, w.now);
     w.acq = acq;
+    assert_eq!(view(&w)["status"], "approved", "{}", view(&w));
+    // The receipt was kept while pending and now says the payment was charged.
+    let rid = view(&w)["receipt_id"].as_str().unwrap().to_string();
+    let kept = crate::receipt::SignedReceipt::from_json(&w.obj.store.receipts[&rid]).unwrap();
+    assert_eq!(kept.receipt.status, ReceiptStatus::Forwarded);
+    assert!(view(&w)["receipt_url"].is_string(), "{}", view(&w));
     let r = w.pay("k2", CART, APPROVE, "t", &[], &[]);
     assert!(r.replayed);
     assert_eq!(
@@ -1959,5 +1998,53 @@ fn a_finish_whose_answer_cannot_be_kept_applies_nothing_and_the_retry_replays_th
         w.charges_of(&order_id),
         1,
         "one charge whatever the retries"
+    );
+}
+
+#[test]
+fn a_stored_payments_receipt_follows_its_order_through_every_later_state() {
+    let mut w = World::new(10);
+    let a = w.pay("k1", CART, APPROVE, "tok", &[], &[AcqFault::TimeoutUnseen]);
+    assert_eq!(a.body["status"], "queued", "{}", a.body);
+    let order = w
+        .obj
+        .ledger
+        .order(a.body["order_id"].as_str().unwrap())
+        .unwrap()
+        .clone();
+    let rid = a.body["receipt_id"].as_str().unwrap();
+    let kept = crate::receipt::SignedReceipt::from_json(&w.obj.store.receipts[rid]).unwrap();
+    assert_eq!(kept.receipt.status, ReceiptStatus::Queued);
+    let after = |state: OrderState, refunded: i64| {
+        let mut o = order.clone();
+        o.state = state;
+        o.refunded = MinorUnits(refunded);
+        object_side::receipt_after(&o, &kept, w.now, &w.obj.keys).map(|r| {
+            crate::receipt::verify(&r, &w.obj.keys).unwrap();
+            (r.receipt.status, r.receipt.refunded_amount)
+        })
+    };
+    assert_eq!(after(OrderState::Queued, 0), None);
+    assert_eq!(
+        after(OrderState::Forwarded, 0),
+        Some((ReceiptStatus::Forwarded, None))
+    );
+    assert_eq!(
+        after(OrderState::Expired, 0),
+        Some((ReceiptStatus::Expired, None))
+    );
+    assert_eq!(
+        after(OrderState::Declined, 0),
+        Some((ReceiptStatus::Declined, None))
+    );
+    // Charged and refunded before the receipt was brought up to date: both, in order.
+    let total = order.total.0;
+    assert_eq!(
+        after(OrderState::Refunded, total),
+        Some((ReceiptStatus::Refunded, Some(order.total)))
+    );
+    assert_eq!(
+        after(OrderState::PartiallyRefunded, 100),
+        Some((ReceiptStatus::PartiallyRefunded, Some(MinorUnits(100))))
     );
 }

@@ -152,6 +152,9 @@ pub async fn route(
         .retryable()
     })?;
     settled?;
+    let mut answer = answer;
+    let keys = super::http::receipt_keys(env).ok();
+    crate::checkout::status::link(&mut answer, keys.as_ref(), event_id);
     respond(answer, &timing, cors)
 }
 

@@ -296,6 +296,20 @@ pub fn env_string(env: &Env, name: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// The receipt keys (`RECEIPT_KEY`): they sign receipts and reports and make the edge's
+/// capabilities (event ids, receipt and status URLs). Without them: 503 `not_configured`.
+pub fn receipt_keys(env: &Env) -> Result<crate::receipt::ReceiptKeys, ApiError> {
+    env_string(env, "RECEIPT_KEY")
+        .and_then(|k| crate::receipt::ReceiptKeys::parse(&k).ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                503,
+                "not_configured",
+                "The edge has no usable RECEIPT_KEY secret; the operator must set it.",
+            )
+        })
+}
+
 /// Public routes answer any page's origin (they carry no credentials); routes that check
 /// the event's allowed origins themselves (tokens, checkout, handover) set their own header
 /// first. Admin routes never get CORS headers.

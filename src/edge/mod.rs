@@ -177,6 +177,11 @@ async fn handle(
             let body = http::body_text(&mut req).await?;
             checkout::route(env, ctx, worker_ctx, id(), idem, origin, body).await
         }
+        RouteId::CheckoutStatus => {
+            let origin = header("Origin");
+            events::checkout_status(env, ctx, id(), param(&matched, "status"), origin.as_deref())
+                .await
+        }
         RouteId::GetReceipt => {
             let html = header("Accept")
                 .map(|a| a.contains("text/html"))

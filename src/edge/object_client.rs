@@ -14,7 +14,6 @@ use crate::event_protocol::{
 };
 use crate::handover::HandoverView;
 use crate::ledger::{self, Command, EventConfig, EventSummary, Order, Reply};
-use crate::receipt::ReceiptKeys;
 use crate::telemetry::Event;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -33,15 +32,7 @@ thread_local! {
 /// The event's object, for an id the edge made (`crate::event_id`): a made-up id is `404`
 /// before any object is addressed, so it creates no Durable Object and no schema.
 fn stub(env: &Env, event_id: &str) -> Result<Stub, ApiError> {
-    let keys = super::http::env_string(env, "RECEIPT_KEY")
-        .and_then(|k| ReceiptKeys::parse(&k).ok())
-        .ok_or_else(|| {
-            ApiError::new(
-                503,
-                "not_configured",
-                "The edge has no usable RECEIPT_KEY secret; the operator must set it.",
-            )
-        })?;
+    let keys = super::http::receipt_keys(env)?;
     if !ledger::valid_id(event_id) || !event_id::is_genuine(&keys, event_id) {
         return Err(ApiError::not_found("event"));
     }

@@ -233,7 +233,7 @@ input[readonly]{background:#f3f4f6}
       j = res.json;
       const e = j.error;
       const pending = j.status === 'pending';
-      if (/^(approved|queued|declined)$/.test(j.status) || (!pending && e && !e.retryable && res.status < 500 && res.status !== 429 && !/^idempotency_/.test(e.code))) break;
+      if (/^(approved|queued|declined|canceled)$/.test(j.status) || (!pending && e && !e.retryable && res.status < 500 && res.status !== 429 && !/^idempotency_/.test(e.code))) break;
       if (res.network || !(pending || res.wait) || n >= 5) {
         return pending ? fail(t.pending, true, 'payment_pending', 'pending') : fail(t.unknown, true, e?.code || 'outcome_unknown');
       }

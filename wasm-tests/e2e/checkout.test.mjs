@@ -163,6 +163,39 @@ for (const [fault, settings] of [
   });
 }
 
+test('a 202 pending answer links its status: pending until the acquirer settles it, then approved with the receipt', async () => {
+  await healLanes();
+  const id = await createEvent();
+  // The acquirer answers "processing" and the buyer asked for an online payment: the
+  // outcome is unknown, so the buyer hears pending, not the goods.
+  await laneControl('cheap', { processing_rate: 1, processing_ms: 300 });
+  await laneControl('fast', { processing_rate: 1, processing_ms: 300 });
+  const r = await checkout(id, '4242424242424242', { mode: 'require_online' });
+  assert.equal(r.status, 202, r.text);
+  assert.equal(r.json.status, 'pending', r.text);
+  assert.match(r.json.status_url, new RegExp(`^/v1/events/${id}/checkouts/${r.json.order_id}\\.[0-9a-f]{32}`), r.text);
+  const s1 = await api('GET', r.json.status_url);
+  assert.equal(s1.status, 200, s1.text);
+  assert.equal(s1.json.status, 'pending', s1.text);
+  assert.ok(+s1.headers.get('retry-after') >= 1, 'says when to ask again');
+  assert.equal(s1.headers.get('cache-control'), 'private, no-store');
+  assert.equal(s1.json.receipt_url, undefined, 'no receipt while pending');
+  // The URL is a capability: the bare order id, or a token for another order, is not found.
+  assertError(await api('GET', `/v1/events/${id}/checkouts/${r.json.order_id}`), 404, 'not_found');
+  const forged = r.json.status_url.replace(/\.([0-9a-f])/, (_, c) => '.' + (c === '0' ? '1' : '0'));
+  assertError(await api('GET', forged), 404, 'not_found');
+  await new Promise((ok) => setTimeout(ok, 400));
+  await healLanes();
+  const key = (await merchant()).api_key;
+  for (let i = 0; i < 2; i++) assert.equal((await api('POST', `/v1/admin/events/${id}/sync`, { key })).status, 200);
+  const s2 = await api('GET', r.json.status_url);
+  assert.equal(s2.json.status, 'approved', s2.text);
+  const receipt = await api('GET', s2.json.receipt_url);
+  assert.equal(receipt.status, 200, receipt.text);
+  assert.equal(receipt.json.receipt.order_id, r.json.order_id);
+  assert.equal(Object.values(chargesFor(await simStats(), r.json.order_id)).reduce((a, b) => a + b, 0), 1, "charged once");
+});
+
 test('a lane that may have charged is never retried elsewhere: completed on that lane, charged once', async () => {
   await healLanes();
   const id = await createEvent();

@@ -181,21 +181,17 @@ impl EventObject {
         (cmd, sent, lane_down)
     }
 
-    /// Keeps the buyer's receipt true when a queued payment reaches its final state.
+    /// Keeps the buyer's receipt true when a payment reaches a new state
+    /// (`object_side::receipt_after` decides what changes).
     pub(super) async fn on_order_state(&self, order_id: &str, state: OrderState, now_ms: i64) {
         self.record_final_state(order_id, state, now_ms);
-        let refunded_total = self
+        let Some(order) = self
             .ledger
             .borrow()
             .as_ref()
-            .and_then(|l| l.order(order_id).map(|o| o.refunded));
-        let change = match state {
-            OrderState::Forwarded => Some(StatusChange::Forwarded),
-            OrderState::Expired => Some(StatusChange::Expired),
-            OrderState::Declined => Some(StatusChange::Declined),
-            // The refund amount is the difference between the ledger and the receipt.
-            OrderState::Refunded | OrderState::PartiallyRefunded => None,
-            _ => return,
+            .and_then(|l| l.order(order_id).cloned())
+        else {
+            return;
         };
         #[derive(Deserialize)]
         struct Row {
@@ -213,41 +209,26 @@ impl EventObject {
             Ok(r) => r,
             Err(_) => return,
         };
-        let Some(keys) =
-            env_string(&self.env, "RECEIPT_KEY").and_then(|k| ReceiptKeys::parse(&k).ok())
-        else {
+        let Ok(keys) = crate::edge::http::receipt_keys(&self.env) else {
             return;
         };
         for row in rows {
             let Ok(signed) = SignedReceipt::from_json(&row.json) else {
                 continue;
             };
-            let change = match (&change, refunded_total) {
-                (Some(c), _) => *c,
-                (None, Some(total)) => {
-                    let before = signed.receipt.refunded_amount.unwrap_or_default();
-                    let delta = total.0 - before.0;
-                    if delta <= 0 {
-                        continue;
-                    }
-                    StatusChange::Refund {
-                        amount: crate::money::MinorUnits(delta),
-                    }
-                }
-                (None, None) => continue,
+            let Some(updated) = object_side::receipt_after(&order, &signed, now_ms, &keys) else {
+                continue;
             };
-            if let Ok(updated) = receipt::update_status(&signed, change, now_ms, &keys) {
-                if let Ok(json) = updated.to_json() {
-                    let _ = self.sql().exec(
-                        "UPDATE receipts SET json = ? WHERE id = ?",
-                        Some(vec![json.as_str().into(), row.id.as_str().into()]),
-                    );
-                    let status = serde_json::to_value(updated.receipt.status)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default();
-                    self.enqueue_webhook(&row.id, &status, &json).await;
-                }
+            if let Ok(json) = updated.to_json() {
+                let _ = self.sql().exec(
+                    "UPDATE receipts SET json = ? WHERE id = ?",
+                    Some(vec![json.as_str().into(), row.id.as_str().into()]),
+                );
+                let status = serde_json::to_value(updated.receipt.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                self.enqueue_webhook(&row.id, &status, &json).await;
             }
         }
     }

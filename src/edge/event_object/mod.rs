@@ -34,7 +34,7 @@ use crate::ledger::{
     OrderState, ReconcileReason, ReconcileRequest, Reconciled, RefundAttempt, RefundOutcome,
     RefundRequest, RefundState, Reply, Transport,
 };
-use crate::receipt::{self, ReceiptKeys, SignedReceipt, StatusChange};
+use crate::receipt::{self, SignedReceipt};
 use crate::vault::{self, KekSet};
 use serde::Deserialize;
 use std::cell::RefCell;
@@ -208,8 +208,7 @@ impl EventObject {
         &self,
         run: impl FnOnce(&mut ObjectCtx<'_>) -> Done<T>,
     ) -> std::result::Result<T, ApiError> {
-        let keys =
-            ReceiptKeys::parse(&env_string(&self.env, "RECEIPT_KEY").unwrap_or_default()).ok();
+        let keys = crate::edge::http::receipt_keys(&self.env).ok();
         let sql = self.sql();
         let mut store = SqlStore { sql: &sql };
         let mut entropy = [0u8; 8];

@@ -78,8 +78,7 @@ impl EventObject {
 
     /// Signs the report with the receipt keys and keeps it (the latest replaces the last).
     pub(super) fn keep_report(&self, report: EventReport) -> std::result::Result<(), ApiError> {
-        let keys = ReceiptKeys::parse(&env_string(&self.env, "RECEIPT_KEY").unwrap_or_default())
-            .map_err(|e| e.to_api())?;
+        let keys = crate::edge::http::receipt_keys(&self.env)?;
         let signed = receipt::sign_report(report, &keys).map_err(|e| e.to_api())?;
         let json = signed.to_json().map_err(|e| e.to_api())?;
         self.sql()

@@ -75,16 +75,7 @@ pub async fn create(
         .bundle
         .purchase
         .apply(&mut skus, &bundle.bundle.jurisdiction)?;
-    let keys = crate::receipt::ReceiptKeys::parse(
-        &crate::edge::http::env_string(env, "RECEIPT_KEY").unwrap_or_default(),
-    )
-    .map_err(|_| {
-        ApiError::new(
-            503,
-            "not_configured",
-            "The edge has no usable RECEIPT_KEY secret; the operator must set it.",
-        )
-    })?;
+    let keys = crate::edge::http::receipt_keys(env)?;
     let event_id = crate::event_id::new(&keys, random::<8>()?);
     let config = EventConfig {
         event_id: event_id.clone(),

@@ -22,7 +22,7 @@ use crate::ledger::{
 };
 use crate::money::{Currency, MinorUnits};
 use crate::policy::{BuyerField, Category as PolicyCategory, LoadedBundle};
-use crate::receipt::{self, ReceiptKeys};
+use crate::receipt;
 use crate::routing::Router;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};

@@ -154,8 +154,7 @@ pub async fn get_receipt(
 ) -> Result<Response, ApiError> {
     // The URL is a capability (`<id>.<token>`): a bare or counted id is not found, as if
     // it did not exist.
-    let keys = ReceiptKeys::parse(&env_string(env, "RECEIPT_KEY").unwrap_or_default())
-        .map_err(|_| ApiError::not_found("receipt"))?;
+    let keys = crate::edge::http::receipt_keys(env).map_err(|_| ApiError::not_found("receipt"))?;
     let receipt_id =
         receipt::open_url(&keys, receipt_id).ok_or_else(|| ApiError::not_found("receipt"))?;
     let event_id = receipt_event(receipt_id).ok_or_else(|| ApiError::not_found("receipt"))?;
@@ -170,6 +169,35 @@ pub async fn get_receipt(
         crate::edge::http::raw(200, "application/json", &text)?,
         false,
     )
+}
+
+/// `GET /v1/events/{id}/checkouts/{order}.{token}`: where a checkout that answered
+/// `202 pending` stands (`crate::checkout::status`). A wrong token is not found, as if the
+/// checkout did not exist.
+pub async fn checkout_status(
+    env: &Env,
+    ctx: &Ctx,
+    event_id: &str,
+    part: &str,
+    origin: Option<&str>,
+) -> Result<Response, ApiError> {
+    let missing = || ApiError::not_found("checkout");
+    let keys = crate::edge::http::receipt_keys(env).map_err(|_| missing())?;
+    let order_id = crate::checkout::status::open(&keys, event_id, part).ok_or_else(missing)?;
+    let c = config(env, event_id, ctx.now_ms).await?;
+    let cors = cors_origin(&c, origin, &ctx.self_origin)?;
+    let order = match object::order(env, event_id, order_id).await {
+        Err(e) if e.status == 404 => return Err(missing()),
+        r => r?,
+    };
+    let view = crate::checkout::status::view(&order, Some(&keys));
+    let mut r = json(view.status, &view.body)?;
+    if let Some(s) = view.body["retry_after_s"].as_u64() {
+        r.headers_mut()
+            .set("Retry-After", &s.to_string())
+            .map_err(internal)?;
+    }
+    with_cors(capability_headers(r, false)?, cors)
 }
 
 /// A receipt's URL is a capability: its page runs nothing, is framed by nobody, never
@@ -193,8 +221,7 @@ fn capability_headers(mut r: Response, html: bool) -> Result<Response, ApiError>
 /// `POST /v1/receipts/verify`: anyone holding a receipt, or an event's signed report, can
 /// check it.
 pub fn verify_receipt(env: &Env, body: &str) -> Result<Response, ApiError> {
-    let keys = ReceiptKeys::parse(&env_string(env, "RECEIPT_KEY").unwrap_or_default())
-        .map_err(|e| e.to_api())?;
+    let keys = crate::edge::http::receipt_keys(env)?;
     let is_report =
         serde_json::from_str::<serde_json::Value>(body).is_ok_and(|v| v.get("report").is_some());
     if is_report {
