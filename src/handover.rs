@@ -310,5 +310,77 @@ impl HandoverSession {
     }
 }
 
+impl HandoverSettle {
+    /// What a handover checkout's answer means for its session: paid (an accepted
+    /// payment: approved, or stored offline), open again (a definitive refusal: nothing
+    /// was charged), or nothing yet (`None`: `202 pending` or an answer the same checkout
+    /// may retry; the claim stays, and [`HandoverSession::follow`] settles it once the
+    /// order does).
+    pub fn from_answer(
+        order_key: &str,
+        status: u16,
+        body: &serde_json::Value,
+        retryable: bool,
+    ) -> Option<HandoverSettle> {
+        let text = |k: &str| body[k].as_str().map(str::to_string);
+        match status {
+            200 | 201 => Some(HandoverSettle {
+                order_key: order_key.to_string(),
+                paid: true,
+                receipt_url: text("receipt_url"),
+                payment_status: text("status"),
+                order_id: text("order_id"),
+            }),
+            202 => None,
+            _ if retryable => None,
+            _ => Some(HandoverSettle {
+                order_key: order_key.to_string(),
+                ..HandoverSettle::default()
+            }),
+        }
+    }
+}
+
+impl HandoverSession {
+    /// The claimed order settled after its checkout answered (a `pending` payment the
+    /// acquirer later approved or declined): a `paying` session whose claim pays `order`
+    /// becomes paid once the order is, and open again once it provably cannot charge.
+    /// Anything else changes nothing.
+    pub fn follow(&mut self, order: &Order, receipt_url: Option<String>, now_ms: i64) {
+        if self.view.status != HandoverStatus::Paying
+            || self.claim_order_id.as_deref() != Some(order.order_id.as_str())
+        {
+            return;
+        }
+        let Some(order_key) = self.order_key.clone() else {
+            return;
+        };
+        let paid = matches!(
+            crate::checkout::status::settled(order),
+            Some((_, "approved", _))
+        );
+        if paid {
+            self.settle(
+                &HandoverSettle {
+                    order_key,
+                    paid: true,
+                    receipt_url,
+                    payment_status: Some("approved".into()),
+                    order_id: Some(order.order_id.clone()),
+                },
+                now_ms,
+            );
+        } else if ClaimedOrder::of(Some(order)).cannot_charge() {
+            self.settle(
+                &HandoverSettle {
+                    order_key,
+                    ..HandoverSettle::default()
+                },
+                now_ms,
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests;

@@ -24,6 +24,7 @@ pub mod policy;
 pub mod qr;
 pub mod quote;
 pub mod receipt;
+pub mod refunds;
 pub mod routing;
 pub mod secret;
 pub mod telemetry;

@@ -73,19 +73,24 @@ pub fn settled(order: &Order) -> Option<(u16, &'static str, &'static str)> {
     })
 }
 
+/// The receipt id of a settled order (not while pending: a buyer told "being confirmed"
+/// holds no receipt yet; not for a canceled one).
+pub fn settled_receipt(order: &Order) -> Option<String> {
+    let r = order.receipt_id.as_ref()?;
+    match settled(order) {
+        None | Some((_, "canceled", _)) => None,
+        Some(_) => Some(format!("rcpt_{r}")),
+    }
+}
+
 /// Sets `receipt_id` and `receipt_url` of an answer about `order` once it is settled and
-/// has a receipt (not while pending: a buyer told "being confirmed" holds no receipt yet;
-/// not for a canceled one); returns the receipt id.
+/// has a receipt ([`settled_receipt`]); returns the receipt id.
 pub fn link_receipt(
     body: &mut serde_json::Value,
     order: &Order,
     keys: Option<&ReceiptKeys>,
 ) -> Option<String> {
-    let r = order.receipt_id.as_ref()?;
-    if matches!(settled(order), None | Some((_, "canceled", _))) {
-        return None;
-    }
-    let id = format!("rcpt_{r}");
+    let id = settled_receipt(order)?;
     body["receipt_id"] = id.as_str().into();
     if let Some(u) = keys.and_then(|k| receipt::url(k, &id).ok()) {
         body["receipt_url"] = u.into();

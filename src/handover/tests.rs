@@ -347,3 +347,77 @@ fn the_ledger_order_maps_to_the_rule() {
     assert!(!ClaimedOrder::of(Some(&order(Approved, Some("ch_1"), None))).cannot_charge());
     assert!(!ClaimedOrder::of(Some(&order(Expired, None, Some("auth_1")))).cannot_charge());
 }
+
+fn order_for(k: &CheckoutKey, state: OrderState, auth: Option<&str>) -> Order {
+    Order {
+        order_id: k.order_id.clone(),
+        state,
+        lines: vec![],
+        total: MinorUnits(5000),
+        currency: Currency::parse("EUR").unwrap(),
+        created_ms: T0,
+        hold_expires_ms: T0 + 120_000,
+        sold_ms: None,
+        receipt_id: Some("evt_1-000001".into()),
+        buyer_email: None,
+        lane: "a".into(),
+        charge_id: None,
+        auth_id: auth.map(str::to_string),
+        refunded: MinorUnits::ZERO,
+        decline_reason: None,
+        stock_taken: false,
+        holder: None,
+        ticket: None,
+    }
+}
+
+#[test]
+fn a_pending_sale_becomes_paid_when_its_order_is_approved_later() {
+    let a = key("page-a");
+    let mut s = paying(&a);
+    // The checkout answered 202 pending: nothing to settle, the claim stays.
+    let pending = serde_json::json!({"status": "pending", "order_id": a.order_id});
+    assert_eq!(HandoverSettle::from_answer(&a.key, 202, &pending, true), None);
+    // Still being confirmed: nothing changes.
+    s.follow(&order_for(&a, Queued, Some("au_1")), None, T0 + 5_000);
+    assert_eq!(s.status(), HandoverStatus::Paying);
+    // Another order's news changes nothing either.
+    s.follow(&order_for(&key("page-b"), Forwarded, Some("au_2")), None, T0 + 6_000);
+    assert_eq!(s.status(), HandoverStatus::Paying);
+    // Forwarded and charged: paid, with its receipt, for the till.
+    let url = Some("/v1/receipts/rcpt_evt_1-000001.x".to_string());
+    s.follow(&order_for(&a, Forwarded, Some("au_1")), url.clone(), T0 + 7_000);
+    assert_eq!(s.status(), HandoverStatus::Paid);
+    let v = s.view();
+    assert_eq!((v.receipt_url, v.payment_status.as_deref()), (url, Some("approved")));
+    assert_eq!(v.order_id.as_deref(), Some(a.order_id.as_str()));
+    // Paid stays paid.
+    s.follow(&order_for(&a, Declined, None), None, T0 + 8_000);
+    assert_eq!(s.status(), HandoverStatus::Paid);
+}
+
+#[test]
+fn a_pending_sale_opens_again_only_when_its_order_provably_cannot_charge() {
+    let a = key("page-a");
+    let mut s = paying(&a);
+    // Declined when forwarded, but a stored authorization is attached: could still move.
+    s.follow(&order_for(&a, Declined, Some("au_1")), None, T0 + 5_000);
+    assert_eq!(s.status(), HandoverStatus::Paying);
+    s.follow(&order_for(&a, Declined, None), None, T0 + 6_000);
+    assert_eq!(s.status(), HandoverStatus::Open);
+    assert!(s.order_key.is_none() && s.claim_order_id.is_none());
+}
+
+#[test]
+fn a_checkout_answer_settles_its_session_only_when_definitive() {
+    let a = key("page-a");
+    let approved = serde_json::json!({"status": "approved", "order_id": a.order_id, "receipt_url": "/r"});
+    let s = HandoverSettle::from_answer(&a.key, 201, &approved, false).unwrap();
+    assert!(s.paid);
+    assert_eq!(s.receipt_url.as_deref(), Some("/r"));
+    let declined = serde_json::json!({"status": "declined"});
+    assert!(!HandoverSettle::from_answer(&a.key, 402, &declined, false).unwrap().paid);
+    // A retryable refusal (the same checkout may try again) or an unknown outcome: none.
+    assert_eq!(HandoverSettle::from_answer(&a.key, 503, &declined, true), None);
+    assert_eq!(HandoverSettle::from_answer(&a.key, 202, &declined, false), None);
+}

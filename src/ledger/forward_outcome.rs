@@ -97,6 +97,29 @@ fn clean(s: &str) -> String {
         .collect()
 }
 
+/// The intent a forward must read before its answer means anything, if any: a `processing`
+/// PaymentIntent. A forward that completes an earlier attempt sends that attempt's
+/// Idempotency-Key, and the acquirer answers a replay with the answer it stored, so a
+/// payment that was `processing` then stays `processing` in every replay however long ago
+/// it settled. The forward then reads the intent itself (`GET /v1/payment_intents/{id}`) and
+/// is classified by what that read says ([`answer_to_classify`]).
+pub fn intent_to_read(answer: Transport<'_>) -> Option<String> {
+    match answer {
+        Transport::Answered { status, body } => acquirer::processing_intent(status, body),
+        _ => None,
+    }
+}
+
+/// Which answer a forward is classified by: the read of its intent when that read got a
+/// complete answer; otherwise (no read, or the read failed) the first answer, which then
+/// still says `processing`: unknown, tried again later on the same lane.
+pub fn answer_to_classify<'a>(first: Transport<'a>, read: Option<Transport<'a>>) -> Transport<'a> {
+    match read {
+        Some(r @ Transport::Answered { .. }) => r,
+        _ => first,
+    }
+}
+
 /// Maps one forward of a stored payment to the ledger's result. See the module header;
 /// every row is a test in `tests::forward_table`.
 pub fn forward_outcome(attempt: ForwardAttempt<'_>) -> ForwardVerdict {
@@ -322,6 +345,43 @@ mod tests {
         AcquirerResult::Declined {
             reason: reason.into(),
         }
+    }
+
+    #[test]
+    fn a_replayed_processing_intent_is_read_and_classified_by_the_read() {
+        let first = Transport::Answered {
+            status: 200,
+            body: PROCESSING,
+        };
+        assert_eq!(intent_to_read(first).as_deref(), Some("pi_3"));
+        for other in [
+            Transport::Answered {
+                status: 200,
+                body: APPROVED,
+            },
+            Transport::Answered {
+                status: 500,
+                body: PROCESSING,
+            },
+            Transport::NoAnswer,
+            Transport::NotSent,
+        ] {
+            assert_eq!(intent_to_read(other), None, "{other:?}");
+        }
+        let read = Transport::Answered {
+            status: 200,
+            body: APPROVED,
+        };
+        let v = forward_outcome(ForwardAttempt::Sent(answer_to_classify(first, Some(read))));
+        assert_eq!(v.result, approved("pi_1"));
+        // The read failed: still processing, so unknown (tried again on the same lane).
+        let failed = answer_to_classify(first, Some(Transport::NoAnswer));
+        assert_eq!(failed, first);
+        assert_eq!(
+            forward_outcome(ForwardAttempt::Sent(failed)).result,
+            AcquirerResult::Unavailable
+        );
+        assert_eq!(answer_to_classify(first, None), first);
     }
 
     /// Every row of the rule: input, result, alert code, lane down.

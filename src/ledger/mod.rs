@@ -68,8 +68,8 @@ pub use forward::{
     BACKOFF_MAX_MS, FORWARD_TIMEOUT_MS, KEY_WINDOW_MS, MAX_FORWARDS_PER_WAKE,
 };
 pub use forward_outcome::{
-    forward_outcome, refund_outcome, Alert, ForwardAttempt, ForwardVerdict, RefundAttempt,
-    RefundVerdict, Transport,
+    answer_to_classify, forward_outcome, intent_to_read, refund_outcome, Alert, ForwardAttempt,
+    ForwardVerdict, RefundAttempt, RefundVerdict, Transport,
 };
 pub use idempotency::{
     IdempotencyBegin, IdempotencyPeek, IDEMPOTENCY_IN_FLIGHT_MS, IDEMPOTENCY_RETENTION_MS,

@@ -196,6 +196,32 @@ test('a 202 pending answer links its status: pending until the acquirer settles 
   assert.equal(Object.values(chargesFor(await simStats(), r.json.order_id)).reduce((a, b) => a + b, 0), 1, "charged once");
 });
 
+test('a handover sale whose payment was pending becomes paid by itself once the acquirer approves it', async () => {
+  await healLanes();
+  const id = await createEvent();
+  const items = [{ sku: 'ticket', quantity: 1 }];
+  const h = await api('POST', `/v1/events/${id}/handover`, { body: { items } });
+  assert.equal(h.status, 201, h.text);
+  await laneControl('cheap', { processing_rate: 1, processing_ms: 300 });
+  await laneControl('fast', { processing_rate: 1, processing_ms: 300 });
+  const t = await tokenFor(id, '4242424242424242');
+  const body = { items, token: t.token, cvc_token: t.cvc_token, mode: 'require_online', handover_session: h.json.session_id,
+    buyer: { email: 'ana@example.org', age_confirmed: true, consent_accepted: true } };
+  const r = await api('POST', `/v1/events/${id}/checkout`, { body, headers: { 'idempotency-key': crypto.randomUUID() } });
+  assert.equal(r.status, 202, r.text);
+  let s = await api('GET', h.json.status_url);
+  assert.equal(s.json.status, 'paying', 'the claim stays while the outcome is unknown: ' + s.text);
+  await new Promise((ok) => setTimeout(ok, 400));
+  await healLanes();
+  const key = (await merchant()).api_key;
+  for (let i = 0; i < 2; i++) assert.equal((await api('POST', `/v1/admin/events/${id}/sync`, { key })).status, 200);
+  s = await api('GET', h.json.status_url);
+  assert.equal(s.json.status, 'paid', s.text);
+  assert.equal(s.json.payment_status, 'approved', s.text);
+  assert.equal(s.json.order_id, r.json.order_id);
+  assert.equal((await api('GET', s.json.receipt_url)).status, 200, 'the till can show the receipt');
+});
+
 test('a lane that may have charged is never retried elsewhere: completed on that lane, charged once', async () => {
   await healLanes();
   const id = await createEvent();

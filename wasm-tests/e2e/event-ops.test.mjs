@@ -2,7 +2,7 @@
 // reconciliation against the acquirer, CRM export, and the waiting room.
 import { test, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { api, assertError, createEvent, checkout, merchant, healLanes, SIM, simStats } from './helpers.mjs';
+import { api, assertError, createEvent, checkout, merchant, healLanes, laneControl, SIM, simStats } from './helpers.mjs';
 
 beforeEach(healLanes);
 
@@ -116,4 +116,32 @@ test('a charge whose checkout was lost is refunded by reconciliation, once, and 
   assert.deepEqual(again.json.lost_checkouts_refunded, []);
   assert.deepEqual(again.json.report.missing_at_edge, []);
   assert.equal(lanes(await simStats()).fast.refunds, lanes(before).fast.refunds + 1);
+});
+
+test('a refund goes to the lane that charged the order: it waits while that lane is down, never uses another', async () => {
+  const id = await createEvent();
+  const m = await merchant();
+  const paid = await checkout(id, '4242424242424242', { items: shirt });
+  assert.equal(paid.status, 201, paid.text);
+  const laneStats = (s) => s.lanes ?? s;
+  const charged = Object.entries(laneStats(await simStats())).filter(([, l]) => (l.by_order_id ?? {})[paid.json.order_id]).map(([n]) => n);
+  assert.equal(charged.length, 1, 'charged on one lane: ' + charged);
+  const [own] = charged;
+  const other = own === 'fast' ? 'cheap' : 'fast';
+  // The order's lane refuses connections; the other lane is healthy (another account,
+  // where this charge does not exist).
+  await laneControl(own, { partition: 'refuse' });
+  const before = laneStats(await simStats());
+  const r = await api('POST', `/v1/admin/events/${id}/refunds`, { key: m.api_key, body: { order_id: paid.json.order_id }, headers: { 'idempotency-key': crypto.randomUUID() } });
+  assert.ok(r.status === 201 || r.status === 202, r.text);
+  let now = laneStats(await simStats());
+  assert.equal(now[other].refunds, before[other].refunds, 'never refunded on another lane');
+  assert.equal(now[own].refunds, before[own].refunds, 'its own lane is down: nothing refunded yet');
+  await healLanes();
+  for (let i = 0; i < 2; i++) assert.equal((await api('POST', `/v1/admin/events/${id}/sync`, { key: m.api_key })).status, 200);
+  now = laneStats(await simStats());
+  assert.equal(now[own].refunds, before[own].refunds + 1, 'refunded once, on its own lane: ' + JSON.stringify(now[own]));
+  assert.equal(now[other].refunds, before[other].refunds, 'never on another lane');
+  const receipt = await api('GET', paid.json.receipt_url);
+  assert.equal(receipt.json.receipt.status, 'refunded', receipt.text);
 });

@@ -84,24 +84,20 @@ impl EventObject {
                         Err(_) => forward_outcome(ForwardAttempt::CallInvalid),
                         Ok(call) => {
                             sent = true;
-                            let mut answer = send(&call, 8_000).await;
-                            // A replay keeps answering `processing`: read the intent itself.
-                            let processing = match &answer {
-                                Ok((status, body)) => acquirer::processing_intent(*status, body),
-                                Err(_) => None,
-                            };
-                            if let Some(id) = processing {
+                            let first = send(&call, 8_000).await;
+                            let mut read = None;
+                            if let Some(id) = intent_to_read(transport(&first)) {
                                 if let Ok(get) = acquirer::build_retrieve_intent(
                                     &l.base_url,
                                     &lane_secret(&self.env, l),
                                     &id,
                                 ) {
-                                    if let Ok(now) = send(&get, 8_000).await {
-                                        answer = Ok(now);
-                                    }
+                                    read = Some(send(&get, 8_000).await);
                                 }
                             }
-                            forward_outcome(ForwardAttempt::Sent(transport(&answer)))
+                            let answer =
+                                answer_to_classify(transport(&first), read.as_ref().map(transport));
+                            forward_outcome(ForwardAttempt::Sent(answer))
                         }
                     }
                 }
@@ -185,6 +181,7 @@ impl EventObject {
     /// (`object_side::receipt_after` decides what changes).
     pub(super) async fn on_order_state(&self, order_id: &str, state: OrderState, now_ms: i64) {
         self.record_final_state(order_id, state, now_ms);
+        self.follow_handover(order_id);
         let Some(order) = self
             .ledger
             .borrow()

@@ -83,10 +83,53 @@ impl EventObject {
         Ok(answer_of(&session))
     }
 
-    /// The session, marked expired once its pay link has lapsed.
+    /// The session, marked expired once its pay link has lapsed, and brought up to date
+    /// with its claimed order.
     pub(super) fn get_handover(&self, sid: &str) -> std::result::Result<ObjectAnswer, ApiError> {
-        let (session, ()) = self.update_session(sid, |s| s.expire(now()))?;
+        let (session, ()) = self.update_session(sid, |s| {
+            s.expire(now());
+            if let Some(order) = s.claim_order_id.as_deref().and_then(|id| self.order_of(id)) {
+                s.follow(&order, self.receipt_url_of(&order), now());
+            }
+        })?;
         Ok(answer_of(&session))
+    }
+
+    fn order_of(&self, order_id: &str) -> Option<crate::ledger::Order> {
+        self.ledger
+            .borrow()
+            .as_ref()
+            .and_then(|l| l.order(order_id).cloned())
+    }
+
+    fn receipt_url_of(&self, order: &crate::ledger::Order) -> Option<String> {
+        let id = crate::checkout::status::settled_receipt(order)?;
+        let keys = crate::edge::http::receipt_keys(&self.env).ok()?;
+        receipt::url(&keys, &id).ok()
+    }
+
+    /// The sessions whose claim pays `order_id` follow it now that its state changed (a
+    /// pending payment approved or declined later), and their tills hear it.
+    pub(super) fn follow_handover(&self, order_id: &str) {
+        let Some(order) = self.order_of(order_id) else {
+            return;
+        };
+        #[derive(Deserialize)]
+        struct Row {
+            id: String,
+        }
+        let rows: Vec<Row> = self
+            .sql()
+            .exec(
+                "SELECT id FROM handover WHERE json_extract(json, '$.claim_order_id') = ?",
+                Some(vec![order_id.into()]),
+            )
+            .and_then(|c| c.to_array())
+            .unwrap_or_default();
+        let url = self.receipt_url_of(&order);
+        for row in rows {
+            let _ = self.update_session(&row.id, |s| s.follow(&order, url.clone(), now()));
+        }
     }
 
     /// Claims the session for the checkout with record key `order_key` paying `order_id`.

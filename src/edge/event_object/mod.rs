@@ -29,10 +29,10 @@ use crate::checkout::object_side::{self, Done, ObjectCtx, ObjectStore};
 use crate::error::ApiError;
 use crate::event_protocol::ObjectRequest;
 use crate::ledger::{
-    forward_outcome, lost_refund_id, refund_outcome, AcquirerCharge, AcquirerResult, Alert,
-    Command, Delta, Effect, EventLedger, EventReport, ForwardAttempt, ForwardRequest, Listing,
-    OrderState, ReconcileReason, ReconcileRequest, Reconciled, RefundAttempt, RefundOutcome,
-    RefundRequest, RefundState, Reply, Transport,
+    answer_to_classify, forward_outcome, intent_to_read, lost_refund_id, refund_outcome,
+    AcquirerCharge, AcquirerResult, Alert, Command, Delta, Effect, EventLedger, EventReport,
+    ForwardAttempt, ForwardRequest, Listing, OrderState, ReconcileReason, ReconcileRequest,
+    Reconciled, RefundAttempt, RefundOutcome, RefundRequest, RefundState, Reply, Transport,
 };
 use crate::receipt::{self, SignedReceipt};
 use crate::vault::{self, KekSet};

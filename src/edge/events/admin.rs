@@ -213,42 +213,9 @@ pub async fn refund(
 ) -> Result<Response, ApiError> {
     let c = managed(env, who, event_id, ctx.now_ms).await?;
     let bundle = bundle_of(env, &c, ctx.now_ms).await;
-    // The most restrictive rule among the order's lines' categories applies.
     let order = object::order(env, event_id, &body.order_id).await?;
-    let categories: Vec<PolicyCategory> = order
-        .lines
-        .iter()
-        .filter_map(|l| c.skus.iter().find(|s| s.id == l.sku))
-        .map(|s| policy_category(s.category))
-        .collect();
-    let mut allowed = true;
-    let mut window_days = u32::MAX;
-    let mut partial = true;
-    let mut offline_queue = true;
-    for cat in categories {
-        let r = bundle.bundle.refunds.get(cat);
-        allowed &= r.window_days > 0;
-        window_days = window_days.min(r.window_days);
-        partial &= r.partial;
-        offline_queue &= r.offline_queue;
-    }
-    let rule = ledger::RefundRule {
-        allowed: allowed || body.goodwill,
-        window_ms: if body.goodwill {
-            i64::MAX / 4
-        } else {
-            i64::from(window_days.min(3650)) * 86_400_000
-        },
-        partial_allowed: partial || body.goodwill,
-        may_queue_offline: offline_queue,
-    };
-    let refund_id = match idem {
-        Some(k) => format!(
-            "rf_{}",
-            &hex::encode(Sha256::digest(format!("{event_id}|{k}")))[..20]
-        ),
-        None => format!("rf_{}", hex::encode(random::<8>()?)),
-    };
+    let rule = crate::refunds::rule(&order, &c.skus, &bundle.bundle.refunds, body.goodwill);
+    let refund_id = crate::refunds::refund_id(event_id, idem.as_deref(), random::<8>()?);
     let reply = object::one(
         env,
         event_id,

@@ -178,22 +178,11 @@ pub(in crate::edge) async fn settle_handover(
     order_key: &str,
     answer: &Answer,
 ) -> Result<(), ApiError> {
-    let b = &answer.body;
-    let text = |k: &str| b[k].as_str().map(str::to_string);
-    let settle = match answer.status {
-        201 | 200 => HandoverSettle {
-            order_key: order_key.to_string(),
-            paid: true,
-            receipt_url: text("receipt_url"),
-            payment_status: text("status"),
-            order_id: text("order_id"),
-        },
-        // Unknown yet, or a retry the same checkout may make (it can claim again).
-        _ if answer.status == 202 || answer.retry_after_s.is_some() => return Ok(()),
-        _ => HandoverSettle {
-            order_key: order_key.to_string(),
-            ..HandoverSettle::default()
-        },
+    let retryable = answer.retry_after_s.is_some();
+    let Some(settle) =
+        HandoverSettle::from_answer(order_key, answer.status, &answer.body, retryable)
+    else {
+        return Ok(());
     };
     object::settle_handover(env, event_id, sid, settle).await
 }

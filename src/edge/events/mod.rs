@@ -14,18 +14,15 @@ pub use public::*;
 use super::http::{env_string, internal, json, random, Ctx};
 use super::merchants::Principal;
 use super::object_client::{self as object, config};
-use crate::checkout::request::{policy_category, quote_cart, CartItem};
+use crate::checkout::request::{quote_cart, CartItem};
 use crate::checkout::Answer;
 use crate::error::ApiError;
-use crate::ledger::{
-    self, Command, EventConfig, OfflineBudget, QueueConfig, QueueMode, Reply, Sku,
-};
+use crate::ledger::{Command, EventConfig, OfflineBudget, QueueConfig, QueueMode, Reply, Sku};
 use crate::money::{Currency, MinorUnits};
-use crate::policy::{BuyerField, Category as PolicyCategory, LoadedBundle};
+use crate::policy::{BuyerField, LoadedBundle};
 use crate::receipt;
 use crate::routing::Router;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
