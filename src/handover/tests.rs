@@ -377,19 +377,33 @@ fn a_pending_sale_becomes_paid_when_its_order_is_approved_later() {
     let mut s = paying(&a);
     // The checkout answered 202 pending: nothing to settle, the claim stays.
     let pending = serde_json::json!({"status": "pending", "order_id": a.order_id});
-    assert_eq!(HandoverSettle::from_answer(&a.key, 202, &pending, true), None);
+    assert_eq!(
+        HandoverSettle::from_answer(&a.key, 202, &pending, true),
+        None
+    );
     // Still being confirmed: nothing changes.
     s.follow(&order_for(&a, Queued, Some("au_1")), None, T0 + 5_000);
     assert_eq!(s.status(), HandoverStatus::Paying);
     // Another order's news changes nothing either.
-    s.follow(&order_for(&key("page-b"), Forwarded, Some("au_2")), None, T0 + 6_000);
+    s.follow(
+        &order_for(&key("page-b"), Forwarded, Some("au_2")),
+        None,
+        T0 + 6_000,
+    );
     assert_eq!(s.status(), HandoverStatus::Paying);
     // Forwarded and charged: paid, with its receipt, for the till.
     let url = Some("/v1/receipts/rcpt_evt_1-000001.x".to_string());
-    s.follow(&order_for(&a, Forwarded, Some("au_1")), url.clone(), T0 + 7_000);
+    s.follow(
+        &order_for(&a, Forwarded, Some("au_1")),
+        url.clone(),
+        T0 + 7_000,
+    );
     assert_eq!(s.status(), HandoverStatus::Paid);
     let v = s.view();
-    assert_eq!((v.receipt_url, v.payment_status.as_deref()), (url, Some("approved")));
+    assert_eq!(
+        (v.receipt_url, v.payment_status.as_deref()),
+        (url, Some("approved"))
+    );
     assert_eq!(v.order_id.as_deref(), Some(a.order_id.as_str()));
     // Paid stays paid.
     s.follow(&order_for(&a, Declined, None), None, T0 + 8_000);
@@ -411,13 +425,24 @@ fn a_pending_sale_opens_again_only_when_its_order_provably_cannot_charge() {
 #[test]
 fn a_checkout_answer_settles_its_session_only_when_definitive() {
     let a = key("page-a");
-    let approved = serde_json::json!({"status": "approved", "order_id": a.order_id, "receipt_url": "/r"});
+    let approved =
+        serde_json::json!({"status": "approved", "order_id": a.order_id, "receipt_url": "/r"});
     let s = HandoverSettle::from_answer(&a.key, 201, &approved, false).unwrap();
     assert!(s.paid);
     assert_eq!(s.receipt_url.as_deref(), Some("/r"));
     let declined = serde_json::json!({"status": "declined"});
-    assert!(!HandoverSettle::from_answer(&a.key, 402, &declined, false).unwrap().paid);
+    assert!(
+        !HandoverSettle::from_answer(&a.key, 402, &declined, false)
+            .unwrap()
+            .paid
+    );
     // A retryable refusal (the same checkout may try again) or an unknown outcome: none.
-    assert_eq!(HandoverSettle::from_answer(&a.key, 503, &declined, true), None);
-    assert_eq!(HandoverSettle::from_answer(&a.key, 202, &declined, false), None);
+    assert_eq!(
+        HandoverSettle::from_answer(&a.key, 503, &declined, true),
+        None
+    );
+    assert_eq!(
+        HandoverSettle::from_answer(&a.key, 202, &declined, false),
+        None
+    );
 }
