@@ -476,3 +476,103 @@ export function renderSvg({ requests, faults, seconds, bucket = 1 }) {
   s.push('</svg>');
   return s.join('\n');
 }
+
+// ------------------------------------------------------------------------- hostile buyers
+
+/**
+ * Fault windows in which the acquirer itself failed: lanes refused or held connections, the
+ * local runtime restarted, the acquirer was slow, answered errors, or lost or garbled its
+ * answers after charging (an unknown outcome within the exposure bound is accepted like a
+ * stored payment). Only inside one of them may a checkout be accepted offline; never while
+ * the acquirer was healthy, whatever buyers and attackers did (a crowd in the waiting room,
+ * lanes filled by slow checkouts, junk) and whatever the operators did (key rotation, policy
+ * pushes). A window counts until `graceS` seconds after it ended (the breaker's cool-down).
+ */
+export const ACQUIRER_FAULTS = new Set(['all lanes refuse', 'all lanes hang', 'runtime restart', 'acquirer slow', 'error burst', 'one lane partitioned', 'processed, then reset', 'processing intents', 'malformed 2xx']);
+/** Of those, the windows in which no lane could be reached at all. */
+export const UNREACHABLE_FAULTS = new Set(['all lanes refuse', 'all lanes hang', 'runtime restart']);
+
+/**
+ * No goods released offline while the acquirer answered: every checkout answered `queued`
+ * (stored offline, the goods handed over) must have started inside an acquirer fault.
+ * `accepted`: [{order_id, status, started, event}] with `started` the second of the run at
+ * which the first request under the checkout's Idempotency-Key was sent;
+ * `faults`: [{label, start, end}].
+ */
+// After a fault the router keeps a lane's breaker open for its cool-down (routing.rs
+// `breaker_cool_down_ms`, 10 s): checkouts in those seconds still see the acquirer's failure.
+export function offlineOnlyWhenUnreachable(accepted, faults, graceS = 12) {
+  const windows = (set) => faults.filter((f) => set.has(f.label)).map((f) => [f.start - 0.5, (f.end ?? Infinity) + graceS]);
+  const inside = (a, ws) => typeof a.started === 'number' && ws.some(([s, e]) => a.started >= s && a.started <= e);
+  const down = windows(ACQUIRER_FAULTS), unreachable = windows(UNREACHABLE_FAULTS);
+  const offline = accepted.filter((a) => a.status === 'queued');
+  const bad = offline
+    .filter((a) => !inside(a, down))
+    .map((a) => {
+      const during = faults.filter((f) => a.started >= f.start - 0.5 && a.started <= (f.end ?? Infinity) + graceS).map((f) => f.label);
+      return `${a.event} ${a.order_id} stored offline at ${typeof a.started === 'number' ? a.started.toFixed(1) : '?'} s (${during.length ? `during ${during.join(', ')}` : 'acquirer healthy'})`;
+    });
+  const whileUnreachable = offline.filter((a) => inside(a, unreachable)).length;
+  return check('no goods released offline while the acquirer answered', bad.length === 0,
+    `${offline.length} accepted offline: ${whileUnreachable} while no lane could be reached, ${offline.length - whileUnreachable - bad.length} while it was slow or failing, ${bad.length} while it was healthy`, bad);
+}
+
+/** An honest buyer intent that got an answer from the acquirer (or a stored payment). */
+export const definite = (outcome) => ['approved', 'queued', 'declined'].includes(outcome);
+/** Success for an honest intent: a definite answer, or (for a card the issuer declines) the
+ *  per-card decline limit refusing it before the acquirer sees it, which is the same answer. */
+export const honestSuccess = (i) => definite(i.outcome) || (i.declining === true && /card_velocity/.test(i.outcome ?? ''));
+
+/**
+ * Honest buyers' success with attackers beside them stays within `bound` of the same run's
+ * baseline window without attackers. `intents`: [{started, outcome, event, style}];
+ * `baseline` and `attacked`: [from, to] seconds, both before any fault; only the events in
+ * `events` count (a sell-out event's stock is gone within seconds either way).
+ */
+export function honestSuccessHolds(intents, { baseline, attacked, events, bound = 0.1, minIntents = 10 }) {
+  const within = ([from, to]) => intents.filter((i) => events.includes(i.event) && i.style !== 'canary' && i.started >= from && i.started < to);
+  const rate = (xs) => (xs.length ? xs.filter(honestSuccess).length / xs.length : null);
+  const a = within(baseline), b = within(attacked);
+  const ra = rate(a), rb = rate(b);
+  const pct = (r) => (r === null ? 'n/a' : `${(r * 100).toFixed(1)} %`);
+  const bad = [];
+  if (a.length < minIntents || b.length < minIntents) bad.push(`too few honest intents to compare: ${a.length} without attackers, ${b.length} with (need ${minIntents} each)`);
+  else if (rb < ra - bound) {
+    bad.push(`with attackers ${pct(rb)} of honest intents got an answer, against ${pct(ra)} without (bound ${bound * 100} points)`);
+    for (const i of b.filter((x) => !honestSuccess(x)).slice(0, 10)) bad.push(`${i.event} ${i.id ?? ''}: ${i.outcome}`);
+  }
+  return check(`honest buyers' success with attackers within ${bound * 100} points of the run without them`, bad.length === 0,
+    `without attackers ${pct(ra)} of ${a.length} intents, with attackers ${pct(rb)} of ${b.length}`, bad);
+}
+
+/**
+ * The event objects' state stays bounded: the orders, the waiting room and each object's
+ * SQLite file stay under their caps. `events`: [{name, summary}] with `summary.orders_by_state`
+ * and `queue_depth`; `caps`: {orders (a number, or a function of the event), queue, dbBytes};
+ * `dbFiles`: [{file, bytes}].
+ */
+export function stateBounded(events, caps, dbFiles = []) {
+  const bad = [];
+  const figs = [];
+  for (const e of events) {
+    const orders = Object.values(e.summary?.orders_by_state ?? {}).reduce((a, b) => a + b, 0);
+    const queue = e.summary?.queue_depth ?? 0;
+    const cap = typeof caps.orders === 'function' ? caps.orders(e) : caps.orders;
+    figs.push(`${e.name} ${orders} orders, ${queue} waiting`);
+    if (orders > cap) bad.push(`${e.name}: ${orders} orders > cap ${cap}`);
+    if (queue > caps.queue) bad.push(`${e.name}: ${queue} places in the waiting room > cap ${caps.queue}`);
+  }
+  const biggest = dbFiles.reduce((m, f) => (f.bytes > (m?.bytes ?? -1) ? f : m), null);
+  for (const f of dbFiles) if (f.bytes > caps.dbBytes) bad.push(`${f.file}: ${f.bytes} bytes > ${caps.dbBytes}`);
+  if (!events.length) bad.push('no event summaries to check');
+  const size = biggest ? `; largest object database ${(biggest.bytes / 1024).toFixed(0)} KiB of ${dbFiles.length}` : '';
+  return check('event state bounded under attack', bad.length === 0, `${figs.join(', ')}${size}`, bad);
+}
+
+/** No receipt readable without its URL: `guesses`: [{path, status}] of receipt reads without the capability. */
+export function receiptsGuarded(guesses) {
+  const bad = guesses.filter((g) => g.status === 200).map((g) => `${g.path} answered 200`);
+  const answered = guesses.filter((g) => g.status !== 0);
+  if (!answered.length) bad.push('no receipt guess was answered');
+  return check('no receipt readable without its URL', bad.length === 0, `${answered.length} guessed receipt URLs, ${bad.length} readable`, bad);
+}

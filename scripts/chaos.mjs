@@ -12,6 +12,12 @@
 // answers lost after the acquirer charged: processed then reset, "processing" intents,
 // malformed 2xx; a vault data-key rotation and revocation, a policy push and rollback) while
 // a mischief loop sends duplicated and replayed checkouts and hostile input throughout.
+// A prelude on a healthy acquirer runs the honest buyers alone, then with hostile buyers
+// beside them (a waiting-room flooder, a hoarder, a card tester, junk checkouts, 4 MiB
+// bodies, a receipt guesser), who stay for the whole run; the invariants add that nothing
+// was released offline while the acquirer answered, that the honest buyers' success under
+// attack stays within 10 points of the prelude without it, that the objects' state stays
+// bounded and that no guessed receipt URL reads a receipt.
 // Every buyer intent (one buyer, one cart) has its own e-mail address, so each charge the
 // acquirer ever made is counted against the buyer it charged. Then it heals the
 // acquirer, forces every event to sync, waits for forwarding, checks the invariants
@@ -32,7 +38,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { freshCard, GENERATED_PATTERN } from './test-cards.mjs';
-import { checkInvariants, attributeCharges, tallyRequests, renderReport, renderSvg, TEST_PANS, PANIC_PATTERNS, FINAL_STATES } from './chaos-lib.mjs';
+import { checkInvariants, attributeCharges, tallyRequests, renderReport, renderSvg, TEST_PANS, PANIC_PATTERNS, FINAL_STATES, offlineOnlyWhenUnreachable, honestSuccessHolds, stateBounded, receiptsGuarded } from './chaos-lib.mjs';
 
 // ------------------------------------------------------------------------- arguments
 
@@ -56,7 +62,8 @@ function parseArgs(argv) {
   if (!loop.test(o.url ?? '') || !loop.test(o.sim ?? '')) throw new Error('--url and --sim must be http://127.0.0.1:PORT (loopback only)');
   for (const k of ['out', 'ctl', 'state', 'logs']) if (!o[k]) throw new Error(`--${k} is required`);
   if (!(o.seconds >= 10 && o.seconds <= 3600)) throw new Error('--seconds must be 10..3600');
-  o.maxRequests ??= Math.round(o.seconds * 120);
+  // The prelude (24 s, honest buyers, then attackers beside them) comes on top of the seconds.
+  o.maxRequests ??= Math.round((o.seconds + 24) * 150);
   return o;
 }
 
@@ -219,8 +226,8 @@ function newIntent(ev, style, items) {
   const id = `b${String(intents.length + 1).padStart(5, '0')}`;
   // A quarter of the buyers are on a flaky network that cuts half of their checkout requests
   // part way (the answer is lost; the Worker may or may not have finished).
-  const flaky = style !== 'canary' && rand() < 0.25;
-  const it = { id, email: `${id}-${runSeed}@chaos.example.org`, event: ev.name, style: flaky ? `${style}, flaky network` : style, items, history: [], outcome: null, keys: new Map(), tokens: 0, flaky };
+  const flaky = style !== 'canary' && !style.startsWith('attacker') && rand() < 0.25;
+  const it = { id, email: `${id}-${runSeed}@chaos.example.org`, event: ev.name, style: flaky ? `${style}, flaky network` : style, items, history: [], outcome: null, keys: new Map(), keyStart: new Map(), tokens: 0, flaky, started: elapsed() };
   intents.push(it);
   return it;
 }
@@ -236,7 +243,7 @@ const answerText = (r) => (r.status === 0 ? `no answer (${r.error})` : `${r.stat
 
 /** One checkout POST of a buyer intent, noted in its history (keys and tokens numbered). */
 async function postCheckout(ev, it, key, body) {
-  if (!it.keys.has(key)) it.keys.set(key, `k${it.keys.size + 1}`);
+  if (!it.keys.has(key)) { it.keys.set(key, `k${it.keys.size + 1}`); it.keyStart.set(key, elapsed()); }
   const cut = it.flaky && rand() < 0.5;
   const r = await api('checkout', 'POST', `/v1/events/${ev.id}/checkout`, { body: wire(body), headers: { 'idempotency-key': key }, ...(cut ? { timeoutMs: Math.round(300 + rand() * 1700), cut } : {}) });
   if (it.history.length < 24) it.history.push(`${elapsed().toFixed(1)}s ${it.keys.get(key)}/t${body.tokenNo ?? '?'} → ${answerText(r)}`);
@@ -268,7 +275,7 @@ async function checkoutDefinite(ev, key, body, it = null) {
 function settled(ev, it, r, key, body) {
   if (r.status === 201) {
     const st = r.json.status;
-    accepted.set(r.json.order_id, { event: ev.name, order_id: r.json.order_id, status: st, key, body: wire(body), httpStatus: r.status, receipt_url: r.json.receipt_url, intent: it.id });
+    accepted.set(r.json.order_id, { event: ev.name, order_id: r.json.order_id, status: st, key, body: wire(body), httpStatus: r.status, receipt_url: r.json.receipt_url, intent: it.id, started: it.keyStart.get(key) ?? it.started });
     it.outcome = st;
     return st;
   }
@@ -329,9 +336,14 @@ async function buyOnce(ev) {
     ticket = await waitInQueue(ev);
     if (!ticket) { it.outcome = 'gave up in the waiting queue'; bump('gave up in the waiting queue'); return; }
   }
-  if (style === 'frame-like') return frameBuyer(ev, it, pickCard(), ticket);
+  if (style === 'frame-like') {
+    const number = pickCard();
+    it.declining = DECLINING.has(number);
+    return frameBuyer(ev, it, number, ticket);
+  }
   for (let round = 0; round < 3; round++) {
     const number = pickCard();
+    it.declining = DECLINING.has(number);
     const withCvc = rand() < 0.5;
     // Some buyers hesitate between entering the card and paying (a key rotation or
     // revocation can happen in between).
@@ -433,7 +445,8 @@ async function mischiefLoop() {
       }
     } else if (kind === 1) {
       // duplicate in flight: the same new checkout sent twice at once
-      const t = await tokenize(ev, '4242424242424242');
+      // A double click of a buyer with a card of its own.
+      const t = await tokenize(ev, freshCard());
       if (t) {
         const it = newIntent(ev, 'duplicate in flight', [{ sku: 'ticket', quantity: 1 }]);
         const body = { items: it.items, token: t.token, cvc_token: t.cvc_token, buyer: buyerOf(it) };
@@ -447,7 +460,7 @@ async function mischiefLoop() {
           for (const r of [x, y]) if (r.status === 409 && !['idempotency_in_flight'].includes(r.json?.error?.code)) replays.mismatches.push(`duplicate answered 409 ${r.json?.error?.code}`);
         }
         it.history.push(`${elapsed().toFixed(1)}s k1/t1 twice at once → ${answerText(x)}; ${answerText(y)}`);
-        for (const r of ok) accepted.set(r.json.order_id, { event: ev.name, order_id: r.json.order_id, status: r.json.status, key, body, httpStatus: 201, intent: it.id });
+        for (const r of ok) accepted.set(r.json.order_id, { event: ev.name, order_id: r.json.order_id, status: r.json.status, key, body, httpStatus: 201, intent: it.id, started: it.started });
         // settle it: whoever lost the race retries until the answer is definite
         const fin = await checkoutDefinite(ev, key, body, it);
         settled(ev, it, fin, key, body);
@@ -465,6 +478,88 @@ async function mischiefLoop() {
     }
     await sleep(100 + rand() * 150);
   }
+}
+
+// ------------------------------------------------------------------------- attackers
+
+// Hostile buyers beside the honest ones, from the end of the prelude's baseline window to the
+// end of the load: a queue flooder, a hoarder, a card tester, junk checkouts, huge bodies and
+// a receipt guesser. Every request they send is public (an event id is in the script tag).
+// Their checkouts are buyer intents of style "attacker: ..." (so each charge they cause is
+// still counted against a buyer intent) that the honest success figure leaves out.
+const PRELUDE = { baseline_s: 12, attacked_s: 12 };
+let attackersOn = false;
+const attacks = {}; // kind -> {status: count}
+const receiptGuesses = [];
+const noteAttack = (kind, r) => {
+  const k = r.status === 0 ? 'no answer' : `${r.status}${r.json?.error?.code ? ` ${r.json.error.code}` : r.json?.status ? ` ${r.json.status}` : ''}`;
+  attacks[kind] ??= {};
+  attacks[kind][k] = (attacks[kind][k] ?? 0) + 1;
+};
+// 4 MiB, sixteen times the 256 KiB cap. (A 60 MB body beside a paying buyer is an e2e test,
+// wasm-tests/e2e/hostile.test.mjs; sent every few seconds under this load, 60 MB uploads made
+// the local runtime's proxy answer 503 "worker restarted mid-request" now and then, which is
+// the dev server's doing, not the Worker's.)
+const HUGE = Buffer.alloc(4 * 1024 * 1024, 0x61);
+const b64url = (n) => crypto.randomBytes(n).toString('base64url');
+
+/** One attacker's checkout: its own buyer intent, one key, one press. */
+async function attackCheckout(kind, ev, items, number) {
+  const it = newIntent(ev, `attacker: ${kind}`, items);
+  const t = await api(`attack ${kind}`, 'POST', '/v1/tokens', { body: { event_id: ev.id, card: { number, exp_month: 12, exp_year: 2034, cvc: '123' } } });
+  noteAttack(`${kind} (tokenize)`, t);
+  if (t.status !== 201) { it.outcome = `refused ${t.status} ${t.json?.error?.code ?? ''}`.trim(); return; }
+  const body = { items, token: t.json.token, cvc_token: t.json.cvc_token, buyer: buyerOf(it) };
+  const key = crypto.randomUUID();
+  const r = await postCheckout(ev, it, key, body);
+  noteAttack(kind, r);
+  if (!settled(ev, it, r, key, body)) it.outcome = answerText(r);
+}
+
+function attackerLoops() {
+  const byName = (n) => events.find((e) => e.name === n);
+  const loop = (fn, pauseMs) => (async () => {
+    while (!attackersOn && !stopping) await sleep(100);
+    while (!stopping) { await fn(); await sleep(pauseMs * (0.5 + rand())); }
+  })();
+  return [
+    // Queue flooding: places in the sell-out's waiting room it never uses.
+    loop(async () => noteAttack('queue flood', await api('attack queue', 'POST', `/v1/events/${byName('sellout').id}/queue`)), 60),
+    // Hoarding: the per-order limit of shirts on a card the issuer declines, again and again.
+    loop(() => attackCheckout('hoarding cart', byName('market-es'), [{ sku: 'shirt', quantity: 10 }], '4000000000000002'), 150),
+    // Card testing: a new card number on every try, the smallest cart.
+    loop(() => attackCheckout('card testing', byName('hot'), [{ sku: 'ticket', quantity: 1 }], freshCard()), 100),
+    // Junk checkouts: a new key each time, a body that never reaches a hold.
+    loop(async () => {
+      const ev = pick(events);
+      const junk = pick([
+        { items: [{ sku: 'ticket', quantity: 1 }], token: `tok_${b64url(30)}`, buyer: BUYER },
+        { items: [{ sku: `nope-${b64url(6)}`, quantity: 1 }], token: 'tok_x', buyer: BUYER },
+        { items: [], token: 'tok_x', buyer: BUYER },
+        { items: Array.from({ length: 500 }, (_, k) => ({ sku: `s${k}`, quantity: 1 })), token: 'tok_x' },
+      ]);
+      const r = await api('attack junk', 'POST', `/v1/events/${ev.id}/checkout`, { body: junk, headers: { 'idempotency-key': crypto.randomUUID() } });
+      noteAttack('junk checkout', r);
+      if (r.status !== 0 && !(r.status >= 400 && r.status < 500)) hostile.unexpected.push(`junk checkout answered ${r.status}`);
+    }, 80),
+    // Huge bodies: 4 MiB to the checkout and the vault.
+    loop(async () => {
+      const ev = pick(events);
+      const [p, h] = rand() < 0.5 ? [`/v1/events/${ev.id}/checkout`, { 'idempotency-key': crypto.randomUUID() }] : ['/v1/tokens', {}];
+      const r = await api('attack huge', 'POST', p, { body: HUGE, headers: h, timeoutMs: 30_000 });
+      noteAttack('4 MiB body', r);
+      if (r.status !== 0 && r.status !== 413) hostile.unexpected.push(`a 4 MiB body to ${p.slice(0, 40)} answered ${r.status}`);
+    }, 1000),
+    // Receipt guessing: sequential receipt numbers, bare or with a made-up capability.
+    loop(async () => {
+      const ev = pick(events);
+      const n = String(1 + Math.floor(rand() * 200)).padStart(6, '0');
+      const p = `/v1/receipts/rcpt_${ev.id}-${n}${rand() < 0.5 ? `.${b64url(16)}` : ''}`;
+      const r = await api('attack receipt', 'GET', p);
+      noteAttack('receipt guess', r);
+      receiptGuesses.push({ path: p, status: r.status });
+    }, 200),
+  ];
 }
 
 // ------------------------------------------------------------------------- operators
@@ -537,7 +632,14 @@ function signPolicy(file, revision, mutate) {
 }
 
 async function schedule(D) {
-  const at = async (frac) => { const wait = T0 + frac * D * 1000 - Date.now(); if (wait > 0) await sleep(wait); return !stopping; };
+  // The prelude: honest buyers alone, then with the attackers beside them, on a healthy
+  // acquirer; the fault schedule starts after it.
+  await sleep(PRELUDE.baseline_s * 1000);
+  attackersOn = true;
+  log('attackers start');
+  await sleep(PRELUDE.attacked_s * 1000);
+  const base = Date.now();
+  const at = async (frac) => { const wait = base + frac * D * 1000 - Date.now(); if (wait > 0) await sleep(wait); return !stopping; };
   const windowed = async (from, to, label, note, apply) => {
     if (!(await at(from))) return;
     const f = startFault(label, note);
@@ -589,7 +691,7 @@ async function lateFaults(at) {
       shredding.checked = true;
       shredding.answer = `${c.status} ${c.json?.error?.code ?? c.json?.status ?? ''}`.trim();
       g.note += `; a token of the revoked key then answered ${shredding.answer}`;
-      if (c.status === 201) accepted.set(c.json.order_id, { event: events[0].name, order_id: c.json.order_id, status: c.json.status, key: 'canary', body: {}, httpStatus: 201, intent: it.id });
+      if (c.status === 201) accepted.set(c.json.order_id, { event: events[0].name, order_id: c.json.order_id, status: c.json.status, key: 'canary', body: {}, httpStatus: 201, intent: it.id, started: it.started });
     }
     await sleep(1500);
     endFault(g);
@@ -753,6 +855,20 @@ function scanFiles(dirs) {
   return { filesScanned, leaks };
 }
 
+/** Every SQLite file under the local state directory (the Durable Objects' storage). */
+function sqliteFiles(dir) {
+  const out = [];
+  const walk = (d) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (/\.sqlite(-wal)?$/.test(e.name)) out.push({ file: path.relative(dir, p), bytes: fs.statSync(p).size });
+    }
+  };
+  try { walk(dir); } catch { /* no state yet */ }
+  return out;
+}
+
 function panicLines(dir) {
   const out = [];
   for (const n of fs.readdirSync(dir)) {
@@ -814,11 +930,14 @@ async function finish(loadSeconds) {
   const unexpectedNoAnswer = requests
     // a request in flight when the runtime stopped loses its answer then, whenever it started
     .filter((r) => r.status === 0 && !r.cut && !restartWindows.some((w) => r.t + r.ms / 1000 >= w.start - 0.5 && r.t <= w.end))
+    // A 4 MiB upload is answered 413 from its Content-Length and the connection closed while
+    // the client still sends, so the client may see a reset instead of the answer.
+    .filter((r) => r.kind !== 'attack huge')
     .map((r) => `${r.kind} ${r.path} at ${r.t.toFixed(1)} s: ${r.err}`);
   const scan = scanFiles([opt.state, opt.logs]);
   const data = {
     events: evData, sim: simStats, accepted: [...accepted.values()], declined, requests,
-    intents: intents.map(({ keys, tokens, ...it }) => it),
+    intents: intents.map(({ keys, keyStart, tokens, ...it }) => it),
     charges, panics: panicLines(opt.logs), leaks: scan.leaks, filesScanned: scan.filesScanned, replays, unexpectedNoAnswer,
   };
   const invariants = checkInvariants(data);
@@ -827,6 +946,18 @@ async function finish(loadSeconds) {
     name: 'hostile input refused with a 4xx that echoes no card number', ok: hostile.sent > 0 && hostile.unexpected.length === 0,
     figure: `${hostile.sent} hostile requests, ${hostile.unexpected.length} unexpected answers`, details: hostile.unexpected.slice(0, 20), more: 0,
   });
+  invariants.push(offlineOnlyWhenUnreachable([...accepted.values()], faults));
+  invariants.push(honestSuccessHolds(intents.filter((i) => !i.style.startsWith('attacker')), {
+    baseline: [0, PRELUDE.baseline_s], attacked: [PRELUDE.baseline_s + 1, PRELUDE.baseline_s + PRELUDE.attacked_s], events: ['hot', 'market-es', 'night-fr'], bound: 0.1,
+  }));
+  invariants.push(stateBounded(evData, {
+    // Sold orders are bounded by the stock; unsold ones by the ledger's cap (MAX_UNSOLD_ORDERS).
+    orders: (e) => (e.summary?.skus ?? []).reduce((n, k) => n + k.sold, 0) + 5000,
+    queue: 5000,
+    dbBytes: 64 * 1024 * 1024,
+  }, sqliteFiles(opt.state)));
+  invariants.push(receiptsGuarded(receiptGuesses));
+  for (const [kind, st] of Object.entries(attacks)) findings.push(`attacker ${kind}: ${Object.entries(st).sort((x, y) => y[1] - x[1]).map(([k, n]) => `${k} × ${n}`).join(', ')}`);
   if (shredding.checked) invariants.push({
     name: 'a revoked data key shreds its tokens', ok: /^410 key_revoked$/.test(shredding.answer),
     figure: `a checkout with a token of the revoked key answered ${shredding.answer}`, details: [], more: 0,
@@ -857,8 +988,8 @@ async function main() {
   const D = opt.seconds;
   const loops = [];
   for (const ev of events) for (let i = 0; i < ev.buyers; i++) loops.push(buyerLoop(ev));
-  loops.push(mischiefLoop(), opsLoop());
-  const timer = setTimeout(() => { stopping = true; }, D * 1000);
+  loops.push(mischiefLoop(), opsLoop(), ...attackerLoops());
+  const timer = setTimeout(() => { stopping = true; }, (D + PRELUDE.baseline_s + PRELUDE.attacked_s) * 1000);
   let scheduleError = null;
   await schedule(D).catch((e) => { scheduleError = e; stopping = true; });
   await Promise.all(loops);

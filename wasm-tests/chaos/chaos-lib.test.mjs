@@ -3,7 +3,7 @@
 // report and the SVG chart carry the figures and the fault windows.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { checkInvariants, tallyRequests, renderReport, renderSvg, latencyStats, phaseOf, outcomeClass } from '../../scripts/chaos-lib.mjs';
+import { checkInvariants, tallyRequests, renderReport, renderSvg, latencyStats, phaseOf, outcomeClass, offlineOnlyWhenUnreachable, honestSuccessHolds, stateBounded, receiptsGuarded } from '../../scripts/chaos-lib.mjs';
 
 /** A run in which every invariant holds: two orders, one approved, one queued then forwarded. */
 function healthy() {
@@ -308,4 +308,55 @@ test('the SVG chart is well formed, shades and labels each fault window, and plo
   const open = (svg.match(/<(rect|polyline|text|line)\b[^>]*[^/]>/g) ?? []).length;
   const close = (svg.match(/<\/(rect|polyline|text|line)>/g) ?? []).length;
   assert.equal(open, close);
+});
+
+test('offline acceptance is allowed only inside an acquirer fault and its breaker cool-down', () => {
+  const faults = [{ label: 'acquirer slow', start: 5, end: 10 }, { label: 'all lanes refuse', start: 20, end: 25 }];
+  const ok = offlineOnlyWhenUnreachable([
+    { order_id: 'o1', status: 'approved', started: 1, event: 'hot' },
+    { order_id: 'o2', status: 'queued', started: 21, event: 'hot' },
+    { order_id: 'o3', status: 'queued', started: 34, event: 'hot' }, // inside the breaker's cool-down after it
+  ], faults);
+  assert.equal(ok.ok, true, ok.details.join('; '));
+  assert.match(ok.figure, /2 while no lane could be reached, 0 while it was slow or failing, 0 while it was healthy/);
+  // A slow acquirer is the acquirer's fault, not a buyer's: allowed, and counted apart.
+  const slow = offlineOnlyWhenUnreachable([{ order_id: 'o4', status: 'queued', started: 6, event: 'hot' }], faults);
+  assert.equal(slow.ok, true);
+  assert.match(slow.figure, /0 while no lane could be reached, 1 while it was slow or failing/);
+  const vault = offlineOnlyWhenUnreachable([{ order_id: 'o6', status: 'queued', started: 51, event: 'hot' }], [...faults, { label: 'vault key rotation', start: 50, end: 52 }]);
+  assert.equal(vault.ok, false);
+  assert.match(vault.details[0], /during vault key rotation/);
+  const healthy = offlineOnlyWhenUnreachable([{ order_id: 'o5', status: 'queued', started: 40, event: 'hot' }], faults);
+  assert.equal(healthy.ok, false);
+  assert.match(healthy.details[0], /acquirer healthy/);
+});
+
+test('honest success under attack is compared with the same run without attackers', () => {
+  const mk = (n, from, good) => Array.from({ length: n }, (_, k) => ({ id: `b${from}-${k}`, event: 'hot', style: 'same body', started: from + k * 0.1, outcome: k < good ? 'approved' : 'refused 429 too_many_requests' }));
+  const opts = { baseline: [0, 10], attacked: [10, 20], events: ['hot'], bound: 0.1 };
+  assert.equal(honestSuccessHolds([...mk(20, 0, 20), ...mk(20, 10, 19)], opts).ok, true);
+  const hurt = honestSuccessHolds([...mk(20, 0, 20), ...mk(20, 10, 14)], opts);
+  assert.equal(hurt.ok, false);
+  assert.match(hurt.details[0], /70.0 %.*100.0 %/);
+  // A decline card refused by the per-card decline limit is a definite answer; an approving one is not.
+  const velocity = (declining) => [...mk(20, 0, 20), ...mk(20, 10, 20).map((i, k) => (k < 5 ? { ...i, outcome: 'refused 429 card_velocity', declining } : i))];
+  assert.equal(honestSuccessHolds(velocity(true), opts).ok, true);
+  assert.equal(honestSuccessHolds(velocity(false), opts).ok, false);
+  // Too few to compare is a failure, not a pass.
+  assert.equal(honestSuccessHolds(mk(3, 0, 3), opts).ok, false);
+  // Other events (the sell-out) do not count.
+  assert.equal(honestSuccessHolds([...mk(20, 0, 20), ...mk(20, 10, 20), { event: 'sellout', started: 11, outcome: 'refused 409 sold_out' }], opts).ok, true);
+});
+
+test('event state and receipts under attack', () => {
+  const ev = (orders, queue) => ({ name: 'hot', summary: { orders_by_state: { approved: orders }, queue_depth: queue } });
+  const caps = { orders: 100, queue: 50, dbBytes: 1000 };
+  assert.equal(stateBounded([ev(100, 50)], caps, [{ file: 'a.sqlite', bytes: 999 }]).ok, true);
+  assert.equal(stateBounded([ev(101, 0)], caps).ok, false);
+  assert.equal(stateBounded([ev(1, 51)], caps).ok, false);
+  assert.equal(stateBounded([ev(1, 1)], caps, [{ file: 'a.sqlite', bytes: 1001 }]).ok, false);
+  assert.equal(stateBounded([], caps).ok, false);
+  assert.equal(receiptsGuarded([{ path: '/v1/receipts/rcpt_x-000001', status: 404 }]).ok, true);
+  assert.equal(receiptsGuarded([{ path: '/v1/receipts/rcpt_x-000001', status: 200 }]).ok, false);
+  assert.equal(receiptsGuarded([{ path: '/v1/receipts/rcpt_x-000001', status: 0 }]).ok, false);
 });
