@@ -20,6 +20,7 @@ pub mod event_protocol;
 pub mod handover;
 pub mod ledger;
 pub mod money;
+pub mod origin;
 pub mod policy;
 pub mod qr;
 pub mod quote;

@@ -98,7 +98,12 @@ pub async fn route(
     raw_body: String,
 ) -> Result<Response, ApiError> {
     let c = object::config(env, event_id, ctx.now_ms).await?;
-    let cors = cors_origin(&c, origin.as_deref(), &ctx.self_origin)?;
+    let cors = cors_origin(
+        crate::origin::OriginRule::CardPages,
+        &c,
+        origin.as_deref(),
+        &ctx.self_origin,
+    )?;
     let mut body: CheckoutBody = super::http::parse_json_body(&raw_body)?;
     let key = CheckoutKey::derive(idem_key.as_deref(), random::<12>()?)?;
     // A handover sale: the session and the claim's key, to settle it when the answer is in.

@@ -118,7 +118,12 @@ async fn handle(
             let origin = header("Origin");
             let body: TokenRequest = http::body_json(&mut req).await?;
             let event = object_client::config(env, &body.event_id, ctx.now_ms).await?;
-            let cors = events::cors_origin(&event, origin.as_deref(), &ctx.self_origin)?;
+            let cors = events::cors_origin(
+                crate::origin::OriginRule::CardPages,
+                &event,
+                origin.as_deref(),
+                &ctx.self_origin,
+            )?;
             let binding = vault::binding(&event.merchant_id, &body.event_id);
             let out = vault::tokenize_card(env, ctx, body.card, &binding).await?;
             telemetry::token_issued(ctx, &body.event_id);

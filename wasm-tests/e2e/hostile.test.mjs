@@ -219,3 +219,34 @@ test('made-up event ids create no Durable Object, on any public route', async ()
   // The real event still answers.
   assert.equal((await api('GET', `/v1/events/${real}/public`)).status, 200);
 });
+
+test('card routes never answer any page: an event that lists no origins is paid for only through the edge', async () => {
+  await healLanes();
+  const id = await createEvent({ allowed_origins: [] });
+  const evil = { origin: 'https://evil.example' };
+  const body = { event_id: id, card: { number: freshCard(), exp_month: 12, exp_year: 2034, cvc: '123' } };
+  // Another site's page can neither mint tokens for the event (it used to get `*`)...
+  const tok = await api('POST', '/v1/tokens', { body, headers: evil });
+  assertError(tok, 403, 'origin_not_allowed');
+  assert.notEqual(tok.headers.get('access-control-allow-origin'), '*');
+  // ...nor pay with a token it found, nor read a checkout's status.
+  const t = await tokenFor(id, freshCard());
+  const pay = await api('POST', `/v1/events/${id}/checkout`, {
+    body: { items: [{ sku: 'ticket', quantity: 1 }], token: t.token, cvc_token: t.cvc_token, buyer: { email: 'ana@example.org', age_confirmed: true, consent_accepted: true } },
+    headers: { ...evil, 'idempotency-key': crypto.randomUUID() },
+  });
+  assertError(pay, 403, 'origin_not_allowed');
+  // The edge's own pages (the card frame) still pay, and get no wildcard either.
+  const own = { origin: new URL(BASE).origin };
+  const t2 = await api('POST', '/v1/tokens', { body: { ...body, card: { ...body.card, number: freshCard() } }, headers: own });
+  assert.equal(t2.status, 201, t2.text);
+  const ok = await api('POST', `/v1/events/${id}/checkout`, {
+    body: { items: [{ sku: 'ticket', quantity: 1 }], token: t2.json.token, cvc_token: t2.json.cvc_token, buyer: { email: 'ana@example.org', age_confirmed: true, consent_accepted: true } },
+    headers: { ...own, 'idempotency-key': crypto.randomUUID() },
+  });
+  assert.equal(ok.status, 201, ok.text);
+  assert.notEqual(ok.headers.get('access-control-allow-origin'), '*');
+  // A till route (opening a pay link) still answers the merchant's till page when none are listed.
+  const h = await api('POST', `/v1/events/${id}/handover`, { body: { items: [{ sku: 'ticket', quantity: 1 }] }, headers: evil });
+  assert.equal(h.status, 201, h.text);
+});

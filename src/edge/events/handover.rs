@@ -80,7 +80,12 @@ pub async fn create_handover(
 ) -> Result<Response, ApiError> {
     let ttl_ms = handover_ttl_ms(body.ttl_seconds)?;
     let c = config(env, event_id, ctx.now_ms).await?;
-    let cors = cors_origin(&c, origin.as_deref(), &ctx.self_origin)?;
+    let cors = cors_origin(
+        crate::origin::OriginRule::TillPages,
+        &c,
+        origin.as_deref(),
+        &ctx.self_origin,
+    )?;
     let bundle = bundle_of(env, &c, ctx.now_ms).await;
     let quote = quote_cart(&c, &bundle, &body.items, ctx.now_ms)?;
     let sid = format!("hs_{}_{}", hex::encode(random::<8>()?), event_id);

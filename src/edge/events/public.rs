@@ -13,24 +13,15 @@ pub(in crate::edge) async fn bundle_of(
     crate::edge::policy::bundle_for(env, &c.jurisdiction, pin, now_ms).await
 }
 
-/// CORS: the event's allowed origins (or any origin when the event lists none, as for the
-/// edge's own pages). Returns the header value to send back, if any.
+/// CORS for a card or till route: the event's allowed origins, decided by
+/// [`crate::origin::check`]. Returns the header value to send back, if any.
 pub fn cors_origin(
+    rule: crate::origin::OriginRule,
     c: &EventConfig,
     origin: Option<&str>,
     self_origin: &str,
 ) -> Result<Option<String>, ApiError> {
-    match origin {
-        None => Ok(None),
-        Some(o) if o == self_origin => Ok(None),
-        Some(o) if c.allowed_origins.iter().any(|a| a == o) => Ok(Some(o.to_string())),
-        Some(_) if c.allowed_origins.is_empty() => Ok(Some("*".into())),
-        Some(_) => Err(ApiError::new(
-            403,
-            "origin_not_allowed",
-            "This page's origin is not allowed to use this event's checkout.",
-        )),
-    }
+    crate::origin::check(rule, origin, self_origin, &c.allowed_origins)
 }
 
 /// `GET /v1/events/{id}/public`: what a checkout page shows before the quote.
@@ -185,7 +176,12 @@ pub async fn checkout_status(
     let keys = crate::edge::http::receipt_keys(env).map_err(|_| missing())?;
     let order_id = crate::checkout::status::open(&keys, event_id, part).ok_or_else(missing)?;
     let c = config(env, event_id, ctx.now_ms).await?;
-    let cors = cors_origin(&c, origin, &ctx.self_origin)?;
+    let cors = cors_origin(
+        crate::origin::OriginRule::CardPages,
+        &c,
+        origin,
+        &ctx.self_origin,
+    )?;
     let order = match object::order(env, event_id, order_id).await {
         Err(e) if e.status == 404 => return Err(missing()),
         r => r?,
