@@ -346,6 +346,7 @@ fn machine_checkout(
             }
             Step::SealKey => co.handle_seal_key(Ok(Secret::new([7; 32]))),
             Step::Wait { .. } => return Err("waited for a permit".into()),
+            Step::Answer(_) | Step::Late => return Err("answered before the acquirer".into()),
             Step::Done(answer) => return Ok(answer.status),
         }
     }

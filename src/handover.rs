@@ -324,6 +324,8 @@ impl HandoverSettle {
     ) -> Option<HandoverSettle> {
         let text = |k: &str| body[k].as_str().map(str::to_string);
         match status {
+            // Accepted while the acquirer still answers: the session follows its order.
+            201 if body["status"] == "confirming" => None,
             200 | 201 => Some(HandoverSettle {
                 order_key: order_key.to_string(),
                 paid: true,

@@ -60,8 +60,15 @@
 //!    No public signal decides offline acceptance: the waiting room's depth (anyone with
 //!    an event id can join it) is not a routing input at all.
 //! 4. Every healthy lane *slow* (p95 and newest sample at or above `slow_lane_p95_ms`,
-//!    1 s) and the checkout may be queued (`!Signals::require_online`) →
-//!    [`Mode::QueueOffline`] (`all_lanes_slow`), except that a lane with nothing in flight
+//!    1 s) and the checkout may be queued (`!Signals::require_online`) → online on the
+//!    fastest lane with a short answer time (`slow_answer_ms`, 80 ms) and a long
+//!    background (`background_timeout_ms`, 15 s): the buyer hears `confirming` after
+//!    80 ms while the same request runs on and settles the payment when the acquirer
+//!    answers; its permit is given back when the buyer is answered ([`Router::detach`],
+//!    [`Router::on_late`]), so a slow acquirer does not fill the limits. Why: storing
+//!    the payment (the rule before) answered as fast but authorized nothing online, and
+//!    a stored payment that declines later is goods gone unpaid. With `slow_answer_ms`
+//!    0 the old rule applies: [`Mode::QueueOffline`] (`all_lanes_slow`), except that a lane with nothing in flight
 //!    and no request started for `slow_probe_interval_ms` (2 s) gets this checkout alone
 //!    as a probe (`slow_probe`, no failover; [`Router::acquire`] refuses a second one).
 //!    Why: with both lanes at p50 2 s the old plan ("fastest") sent every checkout online
@@ -76,7 +83,9 @@
 //!    amount (cheapest first); otherwise order by p95 (fastest first, an unmeasured lane
 //!    ranks as if at the target). Ties go to cost, then to configuration order.
 //! 6. Each attempt's timeout is `clamp(p99 · 150 %, 1000 ms, 4000 ms)` (defaults; 2500 ms
-//!    without samples), and the attempts together fit in the checkout budget (8 s).
+//!    without samples), and the attempts together fit in the checkout budget (8 s). The
+//!    timeout is when the buyer is answered; the request itself may run on up to
+//!    `background_timeout_ms` in all (its payment stored meanwhile, see 4).
 
 use crate::error::ApiError;
 use serde::{Deserialize, Serialize};
@@ -260,8 +269,21 @@ pub struct Tuning {
     /// instead of waiting seconds for the acquirer. 0 turns the rule off.
     pub slow_lane_p95_ms: u32,
     /// While every lane is slow, one checkout per lane per this interval still goes online
-    /// (one at a time), so the router learns when a lane is fast again.
+    /// (one at a time), so the router learns when a lane is fast again. Only used when
+    /// `slow_answer_ms` is 0.
     pub slow_probe_interval_ms: u32,
+    /// While every lane is slow (and the checkout may be stored), each checkout is still
+    /// sent online at once, and the buyer is answered after this long if the acquirer has
+    /// not (`confirming`, the payment stored to complete that very attempt), while the
+    /// attempt runs on in the background. 0: store such checkouts at once instead, with a
+    /// probe per lane (`slow_probe_interval_ms`).
+    pub slow_answer_ms: u32,
+    /// How long an attempt may run on after its buyer was answered (see `slow_answer_ms`;
+    /// also after any attempt's timeout). Its answer then settles the stored payment at
+    /// once instead of waiting for the alarm to send it again. 0: cut every attempt at its
+    /// timeout. At most 25 s, below the object's forward timeout (30 s), so the object
+    /// never sends the same payment while this attempt may still be out.
+    pub background_timeout_ms: u32,
 }
 
 impl Default for Tuning {
@@ -292,6 +314,8 @@ impl Default for Tuning {
             stale_permit_ms: 30_000,
             slow_lane_p95_ms: 1_000,
             slow_probe_interval_ms: 2_000,
+            slow_answer_ms: 80,
+            background_timeout_ms: 15_000,
         }
     }
 }
@@ -356,6 +380,9 @@ impl Tuning {
         }
         if self.slow_probe_interval_ms == 0 {
             return bad("slow_probe_interval_ms must be positive");
+        }
+        if self.background_timeout_ms > 25_000 {
+            return bad("background_timeout_ms must be at most 25000");
         }
         Ok(())
     }
@@ -857,6 +884,13 @@ pub struct Permit {
     probe: bool,
 }
 
+/// A request whose permit was given back while it runs on ([`Router::detach`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detached {
+    lane: LaneId,
+    id: u64,
+}
+
 impl Permit {
     pub fn lane(&self) -> LaneId {
         self.lane
@@ -974,7 +1008,12 @@ pub enum Mode {
 pub struct Attempt {
     pub lane: LaneId,
     pub lane_name: String,
+    /// The buyer is answered by then: the attempt's own answer, or (past it) what its
+    /// unknown outcome means.
     pub timeout_ms: u32,
+    /// How long the request may still run after `timeout_ms` (0: it is cut then). See
+    /// `Tuning::background_timeout_ms`.
+    pub background_ms: u32,
     /// Every lane is slow and this checkout is the one probing this lane; take its permit
     /// with [`Router::acquire`], which refuses it if another checkout probed meanwhile.
     pub slow_probe: bool,
@@ -1275,6 +1314,36 @@ impl Router {
             .on_result(permit.id, outcome.is_failure(), now_ms);
     }
 
+    /// The buyer was answered while this permit's request runs on (`Attempt::background_ms`):
+    /// its slot is given back now, so a slow acquirer does not hold the limit; the request
+    /// stays bounded by `background_timeout_ms` and the isolate's `max_requests_in_flight`.
+    /// Report its end with [`Router::on_late`].
+    pub fn detach(&mut self, permit: Permit) -> Detached {
+        if let Some(state) = self.lanes.get_mut(permit.lane.0) {
+            state.outstanding.retain(|(id, _)| *id != permit.id);
+        }
+        Detached {
+            lane: permit.lane,
+            id: permit.id,
+        }
+    }
+
+    /// A detached request ended: its latency and result feed the window and the breaker
+    /// (a slow answer makes the lane slow; errors open the breaker), not the limit, whose
+    /// slot it no longer holds.
+    pub fn on_late(&mut self, d: Detached, rtt_ms: u32, outcome: Outcome, now_ms: i64) {
+        let pass_through = self.tuning.pass_through;
+        let Some(state) = self.lanes.get_mut(d.lane.0) else {
+            return;
+        };
+        if outcome.measures_latency() {
+            state.latency.record(now_ms, rtt_ms);
+        }
+        if !pass_through {
+            state.breaker.on_result(d.id, outcome.is_failure(), now_ms);
+        }
+    }
+
     /// Plans one checkout (see the module docs for the rules). Does not change state.
     pub fn plan(&self, now_ms: i64, signals: Signals) -> RoutingDecision {
         let t = &self.tuning;
@@ -1298,6 +1367,7 @@ impl Router {
                     lane: LaneId(0),
                     lane_name: first.config.name.clone(),
                     timeout_ms,
+                    background_ms: 0,
                     slow_probe: false,
                 }],
                 reason: format!("pass_through;lanes={}", first.config.name),
@@ -1354,6 +1424,34 @@ impl Router {
                     .is_some_and(|l| l.is_slow(now_ms, slow, stale))
             })
         {
+            if t.slow_answer_ms > 0 {
+                // Send it now on the fastest lane and answer the buyer soon: the attempt
+                // runs on in the background and settles the payment when the acquirer
+                // answers (an approval online, seconds later, instead of a payment left
+                // to the alarm).
+                let Some(c) = candidates
+                    .iter()
+                    .min_by_key(|c| (c.p95.unwrap_or(u32::MAX), c.cost, c.id.0))
+                else {
+                    return offline(Mode::QueueOffline, "no_healthy_lane".into());
+                };
+                return RoutingDecision {
+                    mode: Mode::Online,
+                    lanes_in_order: vec![Attempt {
+                        lane: c.id,
+                        lane_name: c.name.to_string(),
+                        timeout_ms: t.slow_answer_ms,
+                        background_ms: t.background_timeout_ms,
+                        slow_probe: false,
+                    }],
+                    reason: format!(
+                        "all_lanes_slow;p95>={slow};answer_by={};lanes={}",
+                        t.slow_answer_ms, c.name
+                    ),
+                    deadline_ms,
+                    min_attempt_ms: t.slow_answer_ms.min(t.min_timeout_ms),
+                };
+            }
             let interval = i64::from(t.slow_probe_interval_ms);
             let probe = candidates
                 .iter()
@@ -1378,6 +1476,7 @@ impl Router {
                             .timeout
                             .min(t.checkout_budget_ms)
                             .min(slow.max(t.min_timeout_ms)),
+                        background_ms: 0,
                         slow_probe: true,
                     }],
                     reason: format!("slow_probe;lanes={}", c.name),
@@ -1409,6 +1508,7 @@ impl Router {
                 lane: c.id,
                 lane_name: c.name.to_string(),
                 timeout_ms,
+                background_ms: t.background_timeout_ms.saturating_sub(timeout_ms),
                 slow_probe: false,
             });
         }
@@ -1472,6 +1572,13 @@ mod tests {
 
     fn router() -> Router {
         router_with(Tuning::default())
+    }
+
+    fn storing_router() -> Router {
+        router_with(Tuning {
+            slow_answer_ms: 0,
+            ..Tuning::default()
+        })
     }
 
     fn signals() -> Signals {
@@ -1989,6 +2096,7 @@ mod tests {
             lane: cheap,
             lane_name: "cheap".into(),
             timeout_ms: 1_000,
+            background_ms: 0,
             slow_probe: false,
         };
         assert_eq!(
@@ -2036,7 +2144,8 @@ mod tests {
 
     #[test]
     fn all_lanes_slow_queues_offline_with_one_probe_per_lane_per_interval() {
-        let mut r = router();
+        // The storing rule for slow lanes (`slow_answer_ms` 0).
+        let mut r = storing_router();
         let cheap = r.lane_id("cheap").unwrap();
         let pricey = r.lane_id("pricey").unwrap();
         let mut now = 0;
@@ -2105,8 +2214,83 @@ mod tests {
     }
 
     #[test]
-    fn requests_waiting_past_the_threshold_make_a_lane_slow_before_any_answer() {
+    fn all_lanes_slow_still_sends_online_answers_soon_and_gives_the_slot_back() {
         let mut r = router();
+        let cheap = r.lane_id("cheap").unwrap();
+        let pricey = r.lane_id("pricey").unwrap();
+        let mut now = 0;
+        feed(&mut r, cheap, 3, 2_500, Outcome::Ok, &mut now);
+        feed(&mut r, pricey, 3, 2_000, Outcome::Ok, &mut now);
+        // Every lane slow: online on the fastest, the buyer answered after 80 ms, the
+        // request given 15 s in all; never stored at once.
+        let d = r.plan(now, signals());
+        assert_eq!(d.mode, Mode::Online, "{}", d.reason);
+        assert_eq!(
+            d.reason,
+            "all_lanes_slow;p95>=1000;answer_by=80;lanes=pricey"
+        );
+        assert_eq!(
+            d.lanes_in_order.len(),
+            1,
+            "an unknown outcome never fails over"
+        );
+        let a = &d.lanes_in_order[0];
+        assert_eq!((a.timeout_ms, a.background_ms), (80, 15_000));
+        assert_eq!(d.attempt_timeout_ms(0, now), Some(80));
+        // A buyer who must pay online waits for the acquirer as before (no storing plan).
+        let online = r.plan(
+            now,
+            Signals {
+                require_online: true,
+                ..signals()
+            },
+        );
+        assert!(online.reason.starts_with("fastest;"), "{}", online.reason);
+
+        // Answered, the request runs on: its slot is free again at once.
+        let limit = r.snapshot(now).lanes[pricey.index()].limit;
+        let mut detached = Vec::new();
+        for _ in 0..(limit * 3) {
+            let p = r
+                .acquire(a, None, now)
+                .expect("a slot, the earlier ones given back");
+            detached.push(r.detach(p));
+        }
+        assert_eq!(r.snapshot(now).lanes[pricey.index()].in_flight, 0);
+        // Their answers keep the lane measured slow (2.4 s) and count in the breaker.
+        now += 2_400;
+        for d in detached.drain(..) {
+            r.on_late(d, 2_400, Outcome::Ok, now);
+        }
+        let plan = r.plan(now, signals());
+        assert!(
+            plan.reason.starts_with("all_lanes_slow;"),
+            "{}",
+            plan.reason
+        );
+        for _ in 0..5 {
+            let p = r.acquire(&plan.lanes_in_order[0], None, now).unwrap();
+            let d = r.detach(p);
+            r.on_late(d, 2_400, Outcome::Retryable(RetryReason::ServerError), now);
+        }
+        assert_eq!(
+            r.snapshot(now).lanes[pricey.index()].breaker,
+            BreakerState::Open
+        );
+        // A lane that answers fast again is used as usual.
+        feed(&mut r, cheap, 1, 40, Outcome::Ok, &mut now);
+        let plan = r.plan(now, signals());
+        assert_eq!(plan.reason, "fastest;lanes=cheap", "{}", plan.reason);
+        assert_eq!(
+            plan.lanes_in_order[0].background_ms,
+            15_000 - plan.lanes_in_order[0].timeout_ms
+        );
+    }
+
+    #[test]
+    fn requests_waiting_past_the_threshold_make_a_lane_slow_before_any_answer() {
+        // The storing rule for slow lanes (`slow_answer_ms` 0).
+        let mut r = storing_router();
         let cheap = r.lane_id("cheap").unwrap();
         let pricey = r.lane_id("pricey").unwrap();
         let mut now = 0;
@@ -2126,7 +2310,7 @@ mod tests {
         r.on_complete(b, 1_500, Outcome::Ok, now + 1_500);
 
         // One stuck request is not enough when a fast answer came back after it left.
-        let mut r = router();
+        let mut r = storing_router();
         let mut now = 0;
         feed(&mut r, cheap, 3, 50, Outcome::Ok, &mut now);
         feed(&mut r, pricey, 3, 50, Outcome::Ok, &mut now);
@@ -2143,7 +2327,8 @@ mod tests {
 
     #[test]
     fn one_fast_probe_brings_a_slow_lane_back_and_one_slow_answer_sends_it_away() {
-        let mut r = router();
+        // The storing rule for slow lanes (`slow_answer_ms` 0).
+        let mut r = storing_router();
         let cheap = r.lane_id("cheap").unwrap();
         let pricey = r.lane_id("pricey").unwrap();
         let mut now = 0;
@@ -2169,7 +2354,7 @@ mod tests {
         let _held = r.acquire(&d.lanes_in_order[0], None, now).unwrap();
         assert_eq!(r.plan(now, signals()).mode, Mode::QueueOffline);
         // A timeout counts as a slow sample too (at the timeout it hit).
-        let mut r = router();
+        let mut r = storing_router();
         let mut now = 0;
         feed(
             &mut r,

@@ -9,7 +9,14 @@
 //!     match co.poll(&mut router, now) {
 //!         Step::Object(call)   => co.handle_object(result_of(call), now),
 //!         Step::SealKey        => co.handle_seal_key(the event's store-and-forward key),
-//!         Step::Authorize(a)   => co.handle_attempt(&mut router, send(a.call, a.timeout_ms), now),
+//!         Step::Authorize(a)   => match a.answer_by_ms {
+//!             // the same request, given until a.timeout_ms in all
+//!             Some(ms) if no answer after ms => co.handle_answer_due(&mut router, now),
+//!             _ => co.handle_attempt(&mut router, send(a.call, a.timeout_ms), now),
+//!         },
+//!         Step::Answer(answer) => answer the buyer now, and go on,
+//!         Step::Late           => co.handle_attempt(&mut router, the request still out, now),
+//!         Step::Wait { ms }    => sleep ms,
 //!         Step::Done(answer)   => break answer,   // status, body, routing, telemetry
 //!     }
 //! }
@@ -25,6 +32,14 @@
 //!    approved and declined finish; an attempt the acquirer provably did not process may
 //!    move to the next lane (after the object recorded that lane); an **unknown** outcome
 //!    never does: the payment is stored to complete that attempt later on that lane with
+//!    the same acquirer key;
+//!    When the acquirer has not answered by the attempt's answer time (`answer_by_ms`: its
+//!    timeout, or 80 ms while every lane is slow) the request is not cut: the buyer is
+//!    answered from a payment stored to complete that very attempt (`201 confirming`, or
+//!    `202 pending` past the unknown-outcome bound), and the request runs on (`Step::Late`)
+//!    until its own answer settles the stored payment (`ForwardResult`), an approval or a
+//!    decline the buyer's page learns by asking again with the same key. The object
+//!    forwards nothing meanwhile; if this Worker dies, it completes the payment later with
 //!    the same acquirer key;
 //! 4. **finish** (object): confirm, release or store, the signed receipt and the stored
 //!    answer together. After an approval or an unknown outcome the order is never released
@@ -54,7 +69,7 @@ use crate::ledger::{
 use crate::policy::LoadedBundle;
 use crate::quote::Quote;
 use crate::receipt::{self, CardSummary, Receipt, ReceiptStatus};
-use crate::routing::{Busy, Mode, Permit, Router, RoutingDecision, Signals, WaitTicket};
+use crate::routing::{Busy, Detached, Mode, Permit, Router, RoutingDecision, Signals, WaitTicket};
 use crate::secret::Secret;
 use crate::vault::{self, OpenedCvc};
 use outcome::{AttemptResult, Sent, Transport};
@@ -76,6 +91,8 @@ pub const RESOLVE_WAIT_MS: i64 = 23 * 3_600_000;
 pub const PERMIT_POLL_MS: u32 = 5;
 /// What `Retry-After` says on a `pending` or in-flight answer, seconds.
 pub const PENDING_RETRY_S: u32 = 2;
+/// What `Retry-After` says on a `confirming` answer (the acquirer is answering, slowly).
+pub const CONFIRMING_RETRY_S: u32 = 1;
 /// A checkout this old may have been taken over by a retry with the same key (after
 /// `IDEMPOTENCY_IN_FLIGHT_MS`), which pays on the order's lane, or counted as lost by
 /// reconciliation: it finishes what it sent but stores no new payment and does not
@@ -131,7 +148,14 @@ pub enum Step {
     /// poll again (the machine has a place in the router's queue for a permit and gives
     /// up by itself at its deadline).
     Wait { ms: u32 },
-    /// Answer the buyer.
+    /// Answer the buyer now (`201 confirming` or `202 pending`), then poll again: the
+    /// attempt sent earlier is still running.
+    Answer(Answer),
+    /// Wait for the attempt that is still running (the last [`Step::Authorize`], whose
+    /// answer time passed) and feed its result to [`Checkout::handle_attempt`].
+    Late,
+    /// Answer the buyer (after a [`Step::Answer`], the checkout's final word: no buyer
+    /// listens to it).
     Done(Answer),
 }
 
@@ -157,7 +181,11 @@ pub enum ObjectResult {
 pub struct Authorize {
     pub lane: String,
     pub call: HttpCall,
+    /// The request is cut after this long.
     pub timeout_ms: u32,
+    /// Without an answer after this long (shorter than `timeout_ms`), call
+    /// [`Checkout::handle_answer_due`] and keep the request running.
+    pub answer_by_ms: Option<u32>,
 }
 
 /// Business events for telemetry, recorded by the shell (no card data).
@@ -211,7 +239,13 @@ impl Answer {
             .map(str::to_string);
         Answer {
             status: a.status,
-            retry_after_s: (a.status == 202).then_some(PENDING_RETRY_S),
+            retry_after_s: if a.status == 202 {
+                Some(PENDING_RETRY_S)
+            } else if body["status"] == "confirming" {
+                Some(CONFIRMING_RETRY_S)
+            } else {
+                None
+            },
             body,
             routing,
             replayed,
@@ -254,8 +288,21 @@ enum State {
     AwaitSeal,
     Finish,
     AwaitFinish,
+    /// Answer the buyer, then wait for the attempt still running.
+    AnswerEarly(Answer),
+    AwaitLate,
+    /// Record the late attempt's result on the stored payment.
+    RecordLate(Box<Command>),
+    AwaitLateRecord,
     Done(Answer),
     Finished,
+}
+
+/// An attempt still running after its buyer was answered.
+struct Late {
+    detached: Detached,
+    lane: String,
+    started_ms: i64,
 }
 
 /// What a finish is for, which decides what a failed finish means.
@@ -306,6 +353,8 @@ pub struct Checkout {
     /// error: nothing was charged). A decline is only answered once it is kept.
     fallback: Option<Answer>,
     notes: Vec<Note>,
+    /// The attempt that runs on after its answer time.
+    late: Option<Late>,
 }
 
 impl Checkout {
@@ -340,6 +389,7 @@ impl Checkout {
             finish_tries: 0,
             fallback: None,
             notes: Vec::new(),
+            late: None,
         }
     }
 
@@ -412,6 +462,19 @@ impl Checkout {
                     self.state = State::AwaitFinish;
                     return Step::Object(call);
                 }
+                State::AnswerEarly(mut answer) => {
+                    answer.notes.append(&mut self.notes);
+                    self.state = State::AwaitLate;
+                    return Step::Answer(answer);
+                }
+                State::AwaitLate => {
+                    self.state = State::AwaitLate;
+                    return Step::Late;
+                }
+                State::RecordLate(cmd) => {
+                    self.state = State::AwaitLateRecord;
+                    return Step::Object(ObjectCall::Command(cmd));
+                }
                 State::Done(mut answer) => {
                     answer.notes.append(&mut self.notes);
                     return Step::Done(answer);
@@ -421,7 +484,8 @@ impl Checkout {
                 | State::AwaitNote { .. }
                 | State::AwaitAttempt { .. }
                 | State::AwaitSeal
-                | State::AwaitFinish) => {
+                | State::AwaitFinish
+                | State::AwaitLateRecord) => {
                     // Polled while waiting for a result: the result is lost. Nothing was
                     // charged that a retry with the same key cannot find.
                     self.state = s;
@@ -605,10 +669,14 @@ impl Checkout {
                 lane: lane.name.clone(),
                 started_ms: now_ms,
             };
+            // Past its answer time the request runs on in the background (its buyer
+            // answered from a stored payment), unless the plan cuts it then.
+            let background = attempt.background_ms;
             return Some(Step::Authorize(Authorize {
                 lane: lane.name,
                 call,
-                timeout_ms,
+                timeout_ms: timeout_ms.saturating_add(background),
+                answer_by_ms: (background > 0).then_some(timeout_ms),
             }));
         }
     }
@@ -717,6 +785,15 @@ impl Checkout {
                 }
             },
             State::AwaitFinish => self.on_finish(result),
+            // Recorded, or not (the object then completes the payment when its forward
+            // timeout passes): the buyer's answer was given already.
+            State::AwaitLateRecord => {
+                let kept = matches!(result, Ok(ObjectResult::Command(Ok(()))));
+                if !kept {
+                    self.routing.push_str("; left to the object");
+                }
+                self.state = State::Done(pending(&self.key.order_id, &self.routing));
+            }
             other => self.state = other,
         }
     }
@@ -794,8 +871,80 @@ impl Checkout {
         }
     }
 
+    /// The attempt sent with `answer_by_ms` has not answered by then: answer the buyer from
+    /// a payment stored to complete it (its outcome is unknown until it answers), and keep
+    /// it running: its result comes later through [`Step::Late`].
+    pub fn handle_answer_due(&mut self, router: &mut Router, now_ms: i64) {
+        let State::AwaitAttempt {
+            permit,
+            lane,
+            started_ms,
+            ..
+        } = std::mem::replace(&mut self.state, State::Finished)
+        else {
+            return;
+        };
+        self.routing.push_str(&format!(
+            "; {lane} not answered in {} ms, answering now",
+            (now_ms - started_ms).max(0)
+        ));
+        self.unknown_on = Some(lane.clone());
+        self.late = Some(Late {
+            detached: router.detach(permit),
+            lane,
+            started_ms,
+        });
+        self.state = State::Offline;
+    }
+
+    /// The attempt still running after its buyer was answered has its result: it settles
+    /// the stored payment now (approved or declined), or leaves it to the object's alarm
+    /// (unknown, not charged), which sends it again with the same acquirer key.
+    fn on_late(&mut self, router: &mut Router, sent: Sent, now_ms: i64) {
+        let Some(late) = self.late.take() else {
+            self.state = State::Done(pending(&self.key.order_id, &self.routing));
+            return;
+        };
+        let result = outcome::classify(&sent);
+        let rtt = u32::try_from((now_ms - late.started_ms).max(0)).unwrap_or(u32::MAX);
+        router.on_late(
+            late.detached,
+            rtt,
+            outcome::route_outcome(&sent, &result),
+            now_ms,
+        );
+        self.routing
+            .push_str(&format!("; then {} {}", late.lane, result.label()));
+        let result = match result {
+            AttemptResult::Approved {
+                payment_intent_id, ..
+            } => ledger::AcquirerResult::Approved {
+                charge_id: payment_intent_id,
+            },
+            AttemptResult::Declined {
+                reason,
+                code,
+                decline_code,
+                ..
+            } => ledger::AcquirerResult::Declined {
+                reason: outcome::merchant_decline_code(reason, &code, decline_code.as_deref()),
+            },
+            AttemptResult::NotProcessed { .. } | AttemptResult::Misconfigured { .. } => {
+                ledger::AcquirerResult::NotCharged
+            }
+            AttemptResult::Unknown { .. } => ledger::AcquirerResult::Unavailable,
+        };
+        self.state = State::RecordLate(Box::new(Command::ForwardResult {
+            auth_id: auth_id(&self.key.order_id),
+            result,
+        }));
+    }
+
     /// Feeds an attempt's result back in.
     pub fn handle_attempt(&mut self, router: &mut Router, sent: Sent, now_ms: i64) {
+        if matches!(self.state, State::AwaitLate) {
+            return self.on_late(router, sent, now_ms);
+        }
         let State::AwaitAttempt {
             index,
             permit,
@@ -1042,7 +1191,7 @@ impl Checkout {
         };
         let resolving = self.unknown_on.is_some();
         let order_id = &self.key.order_id;
-        let auth_id = format!("auth_{}", order_id.trim_start_matches("ord_"));
+        let auth_id = auth_id(order_id);
         // Completing an attempt repeats it exactly, so its CVC is sealed with the card
         // until the payment is final; a payment never sent is stored without the CVC.
         let cvc = p.cvc.as_ref().map(|c| &c.cvc).filter(|_| resolving);
@@ -1076,8 +1225,19 @@ impl Checkout {
                 )
             }
         };
+        let (state, message) = if self.late.is_some() {
+            (
+                "confirming",
+                "Your bank is taking a moment to confirm this payment. It is accepted and never charged twice; this page shows the result in a few seconds.",
+            )
+        } else {
+            ("queued", message)
+        };
         let (receipt, mut body) =
-            self.receipt_and_answer(p, ReceiptStatus::Queued, &lane, "queued", message);
+            self.receipt_and_answer(p, ReceiptStatus::Queued, &lane, state, message);
+        if self.late.is_some() {
+            body["retry_after_s"] = CONFIRMING_RETRY_S.into();
+        }
         body["routing"] = routing.into();
         let queue = Command::QueueAuthorization(QueueAuth {
             auth_id,
@@ -1091,6 +1251,7 @@ impl Checkout {
             lane: Some(lane),
             resolves_attempt: resolving,
             confirm_first: p.require_online,
+            attempt_out: self.late.is_some(),
         });
         let purpose = if resolving {
             Purpose::Settle
@@ -1126,7 +1287,12 @@ impl Checkout {
                             .unwrap_or_else(|| self.first_lane.clone()),
                     });
                 }
-                self.state = State::Done(Answer::stored(answer, false));
+                let answer = Answer::stored(answer, false);
+                self.state = if self.late.is_some() {
+                    State::AnswerEarly(answer)
+                } else {
+                    State::Done(answer)
+                };
             }
             Ok(ObjectResult::Finish(FinishReply::Abandoned)) => {
                 self.state = State::Done(
@@ -1248,6 +1414,11 @@ impl Checkout {
         });
         (receipt, body)
     }
+}
+
+/// The stored payment of an order (one per order).
+fn auth_id(order_id: &str) -> String {
+    format!("auth_{}", order_id.trim_start_matches("ord_"))
 }
 
 fn answer(status: u16, body: serde_json::Value) -> StoredAnswer {

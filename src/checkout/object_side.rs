@@ -288,14 +288,16 @@ fn legacy(stored: &str) -> Option<StoredAnswer> {
     })
 }
 
-/// A `pending` answer (the outcome was not known when it was given) follows its order:
-/// once the order is paid it replays as approved, once declined as declined.
+/// A `pending` or `confirming` answer (the outcome was not known when it was given)
+/// follows its order: once the order is paid it replays as approved, once declined as
+/// declined.
 pub fn refresh_pending(
     ledger: &EventLedger,
     keys: Option<&ReceiptKeys>,
     answer: &mut StoredAnswer,
 ) {
-    if answer.status != 202 {
+    let confirming = answer.status == 201 && answer.body["status"] == "confirming";
+    if answer.status != 202 && !confirming {
         return;
     }
     let Some(order) = answer

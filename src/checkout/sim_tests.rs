@@ -191,6 +191,13 @@ struct Session {
     inbox: Option<Inbox>,
     /// The step the request was sent at.
     sent: u64,
+    /// The answer time of the attempt in flight (`Authorize::answer_by_ms`).
+    answer_by: Option<u32>,
+    /// An attempt still running after its buyer was answered: its result, and when it
+    /// comes.
+    late: Option<(Sent, i64)>,
+    /// The buyer was answered before the checkout ended (`Step::Answer`).
+    answered: bool,
 }
 
 /// What a definitive answer said, as replays must say it again.
@@ -242,6 +249,8 @@ fn verdict(a: &Answer) -> Verdict {
     let after_ms = i64::from(a.retry_after_s.unwrap_or(1)) * 1000;
     match a.status {
         201 if state == "approved" || state == "queued" => Verdict::Success,
+        // Accepted, the acquirer still answering: ask again to learn the outcome.
+        201 if state == "confirming" => Verdict::Retry { after_ms },
         202 if state == "pending" => Verdict::Retry { after_ms },
         s if (200..300).contains(&s) => Verdict::Wrong(format!("a {s} saying {state:?}")),
         s if s >= 500 => Verdict::Retry { after_ms },
@@ -595,6 +604,9 @@ impl Sim {
             co,
             inbox: None,
             sent: self.step,
+            answer_by: None,
+            late: None,
+            answered: false,
         });
         self.note(format!("{line} -> s{id} on isolate {router}"));
         // The Worker starts the machine as soon as the request arrives.
@@ -734,12 +746,26 @@ impl Sim {
         match s.inbox.take() {
             Some(Inbox::Object(r)) => s.co.handle_object(*r, self.now),
             Some(Inbox::Attempt(sent)) => {
-                self.now += if self.chance(5) {
+                let took = if self.chance(5) {
                     1_000 + self.rng.below(5_000) as i64
                 } else {
                     self.rng.below(300) as i64
                 };
-                s.co.handle_attempt(&mut self.routers[s.router], sent, self.now);
+                match s.answer_by.take() {
+                    // No answer by the answer time: the buyer is answered, the request
+                    // runs on and its result comes later.
+                    Some(by) if took > i64::from(by) => {
+                        self.count("answered before the acquirer");
+                        self.now += i64::from(by);
+                        let at = self.now + took - i64::from(by);
+                        s.late = Some((sent, at));
+                        s.co.handle_answer_due(&mut self.routers[s.router], self.now);
+                    }
+                    _ => {
+                        self.now += took;
+                        s.co.handle_attempt(&mut self.routers[s.router], sent, self.now);
+                    }
+                }
             }
             None => match s.co.poll(&mut self.routers[s.router], self.now) {
                 Step::Object(call) => {
@@ -820,14 +846,42 @@ impl Sim {
                     );
                     self.note(line);
                     self.new_charges(Some(s.buyer));
+                    s.answer_by = a.answer_by_ms;
                     s.inbox = Some(Inbox::Attempt(sent));
                 }
                 Step::Wait { ms } => {
                     self.count("waited for a permit");
                     self.now += i64::from(ms);
                 }
-                Step::Done(answer) => {
+                Step::Answer(answer) => {
+                    self.count("answered early");
                     self.answered(&s, &answer);
+                    s.answered = true;
+                }
+                Step::Late => {
+                    let Some((sent, at)) = s.late.take() else {
+                        self.fail("the machine asked for a late result it never had".into());
+                    };
+                    self.now = self.now.max(at);
+                    self.note(format!(
+                        "s{} b{}: the late acquirer answer -> {}",
+                        s.id,
+                        s.buyer,
+                        describe_sent(&sent)
+                    ));
+                    s.co.handle_attempt(&mut self.routers[s.router], sent, self.now);
+                }
+                Step::Done(answer) => {
+                    if s.answered {
+                        self.note(format!(
+                            "s{} b{}: ends after its answer: {}",
+                            s.id,
+                            s.buyer,
+                            describe_answer(&answer)
+                        ));
+                    } else {
+                        self.answered(&s, &answer);
+                    }
                     return;
                 }
             },
@@ -1196,6 +1250,7 @@ impl Sim {
                     co.handle_attempt(&mut self.routers[0], sent, self.now);
                 }
                 Step::Wait { ms } => self.now += i64::from(ms),
+                Step::Answer(_) | Step::Late => panic!("no attempt outlives its answer time here"),
                 Step::Done(a) => return a,
             }
         }

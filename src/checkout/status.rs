@@ -34,9 +34,12 @@ pub fn open<'a>(keys: &ReceiptKeys, event_id: &str, part: &'a str) -> Option<&'a
     receipt::is_capability(keys, DOMAIN, &data(event_id, order_id), token).then_some(order_id)
 }
 
-/// Adds `status_url` to a `202 pending` answer about an order (and to nothing else).
+/// Adds `status_url` to a `202 pending` or `201 confirming` answer about an order (and
+/// to nothing else).
 pub fn link(answer: &mut Answer, keys: Option<&ReceiptKeys>, event_id: &str) {
-    if answer.status != 202 || answer.body["status"] != "pending" {
+    let pending = answer.status == 202 && answer.body["status"] == "pending";
+    let confirming = answer.status == 201 && answer.body["status"] == "confirming";
+    if !pending && !confirming {
         return;
     }
     let order = answer

@@ -396,6 +396,8 @@ pub(crate) struct FakeAcquirer {
     refund_keys: std::collections::BTreeSet<String>,
     /// How the next forwards of stored payments go wrong (first listed, first used).
     pub forward_faults: std::collections::VecDeque<AcqFault>,
+    /// Forwards of stored payments received (by the object's alarm).
+    pub forwards: u32,
 }
 
 impl FakeAcquirer {
@@ -518,6 +520,7 @@ impl FakeAcquirer {
         if self.down.iter().any(|d| d == lane) || lane.is_empty() {
             return AcquirerResult::Unavailable;
         }
+        self.forwards += 1;
         let key = crate::secret::Secret::new(*sf_key);
         let Ok((card, _)) =
             crate::vault::open_for_forwarding(&key, event_id, &req.auth_id, &req.sealed_card.0)
@@ -685,6 +688,7 @@ pub(crate) fn drive(
                 co.handle_attempt(router, sent, *now);
             }
             Step::Wait { ms } => *now += i64::from(ms),
+            Step::Answer(_) | Step::Late => panic!("no attempt outlives its answer time here"),
             Step::Done(a) => return a,
         }
     }
@@ -1328,6 +1332,7 @@ fn a_resend_that_finds_its_lane_full_is_completed_later_never_sent_to_another_la
                 waited += ms;
                 w.now += i64::from(ms);
             }
+            Step::Answer(_) | Step::Late => panic!("no attempt outlives its answer time here"),
             Step::Done(a) => break a,
         }
     };
@@ -1807,6 +1812,7 @@ fn pay_while_full(
                     }
                 }
             }
+            Step::Answer(_) | Step::Late => panic!("no attempt outlives its answer time here"),
             Step::Done(a) => return (a, waited),
         }
     }
@@ -2047,4 +2053,242 @@ fn a_stored_payments_receipt_follows_its_order_through_every_later_state() {
         after(OrderState::PartiallyRefunded, 100),
         Some((ReceiptStatus::PartiallyRefunded, Some(MinorUnits(100))))
     );
+}
+
+// ---- an acquirer slower than the answer time -----------------------------------------
+
+/// What a checkout against an acquirer answering after `acq_ms` came to.
+struct Slow {
+    /// The buyer's answer, when it came before the acquirer's (`Step::Answer`).
+    early: Option<Answer>,
+    /// The machine's last word (the buyer's answer when there was no early one).
+    done: Option<Answer>,
+    /// The answer time of the attempt.
+    answer_by: Option<u32>,
+}
+
+/// Drives one checkout whose acquirer takes `acq_ms` to answer. With `dies_after_answer`
+/// the Worker dies once the buyer was answered (the late result is never fed back).
+fn drive_slow(
+    w: &mut World,
+    co: &mut Checkout,
+    acq_ms: i64,
+    fault: AcqFault,
+    dies_after_answer: bool,
+) -> Slow {
+    let mut out = Slow {
+        early: None,
+        done: None,
+        answer_by: None,
+    };
+    let mut late: Option<(Sent, i64)> = None;
+    for _ in 0..200 {
+        w.now += 1;
+        match co.poll(&mut w.router, w.now) {
+            Step::Object(call) => {
+                let r = w.obj.call(call, w.now, ObjFault::None);
+                co.handle_object(r, w.now);
+            }
+            Step::SealKey => co.handle_seal_key(Ok(Secret::new(w.obj.sf_key))),
+            Step::Authorize(a) => {
+                let sent = w.acq.authorize(&a.lane, &a.call, fault);
+                out.answer_by = a.answer_by_ms;
+                match a.answer_by_ms {
+                    Some(by) if acq_ms > i64::from(by) => {
+                        w.now += i64::from(by);
+                        late = Some((sent, w.now - i64::from(by) + acq_ms));
+                        co.handle_answer_due(&mut w.router, w.now);
+                    }
+                    _ => {
+                        w.now += acq_ms;
+                        co.handle_attempt(&mut w.router, sent, w.now);
+                    }
+                }
+            }
+            Step::Wait { ms } => w.now += i64::from(ms),
+            Step::Answer(a) => {
+                out.early = Some(a);
+                if dies_after_answer {
+                    return out;
+                }
+            }
+            Step::Late => {
+                let (sent, at) = late.take().expect("a late result to wait for");
+                w.now = w.now.max(at);
+                co.handle_attempt(&mut w.router, sent, w.now);
+            }
+            Step::Done(a) => {
+                out.done = Some(a);
+                return out;
+            }
+        }
+    }
+    panic!("the checkout did not finish in 200 steps");
+}
+
+/// Every lane answered its last requests in `rtt_ms`.
+fn lanes_answered_in(w: &mut World, rtt_ms: u32) {
+    for name in ["fast", "cheap"] {
+        let lane = w.router.lane_id(name).unwrap();
+        for _ in 0..3 {
+            let p = w.router.try_acquire(lane, w.now).unwrap();
+            w.now += i64::from(rtt_ms);
+            w.router
+                .on_complete(p, rtt_ms, crate::routing::Outcome::Ok, w.now);
+        }
+    }
+}
+
+/// The same request again (same key), as the buyer's page sends it.
+fn ask_again(w: &mut World, idem: &str, card: &str) -> Answer {
+    w.pay(idem, CART, card, "tok_again", &[], &[])
+}
+
+#[test]
+fn a_slow_acquirer_gets_the_buyer_a_confirming_answer_in_80_ms_and_the_payment_authorized_online() {
+    let mut w = World::new(10);
+    lanes_answered_in(&mut w, 2_000);
+    let mut co = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok_a", w.now));
+    let started = w.now;
+    let s = drive_slow(&mut w, &mut co, 2_400, AcqFault::None, false);
+    assert_eq!(s.answer_by, Some(80), "every lane slow: answer after 80 ms");
+    let early = s.early.expect("the buyer is answered before the acquirer");
+    assert_eq!(early.status, 201, "{}", early.body);
+    assert_eq!(early.body["status"], "confirming", "{}", early.body);
+    assert_eq!(early.retry_after_s, Some(CONFIRMING_RETRY_S));
+    assert!(
+        early.body["receipt"]["signature"].is_object(),
+        "a signed provisional receipt: {}",
+        early.body
+    );
+    assert_eq!(early.body["receipt"]["receipt"]["status"], "queued");
+    let routing = early.routing.clone().unwrap();
+    assert!(
+        routing.contains("not answered in 80 ms, answering now"),
+        "{routing}"
+    );
+    let order = early.order_id.clone().unwrap();
+    // Meanwhile the object sends nothing: the attempt is still out.
+    w.obj.alarm(&mut w.acq, w.now);
+    assert_eq!(w.charges_of(&order), 1);
+    assert_eq!(
+        w.acq.forwards, 0,
+        "the object must not send the payment while it is out"
+    );
+    // The acquirer's own answer settles it online, 2.4 s after the checkout started.
+    let done = s.done.unwrap();
+    let r = done.routing.unwrap();
+    assert!(r.contains("; then ") && r.ends_with(" approved"), "{r}");
+    let o = w.obj.ledger.order(&order).unwrap();
+    assert_eq!(
+        o.state,
+        OrderState::Forwarded,
+        "authorized by the online attempt"
+    );
+    assert!(w.now - started >= 2_400);
+    let auth = w.obj.ledger.auth(o.auth_id.as_deref().unwrap()).unwrap();
+    assert_eq!(auth.attempts, 0, "never forwarded by the alarm");
+    // The buyer's page asks again with the same key: approved, one charge.
+    let again = ask_again(&mut w, "k1", APPROVE);
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert_eq!(again.body["status"], "approved", "{}", again.body);
+    w.obj.alarm(&mut w.acq, w.now + 60_000);
+    assert_eq!(w.charges_of(&order), 1);
+    // The slot was given back when the buyer was answered; the answer time fed the lane.
+    let snap = w.router.snapshot(w.now);
+    assert!(snap.lanes.iter().all(|l| l.in_flight == 0), "{snap:?}");
+}
+
+#[test]
+fn a_decline_found_after_the_confirming_answer_reaches_the_buyer_who_then_pays_with_another_card() {
+    let mut w = World::new(10);
+    lanes_answered_in(&mut w, 2_000);
+    let mut co = Checkout::new(input(&w.ev, "k1", CART, DECLINE, "tok_d", w.now));
+    let s = drive_slow(&mut w, &mut co, 1_500, AcqFault::None, false);
+    let early = s.early.unwrap();
+    assert_eq!(early.body["status"], "confirming", "{}", early.body);
+    let order = early.order_id.clone().unwrap();
+    assert_eq!(
+        w.obj.ledger.order(&order).unwrap().state,
+        OrderState::Declined
+    );
+    // Asking again with the same key tells the buyer, while the page is still open.
+    let again = ask_again(&mut w, "k1", DECLINE);
+    assert_eq!(again.status, 402, "{}", again.body);
+    assert_eq!(again.body["status"], "declined", "{}", again.body);
+    // Another card is a new intent: approved, charged once; the declined one never.
+    let other = w.pay("k2", CART, APPROVE, "tok_b", &[], &[]);
+    assert_eq!(other.body["status"], "approved", "{}", other.body);
+    assert_eq!(w.charges_of(&order), 0);
+    assert_eq!(w.charges_of(other.order_id.as_deref().unwrap()), 1);
+}
+
+#[test]
+fn a_late_answer_of_unknown_outcome_or_a_dead_worker_leaves_the_payment_to_the_alarm_same_key() {
+    for dies in [false, true] {
+        let mut w = World::new(10);
+        // Healthy lanes, one answer slower than its timeout (2.5 s without samples).
+        let mut co = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok_a", w.now));
+        let fault = if dies {
+            AcqFault::None
+        } else {
+            AcqFault::ProcessThenReset
+        };
+        let s = drive_slow(&mut w, &mut co, 6_000, fault, dies);
+        let by = s.answer_by.expect("an answer time");
+        assert!(by >= 1_000, "{by}");
+        let early = s.early.expect("answered at the timeout");
+        assert_eq!(early.body["status"], "confirming", "{}", early.body);
+        let order = early.order_id.clone().unwrap();
+        assert_eq!(w.charges_of(&order), 1, "the attempt charged");
+        let auth_id = w.obj.ledger.order(&order).unwrap().auth_id.clone().unwrap();
+        if dies {
+            assert!(s.done.is_none());
+            // The object waits for the attempt (30 s), then sends it itself.
+            w.obj.alarm(&mut w.acq, w.now + 1_000);
+            assert_eq!(w.acq.forwards, 0, "sent while the attempt may be out");
+            w.obj.alarm(&mut w.acq, w.now + 31_000);
+        } else {
+            let r = s.done.unwrap().routing.unwrap();
+            assert!(r.contains("; then "), "{r}");
+            assert!(w
+                .obj
+                .ledger
+                .auth(&auth_id)
+                .unwrap()
+                .in_flight_until
+                .is_none());
+            w.obj.alarm(&mut w.acq, w.now + 60_000);
+        }
+        assert!(w.acq.forwards >= 1, "the alarm completed it");
+        let o = w.obj.ledger.order(&order).unwrap();
+        assert_eq!(o.state, OrderState::Forwarded, "dies={dies}");
+        assert_eq!(
+            w.charges_of(&order),
+            1,
+            "the same acquirer key: charged once"
+        );
+    }
+}
+
+#[test]
+fn a_buyer_who_must_pay_online_hears_pending_while_the_attempt_runs_on() {
+    let mut w = World::new(10);
+    let mut inp = input(&w.ev, "k1", CART, APPROVE, "tok_a", w.now);
+    if let Ok(p) = &mut inp.prepared {
+        p.require_online = true;
+    }
+    let mut co = Checkout::new(inp);
+    let s = drive_slow(&mut w, &mut co, 5_000, AcqFault::None, false);
+    let early = s.early.unwrap();
+    assert_eq!(early.status, 202, "{}", early.body);
+    assert_eq!(early.body["status"], "pending");
+    let order = early.order_id.clone().unwrap();
+    assert_eq!(
+        w.obj.ledger.order(&order).unwrap().state,
+        OrderState::Forwarded
+    );
+    let again = ask_again(&mut w, "k1", APPROVE);
+    assert_eq!(again.body["status"], "approved", "{}", again.body);
+    assert_eq!(w.charges_of(&order), 1);
 }

@@ -131,22 +131,19 @@ pub async fn route(
     };
     let co = Checkout::new(input);
     // Run the machine under wait_until: the answer comes back through a channel, and the
-    // steps go on if the buyer's connection drops; so does a handover's settle, so that a
-    // dropped buyer does not leave the session `paying`.
-    type Done = (Answer, String, Result<(), ApiError>);
+    // steps go on if the buyer's connection drops (or after the buyer was answered while
+    // the acquirer is still answering); so does a handover's settle, so that a dropped
+    // buyer does not leave the session `paying`.
     let (tx, rx) = futures_channel::oneshot::channel::<Done>();
     let (env2, ctx2, event2) = (env.clone(), ctx.clone(), event_id.to_string());
     worker_ctx.wait_until(async move {
         let trace = Rc::new(Trace::default());
-        let answer = drive(&env2, &ctx2, &event2, co, &trace).await;
-        let settled = match &handover {
-            Some((sid, order_key)) => {
-                events::settle_handover(&env2, &event2, sid, order_key, &answer).await
-            }
-            None => Ok(()),
+        let mut buyer = Buyer {
+            tx: Some(tx),
+            handover,
         };
-        let timing = trace.header(now_ms() - ctx2.now_ms);
-        let _ = tx.send((answer, timing, settled));
+        let answer = drive(&env2, &ctx2, &event2, co, &trace, &mut buyer).await;
+        buyer.answer(&env2, &ctx2, &event2, &trace, answer).await;
     });
     let (answer, timing, settled) = rx.await.map_err(|_| {
         ApiError::new(
@@ -163,10 +160,46 @@ pub async fn route(
     respond(answer, &timing, cors)
 }
 
-/// Drives the machine to its answer; records its telemetry.
-async fn drive(env: &Env, ctx: &Ctx, event_id: &str, mut co: Checkout, trace: &Trace) -> Answer {
+type Done = (Answer, String, Result<(), ApiError>);
+
+/// Where the buyer's answer goes: once, with the handover's settle before it.
+struct Buyer {
+    tx: Option<futures_channel::oneshot::Sender<Done>>,
+    handover: Option<(String, String)>,
+}
+
+impl Buyer {
+    async fn answer(&mut self, env: &Env, ctx: &Ctx, event_id: &str, trace: &Trace, a: Answer) {
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        let settled = match &self.handover {
+            Some((sid, order_key)) => {
+                events::settle_handover(env, event_id, sid, order_key, &a).await
+            }
+            None => Ok(()),
+        };
+        let timing = trace.header(now_ms() - ctx.now_ms);
+        let _ = tx.send((a, timing, settled));
+    }
+}
+
+/// The acquirer request of the last `Step::Authorize`, still running.
+type Out = std::pin::Pin<Box<dyn std::future::Future<Output = Sent>>>;
+
+/// Drives the machine to its answer; records its telemetry. A `Step::Answer` goes to the
+/// buyer at once, and the machine goes on.
+async fn drive(
+    env: &Env,
+    ctx: &Ctx,
+    event_id: &str,
+    mut co: Checkout,
+    trace: &Trace,
+    buyer: &mut Buyer,
+) -> Answer {
     // Waits for a permit are bounded by the machine's own deadline, not by this count.
     let mut steps = 0;
+    let mut out: Option<Out> = None;
     while steps < 64 {
         let step = match router_with(env, |r| co.poll(r, now_ms())) {
             Ok(s) => s,
@@ -185,14 +218,46 @@ async fn drive(env: &Env, ctx: &Ctx, event_id: &str, mut co: Checkout, trace: &T
             }
             Step::Authorize(a) => {
                 let t0 = now_ms();
-                let sent = {
+                let answer_by = a.answer_by_ms;
+                let request: Out = Box::pin(async move {
                     let _in_flight = InFlight::enter();
                     transport(send(&a.call, u64::from(a.timeout_ms)).await)
+                });
+                let sent = match answer_by {
+                    None => Some(request.await),
+                    Some(ms) => {
+                        let by =
+                            worker::Delay::from(std::time::Duration::from_millis(u64::from(ms)));
+                        match futures_util::future::select(request, by).await {
+                            futures_util::future::Either::Left((sent, _)) => Some(sent),
+                            futures_util::future::Either::Right(((), still)) => {
+                                out = Some(still);
+                                None
+                            }
+                        }
+                    }
                 };
                 let done = now_ms();
                 trace.acquirer_calls.set(trace.acquirer_calls.get() + 1);
                 trace.acquirer_ms.set(trace.acquirer_ms.get() + (done - t0));
-                if let Err(e) = router_with(env, |r| co.handle_attempt(r, sent, done)) {
+                let fed = match sent {
+                    Some(sent) => router_with(env, |r| co.handle_attempt(r, sent, done)),
+                    None => router_with(env, |r| co.handle_answer_due(r, done)),
+                };
+                if let Err(e) = fed {
+                    return Answer::error(&e);
+                }
+            }
+            Step::Answer(answer) => {
+                record(ctx, event_id, &co, &answer);
+                buyer.answer(env, ctx, event_id, trace, answer).await;
+            }
+            Step::Late => {
+                let Some(request) = out.take() else {
+                    return crate::checkout::pending(co.order_id(), "");
+                };
+                let sent = request.await;
+                if let Err(e) = router_with(env, |r| co.handle_attempt(r, sent, now_ms())) {
                     return Answer::error(&e);
                 }
             }
@@ -201,7 +266,9 @@ async fn drive(env: &Env, ctx: &Ctx, event_id: &str, mut co: Checkout, trace: &T
                 continue;
             }
             Step::Done(answer) => {
-                record(ctx, event_id, &co, &answer);
+                if buyer.tx.is_some() {
+                    record(ctx, event_id, &co, &answer);
+                }
                 return answer;
             }
         }

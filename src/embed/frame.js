@@ -225,12 +225,21 @@ input[readonly]{background:#f3f4f6}
     }
     const { key, brand, last4 } = intent;
     let j;
+    // A `confirming` answer: accepted, its bank still answering. Asked again every second
+    // (same key) until approved or declined; a decline lets the buyer try another card.
+    let accepted = null;
     // Until a definitive answer the outcome is unknown (no answer, 5xx, 409, 429, 202
     // pending, a retryable error). When the edge says when to ask again (Retry-After), the
     // frame does so a few times by itself; otherwise the buyer's next press asks again.
     for (let n = 0; ; n++) {
       const res = await call(`/v1/events/${encodeURIComponent(EVENT)}/checkout`, intent.body, { 'idempotency-key': key });
       j = res.json;
+      if (j.status === 'confirming') {
+        accepted = j;
+        if (n < 20) { say(t.confirming); await sleep(Math.min(Math.max(+res.wait || 1, 1), 5) * 1000); continue; }
+      }
+      // Still no bank answer (or none readable): the payment stands as accepted.
+      if (accepted && !/^(approved|declined|canceled)$/.test(j.status || '')) { j = { ...accepted, status: 'queued' }; break; }
       const e = j.error;
       const pending = j.status === 'pending';
       if (/^(approved|queued|declined|canceled)$/.test(j.status) || (!pending && e && !e.retryable && res.status < 500 && res.status !== 429 && !/^idempotency_/.test(e.code))) break;

@@ -65,6 +65,12 @@ pub struct QueueAuth {
     /// an online payment): a resolving payment is then stored but not accepted.
     #[serde(default)]
     pub confirm_first: bool,
+    /// The online attempt this payment resolves is still running (its buyer was answered
+    /// first, `crate::checkout`): its own answer settles the payment with `ForwardResult`.
+    /// Nothing is forwarded until then, or until `FORWARD_TIMEOUT_MS` has passed, so the
+    /// same payment is never out twice at once.
+    #[serde(default)]
+    pub attempt_out: bool,
 }
 
 fn accepted_by_default() -> bool {
@@ -414,7 +420,8 @@ impl EventLedger {
             expires_at_ms: now.saturating_add(q.max_wait_ms),
             state: AuthState::Queued,
             attempts: 0,
-            in_flight_until: None,
+            in_flight_until: (q.resolves_attempt && q.attempt_out)
+                .then(|| now.saturating_add(FORWARD_TIMEOUT_MS)),
             late_approval: false,
             resolves_attempt: q.resolves_attempt,
             accepted,

@@ -271,6 +271,7 @@ impl Sim {
                 lane: None,
                 resolves_attempt: true,
                 confirm_first: false,
+                attempt_out: false,
             });
             // Never refused for budget reasons: the payment may already be made.
             let r = self.call_maybe_twice(cmd);
@@ -311,6 +312,7 @@ impl Sim {
                 lane: None,
                 resolves_attempt: false,
                 confirm_first: false,
+                attempt_out: false,
             });
             if self.call_maybe_twice(cmd).is_err() {
                 // Over budget: the shell declines the sale.

@@ -161,6 +161,7 @@ pub(crate) fn queue_cmd(auth: &str, order: &str, amount: i64, card: &str) -> Com
         lane: None,
         resolves_attempt: false,
         confirm_first: false,
+        attempt_out: false,
     })
 }
 

@@ -231,15 +231,17 @@ test('a lane that may have charged is never retried elsewhere: completed on that
   await laneControl('fast', { latency_ms: { fixed: 4000 } });
   const r = await checkout(id, '4242424242424242');
   assert.equal(r.status, 201, r.text);
-  assert.equal(r.json.status, 'queued', r.text);
+  // Answered at the attempt's timeout; the same request runs on and settles the payment.
+  assert.equal(r.json.status, 'confirming', r.text);
   assert.match(r.json.message, /never charged twice/);
-  const m = /outcome unknown, completing on (\w+)/.exec(r.headers.get('x-poptill-routing'));
+  const m = /(\w+) not answered in \d+ ms, answering now/.exec(r.headers.get('x-poptill-routing'));
   assert.ok(m, r.headers.get('x-poptill-routing'));
   const lane = m[1];
   const other = lane === 'fast' ? 'cheap' : 'fast';
   let charges = chargesFor(await simStats(), r.json.order_id);
   assert.equal(charges[lane], 1, 'the slow lane charged on arrival: ' + JSON.stringify(charges));
   assert.equal(charges[other], 0, 'no failover to another lane after an unknown outcome');
+  await new Promise((res) => setTimeout(res, 2500));
   await healLanes();
   const merchantKey = (await merchant()).api_key;
   for (let i = 0; i < 2; i++) {
@@ -374,4 +376,79 @@ test('once every lane is known down, a checkout is stored in one call; a refusal
   const retried = await api('POST', `/v1/events/${strict}/checkout`, { body, headers });
   assert.equal(retried.status, 201, retried.text);
   assert.equal(retried.json.status, 'approved');
+});
+
+/** A checkout request sent as the card frame sends it: one body, one key, sent again. */
+async function intent(eventId, number) {
+  const t = await tokenFor(eventId, number);
+  const body = { items: [{ sku: 'ticket', quantity: 1 }], token: t.token, cvc_token: t.cvc_token, buyer: { email: 'ana@example.org', age_confirmed: true, consent_accepted: true } };
+  const key = crypto.randomUUID();
+  return () => api('POST', `/v1/events/${eventId}/checkout`, { body, headers: { 'idempotency-key': key } });
+}
+
+/** Makes the router of this isolate see every lane slow (answers of 2 s). */
+async function lanesKnownSlow() {
+  await laneControl('cheap', { latency_ms: { fixed: 2000 } });
+  await laneControl('fast', { latency_ms: { fixed: 2000 } });
+  const warm = await createEvent();
+  for (let i = 0; i < 8; i++) {
+    const r = await checkout(warm, '5555555555554444');
+    if (/all_lanes_slow/.test(r.headers.get('x-poptill-routing') ?? '')) return;
+  }
+  assert.fail('the router never saw the lanes slow');
+}
+
+test('slow acquirer: the buyer hears confirming at once and the same attempt authorizes online, no alarm, charged once', async () => {
+  await healLanes();
+  await lanesKnownSlow();
+  const id = await createEvent();
+  const send = await intent(id, '4242424242424242');
+  const t0 = Date.now();
+  const r = await send();
+  const took = Date.now() - t0;
+  assert.equal(r.status, 201, r.text);
+  assert.equal(r.json.status, 'confirming', r.text);
+  assert.match(r.headers.get('x-poptill-routing'), /all_lanes_slow;.*answer_by=80/);
+  assert.ok(took < 1500, `answered in ${took} ms, not after the acquirer's 2 s`);
+  assert.equal(r.headers.get('retry-after'), '1');
+  assert.ok(r.json.status_url, r.text);
+  const provisional = await api('GET', r.json.receipt_url);
+  assert.equal(provisional.json.receipt.status, 'queued', 'a signed provisional receipt');
+  // The page asks again with the same request until the bank's answer is in.
+  let again;
+  for (let i = 0; i < 10; i++) {
+    await new Promise((res) => setTimeout(res, 1000));
+    again = await send();
+    if (again.json.status !== 'confirming') break;
+  }
+  assert.equal(again.status, 201, again.text);
+  assert.equal(again.json.status, 'approved', again.text);
+  const charges = chargesFor(await simStats(), r.json.order_id);
+  assert.equal(charges.fast + charges.cheap, 1, JSON.stringify(charges));
+  const m = await merchant();
+  const ev = await api('GET', `/v1/admin/events/${id}`, { key: m.api_key });
+  assert.equal(ev.json.summary.queued_count, 0, 'authorized online, nothing left to the alarm: ' + JSON.stringify(ev.json.summary));
+  const receipt = await api('GET', r.json.receipt_url);
+  assert.equal(receipt.json.receipt.status, 'forwarded', 're-signed with the final outcome');
+  await healLanes();
+});
+
+test('slow acquirer: a decline found after the confirming answer reaches the buyer with the same key', async () => {
+  await healLanes();
+  await lanesKnownSlow();
+  const id = await createEvent();
+  const send = await intent(id, '4000000000000002');
+  const r = await send();
+  assert.equal(r.json.status, 'confirming', r.text);
+  let again;
+  for (let i = 0; i < 10; i++) {
+    await new Promise((res) => setTimeout(res, 1000));
+    again = await send();
+    if (again.json.status !== 'confirming') break;
+  }
+  assert.equal(again.status, 402, again.text);
+  assert.equal(again.json.status, 'declined', again.text);
+  const charges = chargesFor(await simStats(), r.json.order_id);
+  assert.equal(charges.fast + charges.cheap, 0, JSON.stringify(charges));
+  await healLanes();
 });
