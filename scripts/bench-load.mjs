@@ -198,13 +198,15 @@ async function main() {
     const pairs = pool.results.map((r) => json(r.text)).filter((t) => t?.token && t?.cvc_token);
     if (pairs.length === 0) throw new Error(`no token could be made: ${pool.results[0]?.status} ${pool.results[0]?.text?.slice(0, 300)}`);
     // Phase 2: the checkouts.
-    const outcomes = { approved: 0, queued: 0, declined: 0, errors: 0 };
+    const outcomes = { approved: 0, queued: 0, confirming: 0, declined: 0, errors: 0 };
+    // `confirming` answers (accepted, the acquirer still answering): asked again after the run.
+    const confirming = [];
     const routing = {};
     const byRule = {};
     const lanes = {};
     const { results, wallMs, cpuMs: cpu } = await withCpu(o.cpuPids, () => runPool({ ...o, requests: Math.min(o.requests, pairs.length) }, async (i) => {
       const t = pairs[i];
-      const r = await timed(`${o.url}/v1/events/${o.event}/checkout`, {
+      const request = {
         method: "POST",
         headers: { "content-type": "application/json", "idempotency-key": crypto.randomUUID() },
         body: JSON.stringify({
@@ -213,10 +215,12 @@ async function main() {
           cvc_token: t.cvc_token,
           buyer: { email: "b@example.org", consent_accepted: true, age_confirmed: true },
         }),
-      });
+      };
+      const r = await timed(`${o.url}/v1/events/${o.event}/checkout`, request);
       const body = json(r.text);
       if (r.status === 201 && body?.status === "approved") outcomes.approved++;
       else if (r.status === 201 && body?.status === "queued") outcomes.queued++;
+      else if (r.status === 201 && body?.status === "confirming") { outcomes.confirming++; confirming.push({ request, at: performance.now() }); }
       else if (r.status === 402) outcomes.declined++;
       else outcomes.errors++;
       const rule = (r.headers.get("x-poptill-routing") ?? body?.routing ?? "none").split(";")[0];
@@ -225,7 +229,23 @@ async function main() {
       if (body?.receipt?.receipt?.lane) lanes[body.receipt.receipt.lane] = (lanes[body.receipt.receipt.lane] ?? 0) + 1;
       return r;
     }));
-    report.result = summarize("checkout", results, wallMs, { outcomes, errors: countErrors(results.filter((r) => r.status !== 402)), routing_rule: routing, ...cpuFields(cpu, results.length) });
+    // What became of the confirming answers: the same request again (as the card frame
+    // asks), until the acquirer's own answer settled it; still confirming after 20 s means
+    // the attempt's answer never came and the payment is left to the object's alarm.
+    const settledLater = { approved: 0, declined: 0, still_confirming: 0 };
+    for (const c of confirming) {
+      let last = "confirming";
+      while (performance.now() - c.at < 20_000) {
+        const again = await timed(`${o.url}/v1/events/${o.event}/checkout`, c.request);
+        last = json(again.text)?.status ?? `http_${again.status}`;
+        if (last !== "confirming") break;
+        await new Promise((res) => setTimeout(res, 500));
+      }
+      if (last === "approved") settledLater.approved++;
+      else if (last === "declined") settledLater.declined++;
+      else settledLater.still_confirming++;
+    }
+    report.result = summarize("checkout", results, wallMs, { outcomes, confirming_then: settledLater, errors: countErrors(results.filter((r) => r.status !== 402)), routing_rule: routing, ...cpuFields(cpu, results.length) });
     // Latency over time, in tenths of the run, to show how fast the router learns.
     const deciles = [];
     const n = results.length;

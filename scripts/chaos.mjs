@@ -247,7 +247,29 @@ async function postCheckout(ev, it, key, body) {
   const cut = it.flaky && rand() < 0.5;
   const r = await api('checkout', 'POST', `/v1/events/${ev.id}/checkout`, { body: wire(body), headers: { 'idempotency-key': key }, ...(cut ? { timeoutMs: Math.round(300 + rand() * 1700), cut } : {}) });
   if (it.history.length < 24) it.history.push(`${elapsed().toFixed(1)}s ${it.keys.get(key)}/t${body.tokenNo ?? '?'} → ${answerText(r)}`);
+  if (r.status === 201 && r.json?.status === 'confirming') return confirmed(ev, it, key, body, r);
   return r;
+}
+
+/** A `confirming` answer (accepted, the acquirer still answering): the card frame asks
+ *  again each second with the same key until approved or declined; still confirming after
+ *  20 tries, or no readable answer, the payment stands as accepted without the acquirer's
+ *  word, which the report counts as stored (`queued`). */
+async function confirmed(ev, it, key, body, first) {
+  bump('answered confirming');
+  for (let n = 0; n < 20; n++) {
+    await sleep(1000);
+    const r = await api('checkout', 'POST', `/v1/events/${ev.id}/checkout`, { body: wire(body), headers: { 'idempotency-key': key } });
+    if (r.json?.status === 'confirming') continue;
+    if (r.status === 201 || (r.status === 402 && r.json?.status === 'declined')) {
+      bump(`confirming, then ${r.json.status}`);
+      if (it.history.length < 24) it.history.push(`${elapsed().toFixed(1)}s ${it.keys.get(key)} confirming → ${answerText(r)}`);
+      return r;
+    }
+    break;
+  }
+  bump('confirming, no final answer');
+  return { ...first, json: { ...first.json, status: 'queued' } };
 }
 /** The request body without the driver's own bookkeeping. */
 const wire = (body) => { const { tokenNo, ...rest } = body; return rest; };
