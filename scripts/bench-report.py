@@ -34,7 +34,7 @@ def load(name):
 
 core = load("core")
 N_STOCK = "1,000,000"
-runs = {n: load(n) for n in ["healthz", "tokens", "checkout_fast", "counter_hot", "healthz_hot", "checkout_hot", "checkout_slow_adaptive", "checkout_slow_passthrough"]}
+runs = {n: load(n) for n in ["healthz", "tokens", "checkout_fast", "counter_hot", "healthz_hot", "checkout_hot", "checkout_slow_adaptive", "checkout_slow_passthrough", "burst_small", "burst_large", "counter_burst_large"]}
 sizes = load("sizes")
 startup = load("startup")
 icpu = load("isolate_cpu")
@@ -128,6 +128,58 @@ elif not after_hot.get("responsive_15s_after") or after_hot.get("workerd_too_man
 def ratio(a, b):
     return round(a / b, 2) if a and b else None
 
+
+# ---- issue 15: drops and slow acquirers (targets from its table)
+SLOW_ONLINE_MIN = 0.95  # slow acquirer: authorized online, not left to the alarm
+SLOW_VS_PASSTHROUGH_MIN = 10.0  # adaptive buyer-answer p95 at least 10x better than pass-through
+BURST_LARGE_APPROVED_MIN = 0.99
+BURST_LARGE_P95_OVER_COUNTER_MAX = 3.0
+
+
+def slow_online(r):
+    """Of the slow run's checkouts: answered by the acquirer online (at once, or its own
+    late answer to a confirming one), and left to the object's alarm (stored, or still
+    confirming 20 s on)."""
+    if r is None:
+        return None
+    o, later = r["outcomes"], r.get("confirming_then") or {}
+    online = o["approved"] + o["declined"] + later.get("approved", 0) + later.get("declined", 0)
+    alarm = o["queued"] + later.get("still_confirming", 0)
+    n = online + alarm
+    return {"online": online, "left_to_alarm": alarm, "share_online": round(online / n, 3) if n else None,
+            "confirming": o.get("confirming", 0), "confirming_then": later}
+
+
+slow_on = slow_online(slow)
+passthrough = res("checkout_slow_passthrough")
+slow_gain = ratio(lat(passthrough, "p95"), lat(slow, "p95"))
+if slow_on is None or slow_on["share_online"] is None:
+    missed.append("the slow-acquirer run gave no figure for payments authorized online")
+elif slow_on["share_online"] < SLOW_ONLINE_MIN:
+    missed.append(f"slow acquirer: {slow_on['online']} authorized online, {slow_on['left_to_alarm']} left to the alarm "
+                  f"({slow_on['share_online']:.1%} online, target >= {SLOW_ONLINE_MIN:.0%})")
+if slow_gain is None or slow_gain < SLOW_VS_PASSTHROUGH_MIN:
+    missed.append(f"slow acquirer: buyer-answer p95 adaptive {lat(slow, 'p95')} ms vs pass-through {lat(passthrough, 'p95')} ms "
+                  f"({slow_gain}x, target >= {SLOW_VS_PASSTHROUGH_MIN:.0f}x better)")
+b_small, b_large, c_large = res("burst_small"), res("burst_large"), res("counter_burst_large")
+if b_small is None:
+    missed.append("the burst of 120 buyers produced no results")
+elif b_small["outcomes"]["approved"] != b_small["requests"]:
+    missed.append(f"burst of {b_small['requests']} buyers on a healthy acquirer: {b_small['outcomes']}, target all approved online, none refused or stored")
+b_large_share = round(b_large["outcomes"]["approved"] / b_large["requests"], 3) if b_large and b_large["requests"] else None
+b_large_p95_ratio = ratio(lat(b_large, "p95"), lat(c_large, "p95"))
+if b_large is None or c_large is None:
+    missed.append("the burst of 500 buyers or its counter floor produced no results")
+else:
+    if b_large_share is None or b_large_share < BURST_LARGE_APPROVED_MIN:
+        missed.append(f"burst of {b_large['requests']} buyers: {b_large['outcomes']} ({b_large_share} approved online, target >= {BURST_LARGE_APPROVED_MIN})")
+    if b_large_p95_ratio is None or b_large_p95_ratio > BURST_LARGE_P95_OVER_COUNTER_MAX:
+        missed.append(f"burst of {b_large['requests']} buyers: p95 {lat(b_large, 'p95')} ms is {b_large_p95_ratio}x the counter's "
+                      f"{lat(c_large, 'p95')} ms at the same concurrency (target <= {BURST_LARGE_P95_OVER_COUNTER_MAX:.0f}x)")
+hot_stored = (hot or {}).get("outcomes", {}).get("queued")
+if hot_stored:
+    missed.append(f"hot event on a healthy acquirer: {hot_stored} checkouts stored offline, target 0")
+
 results = {
     "quick": quick,
     "elapsed_s": elapsed,
@@ -139,6 +191,13 @@ results = {
         "startup_ms": {"limit": STARTUP_LIMIT_MS, "value": startup_ms},
         "zero_latency_checkouts_all_approved": {"value": bool(fast and fast["outcomes"]["approved"] == fast["requests"])},
         "checkout_machine_over_its_parts": {"target_le": MACHINE_OVERHEAD_MAX, "value": machine_ratio},
+        "slow_acquirer_share_authorized_online": {"target_ge": SLOW_ONLINE_MIN, "value": (slow_on or {}).get("share_online"), "detail": slow_on},
+        "slow_acquirer_p95_passthrough_over_adaptive": {"target_ge": SLOW_VS_PASSTHROUGH_MIN, "value": slow_gain},
+        "burst_small_all_approved_online": {"value": bool(b_small and b_small["outcomes"]["approved"] == b_small["requests"]),
+                                            "outcomes": (b_small or {}).get("outcomes")},
+        "burst_large_share_approved_online": {"target_ge": BURST_LARGE_APPROVED_MIN, "value": b_large_share},
+        "burst_large_p95_over_counter_p95": {"target_le": BURST_LARGE_P95_OVER_COUNTER_MAX, "value": b_large_p95_ratio},
+        "hot_event_stored_offline": {"target": 0, "value": hot_stored},
     },
     "missed": missed,
     "core": core,
@@ -207,6 +266,18 @@ L.append(f"- the Worker isolate's CPU per checkout, measured with the V8 profile
 L.append(f"- Worker upload: **{fmt((upload or {}).get('gzip_kib'), ' KiB')} gzip** (Free plan limit {SIZE_LIMIT_GZIP_KIB} KiB = 3 MiB)")
 L.append(f"- checkout.js: **{fmt((cjs or {}).get('gzip_bytes'), ' bytes')} gzip** (budget {CHECKOUT_JS_GZIP_BUDGET})")
 L.append(f"- Worker start-up: **{fmt(startup_ms, ' ms')}** (limit {STARTUP_LIMIT_MS} ms)")
+if slow_on:
+    L.append(f"- slow acquirer: **{slow_on['online']} authorized online, {slow_on['left_to_alarm']} left to the alarm** "
+             f"({fmt(slow_on['share_online'])}; target ≥ {SLOW_ONLINE_MIN}); {slow_on['confirming']} answered `confirming` first, "
+             f"then {slow_on['confirming_then']}; buyer-answer p95 {fmt(lat(slow, 'p95'), ' ms')} vs pass-through "
+             f"{fmt(lat(passthrough, 'p95'), ' ms')} ({fmt(slow_gain, '×')}; target ≥ {SLOW_VS_PASSTHROUGH_MIN:.0f}×)")
+for label, b in (("burst of 120", b_small), ("burst of 500", b_large)):
+    if b:
+        L.append(f"- {label} buyers at once, healthy acquirer: **{b['outcomes']}**, p50/p95/p99 "
+                 f"{fmt(lat(b, 'p50'))}/{fmt(lat(b, 'p95'))}/{fmt(lat(b, 'p99'))} ms")
+if c_large:
+    L.append(f"  (bare counter at concurrency {c_large['requests']}: p95 {fmt(lat(c_large, 'p95'), ' ms')}; "
+             f"burst p95 ÷ counter p95 {fmt(b_large_p95_ratio, '×')}, target ≤ {BURST_LARGE_P95_OVER_COUNTER_MAX:.0f}×)")
 L.append("")
 
 L.append("## Whole system, each figure beside its floor from this run\n")

@@ -42,6 +42,19 @@
 //! baseline, so it reacts within a handful of requests. It is also plain integer
 //! arithmetic (no floats in the Worker's hot path) and easy to reason about in tests.
 //!
+//! # Tuning for a drop (the defaults, and why)
+//!
+//! A micro-drop is 100+ phones pressing Pay in the same second, on one or two isolates.
+//! Each lane starts at `initial_limit` 10 (not the floor `min_limit` 1: a cold isolate
+//! must not serialize its first burst) and Vegas grows a limit by `6·log10(limit)` per
+//! sample while the acquirer shows no queue, so a healthy lane reaches ~30 within a few
+//! dozen answers and `max_limit` 200 within a few hundred. A checkout that finds every
+//! lane full waits for a permit (`permit_wait_ms` 2 s, `max_waiters` 256 per isolate)
+//! rather than being refused or stored: with a 50 ms acquirer two lanes of 10 serve 120
+//! buyers within about 300 ms, far inside the wait. Only past the wait is it shed with 429
+//! (nothing charged). `scripts/bench` releases 120 and 500 buyers at once on one event and
+//! checks that all (of 500: at least 99 %) are approved online.
+//!
 //! # Lane choice ([`Router::plan`])
 //!
 //! 1. Pass-through mode (`Tuning::pass_through`, for benchmarks): the first lane only, a
@@ -1317,10 +1330,17 @@ impl Router {
     /// The buyer was answered while this permit's request runs on (`Attempt::background_ms`):
     /// its slot is given back now, so a slow acquirer does not hold the limit; the request
     /// stays bounded by `background_timeout_ms` and the isolate's `max_requests_in_flight`.
-    /// Report its end with [`Router::on_late`].
-    pub fn detach(&mut self, permit: Permit) -> Detached {
+    /// A wait of `slow_lane_p95_ms` or more is a latency sample at once (the lane is at least
+    /// that slow: the next checkouts prefer a faster lane or see every lane slow without
+    /// waiting for the late answers); a shorter one says nothing yet. Report its end with
+    /// [`Router::on_late`].
+    pub fn detach(&mut self, permit: Permit, waited_ms: u32, now_ms: i64) -> Detached {
+        let slow = self.tuning.slow_lane_p95_ms;
         if let Some(state) = self.lanes.get_mut(permit.lane.0) {
             state.outstanding.retain(|(id, _)| *id != permit.id);
+            if slow > 0 && waited_ms >= slow {
+                state.latency.record(now_ms, waited_ms);
+            }
         }
         Detached {
             lane: permit.lane,
@@ -2254,7 +2274,7 @@ mod tests {
             let p = r
                 .acquire(a, None, now)
                 .expect("a slot, the earlier ones given back");
-            detached.push(r.detach(p));
+            detached.push(r.detach(p, 80, now));
         }
         assert_eq!(r.snapshot(now).lanes[pricey.index()].in_flight, 0);
         // Their answers keep the lane measured slow (2.4 s) and count in the breaker.
@@ -2270,7 +2290,7 @@ mod tests {
         );
         for _ in 0..5 {
             let p = r.acquire(&plan.lanes_in_order[0], None, now).unwrap();
-            let d = r.detach(p);
+            let d = r.detach(p, 80, now);
             r.on_late(d, 2_400, Outcome::Retryable(RetryReason::ServerError), now);
         }
         assert_eq!(
@@ -2285,6 +2305,30 @@ mod tests {
             plan.lanes_in_order[0].background_ms,
             15_000 - plan.lanes_in_order[0].timeout_ms
         );
+    }
+
+    #[test]
+    fn a_buyer_answered_after_a_long_wait_marks_the_lane_slow_at_once() {
+        let mut r = router();
+        let cheap = r.lane_id("cheap").unwrap();
+        let mut now = 0;
+        feed(&mut r, cheap, 3, 40, Outcome::Ok, &mut now);
+        let d = r.plan(now, signals());
+        assert_eq!(d.reason, "cheapest;lanes=cheap,pricey");
+        // Cheap hangs: its buyer is answered after 1 s and the request runs on.
+        let p = r.acquire(&d.lanes_in_order[0], None, now).unwrap();
+        now += 1_000;
+        let _late = r.detach(p, 1_000, now);
+        // The next checkout goes to the other lane first, without waiting for cheap's answer.
+        let d = r.plan(now, signals());
+        assert_eq!(d.reason, "fastest;lanes=pricey,cheap", "{}", d.reason);
+        // A short wait (the 80 ms answer time of slow lanes) is no sample.
+        let mut r2 = router();
+        let mut t = 0;
+        feed(&mut r2, cheap, 3, 40, Outcome::Ok, &mut t);
+        let p = r2.try_acquire(cheap, t).unwrap();
+        let _ = r2.detach(p, 80, t + 80);
+        assert_eq!(r2.snapshot(t + 80).lanes[cheap.index()].latency_samples, 3);
     }
 
     #[test]

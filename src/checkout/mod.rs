@@ -291,6 +291,8 @@ enum State {
     /// Answer the buyer, then wait for the attempt still running.
     AnswerEarly(Answer),
     AwaitLate,
+    /// Send the late attempt once more (same key, same lane), then wait for it.
+    ResendLate(Box<Authorize>),
     /// Record the late attempt's result on the stored payment.
     RecordLate(Box<Command>),
     AwaitLateRecord,
@@ -303,6 +305,10 @@ struct Late {
     detached: Detached,
     lane: String,
     started_ms: i64,
+    /// The request is given up then (its `Authorize::timeout_ms`).
+    until_ms: i64,
+    /// It is the one resend after an unknown outcome.
+    resent: bool,
 }
 
 /// What a finish is for, which decides what a failed finish means.
@@ -355,6 +361,8 @@ pub struct Checkout {
     notes: Vec<Note>,
     /// The attempt that runs on after its answer time.
     late: Option<Late>,
+    /// `Authorize::timeout_ms` of the attempt in flight.
+    sent_timeout_ms: u32,
 }
 
 impl Checkout {
@@ -390,6 +398,7 @@ impl Checkout {
             fallback: None,
             notes: Vec::new(),
             late: None,
+            sent_timeout_ms: 0,
         }
     }
 
@@ -470,6 +479,10 @@ impl Checkout {
                 State::AwaitLate => {
                     self.state = State::AwaitLate;
                     return Step::Late;
+                }
+                State::ResendLate(a) => {
+                    self.state = State::AwaitLate;
+                    return Step::Authorize(*a);
                 }
                 State::RecordLate(cmd) => {
                     self.state = State::AwaitLateRecord;
@@ -672,10 +685,11 @@ impl Checkout {
             // Past its answer time the request runs on in the background (its buyer
             // answered from a stored payment), unless the plan cuts it then.
             let background = attempt.background_ms;
+            self.sent_timeout_ms = timeout_ms.saturating_add(background);
             return Some(Step::Authorize(Authorize {
                 lane: lane.name,
                 call,
-                timeout_ms: timeout_ms.saturating_add(background),
+                timeout_ms: self.sent_timeout_ms,
                 answer_by_ms: (background > 0).then_some(timeout_ms),
             }));
         }
@@ -884,15 +898,17 @@ impl Checkout {
         else {
             return;
         };
+        let waited = u32::try_from((now_ms - started_ms).max(0)).unwrap_or(u32::MAX);
         self.routing.push_str(&format!(
-            "; {lane} not answered in {} ms, answering now",
-            (now_ms - started_ms).max(0)
+            "; {lane} not answered in {waited} ms, answering now"
         ));
         self.unknown_on = Some(lane.clone());
         self.late = Some(Late {
-            detached: router.detach(permit),
+            detached: router.detach(permit, waited, now_ms),
             lane,
             started_ms,
+            until_ms: started_ms.saturating_add(i64::from(self.sent_timeout_ms)),
+            resent: false,
         });
         self.state = State::Offline;
     }
@@ -915,6 +931,40 @@ impl Checkout {
         );
         self.routing
             .push_str(&format!("; then {} {}", late.lane, result.label()));
+        // An unknown outcome (a 5xx, a lost connection): sent once more at once with the
+        // same acquirer key on the same lane, which replays or completes it; what the
+        // object's alarm would do later, while the buyer's page is still asking.
+        let left = late.until_ms.saturating_sub(now_ms);
+        if matches!(result, AttemptResult::Unknown { .. })
+            && !late.resent
+            && left >= i64::from(router.tuning().min_timeout_ms)
+        {
+            let call = router
+                .lane_id(&late.lane)
+                .ok()
+                .and_then(|id| router.lane_config(id).cloned())
+                .and_then(|lane| self.build_call(&lane).ok());
+            if let Some(call) = call {
+                self.routing.push_str(", sending again");
+                let timeout_ms = u32::try_from(left).unwrap_or(u32::MAX);
+                self.late = Some(Late {
+                    started_ms: now_ms,
+                    resent: true,
+                    ..late
+                });
+                self.state = State::ResendLate(Box::new(Authorize {
+                    lane: self
+                        .late
+                        .as_ref()
+                        .map(|l| l.lane.clone())
+                        .unwrap_or_default(),
+                    call,
+                    timeout_ms,
+                    answer_by_ms: None,
+                }));
+                return;
+            }
+        }
         let result = match result {
             AttemptResult::Approved {
                 payment_intent_id, ..

@@ -2073,9 +2073,10 @@ fn drive_slow(
     w: &mut World,
     co: &mut Checkout,
     acq_ms: i64,
-    fault: AcqFault,
+    faults: &[AcqFault],
     dies_after_answer: bool,
 ) -> Slow {
+    let mut faults = faults.to_vec();
     let mut out = Slow {
         early: None,
         done: None,
@@ -2091,8 +2092,13 @@ fn drive_slow(
             }
             Step::SealKey => co.handle_seal_key(Ok(Secret::new(w.obj.sf_key))),
             Step::Authorize(a) => {
+                let fault = if faults.len() > 1 {
+                    faults.remove(0)
+                } else {
+                    faults.first().copied().unwrap_or(AcqFault::None)
+                };
                 let sent = w.acq.authorize(&a.lane, &a.call, fault);
-                out.answer_by = a.answer_by_ms;
+                out.answer_by = out.answer_by.or(a.answer_by_ms);
                 match a.answer_by_ms {
                     Some(by) if acq_ms > i64::from(by) => {
                         w.now += i64::from(by);
@@ -2150,7 +2156,7 @@ fn a_slow_acquirer_gets_the_buyer_a_confirming_answer_in_80_ms_and_the_payment_a
     lanes_answered_in(&mut w, 2_000);
     let mut co = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok_a", w.now));
     let started = w.now;
-    let s = drive_slow(&mut w, &mut co, 2_400, AcqFault::None, false);
+    let s = drive_slow(&mut w, &mut co, 2_400, &[AcqFault::None], false);
     assert_eq!(s.answer_by, Some(80), "every lane slow: answer after 80 ms");
     let early = s.early.expect("the buyer is answered before the acquirer");
     assert_eq!(early.status, 201, "{}", early.body);
@@ -2204,7 +2210,7 @@ fn a_decline_found_after_the_confirming_answer_reaches_the_buyer_who_then_pays_w
     let mut w = World::new(10);
     lanes_answered_in(&mut w, 2_000);
     let mut co = Checkout::new(input(&w.ev, "k1", CART, DECLINE, "tok_d", w.now));
-    let s = drive_slow(&mut w, &mut co, 1_500, AcqFault::None, false);
+    let s = drive_slow(&mut w, &mut co, 1_500, &[AcqFault::None], false);
     let early = s.early.unwrap();
     assert_eq!(early.body["status"], "confirming", "{}", early.body);
     let order = early.order_id.clone().unwrap();
@@ -2234,7 +2240,7 @@ fn a_late_answer_of_unknown_outcome_or_a_dead_worker_leaves_the_payment_to_the_a
         } else {
             AcqFault::ProcessThenReset
         };
-        let s = drive_slow(&mut w, &mut co, 6_000, fault, dies);
+        let s = drive_slow(&mut w, &mut co, 6_000, &[fault], dies);
         let by = s.answer_by.expect("an answer time");
         assert!(by >= 1_000, "{by}");
         let early = s.early.expect("answered at the timeout");
@@ -2279,7 +2285,7 @@ fn a_buyer_who_must_pay_online_hears_pending_while_the_attempt_runs_on() {
         p.require_online = true;
     }
     let mut co = Checkout::new(inp);
-    let s = drive_slow(&mut w, &mut co, 5_000, AcqFault::None, false);
+    let s = drive_slow(&mut w, &mut co, 5_000, &[AcqFault::None], false);
     let early = s.early.unwrap();
     assert_eq!(early.status, 202, "{}", early.body);
     assert_eq!(early.body["status"], "pending");
@@ -2291,4 +2297,22 @@ fn a_buyer_who_must_pay_online_hears_pending_while_the_attempt_runs_on() {
     let again = ask_again(&mut w, "k1", APPROVE);
     assert_eq!(again.body["status"], "approved", "{}", again.body);
     assert_eq!(w.charges_of(&order), 1);
+}
+
+#[test]
+fn a_late_server_error_is_sent_once_more_with_the_same_key_and_settles_online() {
+    for first in [AcqFault::ServerError, AcqFault::ProcessThenReset] {
+        let mut w = World::new(10);
+        lanes_answered_in(&mut w, 2_000);
+        let mut co = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok_a", w.now));
+        let s = drive_slow(&mut w, &mut co, 2_400, &[first, AcqFault::None], false);
+        assert_eq!(s.early.unwrap().body["status"], "confirming");
+        let r = s.done.unwrap().routing.unwrap();
+        assert!(r.contains(", sending again"), "{r}");
+        let order = w.obj.ledger.orders().next().unwrap().order_id.clone();
+        let o = w.obj.ledger.order(&order).unwrap();
+        assert_eq!(o.state, OrderState::Forwarded, "{first:?}: {r}");
+        assert_eq!(w.acq.forwards, 0, "settled by the resend, not by the alarm");
+        assert_eq!(w.charges_of(&order), 1, "{first:?}");
+    }
 }
