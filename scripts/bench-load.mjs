@@ -235,12 +235,12 @@ async function main() {
     const settledLater = { approved: 0, declined: 0, still_confirming: 0 };
     for (const c of confirming) {
       let last = "confirming";
-      while (performance.now() - c.at < 20_000) {
+      do {
         const again = await timed(`${o.url}/v1/events/${o.event}/checkout`, c.request);
         last = json(again.text)?.status ?? `http_${again.status}`;
         if (last !== "confirming") break;
         await new Promise((res) => setTimeout(res, 500));
-      }
+      } while (performance.now() - c.at < 20_000);
       if (last === "approved") settledLater.approved++;
       else if (last === "declined") settledLater.declined++;
       else settledLater.still_confirming++;

@@ -49,7 +49,7 @@
 //! must not serialize its first burst) and Vegas grows a limit by `6·log10(limit)` per
 //! sample while the acquirer shows no queue, so a healthy lane reaches ~30 within a few
 //! dozen answers and `max_limit` 200 within a few hundred. A checkout that finds every
-//! lane full waits for a permit (`permit_wait_ms` 2 s, `max_waiters` 256 per isolate)
+//! lane full waits for a permit (`permit_wait_ms` 5 s, `max_waiters` 1024 per isolate: a drop of 500 on one isolate)
 //! rather than being refused or stored: with a 50 ms acquirer two lanes of 10 serve 120
 //! buyers within about 300 ms, far inside the wait. Only past the wait is it shed with 429
 //! (nothing charged). `scripts/bench` releases 120 and 500 buyers at once on one event and
@@ -74,9 +74,9 @@
 //!    an event id can join it) is not a routing input at all.
 //! 4. Every healthy lane *slow* (p95 and newest sample at or above `slow_lane_p95_ms`,
 //!    1 s) and the checkout may be queued (`!Signals::require_online`) → online on the
-//!    fastest lane with a short answer time (`slow_answer_ms`, 80 ms) and a long
+//!    fastest lane with a short answer time (`slow_answer_ms`, 50 ms) and a long
 //!    background (`background_timeout_ms`, 15 s): the buyer hears `confirming` after
-//!    80 ms while the same request runs on and settles the payment when the acquirer
+//!    50 ms while the same request runs on and settles the payment when the acquirer
 //!    answers; its permit is given back when the buyer is answered ([`Router::detach`],
 //!    [`Router::on_late`]), so a slow acquirer does not fill the limits. Why: storing
 //!    the payment (the rule before) answered as fast but authorized nothing online, and
@@ -321,13 +321,13 @@ impl Default for Tuning {
             breaker_error_rate_pct: 50,
             breaker_consecutive_failures: 5,
             breaker_cool_down_ms: 10_000,
-            max_waiters: 256,
-            permit_wait_ms: 2_000,
+            max_waiters: 1_024,
+            permit_wait_ms: 5_000,
             max_requests_in_flight: 500,
             stale_permit_ms: 30_000,
             slow_lane_p95_ms: 1_000,
             slow_probe_interval_ms: 2_000,
-            slow_answer_ms: 80,
+            slow_answer_ms: 50,
             background_timeout_ms: 15_000,
         }
     }
@@ -1519,10 +1519,17 @@ impl Router {
         let mut left = t.checkout_budget_ms;
         let mut lanes_in_order = Vec::new();
         for c in &candidates {
-            let timeout_ms = c.timeout.min(left);
-            if timeout_ms < t.min_timeout_ms {
+            let derived = c.timeout.min(left);
+            if derived < t.min_timeout_ms {
                 break;
             }
+            // With a background the buyer waits at most the slow-lane threshold: past it the
+            // lane is slow anyway, the buyer hears `confirming` and the request runs on.
+            let timeout_ms = if t.background_timeout_ms > derived && t.slow_lane_p95_ms > 0 {
+                derived.min(t.slow_lane_p95_ms.max(t.min_timeout_ms))
+            } else {
+                derived
+            };
             left -= timeout_ms;
             lanes_in_order.push(Attempt {
                 lane: c.id,
@@ -1980,7 +1987,22 @@ mod tests {
 
     #[test]
     fn timeouts_follow_p99_within_bounds_and_fit_the_budget() {
-        let mut r = router();
+        // With a background (the default) the buyer is answered by the slow-lane threshold
+        // and the request runs on for the rest of `background_timeout_ms`.
+        let d = router().plan(0, signals());
+        assert_eq!(
+            (
+                d.lanes_in_order[0].timeout_ms,
+                d.lanes_in_order[0].background_ms
+            ),
+            (1_000, 14_000)
+        );
+        // The derived timeouts, as when every attempt is cut at its timeout.
+        let cut = || Tuning {
+            background_timeout_ms: 0,
+            ..Tuning::default()
+        };
+        let mut r = router_with(cut());
         let cheap = r.lane_id("cheap").unwrap();
         let pricey = r.lane_id("pricey").unwrap();
         let mut now = 0;
@@ -2012,7 +2034,7 @@ mod tests {
         // The budget caps the attempts together.
         let mut r = router_with(Tuning {
             checkout_budget_ms: 4_000,
-            ..Tuning::default()
+            ..cut()
         });
         let d = r.plan(0, signals());
         let timeouts: Vec<u32> = d.lanes_in_order.iter().map(|a| a.timeout_ms).collect();
@@ -2241,13 +2263,13 @@ mod tests {
         let mut now = 0;
         feed(&mut r, cheap, 3, 2_500, Outcome::Ok, &mut now);
         feed(&mut r, pricey, 3, 2_000, Outcome::Ok, &mut now);
-        // Every lane slow: online on the fastest, the buyer answered after 80 ms, the
+        // Every lane slow: online on the fastest, the buyer answered after 50 ms, the
         // request given 15 s in all; never stored at once.
         let d = r.plan(now, signals());
         assert_eq!(d.mode, Mode::Online, "{}", d.reason);
         assert_eq!(
             d.reason,
-            "all_lanes_slow;p95>=1000;answer_by=80;lanes=pricey"
+            "all_lanes_slow;p95>=1000;answer_by=50;lanes=pricey"
         );
         assert_eq!(
             d.lanes_in_order.len(),
@@ -2255,8 +2277,8 @@ mod tests {
             "an unknown outcome never fails over"
         );
         let a = &d.lanes_in_order[0];
-        assert_eq!((a.timeout_ms, a.background_ms), (80, 15_000));
-        assert_eq!(d.attempt_timeout_ms(0, now), Some(80));
+        assert_eq!((a.timeout_ms, a.background_ms), (50, 15_000));
+        assert_eq!(d.attempt_timeout_ms(0, now), Some(50));
         // A buyer who must pay online waits for the acquirer as before (no storing plan).
         let online = r.plan(
             now,
@@ -2274,7 +2296,7 @@ mod tests {
             let p = r
                 .acquire(a, None, now)
                 .expect("a slot, the earlier ones given back");
-            detached.push(r.detach(p, 80, now));
+            detached.push(r.detach(p, 50, now));
         }
         assert_eq!(r.snapshot(now).lanes[pricey.index()].in_flight, 0);
         // Their answers keep the lane measured slow (2.4 s) and count in the breaker.
@@ -2290,7 +2312,7 @@ mod tests {
         );
         for _ in 0..5 {
             let p = r.acquire(&plan.lanes_in_order[0], None, now).unwrap();
-            let d = r.detach(p, 80, now);
+            let d = r.detach(p, 50, now);
             r.on_late(d, 2_400, Outcome::Retryable(RetryReason::ServerError), now);
         }
         assert_eq!(
@@ -2322,7 +2344,7 @@ mod tests {
         // The next checkout goes to the other lane first, without waiting for cheap's answer.
         let d = r.plan(now, signals());
         assert_eq!(d.reason, "fastest;lanes=pricey,cheap", "{}", d.reason);
-        // A short wait (the 80 ms answer time of slow lanes) is no sample.
+        // A short wait (the 50 ms answer time of slow lanes) is no sample.
         let mut r2 = router();
         let mut t = 0;
         feed(&mut r2, cheap, 3, 40, Outcome::Ok, &mut t);

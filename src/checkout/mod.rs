@@ -34,7 +34,7 @@
 //!    never does: the payment is stored to complete that attempt later on that lane with
 //!    the same acquirer key;
 //!    When the acquirer has not answered by the attempt's answer time (`answer_by_ms`: its
-//!    timeout, or 80 ms while every lane is slow) the request is not cut: the buyer is
+//!    timeout, capped at 1 s, or 50 ms while every lane is slow) the request is not cut: the buyer is
 //!    answered from a payment stored to complete that very attempt (`201 confirming`, or
 //!    `202 pending` past the unknown-outcome bound), and the request runs on (`Step::Late`)
 //!    until its own answer settles the stored payment (`ForwardResult`), an approval or a

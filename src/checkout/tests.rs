@@ -2151,13 +2151,13 @@ fn ask_again(w: &mut World, idem: &str, card: &str) -> Answer {
 }
 
 #[test]
-fn a_slow_acquirer_gets_the_buyer_a_confirming_answer_in_80_ms_and_the_payment_authorized_online() {
+fn a_slow_acquirer_gets_the_buyer_a_confirming_answer_in_50_ms_and_the_payment_authorized_online() {
     let mut w = World::new(10);
     lanes_answered_in(&mut w, 2_000);
     let mut co = Checkout::new(input(&w.ev, "k1", CART, APPROVE, "tok_a", w.now));
     let started = w.now;
     let s = drive_slow(&mut w, &mut co, 2_400, &[AcqFault::None], false);
-    assert_eq!(s.answer_by, Some(80), "every lane slow: answer after 80 ms");
+    assert_eq!(s.answer_by, Some(50), "every lane slow: answer after 50 ms");
     let early = s.early.expect("the buyer is answered before the acquirer");
     assert_eq!(early.status, 201, "{}", early.body);
     assert_eq!(early.body["status"], "confirming", "{}", early.body);
@@ -2170,7 +2170,7 @@ fn a_slow_acquirer_gets_the_buyer_a_confirming_answer_in_80_ms_and_the_payment_a
     assert_eq!(early.body["receipt"]["receipt"]["status"], "queued");
     let routing = early.routing.clone().unwrap();
     assert!(
-        routing.contains("not answered in 80 ms, answering now"),
+        routing.contains("not answered in 50 ms, answering now"),
         "{routing}"
     );
     let order = early.order_id.clone().unwrap();

@@ -241,7 +241,8 @@ test('a lane that may have charged is never retried elsewhere: completed on that
   let charges = chargesFor(await simStats(), r.json.order_id);
   assert.equal(charges[lane], 1, 'the slow lane charged on arrival: ' + JSON.stringify(charges));
   assert.equal(charges[other], 0, 'no failover to another lane after an unknown outcome');
-  await new Promise((res) => setTimeout(res, 2500));
+  // The request itself answers 4 s after it left (the buyer heard after 1 s).
+  await new Promise((res) => setTimeout(res, 4000));
   await healLanes();
   const merchantKey = (await merchant()).api_key;
   for (let i = 0; i < 2; i++) {
@@ -408,7 +409,7 @@ test('slow acquirer: the buyer hears confirming at once and the same attempt aut
   const took = Date.now() - t0;
   assert.equal(r.status, 201, r.text);
   assert.equal(r.json.status, 'confirming', r.text);
-  assert.match(r.headers.get('x-poptill-routing'), /all_lanes_slow;.*answer_by=80/);
+  assert.match(r.headers.get('x-poptill-routing'), /all_lanes_slow;.*answer_by=50/);
   assert.ok(took < 1500, `answered in ${took} ms, not after the acquirer's 2 s`);
   assert.equal(r.headers.get('retry-after'), '1');
   assert.ok(r.json.status_url, r.text);
