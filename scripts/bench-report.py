@@ -150,6 +150,12 @@ def slow_online(r):
             "confirming": o.get("confirming", 0), "confirming_then": later}
 
 
+def online(b):
+    """Approved at once, or approved by the same online request after a `confirming`
+    answer (never stored for the alarm)."""
+    return b["outcomes"]["approved"] + (b.get("confirming_then") or {}).get("approved", 0)
+
+
 slow_on = slow_online(slow)
 passthrough = res("checkout_slow_passthrough")
 slow_gain = ratio(lat(passthrough, "p95"), lat(slow, "p95"))
@@ -164,15 +170,15 @@ if slow_gain is None or slow_gain < SLOW_VS_PASSTHROUGH_MIN:
 b_small, b_large, c_large = res("burst_small"), res("burst_large"), res("counter_burst_large")
 if b_small is None:
     missed.append("the burst of 120 buyers produced no results")
-elif b_small["outcomes"]["approved"] != b_small["requests"]:
+elif online(b_small) != b_small["requests"] or b_small["outcomes"]["queued"] or b_small["outcomes"]["errors"]:
     missed.append(f"burst of {b_small['requests']} buyers on a healthy acquirer: {b_small['outcomes']}, target all approved online, none refused or stored")
-b_large_share = round(b_large["outcomes"]["approved"] / b_large["requests"], 3) if b_large and b_large["requests"] else None
+b_large_share = round(online(b_large) / b_large["requests"], 3) if b_large and b_large["requests"] else None
 b_large_p95_ratio = ratio(lat(b_large, "p95"), lat(c_large, "p95"))
 if b_large is None or c_large is None:
     missed.append("the burst of 500 buyers or its counter floor produced no results")
 else:
     if b_large_share is None or b_large_share < BURST_LARGE_APPROVED_MIN:
-        missed.append(f"burst of {b_large['requests']} buyers: {b_large['outcomes']} ({b_large_share} approved online, target >= {BURST_LARGE_APPROVED_MIN})")
+        missed.append(f"burst of {b_large['requests']} buyers: {b_large['outcomes']}, then {b_large.get('confirming_then')} ({b_large_share} approved online, target >= {BURST_LARGE_APPROVED_MIN})")
     if b_large_p95_ratio is None or b_large_p95_ratio > BURST_LARGE_P95_OVER_COUNTER_MAX:
         missed.append(f"burst of {b_large['requests']} buyers: p95 {lat(b_large, 'p95')} ms is {b_large_p95_ratio}x the counter's "
                       f"{lat(c_large, 'p95')} ms at the same concurrency (target <= {BURST_LARGE_P95_OVER_COUNTER_MAX:.0f}x)")
@@ -193,8 +199,9 @@ results = {
         "checkout_machine_over_its_parts": {"target_le": MACHINE_OVERHEAD_MAX, "value": machine_ratio},
         "slow_acquirer_share_authorized_online": {"target_ge": SLOW_ONLINE_MIN, "value": (slow_on or {}).get("share_online"), "detail": slow_on},
         "slow_acquirer_p95_passthrough_over_adaptive": {"target_ge": SLOW_VS_PASSTHROUGH_MIN, "value": slow_gain},
-        "burst_small_all_approved_online": {"value": bool(b_small and b_small["outcomes"]["approved"] == b_small["requests"]),
-                                            "outcomes": (b_small or {}).get("outcomes")},
+        "burst_small_all_approved_online": {"value": bool(b_small and online(b_small) == b_small["requests"]),
+                                            "outcomes": (b_small or {}).get("outcomes"),
+                                            "confirming_then": (b_small or {}).get("confirming_then")},
         "burst_large_share_approved_online": {"target_ge": BURST_LARGE_APPROVED_MIN, "value": b_large_share},
         "burst_large_p95_over_counter_p95": {"target_le": BURST_LARGE_P95_OVER_COUNTER_MAX, "value": b_large_p95_ratio},
         "hot_event_stored_offline": {"target": 0, "value": hot_stored},
@@ -273,7 +280,8 @@ if slow_on:
              f"{fmt(lat(passthrough, 'p95'), ' ms')} ({fmt(slow_gain, '×')}; target ≥ {SLOW_VS_PASSTHROUGH_MIN:.0f}×)")
 for label, b in (("burst of 120", b_small), ("burst of 500", b_large)):
     if b:
-        L.append(f"- {label} buyers at once, healthy acquirer: **{b['outcomes']}**, p50/p95/p99 "
+        L.append(f"- {label} buyers at once, healthy acquirer: **{online(b)} approved online** ({b['outcomes']}; "
+                 f"the confirming ones then {b.get('confirming_then')}), p50/p95/p99 "
                  f"{fmt(lat(b, 'p50'))}/{fmt(lat(b, 'p95'))}/{fmt(lat(b, 'p99'))} ms")
 if c_large:
     L.append(f"  (bare counter at concurrency {c_large['requests']}: p95 {fmt(lat(c_large, 'p95'), ' ms')}; "

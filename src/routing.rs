@@ -78,7 +78,10 @@
 //!    background (`background_timeout_ms`, 15 s): the buyer hears `confirming` after
 //!    50 ms while the same request runs on and settles the payment when the acquirer
 //!    answers; its permit is given back when the buyer is answered ([`Router::detach`],
-//!    [`Router::on_late`]), so a slow acquirer does not fill the limits. Why: storing
+//!    [`Router::on_late`]), so a slow acquirer does not fill the limits. In this mode a
+//!    lane is slow on its p95 alone (one quick answer among slow ones is no recovery: it
+//!    came back before the 50 ms anyway), and a buyer answered after waiting the threshold
+//!    counts as a slow sample at once. Why: storing
 //!    the payment (the rule before) answered as fast but authorized nothing online, and
 //!    a stored payment that declines later is goods gone unpaid. With `slow_answer_ms`
 //!    0 the old rule applies: [`Mode::QueueOffline`] (`all_lanes_slow`), except that a lane with nothing in flight
@@ -946,7 +949,12 @@ impl LaneState {
     /// Also slow before any slow answer has come back: a request has been waiting on the
     /// lane for `threshold_ms` and no answer under `threshold_ms` arrived meanwhile. When
     /// an acquirer slows down, the first buyers would otherwise all wait for its answers.
-    fn is_slow(&self, now_ms: i64, threshold_ms: u32, stale_ms: i64) -> bool {
+    ///
+    /// With `p95_only` (checkouts of slow lanes are answered soon and run on: calling a lane
+    /// slow costs a fast answer nothing, since it still comes back before the answer time
+    /// or moments after, while calling it fast makes buyers wait) the newest sample does
+    /// not bring the lane back: one quick answer among slow ones is no recovery.
+    fn is_slow(&self, now_ms: i64, threshold_ms: u32, stale_ms: i64, p95_only: bool) -> bool {
         if threshold_ms == 0 {
             return false;
         }
@@ -954,10 +962,11 @@ impl LaneState {
             .latency
             .percentiles(now_ms)
             .is_some_and(|p| p.p95_ms >= threshold_ms)
-            && self
-                .latency
-                .latest(now_ms)
-                .is_some_and(|l| l >= threshold_ms);
+            && (p95_only
+                || self
+                    .latency
+                    .latest(now_ms)
+                    .is_some_and(|l| l >= threshold_ms));
         answered_slow || self.waiting_slow(now_ms, threshold_ms, stale_ms)
     }
 
@@ -1441,7 +1450,7 @@ impl Router {
             && candidates.iter().all(|c| {
                 self.lanes
                     .get(c.id.0)
-                    .is_some_and(|l| l.is_slow(now_ms, slow, stale))
+                    .is_some_and(|l| l.is_slow(now_ms, slow, stale, t.slow_answer_ms > 0))
             })
         {
             if t.slow_answer_ms > 0 {
@@ -2319,10 +2328,15 @@ mod tests {
             r.snapshot(now).lanes[pricey.index()].breaker,
             BreakerState::Open
         );
-        // A lane that answers fast again is used as usual.
+        // One fast answer among slow ones is no recovery (it was answered in time anyway);
+        // a lane whose p95 is fast again is used as usual.
         feed(&mut r, cheap, 1, 40, Outcome::Ok, &mut now);
         let plan = r.plan(now, signals());
-        assert_eq!(plan.reason, "fastest;lanes=cheap", "{}", plan.reason);
+        assert!(plan.reason.starts_with("all_lanes_slow;"), "{}", plan.reason);
+        feed(&mut r, cheap, 60, 40, Outcome::Ok, &mut now);
+        let plan = r.plan(now, signals());
+        // (pricey's breaker is open: cheap alone, and fast.)
+        assert_eq!(plan.reason, "cheapest;lanes=cheap", "{}", plan.reason);
         assert_eq!(
             plan.lanes_in_order[0].background_ms,
             15_000 - plan.lanes_in_order[0].timeout_ms
