@@ -36,6 +36,7 @@ core = load("core")
 N_STOCK = "1,000,000"
 runs = {n: load(n) for n in ["healthz", "tokens", "checkout_fast", "counter_hot", "healthz_hot", "checkout_hot", "checkout_slow_adaptive", "checkout_slow_passthrough", "burst_small", "burst_large", "counter_burst_large"]}
 sizes = load("sizes")
+composition = load("composition")
 startup = load("startup")
 icpu = load("isolate_cpu")
 routing = {n: load(f"routing_after_{n}") for n in ["fast", "slow_adaptive", "slow_passthrough"]}
@@ -129,6 +130,24 @@ def ratio(a, b):
     return round(a / b, 2) if a and b else None
 
 
+# ---- the lean edge (issue 18's table): the upload, checkout.js, CPU per checkout, start-up
+LEAN_UPLOAD_GZIP_KIB = 400
+LEAN_CHECKOUT_JS_GZIP = 8192
+LEAN_CPU_MS = 1.0
+LEAN_STARTUP_MS = 30
+if upload and upload["gzip_kib"] > LEAN_UPLOAD_GZIP_KIB:
+    missed.append(f"lean edge: upload {upload['gzip_kib']} KiB gzip, target <= {LEAN_UPLOAD_GZIP_KIB} KiB")
+if cjs and cjs["gzip_bytes"] > LEAN_CHECKOUT_JS_GZIP:
+    missed.append(f"lean edge: checkout.js {cjs['gzip_bytes']} B gzip, target <= {LEAN_CHECKOUT_JS_GZIP} B")
+if iso_cpu is not None and iso_cpu > LEAN_CPU_MS:
+    missed.append(f"lean edge: isolate CPU per checkout {iso_cpu} ms, target <= {LEAN_CPU_MS} ms")
+if startup_ms is not None and startup_ms > LEAN_STARTUP_MS:
+    missed.append(f"lean edge: start-up {startup_ms} ms, target <= {LEAN_STARTUP_MS} ms")
+if composition is None:
+    missed.append("the module's composition was not measured (scripts/wasm-composition.py)")
+elif composition["deployed"]["custom_sections"].get("name"):
+    missed.append("the deployed module still carries a names section")
+
 # ---- issue 15: drops and slow acquirers (targets from its table)
 SLOW_ONLINE_MIN = 0.95  # slow acquirer: authorized online, not left to the alarm
 SLOW_VS_PASSTHROUGH_MIN = 10.0  # adaptive buyer-answer p95 at least 10x better than pass-through
@@ -205,6 +224,10 @@ results = {
         "burst_large_share_approved_online": {"target_ge": BURST_LARGE_APPROVED_MIN, "value": b_large_share},
         "burst_large_p95_over_counter_p95": {"target_le": BURST_LARGE_P95_OVER_COUNTER_MAX, "value": b_large_p95_ratio},
         "hot_event_stored_offline": {"target": 0, "value": hot_stored},
+        "lean_upload_gzip_kib": {"target_le": LEAN_UPLOAD_GZIP_KIB, "value": (upload or {}).get("gzip_kib")},
+        "lean_checkout_js_gzip_bytes": {"target_le": LEAN_CHECKOUT_JS_GZIP, "value": (cjs or {}).get("gzip_bytes")},
+        "lean_cpu_per_checkout_ms": {"target_le": LEAN_CPU_MS, "value": iso_cpu},
+        "lean_startup_ms": {"target_le": LEAN_STARTUP_MS, "value": startup_ms},
     },
     "missed": missed,
     "core": core,
@@ -216,6 +239,7 @@ results = {
         "hot_checkout_share_of_counter": ratio((hot or {}).get("throughput_rps"), (counter or {}).get("throughput_rps")),
         "checkout_p50_over_healthz_p50": ratio(lat(fast, "p50"), lat(res("healthz"), "p50")),
         "sizes": sizes,
+        "composition": composition,
         "startup": startup,
         "isolate_cpu": icpu,
         "after_hot": after_hot,
@@ -287,6 +311,30 @@ if c_large:
     L.append(f"  (bare counter at concurrency {c_large['requests']}: p95 {fmt(lat(c_large, 'p95'), ' ms')}; "
              f"burst p95 ÷ counter p95 {fmt(b_large_p95_ratio, '×')}, target ≤ {BURST_LARGE_P95_OVER_COUNTER_MAX:.0f}×)")
 L.append("")
+
+if composition:
+    c = composition
+    L.append("## What the module is made of\n")
+    L.append(f"Deployed `build/index_bg.wasm`: {c['deployed']['raw_bytes']:,} B raw, {c['deployed']['gzip_bytes']:,} B gzip "
+             f"(the symbolized build, `build/symbols/`, is {c['symbolized']['raw_bytes']:,} B: its names section of "
+             f"{c['symbolized']['names_section_bytes']:,} B and producers of {c['symbolized']['producers_section_bytes']} B "
+             f"are stripped). {c['functions']:,} functions, {c['code_bytes']:,} B of code; {c['data_segments']['bytes']:,} B of "
+             f"data in {c['data_segments']['count']} segments (largest {', '.join(f'{b:,}' for b in c['data_segments']['largest'])} B).\n")
+    L.append("| section | bytes |")
+    L.append("| --- | ---: |")
+    for sec in sorted(c["deployed"]["sections"], key=lambda x: -x["bytes"])[:6]:
+        L.append(f"| {sec['section']} | {sec['bytes']:,} |")
+    L.append("\nCode per crate (own function bodies):\n")
+    L.append("| crate | bytes |")
+    L.append("| --- | ---: |")
+    for k, v in list(c["code_by_crate"].items())[:10]:
+        L.append(f"| `{k}` | {v:,} |")
+    L.append("\nLargest functions by their own size (not retained size):\n")
+    L.append("| function | bytes |")
+    L.append("| --- | ---: |")
+    for f in c["top_functions_by_own_size"][:12]:
+        L.append(f"| `{f['name'][:110]}` | {f['bytes']:,} |")
+    L.append("")
 
 L.append("## Whole system, each figure beside its floor from this run\n")
 L.append("| figure | value | floor (same run) | ratio |")

@@ -10,7 +10,9 @@
 //! `postMessage` and never receive the number or the token.
 
 /// The checkout script merchants embed with `<script src="…/v1/checkout.js" data-event>`.
-pub const CHECKOUT_JS: &str = include_str!("embed/checkout.js");
+/// Served minified (`src/embed/checkout.min.js`, made by `scripts/minify` from the readable
+/// `src/embed/checkout.js`; a test fails when the two differ).
+pub const CHECKOUT_JS: &str = include_str!("embed/checkout.min.js");
 /// The card frame (`/v1/frame?event=…&origin=…`): markup only, its script is [`FRAME_JS`].
 pub const FRAME_HTML: &str = include_str!("embed/frame.html");
 /// The card frame's script, a separate file so the frame's CSP needs no `'unsafe-inline'`.

@@ -2332,7 +2332,11 @@ mod tests {
         // a lane whose p95 is fast again is used as usual.
         feed(&mut r, cheap, 1, 40, Outcome::Ok, &mut now);
         let plan = r.plan(now, signals());
-        assert!(plan.reason.starts_with("all_lanes_slow;"), "{}", plan.reason);
+        assert!(
+            plan.reason.starts_with("all_lanes_slow;"),
+            "{}",
+            plan.reason
+        );
         feed(&mut r, cheap, 60, 40, Outcome::Ok, &mut now);
         let plan = r.plan(now, signals());
         // (pricey's breaker is open: cheap alone, and fast.)
