@@ -36,6 +36,33 @@ pub enum HandoverStatus {
     Expired,
 }
 
+/// Most handover sessions one event keeps: a till opens one per sale, and the route that
+/// opens them is reachable by anyone with the event id, so the table must not grow without
+/// bound.
+pub const MAX_SESSIONS: usize = 1_000;
+/// How long a lapsed session's row is kept (the till may still show it), then dropped.
+pub const KEEP_AFTER_MS: i64 = 3_600_000;
+
+/// Whether opening a session beside `stored` rows first drops the prunable ones: only at
+/// the cap, so an ordinary open costs one count, not a scan of the table.
+pub fn prune_now(stored: usize) -> bool {
+    stored >= MAX_SESSIONS
+}
+
+/// Whether a new session may be opened beside `kept` stored ones (after dropping the
+/// [`HandoverSession::prunable`] ones): `429 too_many_handovers` at [`MAX_SESSIONS`].
+pub fn admit(kept: usize) -> Result<(), crate::error::ApiError> {
+    if kept < MAX_SESSIONS {
+        return Ok(());
+    }
+    Err(crate::error::ApiError::new(
+        429,
+        "too_many_handovers",
+        "This event has too many pay-on-phone requests open; let some finish or lapse, then try again.",
+    )
+    .retryable())
+}
+
 /// A session as the till, the pay page and the Worker see it (the JSON they read).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandoverView {
@@ -222,6 +249,14 @@ impl HandoverSession {
 
     /// Marks an open session expired once its link has lapsed. A `paying` one stays as it
     /// is (its checkout may still end either way); it expires when it is opened again.
+    /// Whether the stored row may be dropped: its pay link lapsed [`KEEP_AFTER_MS`] ago and
+    /// no checkout is paying it (a `paying` session waits for its order, however long).
+    /// A paid one's receipt lives on with its order.
+    pub fn prunable(&self, now_ms: i64) -> bool {
+        self.view.status != HandoverStatus::Paying
+            && now_ms >= self.view.expires_ms.saturating_add(KEEP_AFTER_MS)
+    }
+
     pub fn expire(&mut self, now_ms: i64) {
         if self.view.status == HandoverStatus::Open && self.lapsed(now_ms) {
             self.view.status = HandoverStatus::Expired;

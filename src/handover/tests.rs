@@ -446,3 +446,33 @@ fn a_checkout_answer_settles_its_session_only_when_definitive() {
         None
     );
 }
+
+#[test]
+fn lapsed_rows_are_dropped_after_an_hour_except_while_a_checkout_is_paying_and_the_table_is_capped()
+{
+    let lapsed = T0 + TTL;
+    let s = session();
+    assert!(
+        !s.prunable(lapsed),
+        "just lapsed: the till may still show it"
+    );
+    assert!(!s.prunable(lapsed + KEEP_AFTER_MS - 1));
+    assert!(s.prunable(lapsed + KEEP_AFTER_MS));
+    let mut expired = session();
+    expired.expire(lapsed + 1);
+    assert_eq!(expired.status(), HandoverStatus::Expired);
+    assert!(expired.prunable(lapsed + KEEP_AFTER_MS));
+    // A session a checkout is paying waits for its order, however old.
+    let p = paying(&key("k1"));
+    assert!(!p.prunable(lapsed + 10 * KEEP_AFTER_MS));
+    // Rows are scanned for pruning only at the cap.
+    assert!(!prune_now(MAX_SESSIONS - 1));
+    assert!(prune_now(MAX_SESSIONS));
+    // The cap: a clear, retryable 429 at MAX_SESSIONS kept rows.
+    assert!(admit(MAX_SESSIONS - 1).is_ok());
+    let e = admit(MAX_SESSIONS).unwrap_err();
+    assert_eq!(
+        (e.status, e.code.as_ref(), e.retryable),
+        (429, "too_many_handovers", true)
+    );
+}

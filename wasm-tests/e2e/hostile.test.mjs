@@ -250,3 +250,18 @@ test('card routes never answer any page: an event that lists no origins is paid 
   const h = await api('POST', `/v1/events/${id}/handover`, { body: { items: [{ sku: 'ticket', quantity: 1 }] }, headers: evil });
   assert.equal(h.status, 201, h.text);
 });
+
+test('pay-on-phone sessions of an event are capped: the 1001st is a clear 429, nothing grows without bound', async () => {
+  const id = await createEvent();
+  const open = () => api('POST', `/v1/events/${id}/handover`, { body: { items: [{ sku: 'ticket', quantity: 1 }] } });
+  let made = 0;
+  for (let round = 0; round < 50; round++) {
+    const rs = await Promise.all(Array.from({ length: 20 }, open));
+    for (const r of rs) assert.equal(r.status, 201, r.text);
+    made += rs.length;
+  }
+  assert.equal(made, 1000);
+  const over = await open();
+  assertError(over, 429, 'too_many_handovers');
+  assert.ok(Number(over.headers.get('retry-after')) > 0, 'it says when to try again');
+});

@@ -79,8 +79,61 @@ impl EventObject {
         sid: &str,
         session: HandoverSession,
     ) -> std::result::Result<ObjectAnswer, ApiError> {
+        let stored = self.session_count()?;
+        let kept = if crate::handover::prune_now(stored) {
+            self.prune_sessions(now())?
+        } else {
+            stored
+        };
+        crate::handover::admit(kept)?;
         self.save_session(sid, &session)?;
         Ok(answer_of(&session))
+    }
+
+    fn session_count(&self) -> std::result::Result<usize, ApiError> {
+        #[derive(Deserialize)]
+        struct Row {
+            n: i64,
+        }
+        let rows: Vec<Row> = self
+            .sql()
+            .exec("SELECT COUNT(*) AS n FROM handover", None)
+            .and_then(|c| c.to_array())
+            .map_err(crate::edge::http::internal)?;
+        Ok(rows
+            .first()
+            .map_or(0, |r| usize::try_from(r.n).unwrap_or(0)))
+    }
+
+    /// Drops the rows the core calls prunable; returns how many are kept.
+    fn prune_sessions(&self, now_ms: i64) -> std::result::Result<usize, ApiError> {
+        #[derive(Deserialize)]
+        struct Row {
+            id: String,
+            json: String,
+        }
+        let rows: Vec<Row> = self
+            .sql()
+            .exec("SELECT id, json FROM handover", None)
+            .and_then(|c| c.to_array())
+            .map_err(crate::edge::http::internal)?;
+        let mut kept = 0;
+        for r in rows {
+            let drop = serde_json::from_str::<HandoverSession>(&r.json)
+                .map(|s| s.prunable(now_ms))
+                .unwrap_or(false);
+            if drop {
+                self.sql()
+                    .exec(
+                        "DELETE FROM handover WHERE id = ?",
+                        Some(vec![r.id.as_str().into()]),
+                    )
+                    .map_err(crate::edge::http::internal)?;
+            } else {
+                kept += 1;
+            }
+        }
+        Ok(kept)
     }
 
     /// The session, marked expired once its pay link has lapsed, and brought up to date
