@@ -360,7 +360,7 @@ impl HandoverSettle {
         let text = |k: &str| body[k].as_str().map(str::to_string);
         match status {
             // Accepted while the acquirer still answers: the session follows its order.
-            201 if body["status"] == "confirming" => None,
+            201 if crate::checkout::status::is_confirming(status, body) => None,
             200 | 201 => Some(HandoverSettle {
                 order_key: order_key.to_string(),
                 paid: true,

@@ -241,7 +241,7 @@ impl Answer {
             status: a.status,
             retry_after_s: if a.status == 202 {
                 Some(PENDING_RETRY_S)
-            } else if body["status"] == "confirming" {
+            } else if status::is_confirming(a.status, &body) {
                 Some(CONFIRMING_RETRY_S)
             } else {
                 None
@@ -898,7 +898,7 @@ impl Checkout {
         else {
             return;
         };
-        let waited = u32::try_from((now_ms - started_ms).max(0)).unwrap_or(u32::MAX);
+        let waited = elapsed_ms(started_ms, now_ms);
         self.routing.push_str(&format!(
             "; {lane} not answered in {waited} ms, answering now"
         ));
@@ -922,7 +922,7 @@ impl Checkout {
             return;
         };
         let result = outcome::classify(&sent);
-        let rtt = u32::try_from((now_ms - late.started_ms).max(0)).unwrap_or(u32::MAX);
+        let rtt = elapsed_ms(late.started_ms, now_ms);
         router.on_late(
             late.detached,
             rtt,
@@ -965,28 +965,9 @@ impl Checkout {
                 return;
             }
         }
-        let result = match result {
-            AttemptResult::Approved {
-                payment_intent_id, ..
-            } => ledger::AcquirerResult::Approved {
-                charge_id: payment_intent_id,
-            },
-            AttemptResult::Declined {
-                reason,
-                code,
-                decline_code,
-                ..
-            } => ledger::AcquirerResult::Declined {
-                reason: outcome::merchant_decline_code(reason, &code, decline_code.as_deref()),
-            },
-            AttemptResult::NotProcessed { .. } | AttemptResult::Misconfigured { .. } => {
-                ledger::AcquirerResult::NotCharged
-            }
-            AttemptResult::Unknown { .. } => ledger::AcquirerResult::Unavailable,
-        };
         self.state = State::RecordLate(Box::new(Command::ForwardResult {
             auth_id: auth_id(&self.key.order_id),
-            result,
+            result: result.stored_result(),
         }));
     }
 
@@ -1005,7 +986,7 @@ impl Checkout {
             return;
         };
         let result = outcome::classify(&sent);
-        let rtt = u32::try_from((now_ms - started_ms).max(0)).unwrap_or(u32::MAX);
+        let rtt = elapsed_ms(started_ms, now_ms);
         router.on_complete(permit, rtt, outcome::route_outcome(&sent, &result), now_ms);
         let Some(p) = &self.prepared else {
             self.state = State::Done(Answer::error(&unreadable()));
@@ -1464,6 +1445,11 @@ impl Checkout {
         });
         (receipt, body)
     }
+}
+
+/// Milliseconds from `since` to `now_ms` (0 if the clock went back).
+fn elapsed_ms(since: i64, now_ms: i64) -> u32 {
+    u32::try_from(now_ms.saturating_sub(since).max(0)).unwrap_or(u32::MAX)
 }
 
 /// The stored payment of an order (one per order).

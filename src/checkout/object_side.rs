@@ -296,8 +296,7 @@ pub fn refresh_pending(
     keys: Option<&ReceiptKeys>,
     answer: &mut StoredAnswer,
 ) {
-    let confirming = answer.status == 201 && answer.body["status"] == "confirming";
-    if answer.status != 202 && !confirming {
+    if answer.status != 202 && !super::status::is_confirming(answer.status, &answer.body) {
         return;
     }
     let Some(order) = answer

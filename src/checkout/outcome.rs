@@ -73,6 +73,33 @@ impl AttemptResult {
         )
     }
 
+    /// What this result means for a stored payment (`crate::ledger::AcquirerResult`):
+    /// charged, declined with the merchant's code, provably not charged, or unknown. The
+    /// forwarding of stored payments and a checkout's attempt that outlived its buyer's
+    /// answer both record it so.
+    pub fn stored_result(&self) -> crate::ledger::AcquirerResult {
+        use crate::ledger::AcquirerResult;
+        match self {
+            AttemptResult::Approved {
+                payment_intent_id, ..
+            } => AcquirerResult::Approved {
+                charge_id: payment_intent_id.clone(),
+            },
+            AttemptResult::Declined {
+                reason,
+                code,
+                decline_code,
+                ..
+            } => AcquirerResult::Declined {
+                reason: merchant_decline_code(*reason, code, decline_code.as_deref()),
+            },
+            AttemptResult::NotProcessed { .. } | AttemptResult::Misconfigured { .. } => {
+                AcquirerResult::NotCharged
+            }
+            AttemptResult::Unknown { .. } => AcquirerResult::Unavailable,
+        }
+    }
+
     /// A short ASCII word for the routing header and logs.
     pub fn label(&self) -> String {
         match self {

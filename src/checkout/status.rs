@@ -34,12 +34,17 @@ pub fn open<'a>(keys: &ReceiptKeys, event_id: &str, part: &'a str) -> Option<&'a
     receipt::is_capability(keys, DOMAIN, &data(event_id, order_id), token).then_some(order_id)
 }
 
+/// Whether an answer is `201 confirming`: accepted while the acquirer still answers, its
+/// outcome learnt by asking again (like `202 pending`).
+pub fn is_confirming(status: u16, body: &serde_json::Value) -> bool {
+    status == 201 && body["status"] == "confirming"
+}
+
 /// Adds `status_url` to a `202 pending` or `201 confirming` answer about an order (and
 /// to nothing else).
 pub fn link(answer: &mut Answer, keys: Option<&ReceiptKeys>, event_id: &str) {
     let pending = answer.status == 202 && answer.body["status"] == "pending";
-    let confirming = answer.status == 201 && answer.body["status"] == "confirming";
-    if !pending && !confirming {
+    if !pending && !is_confirming(answer.status, &answer.body) {
         return;
     }
     let order = answer

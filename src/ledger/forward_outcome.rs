@@ -171,50 +171,28 @@ pub fn forward_outcome(attempt: ForwardAttempt<'_>) -> ForwardVerdict {
         Some(s) => format!("status {s} {}", clean(code)),
         None => clean(code),
     };
-    match rule::classify(&sent) {
-        AttemptResult::Approved {
-            payment_intent_id, ..
-        } => verdict(
-            AcquirerResult::Approved {
-                charge_id: payment_intent_id,
-            },
-            None,
-            false,
-        ),
-        AttemptResult::Declined {
-            reason,
-            code,
-            decline_code,
-            ..
-        } => verdict(
-            AcquirerResult::Declined {
-                reason: crate::checkout::outcome::merchant_decline_code(
-                    reason,
-                    &code,
-                    decline_code.as_deref(),
-                ),
-            },
-            None,
-            false,
-        ),
+    let classified = rule::classify(&sent);
+    let result = classified.stored_result();
+    match classified {
+        AttemptResult::Approved { .. } | AttemptResult::Declined { .. } => {
+            verdict(result, None, false)
+        }
         // Refused before sending or rate limited: the lane is busy or down. A temporary
         // failure at the issuer (processing_error): this card, this time.
-        AttemptResult::NotProcessed { .. } => verdict(
-            AcquirerResult::NotCharged,
-            None,
-            status.is_none() || status == Some(429),
-        ),
+        AttemptResult::NotProcessed { .. } => {
+            verdict(result, None, status.is_none() || status == Some(429))
+        }
         AttemptResult::Misconfigured {
             status,
             code,
             alert: a,
         } => verdict(
-            AcquirerResult::NotCharged,
+            result,
             alert(a, detail(&code)),
             matches!(status, 401 | 403 | 404),
         ),
         AttemptResult::Unknown { why, alert: a } => verdict(
-            AcquirerResult::Unavailable,
+            result,
             a.and_then(|a| alert(a, detail(&why))),
             status.is_none_or(|s| s >= 500),
         ),
