@@ -14,6 +14,9 @@ pub struct ApiError {
     pub message: String,
     /// Whether trying the same request again later can succeed.
     pub retryable: bool,
+    /// The methods the resource accepts, sent as `Allow` (RFC 9110 requires it on 405).
+    #[serde(skip)]
+    pub allow: Option<String>,
 }
 
 impl ApiError {
@@ -23,6 +26,7 @@ impl ApiError {
             code: Cow::Borrowed(code),
             message: message.into(),
             retryable: false,
+            allow: None,
         }
     }
 
@@ -33,7 +37,14 @@ impl ApiError {
             code: Cow::Owned(code),
             message: message.into(),
             retryable: false,
+            allow: None,
         }
+    }
+
+    /// A 405's `Allow` header value.
+    pub fn allowing(mut self, methods: String) -> Self {
+        self.allow = Some(methods);
+        self
     }
 
     pub fn retryable(mut self) -> Self {

@@ -27,7 +27,7 @@ const _: () =
     assert!(TAKEOVER_AFTER_MS > crate::checkout::HOLD_MS + crate::ledger::LOST_CHECKOUT_AFTER_MS);
 
 /// Where a session is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HandoverStatus {
     Open,
@@ -64,7 +64,7 @@ pub fn admit(kept: usize) -> Result<(), crate::error::ApiError> {
 }
 
 /// A session as the till, the pay page and the Worker see it (the JSON they read).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HandoverView {
     pub session_id: String,
     pub event_id: String,

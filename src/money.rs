@@ -66,6 +66,21 @@ impl Currency {
     }
 }
 
+/// A currency is described as the list of codes poptill accepts.
+impl schemars::JsonSchema for Currency {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Currency".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let codes: Vec<&str> = CURRENCIES.iter().map(|(c, _)| *c).collect();
+        schemars::json_schema!({
+            "type": "string",
+            "description": "An ISO 4217 currency code poptill accepts.",
+            "enum": codes,
+        })
+    }
+}
+
 impl TryFrom<String> for Currency {
     type Error = MoneyError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
@@ -87,7 +102,18 @@ impl fmt::Display for Currency {
 
 /// An amount in minor units (cents, yen, fils). Signed so refunds and differences fit.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(transparent)]
 pub struct MinorUnits(pub i64);

@@ -44,7 +44,19 @@ pub const HISTORY_CAP: usize = 200;
 // ---------------------------------------------------------------------------------------
 
 /// The item categories a bundle sets rules for. `ticket` is accepted for `admission`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
     #[serde(alias = "ticket")]
@@ -213,7 +225,7 @@ pub struct Source {
 }
 
 /// Whether listed prices already contain the tax.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PriceMode {
     Inclusive,
@@ -221,7 +233,7 @@ pub enum PriceMode {
 }
 
 /// How a fractional tax amount becomes whole minor units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RoundingMode {
     /// Half a minor unit and above rounds up.
@@ -233,7 +245,7 @@ pub enum RoundingMode {
 }
 
 /// Whether tax is rounded on each line or once per rate over the whole quote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RoundingScope {
     PerLine,
@@ -271,7 +283,19 @@ pub struct RefundRule {
 }
 
 /// Buyer details a checkout must collect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum BuyerField {
     Email,
@@ -297,7 +321,7 @@ pub struct Compliance {
     pub buyer_fields: Vec<BuyerField>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiptRules {
     /// The receipt must show net, tax and gross per rate.
@@ -1210,7 +1234,7 @@ pub fn verify_rollback(json: &str, keys: &TrustedKeys) -> Result<SignedRollback,
 }
 
 /// How the active pointer got where it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Via {
     Push,
@@ -1218,7 +1242,7 @@ pub enum Via {
 }
 
 /// `policy:active:<JUR>`: which revision PoPs enforce.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ActivePointer {
     pub revision: u64,
     pub hash: String,
@@ -1230,7 +1254,7 @@ pub struct ActivePointer {
 }
 
 /// One line of `policy:history:<JUR>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HistoryEntry {
     pub revision: u64,
     pub hash: String,
@@ -1424,7 +1448,7 @@ pub fn decide_rollback(
 }
 
 /// `GET /v1/admin/policies/{jurisdiction}` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PolicyStatus {
     pub jurisdiction: String,
     pub active: Option<ActivePointer>,

@@ -46,7 +46,7 @@ pub struct QuoteRequest {
 }
 
 /// The refund terms of one line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RefundTerms {
     /// Whether the buyer may ask for a refund at all.
     pub refundable: bool,
@@ -60,7 +60,7 @@ pub struct RefundTerms {
     pub basis: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct QuoteLine {
     pub sku: String,
     pub name: String,
@@ -77,7 +77,7 @@ pub struct QuoteLine {
 }
 
 /// Net, tax and gross of all lines at one rate (the receipt's tax breakdown).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaxBreakdown {
     pub rate_ppm: u32,
     pub net: MinorUnits,
@@ -85,7 +85,7 @@ pub struct TaxBreakdown {
     pub gross: MinorUnits,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AgeGatePrompt {
     pub min_age: u8,
     /// The lines that need it.
@@ -93,7 +93,7 @@ pub struct AgeGatePrompt {
 }
 
 /// What the checkout must ask before it may take payment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RequiredPrompts {
     pub age_gate: Option<AgeGatePrompt>,
     /// Consent text per language; empty when none is needed.
@@ -101,7 +101,7 @@ pub struct RequiredPrompts {
     pub buyer_fields: Vec<BuyerField>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Quote {
     pub jurisdiction: String,
     pub currency: Currency,

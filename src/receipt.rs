@@ -64,7 +64,7 @@ pub const DEFAULT_KID: &str = "r1";
 // ---------------------------------------------------------------------------------------
 
 /// The last four digits of a card number; nothing longer fits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "String", into = "String")]
 pub struct Last4(String);
 
@@ -105,7 +105,7 @@ impl fmt::Display for Last4 {
 }
 
 /// Where a payment stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReceiptStatus {
     /// Charged online.
@@ -137,7 +137,7 @@ impl ReceiptStatus {
 }
 
 /// One line of the order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiptLine {
     pub sku: String,
@@ -151,7 +151,7 @@ pub struct ReceiptLine {
 }
 
 /// Tax charged at one rate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaxLine {
     pub rate_bps: u32,
@@ -159,7 +159,7 @@ pub struct TaxLine {
 }
 
 /// Totals: `total = subtotal + tax` (subtotal is net of tax), all in `currency`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Totals {
     pub currency: Currency,
@@ -169,7 +169,7 @@ pub struct Totals {
 }
 
 /// The card as a receipt may show it: brand and last four digits, nothing more.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CardSummary {
     /// e.g. `"Visa"`, `"Mastercard"`: letters, spaces and hyphens only.
@@ -178,7 +178,7 @@ pub struct CardSummary {
 }
 
 /// A receipt. Built by the checkout (ids, lines, totals are the caller's), signed here.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Receipt {
     /// `rcpt_…`, given by the caller.
@@ -206,7 +206,7 @@ pub struct Receipt {
 }
 
 /// The signature block of a signed receipt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Signature {
     pub kid: String,
@@ -216,7 +216,7 @@ pub struct Signature {
 }
 
 /// A receipt with its signature; this is what is stored and handed out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignedReceipt {
     pub receipt: Receipt,
@@ -652,7 +652,7 @@ fn verify_bytes(
 
 /// A signed end-of-event report: what the object stores and
 /// `GET /v1/admin/events/{id}/report` returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignedReport {
     pub report: crate::ledger::EventReport,

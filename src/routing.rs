@@ -705,7 +705,7 @@ impl VegasLimit {
 // ---------------------------------------------------------------------------------------
 
 /// A lane's breaker state, as reported in metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,
@@ -1068,7 +1068,7 @@ impl RoutingDecision {
 }
 
 /// Metrics of one lane for `/v1/admin/routing`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct LaneMetrics {
     pub name: String,
     pub region: String,
@@ -1086,7 +1086,7 @@ pub struct LaneMetrics {
 }
 
 /// The body of `GET /v1/admin/routing`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct RoutingSnapshot {
     pub now_ms: i64,
     pub pass_through: bool,

@@ -283,7 +283,7 @@ impl Histogram {
 }
 
 /// Count and percentiles of one histogram, as reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LatencySummary {
     pub count: u64,
     pub p50_ms: Option<u32>,
@@ -556,7 +556,9 @@ mod erased {
 // ---------------------------------------------------------------------------------------
 
 /// The ledger's live queue state (from its summary).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct QueueState {
     pub queued_count: u32,
     pub queued_exposure: MinorUnits,
@@ -579,7 +581,7 @@ impl From<&crate::ledger::EventSummary> for QueueState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Funnel {
     pub quote_shown: u64,
     pub token_issued: u64,
@@ -597,7 +599,7 @@ pub struct Funnel {
     pub conversion_rate: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ConversionBucket {
     /// The bucket's bounds in ms: answers slower than `gt_ms` and at most `le_ms`
     /// (`None`: slower than every bound).
@@ -608,7 +610,7 @@ pub struct ConversionBucket {
     pub rate: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct SeriesPoint {
     pub minute_ms: i64,
     pub count: u64,
@@ -616,7 +618,7 @@ pub struct SeriesPoint {
     pub p95_ms: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct LaneCost {
     pub lane: String,
     pub transactions: u64,
@@ -629,7 +631,7 @@ pub struct LaneCost {
     pub revenue_per_cost_minor: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct LatencyEffect {
     /// The model, in words, with the figures it used.
     pub model: String,
@@ -644,7 +646,7 @@ pub struct LatencyEffect {
     pub insufficient: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct CostReport {
     pub currency: Currency,
     pub lanes: Vec<LaneCost>,
@@ -655,7 +657,7 @@ pub struct CostReport {
 }
 
 /// `GET /v1/admin/events/{id}/metrics`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Metrics {
     pub event_id: String,
     pub generated_ms: i64,
@@ -673,7 +675,7 @@ pub struct Metrics {
     pub last_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct LatencyBlock {
     /// Checkout answer latency per PoP.
     pub by_colo: BTreeMap<String, LatencySummary>,

@@ -13,12 +13,33 @@ pub const BATCH_WINDOW_MS: i64 = 1_000;
 /// The body of one delivery: `{"type":"receipts.batch","receipts":[<signed receipt>...]}`.
 /// Each element is a signed receipt as stored (anyone can check it at /v1/receipts/verify).
 pub fn batch_body(signed_receipts: &[String]) -> String {
-    let items: Vec<serde_json::Value> = signed_receipts
+    let receipts: Vec<serde_json::Value> = signed_receipts
         .iter()
         .filter_map(|r| serde_json::from_str(r).ok())
         .collect();
-    serde_json::json!({"type": "receipts.batch", "count": items.len(), "receipts": items})
-        .to_string()
+    let batch = Batch {
+        kind: BatchKind::ReceiptsBatch,
+        count: receipts.len(),
+        receipts,
+    };
+    serde_json::to_string(&batch).unwrap_or_default()
+}
+
+/// One delivery's body (described in the OpenAPI document's `webhooks`).
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Batch {
+    #[serde(rename = "type")]
+    pub kind: BatchKind,
+    pub count: usize,
+    /// The signed receipts exactly as stored (their fields in the signed order).
+    #[schemars(with = "Vec<crate::receipt::SignedReceipt>")]
+    pub receipts: Vec<serde_json::Value>,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub enum BatchKind {
+    #[serde(rename = "receipts.batch")]
+    ReceiptsBatch,
 }
 
 fn mac(secret: &[u8], t_ms: i64, body: &str) -> Option<Vec<u8>> {

@@ -242,7 +242,72 @@ enum Verdict {
     Wrong(String),
 }
 
+/// The error codes the OpenAPI document lists for the checkout, per status.
+fn documented_checkout_codes() -> &'static BTreeMap<u16, Vec<String>> {
+    static CODES: std::sync::OnceLock<BTreeMap<u16, Vec<String>>> = std::sync::OnceLock::new();
+    CODES.get_or_init(|| {
+        let doc = crate::openapi::document();
+        let responses = doc["paths"]["/v1/events/{id}/checkout"]["post"]["responses"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        responses
+            .iter()
+            .filter_map(|(status, r)| {
+                let codes = r["content"]["application/json"]["schema"]["properties"]["error"]
+                    ["properties"]["code"]["enum"]
+                    .as_array()?;
+                Some((
+                    status.parse().ok()?,
+                    codes
+                        .iter()
+                        .filter_map(|c| c.as_str().map(str::to_string))
+                        .collect(),
+                ))
+            })
+            .collect()
+    })
+}
+
+/// Whether an answer is one the API document describes: a payment's answer parses as
+/// [`CheckoutAnswer`] (unknown fields denied), an error is `{"error": {...}}` with a code
+/// the document lists for its status.
+fn contract_problem(a: &Answer) -> Option<String> {
+    use crate::api::answers::{CheckoutAnswer, ErrorInfo};
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct ErrorBody {
+        error: ErrorInfo,
+    }
+    let payment = matches!(a.status, 201 | 202) || a.body["status"] == "declined";
+    if payment {
+        return serde_json::from_value::<CheckoutAnswer>(a.body.clone())
+            .err()
+            .map(|e| format!("a {} answer the document does not describe: {e}", a.status));
+    }
+    if let Err(e) = serde_json::from_value::<ErrorBody>(a.body.clone()) {
+        return Some(format!(
+            "a {} error body the document does not describe: {e}",
+            a.status
+        ));
+    }
+    let code = a.body["error"]["code"].as_str().unwrap_or("");
+    let listed = documented_checkout_codes()
+        .get(&a.status)
+        .is_some_and(|codes| codes.iter().any(|c| c == code));
+    (!listed).then(|| {
+        format!(
+            "{} {code} is not listed for the checkout in the document",
+            a.status
+        )
+    })
+}
+
 fn verdict(a: &Answer) -> Verdict {
+    if let Some(problem) = contract_problem(a) {
+        return Verdict::Wrong(problem);
+    }
     let state = a.body["status"].as_str().unwrap_or("");
     let code = a.body["error"]["code"].as_str().unwrap_or("");
     let retryable = a.body["error"]["retryable"].as_bool().unwrap_or(false);
@@ -806,10 +871,12 @@ impl Sim {
                 Step::SealKey => {
                     let key = if !self.healing && self.chance(self.knobs.seal_fault_pct) {
                         self.count("seal key unavailable");
-                        Err(
-                            ApiError::new(503, "kek_unavailable", "The key store did not answer.")
-                                .retryable(),
+                        Err(ApiError::new(
+                            503,
+                            "temporarily_unavailable",
+                            "The key store did not answer.",
                         )
+                        .retryable())
                     } else {
                         Ok(Secret::new(self.obj.sf_key))
                     };

@@ -77,5 +77,11 @@ pub async fn increment(env: &Env, name: &str) -> std::result::Result<Response, A
                 "The counter did not answer.",
             )
         })?;
-    json(200, &serde_json::json!({ "name": name, "count": count }))
+    json(
+        200,
+        &crate::api::answers::Count {
+            name: name.to_string(),
+            count,
+        },
+    )
 }

@@ -84,6 +84,9 @@ pub fn error_response(e: &ApiError) -> worker::Result<Response> {
     if e.status == 401 {
         r.headers_mut().set("WWW-Authenticate", "Bearer")?;
     }
+    if let Some(allow) = &e.allow {
+        r.headers_mut().set("Allow", allow)?;
+    }
     if e.retryable {
         // Retryable refusals (busy, acquirer unreachable): tell clients when to come back.
         r.headers_mut().set("Retry-After", "2")?;
@@ -100,7 +103,7 @@ pub fn preflight(path: &str) -> Result<Response, ApiError> {
             .unwrap_or_else(|| ApiError::new(404, "route_not_found", "There is no route here.")));
     }
     let headers = Headers::new();
-    let allow = format!("{}, OPTIONS", methods.join(", "));
+    let allow = crate::api::allow_header(&methods);
     for (k, v) in [
         ("Allow", allow.as_str()),
         ("Access-Control-Allow-Methods", allow.as_str()),

@@ -2,6 +2,7 @@
 //! principal a request acts as.
 
 use super::http::{json, kv, kv_err, random, Ctx};
+use crate::api::bodies::NewMerchant;
 use crate::error::ApiError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -96,14 +97,6 @@ pub async fn get(env: &Env, id: &str) -> Result<Option<Merchant>, ApiError> {
     Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewMerchant {
-    pub name: String,
-    #[serde(default)]
-    pub webhook_url: Option<String>,
-}
-
 /// `POST /v1/admin/merchants`: creates a merchant and its API key (shown once).
 pub async fn create(env: &Env, ctx: &Ctx, body: NewMerchant) -> Result<Response, ApiError> {
     let name = body.name.trim();
@@ -154,10 +147,13 @@ pub async fn create(env: &Env, ctx: &Ctx, body: NewMerchant) -> Result<Response,
         .map_err(kv_err)?;
     json(
         201,
-        &serde_json::json!({
-            "merchant_id": id, "name": merchant.name, "api_key": key,
-        "webhook_url": merchant.webhook_url, "webhook_secret": webhook_secret,
-            "note": "Store the API key now: poptill keeps only its hash and cannot show it again.",
-        }),
+        &crate::api::answers::MerchantCreated {
+            merchant_id: id,
+            name: merchant.name,
+            api_key: key,
+            webhook_url: merchant.webhook_url,
+            webhook_secret,
+            note: "Store the API key now: poptill keeps only its hash and cannot show it again.",
+        },
     )
 }

@@ -18,6 +18,7 @@ mod policy;
 mod telemetry;
 mod vault;
 
+use crate::api::bodies::TokenRequest;
 use crate::api::{self, Access, RouteId};
 use crate::error::ApiError;
 use http::{json, Ctx};
@@ -105,13 +106,13 @@ async fn handle(
     match matched.route.id {
         RouteId::Healthz => json(
             200,
-            &serde_json::json!({
-                "name": "poptill",
-                "version": crate::VERSION,
-                "colo": ctx.colo,
-                "time": http::iso8601(ctx.now_ms),
-                "time_ms": ctx.now_ms,
-            }),
+            &api::answers::Health {
+                name: "poptill",
+                version: crate::VERSION,
+                colo: ctx.colo.clone(),
+                time: http::iso8601(ctx.now_ms),
+                time_ms: ctx.now_ms,
+            },
         ),
         RouteId::OpenApi => http::raw(200, "application/json", api::OPENAPI_JSON),
         RouteId::CreateToken => {
@@ -230,11 +231,4 @@ async fn handle(
 
 fn param<'a>(m: &'a api::Matched, name: &str) -> &'a str {
     m.params.get(name).map(String::as_str).unwrap_or("")
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenRequest {
-    event_id: String,
-    card: vault::CardInput,
 }

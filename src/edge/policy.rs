@@ -89,12 +89,12 @@ fn encode<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-fn activation_body(a: &Activation) -> serde_json::Value {
-    serde_json::json!({
-        "jurisdiction": a.jurisdiction,
-        "active": a.pointer,
-        "unchanged": a.unchanged,
-    })
+fn activation_body(a: &Activation) -> crate::api::answers::PolicyActivated {
+    crate::api::answers::PolicyActivated {
+        jurisdiction: a.jurisdiction.clone(),
+        active: a.pointer.clone(),
+        unchanged: a.unchanged,
+    }
 }
 
 /// `PUT /v1/admin/policies`: verify signature and schema, refuse replays, activate.

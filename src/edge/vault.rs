@@ -2,6 +2,8 @@
 //! unwrapped keys, and the token and key-admin routes. The cryptography is in `crate::vault`.
 
 use super::http::{env_string, json, kv, kv_err, random, Ctx};
+use crate::api::answers::{KeyInfo, KeyList, KeyRevoked, KeyRotated, TokenCreated};
+use crate::api::bodies::CardInput;
 use crate::card::{Card, Expiry};
 use crate::error::ApiError;
 use crate::time::iso8601;
@@ -9,7 +11,6 @@ use crate::vault::{
     self, kv_key_current, kv_key_record, needs_rotation, new_key_record, unwrap_key, DataKey,
     KekSet, KeyCache, KeyPolicy, KeyRecord, TokenBinding, PURPOSE_PAYMENT,
 };
-use serde::Deserialize;
 use std::cell::RefCell;
 use worker::{Env, Response};
 
@@ -164,23 +165,13 @@ pub async fn detokenize(
     vault::detokenize(token, binding, |_| key.as_ref(), now_ms).map_err(|e| e.to_api())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CardInput {
-    pub number: String,
-    pub exp_month: u32,
-    pub exp_year: u32,
-    #[serde(default)]
-    pub cvc: Option<String>,
-}
-
 /// Validates a card and seals it (and its CVC) for `binding`.
 pub async fn tokenize_card(
     env: &Env,
     ctx: &Ctx,
     input: CardInput,
     binding: &TokenBinding<'_>,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<TokenCreated, ApiError> {
     let expiry = Expiry::new(input.exp_month, input.exp_year).map_err(|e| e.to_api())?;
     let card = Card::parse(&input.number, expiry, input.cvc.as_deref(), ctx.now_ms)
         .map_err(|e| e.to_api())?;
@@ -210,16 +201,16 @@ pub async fn tokenize_card(
         ),
         None => None,
     };
-    Ok(serde_json::json!({
-        "token": token.token,
-        "cvc_token": cvc_token.as_ref().map(|c| c.token.clone()),
-        "brand": token.brand,
-        "last4": token.last4,
-        "exp_month": token.exp_month,
-        "exp_year": token.exp_year,
-        "expires_at": iso8601(token.expires_at_ms),
-        "expires_at_ms": token.expires_at_ms,
-    }))
+    Ok(TokenCreated {
+        token: token.token,
+        cvc_token: cvc_token.map(|c| c.token),
+        brand: token.brand.to_string(),
+        last4: token.last4.to_string(),
+        exp_month: token.exp_month.into(),
+        exp_year: token.exp_year.into(),
+        expires_at: iso8601(token.expires_at_ms),
+        expires_at_ms: token.expires_at_ms,
+    })
 }
 
 pub fn binding<'a>(merchant_id: &'a str, event_id: &'a str) -> TokenBinding<'a> {
@@ -255,11 +246,14 @@ pub async fn list_keys(env: &Env, ctx: &Ctx) -> Result<Response, ApiError> {
     for k in listed.keys {
         let kid = k.name.trim_start_matches("vault:key:");
         if let Some(r) = read_record(env, kid).await? {
-            keys.push(serde_json::json!({
-                "kid": r.kid, "kek_id": r.kek_id, "state": key_state(&r, ctx.now_ms),
-                "created": iso8601(r.created_ms), "rotate_after": iso8601(r.rotate_after_ms),
-                "expires": iso8601(r.expires_ms),
-            }));
+            keys.push(KeyInfo {
+                state: key_state(&r, ctx.now_ms),
+                created: iso8601(r.created_ms),
+                rotate_after: iso8601(r.rotate_after_ms),
+                expires: iso8601(r.expires_ms),
+                kid: r.kid,
+                kek_id: r.kek_id,
+            });
         }
     }
     let current = store
@@ -270,10 +264,13 @@ pub async fn list_keys(env: &Env, ctx: &Ctx) -> Result<Response, ApiError> {
     let policy = key_policy(env);
     json(
         200,
-        &serde_json::json!({
-            "colo": ctx.colo, "current": current, "keys": keys,
-            "rotate_every_seconds": policy.rotate_every_ms / 1000, "grace_seconds": policy.grace_ms / 1000,
-        }),
+        &KeyList {
+            colo: ctx.colo.clone(),
+            current,
+            keys,
+            rotate_every_seconds: policy.rotate_every_ms / 1000,
+            grace_seconds: policy.grace_ms / 1000,
+        },
     )
 }
 
@@ -282,7 +279,12 @@ pub async fn rotate_now(env: &Env, ctx: &Ctx) -> Result<Response, ApiError> {
     let key = rotate(env, ctx).await?;
     json(
         201,
-        &serde_json::json!({"kid": key.kid, "state": "active", "rotate_after": iso8601(key.rotate_after_ms), "expires": iso8601(key.expires_ms)}),
+        &KeyRotated {
+            state: "active",
+            rotate_after: iso8601(key.rotate_after_ms),
+            expires: iso8601(key.expires_ms),
+            kid: key.kid,
+        },
     )
 }
 
@@ -305,5 +307,11 @@ pub async fn revoke(env: &Env, ctx: &Ctx, kid: &str) -> Result<Response, ApiErro
             .await
             .map_err(kv_err)?;
     }
-    json(200, &serde_json::json!({"kid": kid, "state": "revoked"}))
+    json(
+        200,
+        &KeyRevoked {
+            kid: kid.to_string(),
+            state: "revoked",
+        },
+    )
 }

@@ -6,7 +6,19 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 /// What kind of thing a SKU is; refund and tax rules differ per category.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
     Ticket,
@@ -15,7 +27,7 @@ pub enum Category {
 }
 
 /// One item on sale.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Sku {
     pub id: String,
     pub name: String,
@@ -31,7 +43,7 @@ pub struct Sku {
 }
 
 /// How the waiting room orders people.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum QueueMode {
     /// First come, first served.
@@ -42,7 +54,7 @@ pub enum QueueMode {
 }
 
 /// The per-event waiting room.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct QueueConfig {
     /// Whether `Hold` needs an admitted ticket. When false the queue is still usable.
     pub required: bool,
@@ -60,7 +72,7 @@ pub struct QueueConfig {
 }
 
 /// How much risk the merchant accepts on payments stored while the acquirer is unreachable.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OfflineBudget {
     /// Largest single stored payment.
     pub per_transaction_max: MinorUnits,
@@ -83,7 +95,7 @@ impl OfflineBudget {
 }
 
 /// Everything the ledger needs to know about one event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EventConfig {
     pub event_id: String,
     pub merchant_id: String,

@@ -78,7 +78,7 @@ fn accepted_by_default() -> bool {
 }
 
 /// Where a stored payment is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum AuthState {
     Queued,
@@ -124,7 +124,7 @@ pub struct StoredAuth {
 }
 
 /// A stored payment as replies show it: everything but the sealed card.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuthView {
     pub auth_id: String,
     pub order_id: String,
@@ -223,7 +223,7 @@ pub struct RefundRule {
     pub may_queue_offline: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum RefundState {
     /// Sent to the acquirer; waiting for its answer.
@@ -238,7 +238,7 @@ pub enum RefundState {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Refund {
     pub refund_id: String,
     pub order_id: String,

@@ -21,7 +21,7 @@ pub(crate) struct IdemRecord {
 }
 
 /// The answer to `BeginIdempotent`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum IdempotencyBegin {
     /// First time: process the request, then send `CompleteIdempotent`.

@@ -33,7 +33,19 @@ pub const UNSOLD_KEEP_MS: i64 = DECLINE_WINDOW_MS;
 /// `approved | forwarded → partially_refunded → refunded`;
 /// `abandoned | declined → lost` (reconciliation found a charge for it: refunded, never sold).
 /// Every state but `pending` and `queued` is final (refund states can still move on).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderState {
     Pending,
@@ -98,7 +110,7 @@ pub struct LineRequest {
 }
 
 /// One line of an order, priced when it was held.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OrderLine {
     pub sku: String,
     pub qty: u32,
@@ -106,7 +118,7 @@ pub struct OrderLine {
 }
 
 /// One order of the event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Order {
     pub order_id: String,
     pub state: OrderState,

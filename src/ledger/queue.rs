@@ -21,7 +21,7 @@ struct Place {
 }
 
 /// What a person in the waiting room sees.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct QueueStatus {
     /// Opaque admission ticket (128 random bits, hex); the bearer's proof of place.
     pub ticket: String,

@@ -38,7 +38,7 @@ pub const RECONCILE_TIMEOUT_MS: i64 = 10 * 60_000;
 pub const RECONCILE_MARGIN_MS: i64 = 15 * 60_000;
 
 /// Why a reconciliation runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReconcileReason {
     /// A hold lapsed with no outcome `LOST_CHECKOUT_AFTER_MS` ago.
@@ -100,7 +100,7 @@ pub struct ReconSchedule {
 }
 
 /// What `Command::Reconcile` answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Reconciled {
     /// Lost checkouts found by this run (their refunds are among the effects).
     pub lost: Vec<LostCheckout>,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Stock of one SKU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SkuSummary {
     pub sku: String,
     pub name: String,
@@ -20,7 +20,7 @@ pub struct SkuSummary {
 }
 
 /// The body of `GET /v1/admin/events/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EventSummary {
     pub event_id: String,
     pub title: String,
@@ -105,7 +105,7 @@ pub enum ChargeStatus {
 }
 
 /// An order whose money differs between the edge and the acquirer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmountMismatch {
     pub order_id: String,
@@ -157,7 +157,7 @@ impl ReconReport {
 /// A successful charge whose checkout was lost between the acquirer and the ledger (its
 /// Worker died, or its hold lapsed first): reconciliation moves the order to `Lost` and
 /// refunds the charge in full (see [`EventLedger::lost_checkouts`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LostCheckout {
     pub charge_id: String,
     pub order_id: String,
@@ -173,7 +173,7 @@ pub struct LostCheckout {
 pub const LOST_CHECKOUT_AFTER_MS: i64 = 30_000;
 
 /// The period a report's acquirer listing covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeRange {
     /// Charges created at or after this instant (Unix ms).
@@ -183,7 +183,7 @@ pub struct TimeRange {
 }
 
 /// Money totals of a report, in the event's currency.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportTotals {
     pub orders: u32,
@@ -208,7 +208,7 @@ pub struct ReportTotals {
 }
 
 /// One lane's succeeded charges for the event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LaneTotals {
     pub lane: String,
@@ -218,7 +218,7 @@ pub struct LaneTotals {
 }
 
 /// The event's own refunds (lost-checkout refunds are in the totals' `lost_*`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefundTotals {
     pub succeeded: u32,
@@ -229,7 +229,7 @@ pub struct RefundTotals {
 }
 
 /// Where the edge and the acquirer differ, and what is still on its way.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Discrepancies {
     pub missing_at_acquirer: Vec<String>,
@@ -242,7 +242,7 @@ pub struct Discrepancies {
 
 /// The event's books against the acquirer after a reconciliation: what the shell signs
 /// (`crate::receipt::sign_report`) and `GET /v1/admin/events/{id}/report` returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventReport {
     pub event_id: String,

@@ -28,6 +28,36 @@ test('unknown routes and methods get stable JSON errors, not 5xx', async () => {
   assert.ok(r.headers.get('x-request-id'));
 });
 
+test('RFC 9110: a 405 names the allowed methods in Allow; HEAD and OPTIONS answer as the RFC says', async () => {
+  const wrong = await api('DELETE', '/healthz');
+  assertError(wrong, 405, 'method_not_allowed');
+  assert.equal(wrong.headers.get('allow'), 'GET, HEAD, OPTIONS');
+  const postOnly = await api('PUT', '/v1/tokens', { body: '{}' });
+  assertError(postOnly, 405, 'method_not_allowed');
+  assert.equal(postOnly.headers.get('allow'), 'POST, OPTIONS');
+  // HEAD is a GET without the body: same status and headers where GET is served, a 405
+  // with Allow where it is not.
+  const get = await api('GET', '/v1/openapi.json');
+  const head = await api('HEAD', '/v1/openapi.json');
+  assert.equal(head.status, 200);
+  assert.equal(head.text, '');
+  assert.equal(head.headers.get('content-type'), get.headers.get('content-type'));
+  const headPost = await api('HEAD', '/v1/tokens');
+  assert.equal(headPost.status, 405);
+  assert.equal(headPost.headers.get('allow'), 'POST, OPTIONS');
+  // OPTIONS without CORS: 204 with Allow; with a preflight from a page: the CORS answer.
+  const options = await api('OPTIONS', '/v1/events/ev_x/checkout');
+  assert.equal(options.status, 204);
+  assert.equal(options.headers.get('allow'), 'POST, OPTIONS');
+  const preflight = await api('OPTIONS', '/v1/events/ev_x/checkout', {
+    headers: { origin: 'https://shop.example', 'access-control-request-method': 'POST' },
+  });
+  assert.equal(preflight.status, 204);
+  assert.match(preflight.headers.get('access-control-allow-methods'), /POST/);
+  assert.match(preflight.headers.get('access-control-allow-headers'), /Idempotency-Key/);
+  assertError(await api('OPTIONS', '/no/such/route'), 404, 'route_not_found');
+});
+
 test('every route in the OpenAPI document is served, with the right access', async () => {
   const doc = await api('GET', '/v1/openapi.json');
   assert.equal(doc.status, 200);

@@ -2,30 +2,11 @@
 //! report, export, and the isolate's routing state.
 
 use super::*;
+use crate::api::answers::{EventCreated, EventShown, PolicyRef, Synced};
+use crate::api::bodies::{NewEvent, RefundBody};
 use crate::event_protocol::ExportFormat;
 
 // ------------------------------------------------------------------ admin routes
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewEvent {
-    #[serde(default)]
-    merchant_id: Option<String>,
-    title: String,
-    jurisdiction: String,
-    currency: String,
-    start_ms: i64,
-    end_ms: i64,
-    skus: Vec<Sku>,
-    #[serde(default)]
-    allowed_origins: Vec<String>,
-    #[serde(default)]
-    queue: Option<QueueConfig>,
-    #[serde(default)]
-    offline: Option<OfflineBudget>,
-    #[serde(default)]
-    policy_revision: Option<u64>,
-}
 
 /// `POST /v1/admin/events`.
 pub async fn create(
@@ -106,7 +87,16 @@ pub async fn create(
     }
     json(
         201,
-        &serde_json::json!({"event_id": event_id, "config": config, "policy": {"jurisdiction": bundle.bundle.jurisdiction, "revision": bundle.revision, "hash": bundle.hash}, "summary": summary}),
+        &EventCreated {
+            event_id,
+            config,
+            policy: PolicyRef {
+                jurisdiction: bundle.bundle.jurisdiction.clone(),
+                revision: bundle.revision,
+                hash: bundle.hash.clone(),
+            },
+            summary,
+        },
     )
 }
 
@@ -121,7 +111,11 @@ pub async fn show(
     let summary = object::summary(env, event_id).await?;
     json(
         200,
-        &serde_json::json!({"event_id": event_id, "config": &*c, "summary": summary}),
+        &EventShown {
+            event_id,
+            config: &c,
+            summary,
+        },
     )
 }
 
@@ -137,7 +131,10 @@ pub async fn sync_now(
     let summary = object::summary(env, event_id).await?;
     json(
         200,
-        &serde_json::json!({"result": reply, "summary": summary}),
+        &Synced {
+            result: reply,
+            summary,
+        },
     )
 }
 
@@ -189,17 +186,6 @@ pub async fn export(
         .contains(&BuyerField::Email);
     let text = object::export(env, event_id, format, email).await?;
     crate::edge::http::raw(200, format.content_type(), &text)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RefundBody {
-    order_id: String,
-    #[serde(default)]
-    amount: Option<MinorUnits>,
-    /// The operator refunds outside the buyer's statutory window (e.g. a cancelled night).
-    #[serde(default)]
-    goodwill: bool,
 }
 
 /// `POST /v1/admin/events/{id}/refunds`.

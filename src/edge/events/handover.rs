@@ -28,21 +28,9 @@ pub(in crate::edge) async fn handover_session(
     object::handover(env, event_id, req).await
 }
 
-/// How long a pay link stays open unless the till asks otherwise (seconds).
-pub(in crate::edge) const HANDOVER_TTL_DEFAULT_S: i64 = 600;
-/// The shortest and longest pay-link lifetime a till may ask for (seconds).
-pub(in crate::edge) const HANDOVER_TTL_MIN_S: i64 = 5;
-pub(in crate::edge) const HANDOVER_TTL_MAX_S: i64 = 1800;
-
-/// The body of `POST /v1/events/{id}/handover`: the cart and, optionally, how long the
-/// pay link stays open (`ttl_seconds`, 5..=1800, default 600).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HandoverBody {
-    items: Vec<CartItem>,
-    #[serde(default)]
-    ttl_seconds: Option<i64>,
-}
+pub(in crate::edge) use crate::api::bodies::{
+    HandoverBody, HANDOVER_TTL_DEFAULT_S, HANDOVER_TTL_MAX_S, HANDOVER_TTL_MIN_S,
+};
 
 /// The pay link's lifetime in milliseconds, or 422 `invalid_ttl` when out of bounds.
 pub(in crate::edge) fn handover_ttl_ms(ttl_seconds: Option<i64>) -> Result<i64, ApiError> {
@@ -57,17 +45,6 @@ pub(in crate::edge) fn handover_ttl_ms(ttl_seconds: Option<i64>) -> Result<i64, 
         ));
     }
     Ok(s * 1000)
-}
-
-/// The answer to `POST /v1/events/{id}/handover`: the session and where to find it.
-#[derive(serde::Serialize)]
-struct Created {
-    #[serde(flatten)]
-    view: HandoverView,
-    pay_url: String,
-    ws_url: String,
-    status_url: String,
-    qr_url: String,
 }
 
 /// `POST /v1/events/{id}/handover`: a staff terminal opens a pay link for a cart.
@@ -105,7 +82,7 @@ pub async fn create_handover(
         session: Box::new(session),
     };
     let view = object::handover(env, event_id, req).await?;
-    let out = Created {
+    let out = crate::api::answers::HandoverCreated {
         pay_url: format!("{}/p/{sid}", ctx.self_origin),
         ws_url: format!("/v1/handover/{sid}/ws"),
         status_url: format!("/v1/handover/{sid}"),

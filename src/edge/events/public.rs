@@ -1,6 +1,10 @@
 //! The public routes of events: the event card, quotes, receipts and the waiting room.
 
 use super::*;
+use crate::api::answers::{
+    EventPublic, PublicSku, QueueTicket, ReceiptVerified, ReportVerified, RoutingState, Verified,
+};
+use crate::api::bodies::QuoteBody;
 
 // ------------------------------------------------------------------ public routes
 
@@ -34,26 +38,32 @@ pub async fn public(env: &Env, ctx: &Ctx, event_id: &str) -> Result<Response, Ap
         .iter()
         .map(|s| (s.sku.as_str(), s.available))
         .collect();
-    let skus: Vec<serde_json::Value> = c
+    let skus = c
         .skus
         .iter()
-        .map(|s| serde_json::json!({"id": s.id, "name": s.name, "category": s.category, "price": s.price, "available": available.get(s.id.as_str()).copied().unwrap_or(s.stock)}))
+        .map(|s| PublicSku {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            category: s.category,
+            price: s.price,
+            available: available.get(s.id.as_str()).copied().unwrap_or(s.stock),
+        })
         .collect();
     json(
         200,
-        &serde_json::json!({
-            "event_id": c.event_id, "title": c.title, "currency": c.currency,
-            "currency_exponent": c.currency.exponent(), "languages": bundle.bundle.languages,
-            "jurisdiction": c.jurisdiction, "skus": skus, "allowed_origins": c.allowed_origins,
-            "start_ms": c.start_ms, "end_ms": c.end_ms,
-        }),
+        &EventPublic {
+            event_id: c.event_id.clone(),
+            title: c.title.clone(),
+            currency: c.currency,
+            currency_exponent: c.currency.exponent(),
+            languages: bundle.bundle.languages.clone(),
+            jurisdiction: c.jurisdiction.clone(),
+            skus,
+            allowed_origins: c.allowed_origins.clone(),
+            start_ms: c.start_ms,
+            end_ms: c.end_ms,
+        },
     )
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuoteBody {
-    items: Vec<CartItem>,
 }
 
 /// `POST /v1/events/{id}/quote`.
@@ -101,7 +111,13 @@ pub(in crate::edge) fn router_with<R>(
 /// `GET /v1/admin/routing`: the adaptive limiter, latency and breaker state per lane.
 pub fn routing_snapshot(env: &Env, ctx: &Ctx) -> Result<Response, ApiError> {
     let snap = router_with(env, |r| r.snapshot(ctx.now_ms))?;
-    json(200, &serde_json::json!({"colo": ctx.colo, "routing": snap}))
+    json(
+        200,
+        &RoutingState {
+            colo: ctx.colo.clone(),
+            routing: snap,
+        },
+    )
 }
 
 /// `POST /v1/admin/routing/reset`: forget this isolate's learned lane state (limits,
@@ -226,14 +242,28 @@ pub fn verify_receipt(env: &Env, body: &str) -> Result<Response, ApiError> {
         let r = &signed.report;
         return json(
             200,
-            &serde_json::json!({"valid": true, "kind": "report", "event_id": r.event_id, "generated_ms": r.generated_ms, "end_of_event": r.end_of_event, "clean": r.clean, "kid": signed.signature.kid}),
+            &Verified::Report(ReportVerified {
+                valid: true,
+                kind: "report",
+                event_id: r.event_id.clone(),
+                generated_ms: r.generated_ms,
+                end_of_event: r.end_of_event,
+                clean: r.clean,
+                kid: signed.signature.kid.clone(),
+            }),
         );
     }
     let signed = receipt::SignedReceipt::from_json(body).map_err(|e| e.to_api())?;
     receipt::verify(&signed, &keys).map_err(|e| e.to_api())?;
     json(
         200,
-        &serde_json::json!({"valid": true, "receipt_id": signed.receipt.id, "status": signed.receipt.status, "kid": signed.signature.kid, "policy_revision": signed.receipt.policy_revision}),
+        &Verified::Receipt(ReceiptVerified {
+            valid: true,
+            receipt_id: signed.receipt.id,
+            status: signed.receipt.status,
+            kid: signed.signature.kid,
+            policy_revision: signed.receipt.policy_revision,
+        }),
     )
 }
 
@@ -246,11 +276,14 @@ pub(in crate::edge) fn queue_answer(reply: Reply) -> Result<Response, ApiError> 
     match reply {
         Reply::Queue { status } => json(
             200,
-            &serde_json::json!({
-                "ticket": status.ticket, "position": status.position, "admitted": status.admitted,
-                "admitted_until": status.admitted_until_ms.map(crate::time::iso8601),
-                "depth": status.depth, "poll_after_ms": QUEUE_POLL_MS,
-            }),
+            &QueueTicket {
+                ticket: status.ticket,
+                position: status.position,
+                admitted: status.admitted,
+                admitted_until: status.admitted_until_ms.map(crate::time::iso8601),
+                depth: status.depth,
+                poll_after_ms: QUEUE_POLL_MS,
+            },
         ),
         _ => Err(
             ApiError::new(503, "temporarily_unavailable", "Unexpected event reply.").retryable(),

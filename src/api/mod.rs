@@ -1,5 +1,8 @@
 //! The HTTP API's route table: the one list the Worker dispatches on and the OpenAPI document is checked against.
 
+pub mod answers;
+pub mod bodies;
+
 use crate::error::ApiError;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -317,7 +320,7 @@ pub const ROUTES: &[Route] = &[
 ];
 
 /// The OpenAPI 3.1 description served at `/v1/openapi.json`.
-pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
 /// A matched route with its path parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -387,23 +390,35 @@ pub fn resolve(method: &str, path: &str) -> Result<Matched, ApiError> {
                 .collect(),
         }),
         None => {
-            let allowed: Vec<&str> = found.value.iter().map(|r| r.method).collect();
+            let allow = allow_header(&found.value.iter().map(|r| r.method).collect::<Vec<_>>());
             Err(ApiError::new(
                 405,
                 "method_not_allowed",
-                format!("{} accepts {} only.", clip(path), allowed.join(", ")),
-            ))
+                format!("{} accepts {} only.", clip(path), allow),
+            )
+            .allowing(allow))
         }
     }
 }
 
-/// The methods a path accepts (for CORS preflights and `Allow`).
+/// The methods a path accepts (for CORS preflights and `Allow`), as in the route table.
 pub fn allowed_methods(path: &str) -> Vec<&'static str> {
     table()
         .as_ref()
         .and_then(|t| t.at(path).ok())
         .map(|m| m.value.iter().map(|r| r.method).collect())
         .unwrap_or_default()
+}
+
+/// The `Allow` value for a path's methods (RFC 9110 section 10.2.1): the table's methods,
+/// `HEAD` wherever `GET` is served (it is answered as a GET without the body) and `OPTIONS`.
+pub fn allow_header(methods: &[&str]) -> String {
+    let mut all: Vec<&str> = methods.to_vec();
+    if methods.contains(&"GET") {
+        all.push("HEAD");
+    }
+    all.push("OPTIONS");
+    all.join(", ")
 }
 
 fn clip(s: &str) -> String {
@@ -453,6 +468,10 @@ mod tests {
         assert_eq!(resolve("GET", "/nope").unwrap_err().code, "route_not_found");
         let e = resolve("DELETE", "/healthz").unwrap_err();
         assert_eq!((e.status, e.code.as_ref()), (405, "method_not_allowed"));
+        assert_eq!(e.allow.as_deref(), Some("GET, HEAD, OPTIONS"));
         assert!(resolve("HEAD", "/healthz").is_ok());
+        // HEAD of a POST-only route is a 405 that names what the route does take.
+        let e = resolve("HEAD", "/v1/tokens").unwrap_err();
+        assert_eq!((e.status, e.allow.as_deref()), (405, Some("POST, OPTIONS")));
     }
 }
