@@ -20,7 +20,7 @@ pub mod event_protocol;
 pub mod handover;
 pub mod ledger;
 pub mod money;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(any(test, not(target_arch = "wasm32")))]
 pub mod openapi;
 pub mod origin;
 pub mod policy;
