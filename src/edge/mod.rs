@@ -36,7 +36,9 @@ fn start() {
 async fn fetch(req: Request, env: Env, worker_ctx: Context) -> Result<Response> {
     let now_ms = Date::now().as_millis() as i64;
     let ctx = Ctx::new(&req, now_ms);
-    let method = req.method().to_string();
+    // The method as the client sent it: workers-rs maps a method it does not know (QUERY,
+    // a made-up one) to GET, which would run a GET route for it.
+    let method = req.inner().method().to_ascii_uppercase();
     let path = req.path();
     let origin = req.headers().get("Origin").ok().flatten();
     let outcome = handle(req, &env, &ctx, &worker_ctx).await;
@@ -80,7 +82,7 @@ async fn handle(
     ctx: &Ctx,
     worker_ctx: &Context,
 ) -> std::result::Result<Response, ApiError> {
-    let method = req.method().to_string();
+    let method = req.inner().method().to_ascii_uppercase();
     let path = req.path();
     if method == "OPTIONS" {
         return http::preflight(&path);

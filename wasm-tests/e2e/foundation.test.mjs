@@ -56,6 +56,10 @@ test('RFC 9110: a 405 names the allowed methods in Allow; HEAD and OPTIONS answe
   assert.match(preflight.headers.get('access-control-allow-methods'), /POST/);
   assert.match(preflight.headers.get('access-control-allow-headers'), /Idempotency-Key/);
   assertError(await api('OPTIONS', '/no/such/route'), 404, 'route_not_found');
+  // A method the platform does not know is not taken for a GET.
+  const query = await api('QUERY', '/v1/openapi.json');
+  assertError(query, 405, 'method_not_allowed');
+  assert.equal(query.headers.get('allow'), 'GET, HEAD, OPTIONS');
 });
 
 test('every route in the OpenAPI document is served, with the right access', async () => {
