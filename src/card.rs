@@ -160,8 +160,10 @@ impl CardError {
         }
     }
 
+    /// 422: the card was read but is not one that can pay (a request that does not parse
+    /// is a 400 `invalid_body`).
     pub fn to_api(&self) -> ApiError {
-        ApiError::bad_request(self.code(), self.to_string())
+        ApiError::new(422, self.code(), self.to_string())
     }
 }
 
@@ -603,7 +605,7 @@ mod tests {
         let err = parse_number(number).map(|_| ()).unwrap_err();
         let api = err.to_api();
         assert_eq!(api.code, "invalid_card_number");
-        assert_eq!(api.status, 400);
+        assert_eq!(api.status, 422);
         for text in [
             api.message.clone(),
             api.body().to_string(),

@@ -958,7 +958,7 @@ pub fn bundle_hash(bundle: &Value) -> String {
 }
 
 /// The `signature` member of an envelope.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignatureBlock {
     pub kid: String,
@@ -969,9 +969,11 @@ pub struct SignatureBlock {
 
 /// `{ "bundle": {...}, "signature": {...} }`: what `PUT /v1/admin/policies` takes and what
 /// `policy:rev:<JUR>:<REV>` stores.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignedBundle {
+    /// The bundle as its author signed it (policies/schema.json); its signature is checked
+    /// before anything in it is read.
     pub bundle: Value,
     pub signature: SignatureBlock,
 }
@@ -979,7 +981,7 @@ pub struct SignedBundle {
 /// A signed order to move a jurisdiction's active pointer back to a stored revision.
 /// `from_revision` must be the revision active when it is applied, so a replayed
 /// statement can never undo later pushes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackStatement {
     pub jurisdiction: String,
@@ -990,7 +992,7 @@ pub struct RollbackStatement {
 
 /// `{ "rollback": {...}, "signature": {...} }`: the body of
 /// `POST /v1/admin/policies/{jurisdiction}/rollback`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignedRollback {
     pub rollback: RollbackStatement,
@@ -1506,7 +1508,7 @@ impl PolicyError {
     pub fn to_api(&self) -> ApiError {
         let status = match self {
             PolicyError::Malformed(_) => 400,
-            PolicyError::BadSignature(_) => 400,
+            PolicyError::BadSignature(_) => 422,
             PolicyError::UnknownKey(_) | PolicyError::KeyRetired(_) => 403,
             PolicyError::StaleRevision { .. }
             | PolicyError::RollbackConflict { .. }

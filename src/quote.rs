@@ -158,8 +158,12 @@ impl QuoteError {
 
     pub fn to_api(&self) -> ApiError {
         let status = match self {
-            QuoteError::CurrencyMismatch { .. } | QuoteError::NoCurrency => 422,
-            _ => 400,
+            // What the document's schema says of a cart (1 to MAX_ITEMS lines, quantities 1 to
+            // MAX_QUANTITY) is a 400 like any body the schema refuses; the rest is a 422.
+            QuoteError::NoItems | QuoteError::TooManyItems(_) | QuoteError::BadQuantity { .. } => {
+                400
+            }
+            _ => 422,
         };
         ApiError::new(status, self.code(), self.to_string())
     }

@@ -294,11 +294,13 @@ impl ReceiptError {
     /// The HTTP error for this failure.
     pub fn to_api(&self) -> ApiError {
         match self {
-            ReceiptError::Tampered => ApiError::bad_request(
+            ReceiptError::Tampered => ApiError::new(
+                422,
                 "receipt_tampered",
                 "The receipt does not match its signature: it was changed after it was issued.",
             ),
-            ReceiptError::UnknownKey => ApiError::bad_request(
+            ReceiptError::UnknownKey => ApiError::new(
+                422,
                 "receipt_unknown_key",
                 "The receipt was signed with a key this server does not know.",
             ),
@@ -705,11 +707,13 @@ impl ReceiptError {
     /// codes and sentences about a report).
     pub fn to_report_api(&self) -> ApiError {
         match self {
-            ReceiptError::Tampered => ApiError::bad_request(
+            ReceiptError::Tampered => ApiError::new(
+                422,
                 "report_tampered",
                 "The report does not match its signature: it was changed after it was issued.",
             ),
-            ReceiptError::UnknownKey => ApiError::bad_request(
+            ReceiptError::UnknownKey => ApiError::new(
+                422,
                 "report_unknown_key",
                 "The report was signed with a key this server does not know.",
             ),

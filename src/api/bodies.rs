@@ -25,6 +25,7 @@ pub struct TokenRequest {
 pub struct CardInput {
     /// The card number (PAN), digits with optional spaces or dashes.
     pub number: String,
+    #[schemars(range(min = 1, max = 12))]
     pub exp_month: u32,
     /// Four digits, or two (20xx).
     pub exp_year: u32,
@@ -56,6 +57,7 @@ pub struct NewEvent {
     /// The policy bundle's place: an upper-case ISO 3166 code such as `DE` or `US-CA`.
     pub jurisdiction: String,
     /// ISO 4217 code of the event's prices.
+    #[schemars(with = "crate::money::Currency")]
     pub currency: String,
     /// When sales open (Unix milliseconds).
     pub start_ms: i64,
@@ -93,6 +95,7 @@ pub struct RefundBody {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuoteBody {
+    #[schemars(length(min = 1, max = crate::quote::MAX_ITEMS))]
     pub items: Vec<CartItem>,
 }
 
@@ -107,8 +110,20 @@ pub const HANDOVER_TTL_MAX_S: i64 = 1800;
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HandoverBody {
+    #[schemars(length(min = 1, max = crate::quote::MAX_ITEMS))]
     pub items: Vec<CartItem>,
     /// 5 to 1800 seconds; 600 when left out.
     #[serde(default)]
     pub ttl_seconds: Option<i64>,
+}
+
+/// `POST /v1/receipts/verify`: a signed receipt or an event's signed report, as they were
+/// handed out. Described for the document only: the handler reads the body as text and
+/// parses it as [`crate::receipt::SignedReport`] when it has a `report` member, else as
+/// [`crate::receipt::SignedReceipt`].
+#[derive(JsonSchema)]
+#[serde(untagged)]
+pub enum VerifyBody {
+    Receipt(crate::receipt::SignedReceipt),
+    Report(crate::receipt::SignedReport),
 }

@@ -322,6 +322,88 @@ pub const ROUTES: &[Route] = &[
 /// The OpenAPI 3.1 description served at `/v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
+/// Parses a JSON request body into `T`. Errors never echo the body (it may hold a card
+/// number): they name a missing field or the position of the problem only. A number with a
+/// zero fraction (`2776.0`) is taken for the integer it is, as JSON Schema (and so the
+/// OpenAPI document) counts it an integer; serde alone would refuse it for an integer field.
+pub fn parse_json_body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
+    let e = match serde_json::from_str(text) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    if e.classify() == serde_json::error::Category::Data {
+        if let Ok(mut value) = serde_json::from_str::<serde_json::Value>(text) {
+            if integral_numbers_as_integers(&mut value) {
+                if let Ok(v) = serde_json::from_value(value) {
+                    return Ok(v);
+                }
+            }
+        }
+    }
+    let msg = e.to_string();
+    Err(match e.classify() {
+        serde_json::error::Category::Data if msg.starts_with("missing field") => {
+            let field = msg.split('`').nth(1).unwrap_or("?");
+            ApiError::bad_request(
+                "invalid_body",
+                format!("The body is missing the field `{}`.", clip(field)),
+            )
+        }
+        serde_json::error::Category::Data => ApiError::bad_request(
+            "invalid_body",
+            format!(
+                "A field in the body has the wrong type or value (line {}, column {}).",
+                e.line(),
+                e.column()
+            ),
+        ),
+        _ => ApiError::bad_request(
+            "invalid_json",
+            format!(
+                "The body is not valid JSON (line {}, column {}).",
+                e.line(),
+                e.column()
+            ),
+        ),
+    })
+}
+
+/// Rewrites every float with a zero fraction that an `i64` holds exactly as that integer;
+/// whether any was rewritten.
+fn integral_numbers_as_integers(v: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    match v {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() <= EXACT => {
+                *v = Value::from(f as i64);
+                true
+            }
+            _ => false,
+        },
+        // Every member is visited (no short circuit): all of them may need rewriting.
+        Value::Array(items) => items
+            .iter_mut()
+            .map(integral_numbers_as_integers)
+            .count_true(),
+        Value::Object(map) => map
+            .values_mut()
+            .map(integral_numbers_as_integers)
+            .count_true(),
+        _ => false,
+    }
+}
+
+trait CountTrue {
+    fn count_true(self) -> bool;
+}
+impl<I: Iterator<Item = bool>> CountTrue for I {
+    /// Whether any item was true, having run through all of them.
+    fn count_true(self) -> bool {
+        self.filter(|changed| *changed).count() > 0
+    }
+}
+
 /// A matched route with its path parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Matched {
@@ -461,6 +543,28 @@ mod tests {
             let m = resolve(r.method, &concrete).unwrap();
             assert_eq!(m.route.id, r.id, "{} {}", r.method, r.path);
         }
+    }
+
+    #[test]
+    fn a_body_with_integral_floats_parses_as_integers_and_errors_never_echo_it() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        struct B {
+            n: u32,
+            m: i64,
+        }
+        let b: B = parse_json_body(r#"{"n": 3.0, "m": -2776.0}"#).unwrap();
+        assert_eq!((b.n, b.m), (3, -2776));
+        let half = parse_json_body::<B>(r#"{"n": 3.5, "m": 1}"#).unwrap_err();
+        assert_eq!((half.status, half.code.as_ref()), (400, "invalid_body"));
+        let huge = parse_json_body::<B>(r#"{"n": 1e300, "m": 1}"#).unwrap_err();
+        assert_eq!(huge.code, "invalid_body");
+        let unknown =
+            parse_json_body::<B>(r#"{"n": 1, "m": 1, "x": "4242424242424242"}"#).unwrap_err();
+        assert!(!unknown.message.contains("4242"), "{}", unknown.message);
+        let missing = parse_json_body::<B>(r#"{"n": 1}"#).unwrap_err();
+        assert_eq!(missing.message, "The body is missing the field `m`.");
+        assert_eq!(parse_json_body::<B>("{").unwrap_err().code, "invalid_json");
     }
 
     #[test]

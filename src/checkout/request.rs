@@ -16,7 +16,18 @@ use sha2::{Digest, Sha256};
 #[serde(deny_unknown_fields)]
 pub struct CartItem {
     pub sku: String,
+    #[schemars(range(min = 1, max = crate::quote::MAX_QUANTITY))]
     pub quantity: u32,
+}
+
+/// Whether a checkout may be stored offline when the acquirer cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PayMode {
+    /// The default: store it offline within the event's budget.
+    PreferOnline,
+    /// Never store it: refuse while the acquirer cannot be reached.
+    RequireOnline,
 }
 
 /// The buyer's answers to the policy's prompts.
@@ -35,6 +46,7 @@ pub struct Buyer {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutBody {
+    #[schemars(length(min = 1, max = crate::quote::MAX_ITEMS))]
     pub items: Vec<CartItem>,
     pub token: String,
     #[serde(default)]
@@ -46,7 +58,7 @@ pub struct CheckoutBody {
     /// `prefer_online` (default: queue offline when the acquirer is unavailable) or
     /// `require_online` (never queue).
     #[serde(default)]
-    pub mode: Option<String>,
+    pub mode: Option<PayMode>,
     /// Pays a staff terminal's handover session (its items win over `items`).
     #[serde(default)]
     pub handover_session: Option<String>,
@@ -54,7 +66,7 @@ pub struct CheckoutBody {
 
 impl CheckoutBody {
     pub fn require_online(&self) -> bool {
-        self.mode.as_deref() == Some("require_online")
+        self.mode == Some(PayMode::RequireOnline)
     }
 
     pub fn lines(&self) -> Vec<LineRequest> {

@@ -251,34 +251,7 @@ pub fn parse_json_body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, 
     if text.len() > MAX_BODY_BYTES {
         return Err(too_large());
     }
-    serde_json::from_str(text).map_err(|e| {
-        let msg = e.to_string();
-        match e.classify() {
-            serde_json::error::Category::Data if msg.starts_with("missing field") => {
-                let field = msg.split('`').nth(1).unwrap_or("?");
-                ApiError::bad_request(
-                    "invalid_body",
-                    format!("The body is missing the field `{field}`."),
-                )
-            }
-            serde_json::error::Category::Data => ApiError::bad_request(
-                "invalid_body",
-                format!(
-                    "A field in the body has the wrong type or value (line {}, column {}).",
-                    e.line(),
-                    e.column()
-                ),
-            ),
-            _ => ApiError::bad_request(
-                "invalid_json",
-                format!(
-                    "The body is not valid JSON (line {}, column {}).",
-                    e.line(),
-                    e.column()
-                ),
-            ),
-        }
-    })
+    crate::api::parse_json_body(text)
 }
 
 /// A KV binding, or a 503 if the Worker was deployed without it.

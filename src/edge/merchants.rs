@@ -101,7 +101,8 @@ pub async fn get(env: &Env, id: &str) -> Result<Option<Merchant>, ApiError> {
 pub async fn create(env: &Env, ctx: &Ctx, body: NewMerchant) -> Result<Response, ApiError> {
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > 120 {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::new(
+            422,
             "invalid_name",
             "A merchant name is 1 to 120 characters.",
         ));
@@ -111,7 +112,8 @@ pub async fn create(env: &Env, ctx: &Ctx, body: NewMerchant) -> Result<Response,
             || url.starts_with("http://127.0.0.1")
             || url.starts_with("http://localhost"))
         {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::new(
+                422,
                 "invalid_webhook_url",
                 "The webhook URL must be https (or http on localhost for development).",
             ));

@@ -107,25 +107,30 @@ impl LedgerError {
     pub fn to_api(&self) -> ApiError {
         use LedgerError as E;
         match self {
-            E::InvalidConfig { field, reason } => ApiError::bad_request(
+            E::InvalidConfig { field, reason } => ApiError::new(
+                422,
                 "invalid_event_config",
                 format!("The event configuration is not valid: {field}: {reason}."),
             ),
-            E::InvalidId { field } => ApiError::bad_request(
+            E::InvalidId { field } => ApiError::new(
+                422,
                 "invalid_id",
                 format!(
                     "The {field} must be 1 to 128 characters of letters, digits, '_', '-', '.' or ':'."
                 ),
             ),
-            E::UnknownSku(s) => ApiError::bad_request(
+            E::UnknownSku(s) => ApiError::new(
+                422,
                 "unknown_sku",
                 format!("This event sells no item with id {s:?}."),
             ),
-            E::InvalidQuantity { sku } => ApiError::bad_request(
+            E::InvalidQuantity { sku } => ApiError::new(
+                422,
                 "invalid_quantity",
                 format!("The quantity for {sku:?} must be between 1 and 1000."),
             ),
-            E::InvalidHold(why) => ApiError::bad_request("invalid_hold", why.clone()),
+            E::InvalidHold(why) => ApiError::new(
+                422,"invalid_hold", why.clone()),
             E::OutOfStock { sku, available } => ApiError::new(
                 409,
                 "out_of_stock",
@@ -212,16 +217,19 @@ impl LedgerError {
                     "The hold on order {id:?} lapsed and its items are sold out; the payment must be voided."
                 ),
             ),
-            E::AmountMismatch => ApiError::bad_request(
+            E::AmountMismatch => ApiError::new(
+                422,
                 "amount_mismatch",
                 "The amount does not equal the order total.",
             ),
-            E::CurrencyMismatch => ApiError::bad_request(
+            E::CurrencyMismatch => ApiError::new(
+                422,
                 "currency_mismatch",
                 "The currency is not the currency of this event.",
             ),
             E::AmountOutOfRange => {
-                ApiError::bad_request("amount_out_of_range", "An amount is out of range.")
+                ApiError::new(
+                422,"amount_out_of_range", "An amount is out of range.")
             }
             E::OfflineLimit(OfflineLimit::PerTransaction) => ApiError::new(
                 422,

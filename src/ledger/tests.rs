@@ -276,7 +276,7 @@ fn valid_config_is_accepted_and_bad_fields_are_named() {
             other => panic!("{field}: expected InvalidConfig, got {other:?}"),
         }
         let api = c.validate().unwrap_err().to_api();
-        assert_eq!(api.status, 400);
+        assert_eq!(api.status, 422);
         assert_eq!(api.code, "invalid_event_config");
         assert!(api.message.contains(field), "{}", api.message);
         assert!(EventLedger::new(c, T0).is_err());

@@ -72,7 +72,11 @@ pub fn document() -> Value {
     let mut schemas = Schemas::new();
     let mut paths: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
     for route in ROUTES {
-        let op = operations::describe(route.id, &mut schemas);
+        let mut op = operations::describe(route.id, &mut schemas);
+        if route.path.contains('{') {
+            // A parameter that is empty or holds a `/` leaves no route to match.
+            op = op.errors(404, &["route_not_found"]);
+        }
         let value = op.into_value(route.id, route.access);
         paths
             .entry(route.path)
@@ -164,7 +168,7 @@ fn error_with(codes: &[&str]) -> Value {
 pub struct Answer {
     status: u16,
     description: String,
-    content: Option<(&'static str, Value)>,
+    content: Vec<(&'static str, Value)>,
     headers: Vec<&'static str>,
     links: Map<String, Value>,
 }
@@ -257,10 +261,18 @@ impl Op {
         self.answers.push(Answer {
             status,
             description: description.to_string(),
-            content,
+            content: content.into_iter().collect(),
             headers: Vec::new(),
             links: Map::new(),
         });
+        self
+    }
+
+    /// Another media type the last answer may come in.
+    pub fn or_as(mut self, content_type: &'static str, schema: Value) -> Op {
+        if let Some(a) = self.answers.last_mut() {
+            a.content.push((content_type, schema));
+        }
         self
     }
 
@@ -391,8 +403,13 @@ fn answer_value(a: Answer) -> Value {
     let mut v = Map::new();
     v.insert("description".into(), json!(a.description));
     v.insert("headers".into(), header_refs(&headers));
-    if let Some((content_type, schema)) = a.content {
-        v.insert("content".into(), json!({content_type: {"schema": schema}}));
+    if !a.content.is_empty() {
+        let content: Map<String, Value> = a
+            .content
+            .into_iter()
+            .map(|(t, schema)| (t.to_string(), json!({ "schema": schema })))
+            .collect();
+        v.insert("content".into(), Value::Object(content));
     }
     if !a.links.is_empty() {
         v.insert("links".into(), Value::Object(a.links));

@@ -42,7 +42,7 @@ pub fn describe(id: RouteId, s: &mut Schemas) -> Op {
             .body::<TokenRequest>(s)
             .answer::<TokenCreated>(s, 201, "The card's token")
             .link("checkout", RouteId::Checkout, &[("id", "$request.body#/event_id")])
-            .errors(400, &["invalid_card_number", "unsupported_brand", "invalid_expiry", "card_expired", "invalid_cvc"])
+            .errors(422, &["invalid_card_number", "unsupported_brand", "invalid_expiry", "card_expired", "invalid_cvc"])
             .errors(403, &["origin_not_allowed"])
             .errors(404, &["not_found"])
             .errors(503, &["temporarily_unavailable", "vault_unavailable", "not_configured"]),
@@ -60,14 +60,14 @@ pub fn describe(id: RouteId, s: &mut Schemas) -> Op {
             .errors(503, &["temporarily_unavailable"]),
         RouteId::PushPolicy => Op::new("Push a signed policy bundle (verified, activated atomically)")
             .describe("The body is what `scripts/policy sign` writes: the bundle and its Ed25519 signature. A revision at or below the highest ever activated is refused, so an old bundle cannot be replayed.")
-            .body_schema(json!({"type": "object", "required": ["bundle", "signature"], "properties": {"bundle": {"type": "object"}, "signature": {"type": "object"}}}))
+            .body::<crate::policy::SignedBundle>(s)
             .answer::<PolicyActivated>(s, 201, "Activated")
             .link("status", RouteId::PolicyStatus, &[("jurisdiction", "$response.body#/jurisdiction")])
             .answer::<PolicyActivated>(s, 200, "The same revision is already active")
-            .errors(400, &["policy_malformed", "policy_bad_signature"])
+            .errors(400, &["policy_malformed"])
             .errors(403, &["policy_unknown_key", "policy_key_retired"])
             .errors(409, &["policy_stale_revision"])
-            .errors(422, &["policy_invalid"])
+            .errors(422, &["policy_invalid", "policy_bad_signature"])
             .errors(503, &["temporarily_unavailable"]),
         RouteId::PolicyStatus => Op::new("Active revision and history for a jurisdiction")
             .path("jurisdiction", "An upper-case ISO 3166 code such as `DE` or `US-CA`.", json!({"type": "string"}))
@@ -83,9 +83,10 @@ pub fn describe(id: RouteId, s: &mut Schemas) -> Op {
             .errors(503, &["temporarily_unavailable"]),
         RouteId::RollbackPolicy => Op::new("Roll back to an older stored revision (signed rollback statement)")
             .path("jurisdiction", "An upper-case ISO 3166 code.", json!({"type": "string"}))
-            .body_schema(json!({"type": "object", "required": ["rollback", "signature"], "properties": {"rollback": {"type": "object"}, "signature": {"type": "object"}}}))
+            .body::<crate::policy::SignedRollback>(s)
             .answer::<PolicyActivated>(s, 200, "Rolled back")
-            .errors(400, &["policy_malformed", "policy_bad_signature", "policy_rollback_mismatch"])
+            .errors(400, &["policy_malformed", "policy_rollback_mismatch"])
+            .errors(422, &["policy_bad_signature"])
             .errors(403, &["policy_unknown_key", "policy_key_retired"])
             .errors(404, &["policy_revision_not_found"])
             .errors(409, &["policy_rollback_conflict", "policy_rollback_not_older"])
@@ -95,7 +96,7 @@ pub fn describe(id: RouteId, s: &mut Schemas) -> Op {
             .body::<NewMerchant>(s)
             .answer::<MerchantCreated>(s, 201, "The merchant and its API key")
             .link("createEvent", RouteId::CreateEvent, &[])
-            .errors(400, &["invalid_name", "invalid_webhook_url"])
+            .errors(422, &["invalid_name", "invalid_webhook_url"])
             .errors(503, &["temporarily_unavailable"]),
         RouteId::CreateEvent => Op::new("Create an event (its Durable Object)")
             .body::<NewEvent>(s)
@@ -110,10 +111,9 @@ pub fn describe(id: RouteId, s: &mut Schemas) -> Op {
             .link("reconcile", RouteId::ReconcileEvent, &[("id", "$response.body#/event_id")])
             .link("export", RouteId::ExportEvent, &[("id", "$response.body#/event_id")])
             .link("metrics", RouteId::EventMetrics, &[("id", "$response.body#/event_id")])
-            .errors(400, &["invalid_body"])
             .errors(403, &["forbidden"])
             .errors(409, &["event_exists"])
-            .errors(422, &["unknown_merchant", "invalid_currency", "invalid_event_config", "offline_budget_over_policy", "purchase_limit_over_policy"])
+            .errors(422, &["unknown_merchant", "invalid_currency", "invalid_event_config", "invalid_id", "offline_budget_over_policy", "purchase_limit_over_policy"])
             .errors(503, &["temporarily_unavailable", "not_configured"]),
         RouteId::ShowEvent => event_errors(Op::new("Live state of an event")
             .path("id", EVENT, event_id())
@@ -128,7 +128,7 @@ pub fn describe(id: RouteId, s: &mut Schemas) -> Op {
             .body::<RefundBody>(s)
             .answer::<crate::ledger::Reply>(s, 201, "The refund")
             .errors(409, &["invalid_order_state", "not_captured", "id_conflict"])
-            .errors(422, &["refund_exceeds_captured", "refund_not_allowed", "refund_window_closed", "partial_refund_not_allowed", "amount_out_of_range"])),
+            .errors(422, &["refund_exceeds_captured", "refund_not_allowed", "refund_window_closed", "partial_refund_not_allowed", "amount_out_of_range", "amount_mismatch", "currency_mismatch", "invalid_id"])),
         RouteId::ReconcileEvent => event_errors(Op::new("Reconcile the event's ledger with the acquirers' charges now")
             .describe("It also runs by itself after lost checkouts and at the event's end; it refunds lost checkouts' charges once and keeps the signed report.")
             .path("id", EVENT, event_id())
@@ -144,7 +144,8 @@ pub fn describe(id: RouteId, s: &mut Schemas) -> Op {
             .describe("Buyer e-mail only where the policy's receipt rules collect it.")
             .path("id", EVENT, event_id())
             .query("format", "`csv` (default) or `ndjson`.", json!({"type": "string", "enum": ["csv", "ndjson"]}))
-            .answer_with(200, "One line per order", Some(("text/csv; charset=utf-8", json!({"type": "string"}))))
+            .answer_with(200, "One line per order", Some((crate::event_protocol::ExportFormat::Csv.content_type(), json!({"type": "string"}))))
+            .or_as(crate::event_protocol::ExportFormat::Ndjson.content_type(), json!({"type": "string"}))
             .errors(400, &["invalid_format"])),
         RouteId::Routing => Op::new("Adaptive routing state per lane (limit, latency, breaker) in this isolate")
             .answer::<RoutingState>(s, 200, "The lanes as this isolate sees them")
@@ -159,8 +160,8 @@ pub fn describe(id: RouteId, s: &mut Schemas) -> Op {
             .path("id", EVENT, event_id())
             .body::<QuoteBody>(s)
             .answer::<crate::quote::Quote>(s, 200, "Prices, tax and the prompts the buyer must answer")
-            .errors(400, &["unknown_sku", "invalid_quantity"])
-            .errors(422, &["unknown_sku", "purchase_limit"])),
+            .errors(400, &["quote_no_items", "quote_too_many_items", "quote_bad_quantity"])
+            .errors(422, &["unknown_sku", "invalid_quantity", "purchase_limit", "quote_negative_price", "quote_overflow", "quote_currency_mismatch", "quote_no_currency"])),
         RouteId::Checkout => event_errors(Op::new("Pay: authorize online, or queue offline within the budget")
             .describe("Send one Idempotency-Key per buyer intent and the same key on every retry: a retry is answered as the first request was and never charges twice.")
             .path("id", EVENT, event_id())
@@ -174,12 +175,12 @@ pub fn describe(id: RouteId, s: &mut Schemas) -> Op {
             .with_headers(&["X-Poptill-Routing", "Server-Timing", "Retry-After", "Idempotent-Replayed"])
             .answer::<CheckoutAnswer>(s, 402, "`declined`: the card was declined (`decline.code`, `decline.message`); nothing was charged")
             .with_headers(&["X-Poptill-Routing", "Server-Timing", "Idempotent-Replayed"])
-            .errors(400, &["invalid_idempotency_key", "invalid_token", "invalid_quantity", "invalid_hold"])
+            .errors(400, &["invalid_idempotency_key", "invalid_token", "quote_no_items", "quote_too_many_items", "quote_bad_quantity"])
             .errors(402, &["acquirer_unavailable", "offline_budget_exhausted", "offline_amount_too_high", "offline_card_velocity"])
             .errors(403, &["origin_not_allowed", "not_admitted"])
             .errors(409, &["out_of_stock", "sales_closed", "sales_not_started", "idempotency_in_flight", "hold_lapsed", "checkout_lost", "cvc_already_used", "handover_paid", "handover_in_progress"])
             .errors(410, &["token_expired", "key_revoked", "handover_expired"])
-            .errors(422, &["unknown_sku", "purchase_limit", "buyer_limit", "idempotency_mismatch", "age_confirmation_required", "consent_required", "email_required"])
+            .errors(422, &["unknown_sku", "invalid_quantity", "invalid_hold", "purchase_limit", "buyer_limit", "idempotency_mismatch", "age_confirmation_required", "consent_required", "email_required", "quote_negative_price", "quote_overflow", "quote_currency_mismatch", "quote_no_currency"])
             .errors(429, &["overloaded", "too_many_pending", "card_velocity", "too_many_orders"])
             .errors(503, &["vault_unavailable", "not_configured"])),
         RouteId::CheckoutStatus => Op::new("Where a checkout that answered 202 pending stands")
@@ -197,14 +198,15 @@ pub fn describe(id: RouteId, s: &mut Schemas) -> Op {
             .errors(404, &["not_found"])
             .errors(503, &["temporarily_unavailable", "not_configured"]),
         RouteId::VerifyReceipt => Op::new("Verify a signed receipt, or an event's signed report")
-            .body_schema(json!({"type": "object", "required": ["signature"], "description": "A signed receipt (`receipt`, `signature`) or a signed report (`report`, `signature`), as they were handed out.", "properties": {"receipt": {"type": "object"}, "report": {"type": "object"}, "signature": {"type": "object"}}}))
+            .body::<VerifyBody>(s)
             .answer::<Verified>(s, 200, "Valid")
-            .errors(400, &["receipt_malformed", "receipt_tampered", "receipt_unknown_key", "report_malformed", "report_tampered", "report_unknown_key"])
+            .errors(400, &["receipt_malformed", "report_malformed"])
+            .errors(422, &["receipt_tampered", "receipt_unknown_key", "report_tampered", "report_unknown_key"])
             .errors(503, &["not_configured"]),
         RouteId::CheckoutJs => Op::new("The checkout script tag (short cache); /v1/checkout.<version>.js is the immutable copy")
             .answer_with(200, "JavaScript", page(JS)),
         RouteId::Frame => Op::new("The hosted card frame (CSP frame-ancestors = the event's allowed origins)")
-            .query("event", EVENT, event_id())
+            .query("event", "The event whose allowed origins may frame it (none when the event is unknown).", json!({"type": "string"}))
             .answer_with(200, "HTML", page(HTML)),
         RouteId::FrameJs => Op::new("The card frame's script").answer_with(200, "JavaScript", page(JS)),
         RouteId::PayPage => Op::new("The buyer's pay page for a handover session (short pay URL)")
@@ -218,7 +220,8 @@ pub fn describe(id: RouteId, s: &mut Schemas) -> Op {
             .link("handoverQr", RouteId::HandoverQr, &[("id", "$response.body#/session_id")])
             .link("payPage", RouteId::PayPage, &[("session_id", "$response.body#/session_id")])
             .errors(403, &["origin_not_allowed"])
-            .errors(422, &["invalid_ttl", "unknown_sku", "purchase_limit"])
+            .errors(400, &["quote_no_items", "quote_too_many_items", "quote_bad_quantity"])
+            .errors(422, &["invalid_ttl", "unknown_sku", "invalid_quantity", "purchase_limit", "quote_negative_price", "quote_overflow", "quote_currency_mismatch", "quote_no_currency"])
             .errors(429, &["too_many_handovers"])),
         RouteId::GetHandover => Op::new("A handover session's status (open, paying, paid, expired)")
             .path("id", "The handover session (`hs_…`).", any_id())

@@ -611,7 +611,7 @@ fn errors_map_to_statuses_and_never_panic_on_garbage() {
         409
     );
     assert_eq!(PolicyError::UnknownKey("k".into()).to_api().status, 403);
-    assert_eq!(PolicyError::BadSignature("x".into()).to_api().status, 400);
+    assert_eq!(PolicyError::BadSignature("x".into()).to_api().status, 422);
     let keys = trusted(false);
     for junk in ["", "null", "[]", "{\"bundle\":{},\"signature\":{\"kid\":\"policy-team-1\",\"alg\":\"Ed25519\",\"sig\":\"\"}}"] {
         assert!(verify_envelope(junk, &keys).is_err());

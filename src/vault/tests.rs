@@ -651,7 +651,7 @@ fn errors_map_to_stable_codes() {
         (VaultError::CvcAlreadyUsed, 409, "cvc_already_used"),
         (
             VaultError::Card(crate::card::CardError::Expired),
-            400,
+            422,
             "card_expired",
         ),
         (

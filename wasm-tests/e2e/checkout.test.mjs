@@ -72,7 +72,7 @@ test('approved checkout: signed receipt that verifies; tampering is caught', asy
   assert.equal(v.json.valid, true);
   const tampered = JSON.parse(receipt.text);
   tampered.receipt.totals.total -= 100;
-  assertError(await api('POST', '/v1/receipts/verify', { body: tampered }), 400, 'receipt_tampered');
+  assertError(await api('POST', '/v1/receipts/verify', { body: tampered }), 422, 'receipt_tampered');
   const html = await api('GET', r.json.receipt_url, { headers: { accept: 'text/html' } });
   assert.match(html.headers.get('content-type'), /text\/html/);
   assert.match(html.text, /4242/);

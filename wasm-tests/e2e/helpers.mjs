@@ -19,7 +19,44 @@ export async function api(method, path, { body, key, headers = {}, raw = false }
   const text = await res.text();
   let json;
   try { json = JSON.parse(text); } catch { json = undefined; }
-  return { status: res.status, headers: res.headers, text, json };
+  const answer = { status: res.status, headers: res.headers, text, json };
+  await conforms(method, path, answer);
+  return answer;
+}
+
+// Every answer an end-to-end test gets is checked against the served OpenAPI document: its
+// status must be one the operation describes, and an error's code one the document lists
+// for that operation and status. So the whole suite keeps the document honest about what
+// the Worker really answers (the document is generated from the Rust types; the error
+// codes per operation are written in src/openapi/operations.rs).
+let operations;
+async function loadOperations() {
+  const res = await fetch(BASE + '/v1/openapi.json');
+  const doc = await res.json();
+  const ops = [];
+  for (const [template, item] of Object.entries(doc.paths)) {
+    const pattern = new RegExp('^' + template.replace(/[.]/g, '\\.').replace(/\{[^}]+\}/g, '[^/]+') + '$');
+    for (const [method, op] of Object.entries(item)) ops.push({ method: method.toUpperCase(), template, pattern, op });
+  }
+  return ops;
+}
+async function conforms(method, path, answer) {
+  operations ??= await loadOperations();
+  const bare = path.split('?')[0];
+  const m = method.toUpperCase() === 'HEAD' ? 'GET' : method.toUpperCase();
+  const found = operations.filter((o) => o.method === m && o.pattern.test(bare));
+  // The most specific template wins (`/v1/checkout.js` over a parameter).
+  found.sort((a, b) => (a.template.match(/\{/g) || []).length - (b.template.match(/\{/g) || []).length);
+  const hit = found[0];
+  if (!hit) return;
+  const where = `${method} ${hit.template} answered ${answer.status}`;
+  const described = hit.op.responses[String(answer.status)] ?? hit.op.responses[`${String(answer.status)[0]}XX`];
+  assert.ok(described, `${where}, which the OpenAPI document does not describe: ${answer.text.slice(0, 200)}`);
+  const code = answer.json?.error?.code;
+  const codes = described.content?.['application/json']?.schema?.properties?.error?.properties?.code?.enum;
+  if (answer.status >= 400 && code && codes && !answer.json?.status) {
+    assert.ok(codes.includes(code), `${where} ${code}, which the OpenAPI document does not list (it lists ${codes.join(', ')})`);
+  }
 }
 
 export const admin = (method, path, opts = {}) => api(method, path, { ...opts, key: ADMIN_KEY });

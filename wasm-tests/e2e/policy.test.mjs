@@ -31,7 +31,7 @@ test('push, replay refusal, tamper, unknown key and rollback', async () => {
 
   const tampered = JSON.parse(rev1);
   tampered.bundle.tax.rates_ppm.merchandise = 100;
-  assertError(await admin('PUT', '/v1/admin/policies', { body: tampered }), 400, 'policy_bad_signature');
+  assertError(await admin('PUT', '/v1/admin/policies', { body: tampered }), 422, 'policy_bad_signature');
 
   const otherKey = join(dir, 'other.key');
   execFileSync(CLI, ['keygen', '--out', otherKey]);

@@ -83,7 +83,7 @@ test('at the event end the object reconciles by itself, refunds a lost charge on
   assert.equal(ok.json.event_id, id);
   const tampered = r.text.replace('"lost_refunded":1500', '"lost_refunded":1501');
   assert.notEqual(tampered, r.text);
-  assertError(await api('POST', '/v1/receipts/verify', { body: tampered }), 400, 'report_tampered');
+  assertError(await api('POST', '/v1/receipts/verify', { body: tampered }), 422, 'report_tampered');
   // The operator reads the same report.
   const op = await admin('GET', path);
   assert.equal(op.status, 200);

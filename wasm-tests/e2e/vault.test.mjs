@@ -33,11 +33,11 @@ test('two tokens of one card differ (random nonce)', async () => {
 
 test('bad cards get clear 4xx errors that never echo the number', async () => {
   let r = await tokenize(card('4242424242424241'));
-  assertError(r, 400, 'invalid_card_number');
+  assertError(r, 422, 'invalid_card_number');
   assert.ok(!r.text.includes('4242424242424241'));
-  assertError(await tokenize(card('4242424242424242', { exp_year: 2020 })), 400, 'card_expired');
-  assertError(await tokenize(card('4242424242424242', { exp_month: 13 })), 400, 'invalid_expiry');
-  assertError(await tokenize(card('378282246310005', { cvc: '123' })), 400, 'invalid_cvc');
+  assertError(await tokenize(card('4242424242424242', { exp_year: 2020 })), 422, 'card_expired');
+  assertError(await tokenize(card('4242424242424242', { exp_month: 13 })), 422, 'invalid_expiry');
+  assertError(await tokenize(card('378282246310005', { cvc: '123' })), 422, 'invalid_cvc');
   r = await api('POST', '/v1/tokens', { body: '{"event_id": "e", "card": {"number": "4242424242424242",' });
   assertError(r, 400, 'invalid_json');
   r = await api('POST', '/v1/tokens', { body: { event_id: 'e', card: { number: '4242424242424242', exp_month: '4242424242424242', exp_year: 2030 } } });

@@ -27,7 +27,7 @@ function verify(secret, header, body) {
 test('receipts are delivered to the webhook in signed batches, retried after a failure', async () => {
   await healLanes();
   const url = `http://127.0.0.1:${server.address().port}/hook`;
-  assertError(await admin('POST', '/v1/admin/merchants', { body: { name: 'x', webhook_url: 'ftp://nope' } }), 400, 'invalid_webhook_url');
+  assertError(await admin('POST', '/v1/admin/merchants', { body: { name: 'x', webhook_url: 'ftp://nope' } }), 422, 'invalid_webhook_url');
   const m = await admin('POST', '/v1/admin/merchants', { body: { name: 'Webhook Stall', webhook_url: url } });
   assert.equal(m.status, 201, m.text);
   assert.match(m.json.webhook_secret, /^whsec_[0-9a-f]{48}$/);
