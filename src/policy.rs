@@ -962,6 +962,8 @@ pub fn bundle_hash(bundle: &Value) -> String {
 #[serde(deny_unknown_fields)]
 pub struct SignatureBlock {
     pub kid: String,
+    /// Always `Ed25519`.
+    #[schemars(regex(pattern = "^Ed25519$"))]
     pub alg: String,
     /// Standard base64 of the 64-byte Ed25519 signature.
     pub sig: String,
@@ -1190,7 +1192,7 @@ pub struct VerifiedBundle {
 /// Verifies an envelope (signature first, then the rules). PoPs call this on every bundle
 /// they read from KV; the admin route calls it on every push.
 pub fn verify_envelope(json: &str, keys: &TrustedKeys) -> Result<VerifiedBundle, PolicyError> {
-    let env: SignedBundle = serde_json::from_str(json).map_err(|e| {
+    let env: SignedBundle = crate::api::from_json(json).map_err(|e| {
         PolicyError::Malformed(format!(
             "expected {{\"bundle\": {{...}}, \"signature\": {{\"kid\", \"alg\", \"sig\"}}}}: {e}"
         ))
@@ -1223,7 +1225,7 @@ pub fn verify_envelope(json: &str, keys: &TrustedKeys) -> Result<VerifiedBundle,
 /// Verifies a signed rollback statement (signature and shape only; [`decide_rollback`]
 /// checks it against the stored state).
 pub fn verify_rollback(json: &str, keys: &TrustedKeys) -> Result<SignedRollback, PolicyError> {
-    let env: SignedRollback = serde_json::from_str(json).map_err(|e| {
+    let env: SignedRollback = crate::api::from_json(json).map_err(|e| {
         PolicyError::Malformed(format!(
             "expected {{\"rollback\": {{\"jurisdiction\", \"from_revision\", \"to_revision\", \
              \"created_ms\"}}, \"signature\": {{...}}}}: {e}"

@@ -210,6 +210,8 @@ pub struct Receipt {
 #[serde(deny_unknown_fields)]
 pub struct Signature {
     pub kid: String,
+    /// Always `HS256`.
+    #[schemars(regex(pattern = "^HS256$"))]
     pub alg: String,
     /// HMAC-SHA256, base64url without padding.
     pub mac: String,
@@ -226,7 +228,7 @@ pub struct SignedReceipt {
 impl SignedReceipt {
     /// Parses a stored signed receipt. Does not verify it: call [`verify`].
     pub fn from_json(json: &str) -> Result<SignedReceipt, ReceiptError> {
-        serde_json::from_str(json).map_err(|e| {
+        crate::api::from_json(json).map_err(|e| {
             ReceiptError::Malformed(format!(
                 "not a signed receipt (line {}, column {})",
                 e.line(),
@@ -664,7 +666,7 @@ pub struct SignedReport {
 impl SignedReport {
     /// Parses a signed report. Does not verify it: call [`verify_report`].
     pub fn from_json(json: &str) -> Result<SignedReport, ReceiptError> {
-        serde_json::from_str(json).map_err(|e| {
+        crate::api::from_json(json).map_err(|e| {
             ReceiptError::Malformed(format!(
                 "not a signed report (line {}, column {})",
                 e.line(),

@@ -28,6 +28,7 @@ pub struct CardInput {
     #[schemars(range(min = 1, max = 12))]
     pub exp_month: u32,
     /// Four digits, or two (20xx).
+    #[schemars(range(max = 9999))]
     pub exp_year: u32,
     /// The card's security code (3 digits, 4 for American Express).
     #[serde(default)]

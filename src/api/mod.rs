@@ -322,11 +322,24 @@ pub const ROUTES: &[Route] = &[
 /// The OpenAPI 3.1 description served at `/v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
-/// Parses a JSON request body into `T`. Errors never echo the body (it may hold a card
-/// number): they name a missing field or the position of the problem only. A number with a
-/// zero fraction (`2776.0`) is taken for the integer it is, as JSON Schema (and so the
-/// OpenAPI document) counts it an integer; serde alone would refuse it for an integer field.
-pub fn parse_json_body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
+/// The `Idempotency-Key` header's rule (1 to 200 printable ASCII characters), the same for
+/// every route that takes one: 400 `invalid_idempotency_key` otherwise.
+pub fn idempotency_key(header: Option<&str>) -> Result<Option<&str>, ApiError> {
+    match header {
+        Some(k) if !k.is_empty() && k.len() <= 200 && k.chars().all(|c| c.is_ascii_graphic()) => {
+            Ok(Some(k))
+        }
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key is 1 to 200 printable ASCII characters.",
+        )),
+        None => Ok(None),
+    }
+}
+
+/// `serde_json::from_str`, except that a number with a zero fraction (`2776.0`) is taken for
+/// the integer it is, as JSON Schema (and so the OpenAPI document) counts it an integer.
+pub fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> serde_json::Result<T> {
     let e = match serde_json::from_str(text) {
         Ok(v) => return Ok(v),
         Err(e) => e,
@@ -340,6 +353,18 @@ pub fn parse_json_body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, 
             }
         }
     }
+    Err(e)
+}
+
+/// Parses a JSON request body into `T`. Errors never echo the body (it may hold a card
+/// number): they name a missing field or the position of the problem only. A number with a
+/// zero fraction (`2776.0`) is taken for the integer it is, as JSON Schema (and so the
+/// OpenAPI document) counts it an integer; serde alone would refuse it for an integer field.
+pub fn parse_json_body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
+    let e = match from_json(text) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
     let msg = e.to_string();
     Err(match e.classify() {
         serde_json::error::Category::Data if msg.starts_with("missing field") => {

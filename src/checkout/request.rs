@@ -169,18 +169,8 @@ impl CheckoutKey {
     /// From the caller's Idempotency-Key (1 to 200 printable ASCII characters), or from
     /// `random` when the caller sent none.
     pub fn derive(header: Option<&str>, random: [u8; 12]) -> Result<CheckoutKey, ApiError> {
-        let idem = match header {
-            Some(k)
-                if !k.is_empty() && k.len() <= 200 && k.chars().all(|c| c.is_ascii_graphic()) =>
-            {
-                k.to_string()
-            }
-            Some(_) => {
-                return Err(ApiError::bad_request(
-                    "invalid_idempotency_key",
-                    "Idempotency-Key is 1 to 200 printable ASCII characters.",
-                ))
-            }
+        let idem = match crate::api::idempotency_key(header)? {
+            Some(k) => k.to_string(),
             None => format!("auto_{}", hex::encode(random)),
         };
         let h = Sha256::digest(idem.as_bytes());

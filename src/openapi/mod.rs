@@ -12,6 +12,7 @@ mod operations;
 
 use crate::api::{Access, RouteId, ROUTES};
 use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::transform::RecursiveTransform;
 use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -25,10 +26,12 @@ pub struct Schemas {
 
 impl Schemas {
     fn new() -> Schemas {
-        let settings = SchemaSettings::draft2020_12().with(|s| {
-            s.definitions_path = "/components/schemas".into();
-            s.meta_schema = None;
-        });
+        let settings = SchemaSettings::draft2020_12()
+            .with(|s| {
+                s.definitions_path = "/components/schemas".into();
+                s.meta_schema = None;
+            })
+            .with_transform(RecursiveTransform(integer_bounds));
         Schemas {
             requests: settings.clone().for_deserialize().into_generator(),
             answers: settings.for_serialize().into_generator(),
@@ -61,6 +64,28 @@ impl Schemas {
             }
         }
         out
+    }
+}
+
+/// States the range of a fixed-width integer (`format: uint32` and the like) as `minimum`
+/// and `maximum` where the type's own bounds are not narrowed already: a validator ignores
+/// `format`, and serde refuses a number the type cannot hold. `usize` counts as 32 bits,
+/// as on wasm32, where the Worker parses.
+fn integer_bounds(schema: &mut schemars::Schema) {
+    let (min, max): (i64, i64) = match schema.get("format").and_then(Value::as_str) {
+        Some("uint8") => (0, u8::MAX.into()),
+        Some("int8") => (i8::MIN.into(), i8::MAX.into()),
+        Some("uint16") => (0, u16::MAX.into()),
+        Some("int16") => (i16::MIN.into(), i16::MAX.into()),
+        Some("uint32") | Some("uint") => (0, u32::MAX.into()),
+        Some("int32") | Some("int") => (i32::MIN.into(), i32::MAX.into()),
+        _ => return,
+    };
+    if schema.get("minimum").is_none() {
+        schema.insert("minimum".into(), min.into());
+    }
+    if schema.get("maximum").is_none() {
+        schema.insert("maximum".into(), max.into());
     }
 }
 

@@ -113,7 +113,7 @@ pub fn describe(id: RouteId, s: &mut Schemas) -> Op {
             .link("metrics", RouteId::EventMetrics, &[("id", "$response.body#/event_id")])
             .errors(403, &["forbidden"])
             .errors(409, &["event_exists"])
-            .errors(422, &["unknown_merchant", "invalid_currency", "invalid_event_config", "invalid_id", "offline_budget_over_policy", "purchase_limit_over_policy"])
+            .errors(422, &["merchant_id_required", "unknown_merchant", "invalid_currency", "invalid_event_config", "invalid_id", "offline_budget_over_policy", "purchase_limit_over_policy"])
             .errors(503, &["temporarily_unavailable", "not_configured"]),
         RouteId::ShowEvent => event_errors(Op::new("Live state of an event")
             .path("id", EVENT, event_id())
@@ -127,6 +127,7 @@ pub fn describe(id: RouteId, s: &mut Schemas) -> Op {
             .idempotent()
             .body::<RefundBody>(s)
             .answer::<crate::ledger::Reply>(s, 201, "The refund")
+            .errors(400, &["invalid_idempotency_key"])
             .errors(409, &["invalid_order_state", "not_captured", "id_conflict"])
             .errors(422, &["refund_exceeds_captured", "refund_not_allowed", "refund_window_closed", "partial_refund_not_allowed", "amount_out_of_range", "amount_mismatch", "currency_mismatch", "invalid_id"])),
         RouteId::ReconcileEvent => event_errors(Op::new("Reconcile the event's ledger with the acquirers' charges now")

@@ -5,6 +5,17 @@ import http from 'node:http';
 import crypto from 'node:crypto';
 import { api, admin, assertError, checkout, healLanes } from './helpers.mjs';
 import { freshCard } from '../../scripts/test-cards.mjs';
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { verifyPoptill } from '../../examples/webhooks/verify.mjs';
+
+const ROOT = new URL('../../', import.meta.url);
+const PY_VERIFY = new URL('examples/webhooks/verify.py', ROOT);
+// The README's Python snippet, run on a delivery: prints True or False.
+function verifyWithPython(secret, header, body) {
+  const program = `${readFileSync(PY_VERIFY, 'utf8')}\nimport sys\nprint(verify_poptill(sys.stdin.buffer.read(), sys.argv[1], sys.argv[2]))\n`;
+  return execFileSync('python3', ['-c', program, header, secret], { input: body }).toString().trim() === 'True';
+}
 
 const deliveries = [];
 const server = http.createServer((req, res) => {
@@ -55,6 +66,12 @@ test('receipts are delivered to the webhook in signed batches, retried after a f
   for (const d of deliveries) {
     assert.ok(verify(m.json.webhook_secret, d.signature, d.body), 'Poptill-Signature verifies');
     assert.ok(!verify('whsec_wrong', d.signature, d.body));
+    // The README's verification snippets, on the same real delivery.
+    assert.ok(verifyPoptill(d.body, d.signature, m.json.webhook_secret), 'the Node snippet verifies it');
+    assert.ok(!verifyPoptill(d.body + ' ', d.signature, m.json.webhook_secret), 'the Node snippet refuses a changed body');
+    assert.ok(!verifyPoptill(d.body, d.signature, 'whsec_wrong'));
+    assert.ok(verifyWithPython(m.json.webhook_secret, d.signature, d.body), 'the Python snippet verifies it');
+    assert.ok(!verifyWithPython('whsec_wrong', d.signature, d.body), 'the Python snippet refuses a wrong secret');
     const batch = JSON.parse(d.body);
     assert.equal(batch.type, 'receipts.batch');
     for (const r of batch.receipts) {
@@ -63,4 +80,24 @@ test('receipts are delivered to the webhook in signed batches, retried after a f
     }
     assert.ok(!d.body.includes('4242424242424242'));
   }
+});
+
+test('the README shows the webhook verification snippets exactly as the files the suite runs', () => {
+  const readme = readFileSync(new URL('README.md', ROOT), 'utf8');
+  for (const file of ['examples/webhooks/verify.mjs', 'examples/webhooks/verify.py']) {
+    assert.ok(readme.includes(readFileSync(new URL(file, ROOT), 'utf8')), `README.md carries ${file} verbatim`);
+  }
+});
+
+test('an old delivery is refused by both snippets (replays)', () => {
+  const secret = 'whsec_test';
+  const body = '{"type":"receipts.batch","count":0,"receipts":[]}';
+  const t = Date.now() - 600_000;
+  const v1 = crypto.createHmac('sha256', secret).update(`poptill-webhook-v1\n${t}\n${body}`).digest('hex');
+  const fresh = Date.now();
+  const v1Fresh = crypto.createHmac('sha256', secret).update(`poptill-webhook-v1\n${fresh}\n${body}`).digest('hex');
+  assert.ok(verifyPoptill(body, `t=${fresh},v1=${v1Fresh}`, secret));
+  assert.ok(verifyWithPython(secret, `t=${fresh},v1=${v1Fresh}`, body));
+  assert.ok(!verifyPoptill(body, `t=${t},v1=${v1}`, secret), 'ten minutes old');
+  assert.ok(!verifyWithPython(secret, `t=${t},v1=${v1}`, body), 'ten minutes old');
 });

@@ -28,8 +28,9 @@ pub async fn create(
         }
         (Principal::Operator, Some(m)) => m,
         (Principal::Operator, None) => {
-            return Err(ApiError::bad_request(
-                "invalid_body",
+            return Err(ApiError::new(
+                422,
+                "merchant_id_required",
                 "The operator must name the event's merchant_id.",
             ))
         }
@@ -197,11 +198,12 @@ pub async fn refund(
     idem: Option<String>,
     body: RefundBody,
 ) -> Result<Response, ApiError> {
+    let idem = crate::api::idempotency_key(idem.as_deref())?;
     let c = managed(env, who, event_id, ctx.now_ms).await?;
     let bundle = bundle_of(env, &c, ctx.now_ms).await;
     let order = object::order(env, event_id, &body.order_id).await?;
     let rule = crate::refunds::rule(&order, &c.skus, &bundle.bundle.refunds, body.goodwill);
-    let refund_id = crate::refunds::refund_id(event_id, idem.as_deref(), random::<8>()?);
+    let refund_id = crate::refunds::refund_id(event_id, idem, random::<8>()?);
     let reply = object::one(
         env,
         event_id,
