@@ -86,6 +86,19 @@ dev_var() { # NAME from .dev.vars
   sed -n "s/^$1=//p" "$ROOT/.dev.vars" | head -n1
 }
 
+# ensure_schemathesis: the API contract run's tools (scripts/requirements-contract.txt,
+# every version pinned) in the project-local virtualenv $ROOT/.venv-schemathesis; installs
+# them when the venv is missing or differs. Exports ST_BIN.
+ensure_schemathesis() {
+  local venv="$ROOT/.venv-schemathesis" req="$ROOT/scripts/requirements-contract.txt"
+  ST_BIN="$venv/bin/st"; export ST_BIN
+  if [ -x "$ST_BIN" ] && cmp -s "$req" "$venv/.installed-requirements"; then return 0; fi
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv" || { echo "error: python3 -m venv failed" >&2; return 1; }
+  timeout -k 10 600 "$venv/bin/pip" install -q --disable-pip-version-check -r "$req" ||
+    { echo "error: could not install $req into $venv" >&2; return 1; }
+  cp "$req" "$venv/.installed-requirements"
+}
+
 # start_stack PORT SIM_PORT STATE_DIR LOG_DIR: starts the simulator and wrangler dev; exports
 # POPTILL_URL, SIM_URL and ADMIN_KEY for the tests. The Worker must already be built.
 # EXTRA_WRANGLER_VARS (optional, see below) adds `--var NAME:VALUE`s, e.g. ROUTING_TUNING.

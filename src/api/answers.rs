@@ -203,6 +203,30 @@ pub struct RoutingState {
     pub routing: crate::routing::RoutingSnapshot,
 }
 
+/// A lost checkout's charge that reconciliation refunded.
+#[derive(Serialize, JsonSchema)]
+pub struct LostRefunded {
+    pub charge_id: String,
+    pub order_id: String,
+    pub amount: MinorUnits,
+}
+
+/// `POST /v1/admin/events/{id}/reconcile`: what the run found and did.
+#[derive(Serialize, JsonSchema)]
+pub struct ReconcileAnswer {
+    pub event_id: String,
+    /// Charges the acquirers listed for the event.
+    pub acquirer_charges: usize,
+    pub report: crate::ledger::ReconReport,
+    /// Whether the edge and the acquirers agree, nothing left to settle.
+    pub clean: bool,
+    /// Whether the acquirers' listing was cut short (more charges than one run reads).
+    pub truncated: bool,
+    /// Stored payments folded in as late approvals (auth ids).
+    pub late_approvals: Vec<String>,
+    pub lost_checkouts_refunded: Vec<LostRefunded>,
+}
+
 /// `POST /v1/admin/bench/counter/{name}`.
 #[derive(Serialize, JsonSchema)]
 pub struct Count {

@@ -397,11 +397,17 @@ pub fn parse_json_body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, 
 /// whether any was rewritten.
 fn integral_numbers_as_integers(v: &mut serde_json::Value) -> bool {
     use serde_json::Value;
-    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    // 2^63 and 2^64: a float with a zero fraction in range is exactly that integer.
+    const I64_END: f64 = 9_223_372_036_854_775_808.0;
+    const U64_END: f64 = 18_446_744_073_709_551_616.0;
     match v {
         Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
-            Some(f) if f.fract() == 0.0 && f.abs() <= EXACT => {
+            Some(f) if f.fract() == 0.0 && (-I64_END..I64_END).contains(&f) => {
                 *v = Value::from(f as i64);
+                true
+            }
+            Some(f) if f.fract() == 0.0 && (0.0..U64_END).contains(&f) => {
+                *v = Value::from(f as u64);
                 true
             }
             _ => false,
@@ -582,6 +588,8 @@ mod tests {
         assert_eq!((b.n, b.m), (3, -2776));
         let half = parse_json_body::<B>(r#"{"n": 3.5, "m": 1}"#).unwrap_err();
         assert_eq!((half.status, half.code.as_ref()), (400, "invalid_body"));
+        let big: B = parse_json_body(r#"{"n": 1, "m": 6.7480788860026216e16}"#).unwrap();
+        assert_eq!(big.m, 67_480_788_860_026_216);
         let huge = parse_json_body::<B>(r#"{"n": 1e300, "m": 1}"#).unwrap_err();
         assert_eq!(huge.code, "invalid_body");
         let unknown =

@@ -28,6 +28,7 @@ pub struct EventSummary {
     pub skus: Vec<SkuSummary>,
     /// Pending orders whose hold has not lapsed.
     pub active_holds: u32,
+    #[schemars(extend("propertyNames" = {"$ref": "#/components/schemas/OrderState"}))]
     pub orders_by_state: BTreeMap<OrderState, u32>,
     /// Stored payments not yet forwarded: count, total, and the cap.
     pub queued_count: u32,
@@ -118,7 +119,7 @@ pub struct AmountMismatch {
 }
 
 /// The outcome of comparing the ledger with the acquirer's charge list.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ReconReport {
     /// `(order_id, charge_id)` pairs that agree.
     pub matched: Vec<(String, String)>,
@@ -262,6 +263,7 @@ pub struct EventReport {
     pub totals: ReportTotals,
     pub lanes: Vec<LaneTotals>,
     pub refunds: RefundTotals,
+    #[schemars(extend("propertyNames" = {"$ref": "#/components/schemas/OrderState"}))]
     pub orders_by_state: BTreeMap<OrderState, u32>,
     /// Orders whose charge matched.
     pub matched: u32,

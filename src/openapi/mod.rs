@@ -72,20 +72,22 @@ impl Schemas {
 /// `format`, and serde refuses a number the type cannot hold. `usize` counts as 32 bits,
 /// as on wasm32, where the Worker parses.
 fn integer_bounds(schema: &mut schemars::Schema) {
-    let (min, max): (i64, i64) = match schema.get("format").and_then(Value::as_str) {
-        Some("uint8") => (0, u8::MAX.into()),
+    let (min, max): (Value, Value) = match schema.get("format").and_then(Value::as_str) {
+        Some("uint8") => (0.into(), u8::MAX.into()),
         Some("int8") => (i8::MIN.into(), i8::MAX.into()),
-        Some("uint16") => (0, u16::MAX.into()),
+        Some("uint16") => (0.into(), u16::MAX.into()),
         Some("int16") => (i16::MIN.into(), i16::MAX.into()),
-        Some("uint32") | Some("uint") => (0, u32::MAX.into()),
+        Some("uint32") | Some("uint") => (0.into(), u32::MAX.into()),
         Some("int32") | Some("int") => (i32::MIN.into(), i32::MAX.into()),
+        Some("uint64") => (0.into(), u64::MAX.into()),
+        Some("int64") => (i64::MIN.into(), i64::MAX.into()),
         _ => return,
     };
     if schema.get("minimum").is_none() {
-        schema.insert("minimum".into(), min.into());
+        schema.insert("minimum".into(), min);
     }
     if schema.get("maximum").is_none() {
-        schema.insert("maximum".into(), max.into());
+        schema.insert("maximum".into(), max);
     }
 }
 
@@ -311,16 +313,28 @@ impl Op {
 
     /// A link from the last answer to the operation `to`, its parameters taken from the
     /// answer (`"$response.body#/event_id"`) or the request (`"$request.path.id"`).
-    pub fn link(mut self, name: &str, to: RouteId, parameters: &[(&str, &str)]) -> Op {
+    pub fn link(self, name: &str, to: RouteId, parameters: &[(&str, &str)]) -> Op {
+        self.link_with_body(name, to, parameters, None)
+    }
+
+    /// A link that also fills the target's request body (members as runtime expressions).
+    pub fn link_with_body(
+        mut self,
+        name: &str,
+        to: RouteId,
+        parameters: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Op {
         if let Some(a) = self.answers.last_mut() {
             let params: Map<String, Value> = parameters
                 .iter()
                 .map(|(k, v)| ((*k).to_string(), Value::String((*v).to_string())))
                 .collect();
-            a.links.insert(
-                name.to_string(),
-                json!({"operationId": operation_id(to), "parameters": params}),
-            );
+            let mut link = json!({"operationId": operation_id(to), "parameters": params});
+            if let Some(b) = body {
+                link["requestBody"] = b;
+            }
+            a.links.insert(name.to_string(), link);
         }
         self
     }

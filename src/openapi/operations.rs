@@ -41,7 +41,8 @@ pub fn describe(id: RouteId, s: &mut Schemas) -> Op {
             .describe("The card is validated and sealed here (ChaCha20-Poly1305 under this PoP's data key); it never leaves the PoP in clear. Only the event's allowed origins (or the edge's own frame) may call it.")
             .body::<TokenRequest>(s)
             .answer::<TokenCreated>(s, 201, "The card's token")
-            .link("checkout", RouteId::Checkout, &[("id", "$request.body#/event_id")])
+            .link_with_body("checkout", RouteId::Checkout, &[("id", "$request.body#/event_id")],
+                Some(json!({"token": "$response.body#/token", "cvc_token": "$response.body#/cvc_token"})))
             .errors(422, &["invalid_card_number", "unsupported_brand", "invalid_expiry", "card_expired", "invalid_cvc"])
             .errors(403, &["origin_not_allowed"])
             .errors(404, &["not_found"])
@@ -77,7 +78,7 @@ pub fn describe(id: RouteId, s: &mut Schemas) -> Op {
         RouteId::PolicyRevision => Op::new("A stored signed bundle revision")
             .path("jurisdiction", "An upper-case ISO 3166 code.", json!({"type": "string"}))
             .path("revision", "The revision number.", json!({"type": "string", "pattern": "^[0-9]+$"}))
-            .answer_with(200, "The signed envelope as it was pushed", Some(("application/json", json!({"type": "object"}))))
+            .answer::<crate::policy::SignedBundle>(s, 200, "The signed envelope as it was pushed")
             .errors(400, &["invalid_revision"])
             .errors(404, &["not_found"])
             .errors(503, &["temporarily_unavailable"]),
@@ -127,14 +128,16 @@ pub fn describe(id: RouteId, s: &mut Schemas) -> Op {
             .idempotent()
             .body::<RefundBody>(s)
             .answer::<crate::ledger::Reply>(s, 201, "The refund")
+            .link("reconcile", RouteId::ReconcileEvent, &[("id", "$request.path.id")])
             .errors(400, &["invalid_idempotency_key"])
             .errors(409, &["invalid_order_state", "not_captured", "id_conflict"])
             .errors(422, &["refund_exceeds_captured", "refund_not_allowed", "refund_window_closed", "partial_refund_not_allowed", "amount_out_of_range", "amount_mismatch", "currency_mismatch", "invalid_id"])),
         RouteId::ReconcileEvent => event_errors(Op::new("Reconcile the event's ledger with the acquirers' charges now")
             .describe("It also runs by itself after lost checkouts and at the event's end; it refunds lost checkouts' charges once and keeps the signed report.")
             .path("id", EVENT, event_id())
-            .answer_with(200, "What reconciliation found and did", Some(("application/json", json!({"type": "object"}))))
+            .answer::<ReconcileAnswer>(s, 200, "What reconciliation found and did")
             .link("report", RouteId::EventReport, &[("id", "$request.path.id")])
+            .link("export", RouteId::ExportEvent, &[("id", "$request.path.id")])
             .errors(503, &["acquirer_unavailable", "lanes_misconfigured"])),
         RouteId::EventReport => event_errors(Op::new("The signed report of the event's last reconciliation")
             .describe("Totals, per-lane charges, refunds, discrepancies, whether the listing was truncated, the time range covered; verify it with POST /v1/receipts/verify.")
@@ -170,8 +173,9 @@ pub fn describe(id: RouteId, s: &mut Schemas) -> Op {
             .body::<crate::checkout::request::CheckoutBody>(s)
             .answer::<CheckoutAnswer>(s, 201, "`approved`, `queued` (stored while the acquirer cannot be reached) or `confirming` (accepted while the acquirer is still answering: send the same request again after Retry-After), with a signed receipt")
             .with_headers(&["X-Poptill-Routing", "Server-Timing", "Retry-After", "Idempotent-Replayed"])
-            .link("receipt", RouteId::GetReceipt, &[("id", "$response.body#/receipt_id")])
-            .link("refund", RouteId::RefundOrder, &[("id", "$request.path.id")])
+            .link_with_body("verifyReceipt", RouteId::VerifyReceipt, &[], Some(json!("$response.body#/receipt")))
+            .link_with_body("refund", RouteId::RefundOrder, &[("id", "$request.path.id")],
+                Some(json!({"order_id": "$response.body#/order_id"})))
             .answer::<CheckoutAnswer>(s, 202, "`pending`: the outcome is not known yet; do not pay again. `status_url` (GET) and the same request again say where it stands; Retry-After says when to ask")
             .with_headers(&["X-Poptill-Routing", "Server-Timing", "Retry-After", "Idempotent-Replayed"])
             .answer::<CheckoutAnswer>(s, 402, "`declined`: the card was declined (`decline.code`, `decline.message`); nothing was charged")

@@ -2,6 +2,7 @@
 //! ledger, lost checkouts refunded once, the signed event report kept.
 
 use super::*;
+use crate::api::answers::{LostRefunded, ReconcileAnswer};
 
 impl EventObject {
     /// Lists this event's charges on every lane, created since `since_ms`, page by page to
@@ -137,7 +138,7 @@ impl EventObject {
             };
             let event_report =
                 ledger.event_report(&charges, &listing, ReconcileReason::Requested, now());
-            let refunded: Vec<serde_json::Value> = result
+            let refunded: Vec<LostRefunded> = result
                 .lost
                 .iter()
                 .filter(|l| {
@@ -145,16 +146,25 @@ impl EventObject {
                         .refund(&lost_refund_id(&l.charge_id))
                         .is_some_and(|r| matches!(r.state, RefundState::Succeeded { .. }))
                 })
-                .map(|l| serde_json::json!({"charge_id": l.charge_id, "order_id": l.order_id, "amount": l.amount}))
+                .map(|l| LostRefunded {
+                    charge_id: l.charge_id.clone(),
+                    order_id: l.order_id.clone(),
+                    amount: l.amount,
+                })
                 .collect();
             (report, event_report, refunded)
         };
         let clean = event_report.clean;
         self.keep_report(event_report)?;
-        Ok(serde_json::json!({
-            "event_id": self.event_id(), "acquirer_charges": charges.len(), "report": report,
-            "clean": clean, "truncated": report.truncated,
-            "late_approvals": result.late_approvals, "lost_checkouts_refunded": refunded_lost,
-        }))
+        let answer = ReconcileAnswer {
+            event_id: self.event_id(),
+            acquirer_charges: charges.len(),
+            truncated: report.truncated,
+            report,
+            clean,
+            late_approvals: result.late_approvals,
+            lost_checkouts_refunded: refunded_lost,
+        };
+        serde_json::to_value(&answer).map_err(|_| crate::event_protocol::unexpected())
     }
 }
