@@ -64,9 +64,23 @@ pub const DEFAULT_KID: &str = "r1";
 // ---------------------------------------------------------------------------------------
 
 /// The last four digits of a card number; nothing longer fits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Last4(String);
+
+/// Described as what [`Last4::parse`] accepts.
+impl schemars::JsonSchema for Last4 {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Last4".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "The last four digits of a card number; nothing longer fits.",
+            "pattern": "^[0-9]{4}$",
+        })
+    }
+}
 
 impl Last4 {
     /// Exactly four ASCII digits.
