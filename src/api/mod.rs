@@ -347,7 +347,9 @@ pub fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> serde_json::Resu
     if e.classify() == serde_json::error::Category::Data {
         if let Ok(mut value) = serde_json::from_str::<serde_json::Value>(text) {
             if integral_numbers_as_integers(&mut value) {
-                if let Ok(v) = serde_json::from_value(value) {
+                // Through text again, not `from_value`: one deserializer per type in the
+                // Worker's module instead of two.
+                if let Ok(v) = serde_json::from_str(&value.to_string()) {
                     return Ok(v);
                 }
             }

@@ -254,9 +254,14 @@ fn documented_checkout_codes() -> &'static BTreeMap<u16, Vec<String>> {
         responses
             .iter()
             .filter_map(|(status, r)| {
-                let codes = r["content"]["application/json"]["schema"]["properties"]["error"]
-                    ["properties"]["code"]["enum"]
-                    .as_array()?;
+                // The error schema, alone or beside the payment's answer (`anyOf`).
+                let schema = &r["content"]["application/json"]["schema"];
+                let error = schema["anyOf"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|s| s.get("allOf").is_some()))
+                    .unwrap_or(schema);
+                let codes =
+                    error["properties"]["error"]["properties"]["code"]["enum"].as_array()?;
                 Some((
                     status.parse().ok()?,
                     codes

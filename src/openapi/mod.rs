@@ -411,14 +411,28 @@ impl Op {
                 _ => {}
             }
             let listed: Vec<String> = codes.iter().map(|c| format!("`{c}`")).collect();
-            responses.insert(
-                status.to_string(),
-                json!({
-                    "description": format!("{}: {}", reason(*status), listed.join(", ")),
-                    "headers": header_refs(&headers),
-                    "content": {"application/json": {"schema": error_with(codes)}},
-                }),
-            );
+            let errors = format!("{}: {}", reason(*status), listed.join(", "));
+            match responses.get_mut(&status.to_string()) {
+                // The status is also a described answer (a checkout's 402 `declined`): the
+                // body is that answer or one of these errors.
+                Some(answer) => {
+                    let described = answer["description"].as_str().unwrap_or("").to_string();
+                    answer["description"] = json!(format!("{described}; or an error. {errors}"));
+                    let schema = answer["content"]["application/json"]["schema"].take();
+                    answer["content"]["application/json"]["schema"] =
+                        json!({"anyOf": [schema, error_with(codes)]});
+                }
+                None => {
+                    responses.insert(
+                        status.to_string(),
+                        json!({
+                            "description": errors,
+                            "headers": header_refs(&headers),
+                            "content": {"application/json": {"schema": error_with(codes)}},
+                        }),
+                    );
+                }
+            }
         }
         op.insert("responses".into(), Value::Object(responses));
         Value::Object(op)
