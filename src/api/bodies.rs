@@ -10,6 +10,10 @@ use crate::money::MinorUnits;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+/// The ids poptill takes (events, merchants, SKUs): 1 to 128 of `[A-Za-z0-9_.:-]`, as
+/// [`crate::ledger::valid_id`] checks them.
+pub const ID_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,128}$";
+
 /// `POST /v1/tokens`: a card, sealed in this PoP for one event.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -52,10 +56,16 @@ pub struct NewMerchant {
 pub struct NewEvent {
     /// Required with the operator key; with a merchant key, its own id or nothing.
     #[serde(default)]
+    #[schemars(regex(pattern = ID_PATTERN))]
     pub merchant_id: Option<String>,
-    /// 1 to 200 characters, no control characters.
+    /// 1 to 200 characters, no control characters, not only spaces.
+    #[schemars(
+        length(min = 1, max = 200),
+        regex(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")
+    )]
     pub title: String,
     /// The policy bundle's place: an upper-case ISO 3166 code such as `DE` or `US-CA`.
+    #[schemars(regex(pattern = r"^[A-Z0-9-]{2,10}$"))]
     pub jurisdiction: String,
     /// ISO 4217 code of the event's prices.
     #[schemars(with = "crate::money::Currency")]
@@ -65,9 +75,12 @@ pub struct NewEvent {
     /// When the event ends (after `start_ms`).
     pub end_ms: i64,
     /// 1 to 500 items on sale.
+    #[schemars(length(min = 1, max = crate::ledger::MAX_SKUS))]
     pub skus: Vec<Sku>,
-    /// The merchant pages that may embed the card frame and call the card routes.
+    /// The merchant pages that may embed the card frame and call the card routes
+    /// (`https://shop.example`), at most 50.
     #[serde(default)]
+    #[schemars(length(max = crate::ledger::MAX_ORIGINS))]
     pub allowed_origins: Vec<String>,
     #[serde(default)]
     pub queue: Option<QueueConfig>,

@@ -29,12 +29,16 @@ pub enum Category {
 /// One item on sale.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Sku {
+    #[schemars(regex(pattern = crate::api::bodies::ID_PATTERN))]
     pub id: String,
+    /// 1 to 200 characters.
+    #[schemars(length(min = 1, max = 200))]
     pub name: String,
     pub category: Category,
     /// Unit price in minor units of the event currency.
     pub price: MinorUnits,
     /// Total units on sale for the whole event.
+    #[schemars(range(max = MAX_STOCK))]
     pub stock: u32,
     /// Most units of this item in one order (set from the policy's purchase limit when
     /// the merchant leaves it out; `None` only for events made before limits existed).

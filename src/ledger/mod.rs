@@ -59,7 +59,7 @@ pub(crate) mod tests;
 
 pub use config::{
     valid_id, Category, EventConfig, OfflineBudget, QueueConfig, QueueMode, Sku,
-    MAX_OFFLINE_WAIT_MS,
+    MAX_OFFLINE_WAIT_MS, MAX_ORIGINS, MAX_SKUS,
 };
 pub use error::{LedgerError, OfflineLimit};
 pub use forward::{
