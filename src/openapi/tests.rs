@@ -1,3 +1,5 @@
+//! Tests of the generated OpenAPI document: it is the served one, and it is whole.
+
 use super::*;
 use std::collections::BTreeSet;
 
