@@ -31,8 +31,12 @@ test('a 60 MB body is refused before it is read, with or without a Content-Lengt
   assert.equal(a.status, 413);
   assert.equal((await a.json()).error.code, 'body_too_large');
   // The Worker answers 413 and stops reading; the connection may be torn down before the
-  // client reads the answer (workerd resets it), which is as good.
-  assert.ok(b.status === 413 || b.status === 'reset', `streamed body answered ${b.status}`);
+  // client reads the answer (workerd resets it), which is as good. wrangler dev's local
+  // proxy, still sending the body when workerd stops reading, may then answer the client a
+  // 503 of its own (not the Worker's JSON: the Worker's 413 is in its log, checked below).
+  const bBody = typeof b.status === 'number' ? await b.text().catch(() => '') : '';
+  const proxys503 = b.status === 503 && !bBody.includes('"error"');
+  assert.ok(b.status === 413 || b.status === 'reset' || proxys503, `streamed body answered ${b.status}: ${bBody.slice(0, 200)}`);
   // What the Worker read of each refused body (its log says; the proxy in front of it may
   // have taken in more): nothing of the sized one, at most the cap and one chunk of the
   // streamed one.
@@ -47,6 +51,11 @@ test('a 60 MB body is refused before it is read, with or without a Content-Lengt
   assert.equal(byLength.read_bytes, 0);
   const byStream = refused.find((r) => r.by === 'stream');
   assert.ok(byStream, `no refusal of the stream logged: ${JSON.stringify(refused)}`);
+  if (proxys503) {
+    const answered = readFileSync(process.env.POPTILL_WORKER_LOG, 'utf8').split('\n')
+      .some((l) => l.includes('"path":"/v1/tokens"') && l.includes('"status":413'));
+    assert.ok(answered, 'the proxy said 503, but the Worker itself answered the stream 413');
+  }
   assert.ok(byStream.read_bytes <= 256 * 1024 + 1024 * 1024, `read ${byStream.read_bytes} bytes`);
   assert.equal(c.status, 201, c.text);
   assert.equal(c.json.status, 'approved');
