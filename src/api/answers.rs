@@ -267,13 +267,26 @@ pub struct Decline {
     pub message: String,
 }
 
-/// The `error` member a declined checkout carries beside `decline` (as error answers do).
+/// The `error` member of every error answer ([`crate::error::ApiError::body`]), and the one
+/// a declined checkout carries beside `decline`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorInfo {
+    /// Stable and machine-readable.
     pub code: String,
+    /// A sentence for a person; never a secret or card data.
     pub message: String,
+    /// Whether the same request can succeed later.
     pub retryable: bool,
+}
+
+/// An error answer's body, `{"error": {...}}` (`components.schemas.Error`; each operation
+/// narrows `code` to the codes it lists).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Error")]
+pub struct ErrorBody {
+    pub error: ErrorInfo,
 }
 
 /// The body of a checkout's answer (`POST /v1/events/{id}/checkout`) and of its status

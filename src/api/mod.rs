@@ -414,27 +414,19 @@ fn integral_numbers_as_integers(v: &mut serde_json::Value) -> bool {
             }
             _ => false,
         },
-        // Every member is visited (no short circuit): all of them may need rewriting.
-        Value::Array(items) => items
-            .iter_mut()
-            .map(integral_numbers_as_integers)
-            .count_true(),
-        Value::Object(map) => map
-            .values_mut()
-            .map(integral_numbers_as_integers)
-            .count_true(),
+        Value::Array(items) => rewrite_all(items.iter_mut()),
+        Value::Object(map) => rewrite_all(map.values_mut()),
         _ => false,
     }
 }
 
-trait CountTrue {
-    fn count_true(self) -> bool;
-}
-impl<I: Iterator<Item = bool>> CountTrue for I {
-    /// Whether any item was true, having run through all of them.
-    fn count_true(self) -> bool {
-        self.filter(|changed| *changed).count() > 0
+/// [`integral_numbers_as_integers`] on every member (none skipped once one changed).
+fn rewrite_all<'a>(members: impl Iterator<Item = &'a mut serde_json::Value>) -> bool {
+    let mut changed = false;
+    for m in members {
+        changed |= integral_numbers_as_integers(m);
     }
+    changed
 }
 
 /// A matched route with its path parameters.

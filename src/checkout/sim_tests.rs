@@ -278,13 +278,7 @@ fn documented_checkout_codes() -> &'static BTreeMap<u16, Vec<String>> {
 /// [`CheckoutAnswer`] (unknown fields denied), an error is `{"error": {...}}` with a code
 /// the document lists for its status.
 fn contract_problem(a: &Answer) -> Option<String> {
-    use crate::api::answers::{CheckoutAnswer, ErrorInfo};
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct ErrorBody {
-        error: ErrorInfo,
-    }
+    use crate::api::answers::{CheckoutAnswer, ErrorBody};
     let payment = matches!(a.status, 201 | 202) || a.body["status"] == "declined";
     if payment {
         return serde_json::from_value::<CheckoutAnswer>(a.body.clone())

@@ -41,7 +41,7 @@ async fn fetch(req: Request, env: Env, worker_ctx: Context) -> Result<Response> 
     let method = req.inner().method().to_ascii_uppercase();
     let path = req.path();
     let origin = req.headers().get("Origin").ok().flatten();
-    let outcome = handle(req, &env, &ctx, &worker_ctx).await;
+    let outcome = handle(req, &method, &env, &ctx, &worker_ctx).await;
     let mut response = match outcome {
         Ok(r) => r,
         Err(e) => http::error_response(&e)?,
@@ -78,11 +78,11 @@ async fn fetch(req: Request, env: Env, worker_ctx: Context) -> Result<Response> 
 
 async fn handle(
     mut req: Request,
+    method: &str,
     env: &Env,
     ctx: &Ctx,
     worker_ctx: &Context,
 ) -> std::result::Result<Response, ApiError> {
-    let method = req.inner().method().to_ascii_uppercase();
     let path = req.path();
     if method == "OPTIONS" {
         return http::preflight(&path);
@@ -97,7 +97,7 @@ async fn handle(
             )
         });
     }
-    let matched = api::resolve(&method, &path)?;
+    let matched = api::resolve(method, &path)?;
     let who = match matched.route.access {
         Access::Public => merchants::Principal::Public,
         Access::Operator => merchants::authenticate(&req, env, false).await?,

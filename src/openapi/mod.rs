@@ -111,8 +111,9 @@ pub fn document() -> Value {
             .insert(route.method.to_ascii_lowercase(), value);
     }
     let webhooks = operations::webhooks(&mut schemas);
-    let mut components = schemas.components();
-    components.insert("Error".into(), error_schema());
+    // `Error`, which every error answer refers to.
+    schemas.answer::<crate::api::answers::ErrorBody>();
+    let components = schemas.components();
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -159,27 +160,6 @@ fn headers() -> Value {
         "Idempotent-Replayed": {"description": "`true` when this answer replays an earlier request with the same Idempotency-Key.", "schema": {"type": "string", "enum": ["true"]}},
         "Allow": {"description": "The methods this resource accepts (RFC 9110).", "schema": {"type": "string"}},
         "WWW-Authenticate": {"description": "`Bearer` (RFC 6750).", "schema": {"type": "string"}},
-    })
-}
-
-/// The error body (`components.schemas.Error`).
-fn error_schema() -> Value {
-    json!({
-        "type": "object",
-        "required": ["error"],
-        "additionalProperties": false,
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message", "retryable"],
-                "additionalProperties": false,
-                "properties": {
-                    "code": {"type": "string", "description": "Stable and machine-readable."},
-                    "message": {"type": "string", "description": "A sentence for a person; never a secret or card data."},
-                    "retryable": {"type": "boolean", "description": "Whether the same request can succeed later."},
-                },
-            },
-        },
     })
 }
 
@@ -263,12 +243,6 @@ impl Op {
     /// A JSON request body of type `T`.
     pub fn body<T: JsonSchema>(mut self, s: &mut Schemas) -> Op {
         self.body = Some(("application/json", s.request::<T>()));
-        self
-    }
-
-    /// A request body described by hand (one the handler reads as text and checks itself).
-    pub fn body_schema(mut self, schema: Value) -> Op {
-        self.body = Some(("application/json", schema));
         self
     }
 

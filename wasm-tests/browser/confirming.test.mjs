@@ -6,39 +6,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  EDGE, SIM, EVENT, CARDS, launch, merchant, openRecorded, assertNoCardLeak, shot,
-  addFirstItem, answerPrompts, typeCard, setPartition, resetRouting,
+  EDGE, EVENT, CARDS, launch, merchant, openRecorded, assertNoCardLeak, shot,
+  addFirstItem, answerPrompts, typeCard, setPartition, resetRouting, charges, setLatency,
 } from './helpers.mjs';
-
-const LANES = ['fast', 'cheap'];
-
-/** This event's payment intents that took money (authorized or captured), on every lane. */
-async function charges() {
-  const out = [];
-  for (const lane of LANES) {
-    let after = '';
-    for (;;) {
-      const r = await fetch(`${SIM}/lanes/${lane}/v1/payment_intents?limit=100${after && `&starting_after=${after}`}`, {
-        headers: { authorization: 'Bearer sk_test_browser' },
-      });
-      assert.equal(r.status, 200, `simulator list on ${lane}`);
-      const page = await r.json();
-      for (const pi of page.data) {
-        if (pi.metadata?.event_id === EVENT && ['succeeded', 'requires_capture'].includes(pi.status)) out.push({ lane, ...pi });
-      }
-      if (!page.has_more || !page.data.length) break;
-      after = page.data[page.data.length - 1].id;
-    }
-  }
-  return out;
-}
-
-async function setLatency(latency_ms) {
-  for (const lane of LANES) {
-    const r = await fetch(`${SIM}/control/lanes/${lane}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ latency_ms }) });
-    assert.ok(r.ok, `simulator control ${lane}: ${r.status}`);
-  }
-}
 
 let chrome, shop;
 before(async () => {

@@ -128,8 +128,11 @@ export async function resultOf(page, timeout = 30_000) {
   return { cls: await box.getAttribute('class'), text: await box.innerText() };
 }
 
+/** The simulator's two lanes, as wrangler.toml's LANES names them. */
+const LANES = ['fast', 'cheap'];
+
 export async function setPartition(partition) {
-  for (const lane of ['fast', 'cheap']) {
+  for (const lane of LANES) {
     const r = await fetch(`${SIM}/control/lanes/${lane}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ partition }) });
     assert.ok(r.ok, `simulator control ${lane}: ${r.status}`);
   }
@@ -140,4 +143,34 @@ export async function setPartition(partition) {
 export async function resetRouting() {
   const r = await fetch(`${EDGE}/v1/admin/routing/reset`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_KEY}` } });
   assert.ok(r.ok, `routing reset: ${r.status}`);
+}
+
+
+/** This event's payment intents that took money (authorized or captured), on every lane. */
+export async function charges() {
+  const out = [];
+  for (const lane of LANES) {
+    let after = '';
+    for (;;) {
+      const r = await fetch(`${SIM}/lanes/${lane}/v1/payment_intents?limit=100&expand[]=data.latest_charge${after && `&starting_after=${after}`}`, {
+        headers: { authorization: 'Bearer sk_test_browser' },
+      });
+      assert.equal(r.status, 200, `simulator list on ${lane}`);
+      const page = await r.json();
+      for (const pi of page.data) {
+        if (pi.metadata?.event_id === EVENT && ['succeeded', 'requires_capture'].includes(pi.status)) out.push({ lane, ...pi });
+      }
+      if (!page.has_more || !page.data.length) break;
+      after = page.data[page.data.length - 1].id;
+    }
+  }
+  return out;
+}
+
+/** Both lanes of the simulator answer after `latency_ms` (`{fixed: ms}`; null: as usual). */
+export async function setLatency(latency_ms) {
+  for (const lane of LANES) {
+    const r = await fetch(`${SIM}/control/lanes/${lane}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ latency_ms }) });
+    assert.ok(r.ok, `simulator control ${lane}: ${r.status}`);
+  }
 }

@@ -29,12 +29,6 @@ const server = http.createServer((req, res) => {
 await new Promise((r) => server.listen(0, '127.0.0.1', r));
 after(() => server.close());
 
-function verify(secret, header, body) {
-  const parts = Object.fromEntries(header.split(',').map((p) => p.split('=')));
-  const mac = crypto.createHmac('sha256', secret).update(`poptill-webhook-v1\n${parts.t}\n`).update(body).digest('hex');
-  return mac === parts.v1 && Math.abs(Date.now() - Number(parts.t)) < 300_000;
-}
-
 test('receipts are delivered to the webhook in signed batches, retried after a failure', async () => {
   await healLanes();
   const url = `http://127.0.0.1:${server.address().port}/hook`;
@@ -64,10 +58,8 @@ test('receipts are delivered to the webhook in signed batches, retried after a f
   const largest = Math.max(...deliveries.map((d) => JSON.parse(d.body).count));
   assert.ok(largest >= 2, `batched: the largest delivery carried ${largest} receipts (${deliveries.length} deliveries)`);
   for (const d of deliveries) {
-    assert.ok(verify(m.json.webhook_secret, d.signature, d.body), 'Poptill-Signature verifies');
-    assert.ok(!verify('whsec_wrong', d.signature, d.body));
-    // The README's verification snippets, on the same real delivery.
-    assert.ok(verifyPoptill(d.body, d.signature, m.json.webhook_secret), 'the Node snippet verifies it');
+    // Poptill-Signature verifies, with the README's snippets (Node and Python).
+    assert.ok(verifyPoptill(d.body, d.signature, m.json.webhook_secret), 'Poptill-Signature verifies (the Node snippet)');
     assert.ok(!verifyPoptill(d.body + ' ', d.signature, m.json.webhook_secret), 'the Node snippet refuses a changed body');
     assert.ok(!verifyPoptill(d.body, d.signature, 'whsec_wrong'));
     assert.ok(verifyWithPython(m.json.webhook_secret, d.signature, d.body), 'the Python snippet verifies it');
